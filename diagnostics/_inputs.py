@@ -1,0 +1,207 @@
+"""One place that normalises what users pass in: model inputs, outputs and data sets.
+
+Model inputs may be a tensor, a tuple of tensors (passed positionally) or a dict of tensors
+(passed as keyword arguments), all batched along dimension 0. Outputs may be a tensor or a
+dict/tuple from which ``output=`` selects one (a key, an index or a callable); they are
+flattened per sample in C order, so output ``c`` of sample ``i`` is row ``i*m + c``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from .errors import DiagnosticsError
+
+Inputs = Union[torch.Tensor, tuple, Mapping[str, torch.Tensor]]
+OutputSelector = Union[None, str, int, Callable[[Any], torch.Tensor]]
+
+
+def as_tensor(x: Any, name: str) -> torch.Tensor:
+    """Convert a numpy array or tensor-like to a tensor, with a clear error otherwise."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray) or np.isscalar(x) or isinstance(x, list):
+        return torch.as_tensor(np.asarray(x))
+    raise DiagnosticsError(f"{name} must be a tensor or numpy array, got {type(x).__name__}")
+
+
+def normalise_inputs(inputs: Any) -> Inputs:
+    """Tensors (numpy arrays accepted) in the tensor / tuple / dict structure the model takes."""
+    if isinstance(inputs, Mapping):
+        return {k: as_tensor(v, f"inputs[{k!r}]") for k, v in inputs.items()}
+    if isinstance(inputs, (tuple, list)):
+        return tuple(as_tensor(v, f"inputs[{i}]") for i, v in enumerate(inputs))
+    return as_tensor(inputs, "inputs")
+
+
+def leaves(inputs: Inputs) -> list[torch.Tensor]:
+    """The tensors of an input structure."""
+    if isinstance(inputs, Mapping):
+        return list(inputs.values())
+    if isinstance(inputs, tuple):
+        return list(inputs)
+    return [inputs]
+
+
+def map_inputs(fn: Callable[[torch.Tensor], torch.Tensor], inputs: Inputs) -> Inputs:
+    """Apply ``fn`` to every tensor, keeping the structure."""
+    if isinstance(inputs, Mapping):
+        return {k: fn(v) for k, v in inputs.items()}
+    if isinstance(inputs, tuple):
+        return tuple(fn(v) for v in inputs)
+    return fn(inputs)
+
+
+def batch_size(inputs: Inputs) -> int:
+    """The common size of dimension 0, after checking shapes and values."""
+    tensors = leaves(inputs)
+    if not tensors:
+        raise DiagnosticsError("inputs are empty: pass a tensor, a tuple or a dict of tensors")
+    sizes = {t.shape[0] if t.ndim else None for t in tensors}
+    if None in sizes:
+        raise DiagnosticsError("inputs must be batched along dimension 0; got a 0-dimensional tensor")
+    if len(sizes) != 1:
+        raise DiagnosticsError(f"input tensors disagree on the batch size (dimension 0): {sorted(sizes)}")
+    n = sizes.pop()
+    if n == 0:
+        raise DiagnosticsError("inputs are empty (batch size 0): at least one sample is needed")
+    for t in tensors:
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise DiagnosticsError("inputs contain NaN or inf values; clean the data before measuring")
+    return n
+
+
+def take(inputs: Inputs, index: torch.Tensor | slice) -> Inputs:
+    """Select samples along dimension 0."""
+    return map_inputs(lambda t: t[index], inputs)
+
+
+def to(inputs: Inputs, device: torch.device, dtype: torch.dtype) -> Inputs:
+    """Move to ``device``; floating tensors are cast to ``dtype``, integer ones (token ids) kept."""
+    return map_inputs(
+        lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype), inputs
+    )
+
+
+def call(fn: Callable[..., Any], inputs: Inputs) -> Any:
+    """Call ``fn`` with the inputs: ``fn(x)``, ``fn(*x)`` or ``fn(**x)``."""
+    if isinstance(inputs, Mapping):
+        return fn(**inputs)
+    if isinstance(inputs, tuple):
+        return fn(*inputs)
+    return fn(inputs)
+
+
+def select_output(out: Any, output: OutputSelector, n: int) -> torch.Tensor:
+    """The selected model output as an ``(n, m)`` matrix (per-sample outputs flattened in C order)."""
+    if callable(output):
+        out = output(out)
+    elif output is not None:
+        try:
+            out = out[output]
+        except (KeyError, IndexError, TypeError) as exc:
+            raise DiagnosticsError(f"cannot select output {output!r} from a {type(out).__name__}") from exc
+    if hasattr(out, "logits") and not isinstance(out, torch.Tensor):
+        raise DiagnosticsError("the model returned an object with .logits: pass output='logits'")
+    if not isinstance(out, torch.Tensor):
+        raise DiagnosticsError(
+            f"the model returned a {type(out).__name__}, not a tensor: pass output= a key, an index "
+            "or a callable that selects the tensor to measure"
+        )
+    if out.ndim == 0 or out.shape[0] != n:
+        raise DiagnosticsError(
+            f"the model output has shape {tuple(out.shape)}, but the inputs hold {n} samples: "
+            "outputs must be batched along dimension 0"
+        )
+    return out.reshape(n, -1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data sets: (X, Y) pairs, Datasets and DataLoaders, reduced to a seeded probe subset.
+
+
+def probe_data(data: Any, probe_size: int | None, seed: int) -> tuple[Inputs, torch.Tensor]:
+    """Inputs and targets of a seeded probe subset of ``data``.
+
+    ``data`` may be a pair ``(X, Y)`` of tensors/arrays (``X`` may be a tuple or dict of tensors),
+    a map-style :class:`~torch.utils.data.Dataset` of ``(x, y)`` pairs, or a
+    :class:`~torch.utils.data.DataLoader` (its data set is sampled when it is map-style, otherwise
+    the first ``probe_size`` samples it yields are used). The subset keeps the original order of the
+    chosen samples, so the same seed always gives the same probe.
+    """
+    if probe_size is not None and probe_size < 1:
+        raise DiagnosticsError(f"probe_size must be a positive integer or None, got {probe_size}")
+    if isinstance(data, DataLoader):
+        if _is_map_style(data.dataset):
+            data = data.dataset
+        else:
+            return _from_iterable(data, probe_size)
+    if isinstance(data, Dataset) and _is_map_style(data):
+        n = len(data)
+        if n == 0:
+            raise DiagnosticsError("the data set is empty")
+        idx = _choose(n, probe_size, seed)
+        X, Y = _split_pair(default_collate([data[int(i)] for i in idx]))
+        return normalise_inputs(X), as_tensor(Y, "targets")
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        X, Y = normalise_inputs(data[0]), as_tensor(data[1], "targets")
+        n = batch_size(X)
+        if Y.ndim == 0 or Y.shape[0] != n:
+            raise DiagnosticsError(
+                f"targets have shape {tuple(Y.shape)} but the inputs hold {n} samples"
+            )
+        idx = torch.as_tensor(_choose(n, probe_size, seed))
+        return take(X, idx), Y[idx]
+    raise DiagnosticsError(
+        "data must be a pair (X, Y), a map-style Dataset of (x, y) pairs or a DataLoader; "
+        f"got {type(data).__name__}"
+    )
+
+
+def _is_map_style(ds: Any) -> bool:
+    return hasattr(ds, "__len__") and hasattr(ds, "__getitem__")
+
+
+def _choose(n: int, probe_size: int | None, seed: int) -> np.ndarray:
+    if probe_size is None or probe_size >= n:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=probe_size, replace=False))
+
+
+def _split_pair(batch: Any) -> tuple[Any, Any]:
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    raise DiagnosticsError("each sample of the data set must be an (x, y) pair")
+
+
+def _from_iterable(loader: DataLoader, probe_size: int | None) -> tuple[Inputs, torch.Tensor]:
+    xs, ys, count = [], [], 0
+    for batch in loader:
+        x, y = _split_pair(batch)
+        xs.append(normalise_inputs(x))
+        ys.append(as_tensor(y, "targets"))
+        count += ys[-1].shape[0]
+        if probe_size is not None and count >= probe_size:
+            break
+    if not xs:
+        raise DiagnosticsError("the DataLoader yielded no data")
+    Y = torch.cat(ys)
+    X = _concat(xs)
+    if probe_size is not None:
+        X, Y = take(X, slice(0, probe_size)), Y[:probe_size]
+    return X, Y
+
+
+def _concat(parts: list[Inputs]) -> Inputs:
+    first = parts[0]
+    if isinstance(first, Mapping):
+        return {k: torch.cat([p[k] for p in parts]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(torch.cat([p[i] for p in parts]) for i in range(len(first)))
+    return torch.cat(parts)

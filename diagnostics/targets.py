@@ -1,0 +1,102 @@
+"""Targets: class indices, one-hot or real-valued, turned into the vectors of THEORY §3–§4.
+
+For the squared loss the target is ``Y`` itself (class indices become one-hot rows). For
+cross-entropy the alignment target is the centred one-hot ``Q₀ = e_y − 1/m`` (membership in
+``Col(J)`` does not depend on its scale) and the loss uses the class labels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .errors import DiagnosticsError
+
+LOSSES = ("mse", "ce")
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Targets matched to ``(n, m)`` outputs.
+
+    Attributes
+    ----------
+    Y
+        The regression target (``mse``) or one-hot labels (``ce``), ``(n, m)`` float64.
+    Q
+        The alignment target ``Q``: ``Y`` for ``mse``, centred one-hot for ``ce`` (or the user's).
+    labels
+        Class indices ``(n,)`` for ``ce``; ``None`` for real-valued regression.
+    loss
+        ``"mse"`` or ``"ce"``.
+    """
+
+    Y: torch.Tensor
+    Q: torch.Tensor
+    labels: torch.Tensor | None
+    loss: str
+
+    @classmethod
+    def build(
+        cls, targets: torch.Tensor, n: int, m: int, loss: str, target: torch.Tensor | None = None
+    ) -> Targets:
+        """Match ``targets`` to outputs of shape ``(n, m)``; ``target`` overrides ``Q``."""
+        if loss not in LOSSES:
+            raise DiagnosticsError(f"loss must be one of {LOSSES}, got {loss!r}")
+        targets = torch.as_tensor(targets)
+        labels = None
+        if not targets.is_floating_point() and not targets.is_complex():
+            labels = targets.reshape(-1).long()
+            if labels.shape[0] != n or targets.ndim > 1 and targets.shape[1:] != (1,) * (targets.ndim - 1):
+                raise DiagnosticsError(
+                    f"class-index targets must have shape ({n},), got {tuple(targets.shape)}"
+                )
+            if m < 2:
+                raise DiagnosticsError("class-index targets need a model with at least 2 outputs")
+            if labels.min() < 0 or labels.max() >= m:
+                raise DiagnosticsError(
+                    f"class indices must lie in [0, {m - 1}] for a model with {m} outputs; "
+                    f"got values in [{int(labels.min())}, {int(labels.max())}]"
+                )
+            Y = F.one_hot(labels, m).to(torch.float64)
+        else:
+            if not torch.isfinite(targets).all():
+                raise DiagnosticsError("targets contain NaN or inf values")
+            Y = targets.detach().to(torch.float64)
+            if Y.shape == (n,) and m == 1:
+                Y = Y.reshape(n, 1)
+            if Y.shape != (n, m):
+                raise DiagnosticsError(
+                    f"targets of shape {tuple(targets.shape)} do not fit the model's outputs, which are "
+                    f"({n}, {m}) after flattening; pass class indices of shape ({n},) or a ({n}, {m}) array"
+                )
+            if loss == "ce":
+                is_one_hot = ((Y == 0) | (Y == 1)).all() and (Y.sum(1) == 1).all()
+                if not is_one_hot:
+                    raise DiagnosticsError("loss='ce' needs class indices or one-hot targets")
+                labels = Y.argmax(1)
+        Q = Y - 1.0 / m if loss == "ce" else Y
+        if target is not None:
+            Q = torch.as_tensor(target).detach().to(torch.float64).reshape(n, m)
+            if not torch.isfinite(Q).all():
+                raise DiagnosticsError("target contains NaN or inf values")
+        if not Q.abs().sum() > 0:
+            raise DiagnosticsError("the alignment target Q is zero: membership in Col(J) is trivial")
+        return cls(Y, Q, labels, loss)
+
+    def loss_value(self, f: torch.Tensor) -> float:
+        """``L = (1/2n)‖f − Y‖²`` (mse) or mean cross-entropy of logits ``f`` (ce)."""
+        f = f.to(torch.float64)
+        if self.loss == "mse":
+            return float(((f - self.Y) ** 2).sum() / (2 * f.shape[0]))
+        return float(F.cross_entropy(f, self.labels.to(f.device)))
+
+    def loss_gradient(self, f: torch.Tensor) -> torch.Tensor:
+        """``g = ∂L/∂f_X`` as an ``(n, m)`` matrix, so that ``∇_θ L = Jᵀ g`` (THEORY §1)."""
+        f = f.to(torch.float64)
+        n = f.shape[0]
+        if self.loss == "mse":
+            return (f - self.Y.to(f.device)) / n
+        return (torch.softmax(f, 1) - self.Y.to(f.device)) / n
