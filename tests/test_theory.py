@@ -503,7 +503,10 @@ def test_cms_assessment_hand_numbers():
     assert ok.holds and ok.details["transfer"] == "failed (inconclusive)" and ok.lhs == 1e-9
     bad = theory.cms_assessment(1e-9, 1e-10, 0.5, rank_fit=6, rank_union=6)
     assert not bad.holds and bad.details["transfer"] == "failed (conclusive)" and bad.lhs == 0.5
-    assert not theory.cms_assessment(0.1, 1e-10).holds
+    assert ok.details["status"] == "established" and bad.details["status"] == "refuted"
+    unknown = theory.cms_assessment(0.1, 1e-10)
+    assert not unknown.holds and unknown.details["status"] == "not established"
+    assert theory.cms_assessment(1e-9, 0.2).details["status"] == "refuted"
     assert theory.cms_assessment(1e-9, 1e-10).details["transfer"] == "not run"
     with pytest.raises(ValueError):
         theory.cms_assessment(1e-9, 1e-10, 0.5, rank_fit=7, rank_union=6)

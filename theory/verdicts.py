@@ -978,7 +978,10 @@ def cms_assessment(candidate_error: float, data_residual: float, transfer_error:
     Verdict
         ``lhs`` = the largest error among the tests that count (1, 2, and 3 when it is conclusive),
         ``rhs = tol``, ``margin = tol − lhs``; ``details['transfer']`` is ``"passed"``,
-        ``"failed (conclusive)"``, ``"failed (inconclusive)"`` or ``"not run"``.
+        ``"failed (conclusive)"``, ``"failed (inconclusive)"`` or ``"not run"``; ``details['status']``
+        is ``"established"`` (``holds``), ``"refuted"`` (test 2 fails, or test 3 fails conclusively:
+        no ``R`` can exist) or ``"not established"`` (test 1 fails but nothing refutes A1: some other
+        ``R`` than the candidates may work).
     """
     e1 = _nonneg("candidate_error", candidate_error)
     e2 = _nonneg("data_residual", data_residual)
@@ -1007,4 +1010,6 @@ def cms_assessment(candidate_error: float, data_residual: float, transfer_error:
             counted.append(e3)
         else:
             details["transfer"] = "failed (inconclusive)"
+    refuted = e2 > tol or details["transfer"] == "failed (conclusive)"
+    details["status"] = "refuted" if refuted else ("established" if e1 <= tol else "not established")
     return _leq("A1", "common model structure", max(counted), tol, 0.0, details, "max error", "tol")
