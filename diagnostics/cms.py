@@ -55,6 +55,8 @@ class CMSReport:
         Test 2: ``‖(I−P)f_X‖/‖f_X‖`` on all inputs.
     transfer_error
         Test 3: ``‖f_B − J_B J_A⁺ f_A‖/‖f_B‖``.
+    transfer_conclusive
+        ``rank J_A = rank [J_A; J_B]``: only then does a failed transfer refute A1 (theory/cms.md).
     """
 
     holds: bool
@@ -90,7 +92,7 @@ class CMSReport:
                 f"    {mark} {name:<14} {c['fit']:.2e} / {c['fresh']:.2e} / {c['perturbed']:.2e}   {c['what']}"
             )
         lines.append(f"  test 2, ‖(I−P) f_X‖/‖f_X‖ = {self.column_space_residual:.2e} (necessary, ≈0 expected)")
-        note = "" if self.transfer_conclusive else " (inconclusive: d exceeds the fitted rows)"
+        note = "" if self.transfer_conclusive else " (inconclusive: rank J_A < rank [J_A; J_B])"
         lines.append(f"  test 3, least-norm R fitted on half, error on the other = {self.transfer_error:.2e}{note}")
         return "\n".join(lines)
 
@@ -165,7 +167,7 @@ def check_cms(
         with torch.no_grad():
             f_all = fm(fm.params, job.x)
     kind = next((k for k in ("homogeneous", "affine-output") if k in candidates and candidates[k]["passes"]), None)
-    col_res, transfer = _data_level_tests(K, f_all, half, job.m, fm.dtype)
+    col_res, transfer, conclusive = _data_level_tests(K, f_all, half, job.m, fm.dtype)
     return CMSReport(
         holds=kind is not None,
         kind=kind,
@@ -174,7 +176,7 @@ def check_cms(
         candidates=candidates,
         column_space_residual=col_res,
         transfer_error=transfer,
-        transfer_conclusive=half * job.m >= fm.n_params,
+        transfer_conclusive=conclusive,
         n_fit=half,
         n_fresh=n - half,
         n_params=fm.n_params,
@@ -209,14 +211,14 @@ def _best_affine_layer(fm, x, identity_error) -> tuple[str, tuple[str, ...]] | N
     return None if best is None else (best[1], best[2])
 
 
-def _data_level_tests(K: torch.Tensor, f: torch.Tensor, half: int, m: int, dtype) -> tuple[float, float]:
-    """Test 2 (``f_X ∈ Col J``) and test 3 (least-norm transfer) from the Gram of all inputs."""
+def _data_level_tests(K: torch.Tensor, f: torch.Tensor, half: int, m: int, dtype) -> tuple[float, float, bool]:
+    """Test 2 (``f_X ∈ Col J``), test 3 (least-norm transfer) and whether test 3 is conclusive."""
     f = f.to(torch.float64).reshape(-1).cpu()
     whole = Spectrum.of(K, source_dtype=dtype)
     col_res = math.sqrt(whole.outside_norm_sq(f) / float(f @ f))
     a = half * m
     K64 = K.to(torch.float64).cpu()
-    fit = Spectrum.of(K64[:a, :a], source_dtype=dtype)
+    fit = Spectrum.of(K64[:a, :a], tol=whole.tol)  # one tolerance for both ranks
     predicted = K64[a:, :a] @ fit.pinv_apply(f[:a]).cpu()
     transfer = float((f[a:] - predicted).norm() / f[a:].norm())
-    return col_res, transfer
+    return col_res, transfer, fit.rank == whole.rank

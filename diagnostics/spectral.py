@@ -132,10 +132,13 @@ class Spectrum:
         return self.eigenvectors.T @ q
 
     def outside_norm_sq(self, q: torch.Tensor) -> float:
-        """``‖(I − P)q‖²``, the energy of ``q`` outside ``Col(J)``."""
-        q64 = q.detach().reshape(-1).to(self.eigenvectors)
-        inside = self.coefficients(q)[: self.rank]
-        return max(float(q64 @ q64 - inside @ inside), 0.0)
+        """``‖(I − P)q‖² = Σ_{λ_k ≤ tol} (u_kᵀq)²``, the energy of ``q`` outside ``Col(J)``.
+
+        Summed over the discarded coefficients rather than computed as ``‖q‖² − ‖Pq‖²``, which
+        cannot resolve a relative residual below ``sqrt(eps)``.
+        """
+        outside = self.coefficients(q)[self.rank :]
+        return float(outside @ outside)
 
     def inside_norm_sq(self, q: torch.Tensor) -> float:
         """``‖Pq‖²``."""
