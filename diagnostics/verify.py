@@ -1,0 +1,195 @@
+"""The paper's results checked on a measured trajectory (THEORY §4–§5).
+
+Each function takes a tracker history (the DataFrame of :class:`~diagnostics.tracking.AlignmentTracker`
+or :func:`~diagnostics.history.load_history`) and returns one :class:`theory.verdicts.Verdict` per
+record, as a ``pandas.Series`` indexed by step. The measured numbers are judged by the pure functions
+of :mod:`theory.verdicts`; nothing is re-measured here.
+
+==========================  ===============  =====================================================
+function                    statement        on each record
+==========================  ===============  =====================================================
+``decomposition_verdicts``  I2 (mse)         ``L = (1/2n)‖Pr‖² + (1/2n)‖(I−P)Y‖²``
+``lower_bound_verdicts``    I2.lower (mse)   ``L ≥ (1/2n)‖(I−P)Y‖²``
+``domination_verdicts``     I3 (mse)         ``L ≤ ½‖∇L‖B`` where aligned (bound ratio ≤ 1)
+``convex_bound_verdicts``   I4 (ce)          ``L − L(Q) ≤ ‖∇L‖‖J⁺(f_X − Q)‖`` where aligned
+``necessity_verdicts``      I2.necessity     ``L = 0 ⇒ Y ∈ Col J`` (vacuous where ``L > 0``)
+``counting_verdicts``       S1               ``rank J ≤ min(nm, d)``
+``verify_history``          all that apply   one long table
+==========================  ===============  =====================================================
+
+``‖Pr‖²`` is not stored; it is recovered from the stored parts of (I2):
+``‖Pr‖² = 2n(L − floor − gap)`` with ``floor = (1/2n)‖(I−P)Y‖²`` and the measured ``gap``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import torch
+
+from theory import verdicts as tv
+from theory.verdicts import Verdict
+
+from .errors import DiagnosticsError
+
+__all__ = [
+    "decomposition_verdicts",
+    "lower_bound_verdicts",
+    "domination_verdicts",
+    "convex_bound_verdicts",
+    "necessity_verdicts",
+    "counting_verdicts",
+    "verify_history",
+]
+
+
+def decomposition_verdicts(history: pd.DataFrame, rtol: float | None = None) -> pd.Series:
+    """(I2) The loss decomposition at every record of a squared-loss history.
+
+    Parameters
+    ----------
+    history
+        Tracker history.
+    rtol
+        Relative tolerance on the gap; default ``max(1e-8, 1000·eps)`` of the measurement dtype.
+    """
+    _require(history, "mse", "loss", "decomposition_gap", "loss_lower_bound", "n_samples")
+
+    def judge(row: pd.Series) -> Verdict:
+        n = int(row.n_samples)
+        floor_sq = 2 * n * row.loss_lower_bound
+        fitted_sq = max(2 * n * (row.loss - row.loss_lower_bound - row.decomposition_gap), 0.0)
+        return tv.loss_decomposition(row.loss, fitted_sq, floor_sq, n, rtol=_rtol(row, rtol))
+
+    return _per_record(history, "I2", judge)
+
+
+def lower_bound_verdicts(history: pd.DataFrame, rtol: float | None = None) -> pd.Series:
+    """(I2, consequence) ``L ≥ (1/2n)‖(I − P)Y‖²`` at every record of a squared-loss history."""
+    _require(history, "mse", "loss", "loss_lower_bound", "n_samples")
+
+    def judge(row: pd.Series) -> Verdict:
+        n = int(row.n_samples)
+        return tv.alignment_lower_bound(row.loss, 2 * n * row.loss_lower_bound, n, rtol=_rtol(row, rtol))
+
+    return _per_record(history, "I2.lower", judge)
+
+
+def domination_verdicts(history: pd.DataFrame, rtol: float = 1e-6) -> pd.Series:
+    """(I3) ``L ≤ ½‖∇L‖·B`` at every aligned record (vacuous elsewhere); the bound ratio is in ``details``."""
+    _require(history, "mse", "loss", "grad_norm", "certificate", "aligned")
+    return _per_record(
+        history,
+        "I3",
+        lambda row: tv.gradient_domination(
+            row.loss, row.grad_norm, row.certificate, bool(row.aligned), rtol=rtol
+        ),
+    )
+
+
+def convex_bound_verdicts(history: pd.DataFrame, rtol: float = 1e-6) -> pd.Series:
+    """(I4) ``L − L(Q) ≤ ‖∇L‖·‖J⁺(f_X − Q)‖`` at every aligned record of a cross-entropy history.
+
+    ``Q`` is the best-scaled centred one-hot target chosen at each record (``target_loss`` is
+    ``L(Q)``, ``certificate`` the distance).
+    """
+    _require(history, "ce", "loss", "target_loss", "grad_norm", "certificate", "aligned")
+    return _per_record(
+        history,
+        "I4",
+        lambda row: tv.convex_loss_bound(
+            row.loss, row.target_loss, row.grad_norm, row.certificate, bool(row.aligned), rtol=rtol
+        ),
+    )
+
+
+def necessity_verdicts(
+    history: pd.DataFrame, loss_tol: float = 1e-10, residual_tol: float = 1e-6
+) -> pd.Series:
+    """(I2, consequence) At a record with ``L ≤ loss_tol`` the residual must be ``≤ residual_tol``.
+
+    Vacuous at records with a larger loss; ``details['residual_upper_bound']`` is the quantitative
+    form ``a ≤ sqrt(2nL)/‖Y‖``.
+    """
+    _require(history, "mse", "loss", "residual", "n_samples", "target_norm_sq")
+    return _per_record(
+        history,
+        "I2.necessity",
+        lambda row: tv.necessity_at_global_minimum(
+            row.loss, row.residual, loss_tol, residual_tol, n=int(row.n_samples),
+            target_norm_sq=row.target_norm_sq,
+        ),
+    )
+
+
+def counting_verdicts(history: pd.DataFrame) -> pd.Series:
+    """(S1) ``rank J ≤ min(nm, d)``; ``details['underparameterised']`` flags ``d < nm``."""
+    _require(history, None, "rank", "n_outputs", "n_params")
+    return _per_record(
+        history, "S1", lambda row: tv.counting_bound(int(row["rank"]), int(row.n_outputs), int(row.n_params))
+    )
+
+
+def verify_history(history: pd.DataFrame) -> pd.DataFrame:
+    """Every statement that applies to the history's loss, judged at every record.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per (record, statement): ``step``, ``statement``, ``holds``, ``vacuous``, ``lhs``,
+        ``rhs``, ``margin``, ``tolerance`` and the ``verdict`` object. ``frame.holds.all()`` says
+        whether the whole trajectory agrees with the theory.
+    """
+    checks: list[Callable[[pd.DataFrame], pd.Series]]
+    if _loss_name(history) == "mse":
+        checks = [decomposition_verdicts, lower_bound_verdicts, domination_verdicts, necessity_verdicts]
+    else:
+        checks = [convex_bound_verdicts]
+    checks.append(counting_verdicts)
+    rows = []
+    for check in checks:
+        for step, verdict in check(history).items():
+            rows.append({
+                "step": step, "statement": verdict.statement, "holds": verdict.holds,
+                "vacuous": verdict.vacuous, "lhs": verdict.lhs, "rhs": verdict.rhs,
+                "margin": verdict.margin, "tolerance": verdict.tolerance, "verdict": verdict,
+            })
+    columns = ["step", "statement", "holds", "vacuous", "lhs", "rhs", "margin", "tolerance", "verdict"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _loss_name(history: pd.DataFrame) -> str:
+    if "loss_name" not in history.columns or history.empty:
+        raise DiagnosticsError("the history has no records (or no 'loss_name' column): nothing to verify")
+    names = set(history["loss_name"])
+    if len(names) != 1:
+        raise DiagnosticsError(f"the history mixes losses {sorted(names)}")
+    return names.pop()
+
+
+def _require(history: pd.DataFrame, loss: str | None, *columns: str) -> None:
+    missing = [c for c in columns if c not in history.columns]
+    if missing:
+        raise DiagnosticsError(f"the history lacks the column(s) {missing}; is it a tracker history?")
+    name = _loss_name(history)
+    if loss is not None and name != loss:
+        raise DiagnosticsError(
+            f"this statement is about the {loss!r} loss; the history was measured with {name!r}"
+        )
+
+
+def _rtol(row: pd.Series, rtol: float | None) -> float:
+    if rtol is not None:
+        return rtol
+    dtype = getattr(torch, str(row.get("dtype", "float64")), torch.float64)
+    return max(1e-8, 1000 * torch.finfo(dtype).eps)
+
+
+def _per_record(history: pd.DataFrame, name: str, judge: Callable[[pd.Series], Verdict]) -> pd.Series:
+    verdicts = [judge(row) for _, row in history.iterrows()]
+    return pd.Series(verdicts, index=np.asarray(history["step"]), name=name, dtype=object)
