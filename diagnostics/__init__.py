@@ -11,6 +11,7 @@ from .alignment import AlignmentReport, alignment_from_gram, check_alignment
 from .cms import CMSReport, check_cms
 from .errors import DiagnosticsError, InsufficientMemoryError, UnsupportedModelError
 from .jacobian import STRATEGIES, jacobian, ntk_gram
+from .manifest import MeasurementManifest
 from .spectral import Spectrum
 from .targets import Targets
 
@@ -19,6 +20,7 @@ __all__ = [
     "CMSReport",
     "DiagnosticsError",
     "InsufficientMemoryError",
+    "MeasurementManifest",
     "STRATEGIES",
     "Spectrum",
     "Targets",

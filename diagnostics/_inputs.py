@@ -1,15 +1,22 @@
 """One place that normalises what users pass in: model inputs, outputs and data sets.
 
-Model inputs may be a tensor, a tuple of tensors (passed positionally) or a dict of tensors
-(passed as keyword arguments), all batched along dimension 0. Outputs may be a tensor or a
-dict/tuple from which ``output=`` selects one (a key, an index or a callable); they are
-flattened per sample in C order, so output ``c`` of sample ``i`` is row ``i*m + c``.
+Model inputs may be a tensor, a tuple of tensors (passed positionally, ``model(*x)``) or a dict of
+tensors (passed as keyword arguments, ``model(**x)``, as for HuggingFace-style models), all batched
+along dimension 0. Floating tensors are cast to the compute dtype; integer tensors (token ids,
+attention masks) are kept as they are.
+
+Outputs may be a tensor or a dict/tuple/object from which ``output=`` selects one tensor: a key or
+attribute name (``output="logits"``), an index (``output=0``) or a callable
+(``output=lambda o: o["logits"][:, -1]``).
+The selected tensor must be batched along dimension 0; each sample's output of shape ``S`` is
+flattened in C (row-major) order into ``m = prod(S)`` outputs, so output ``c`` of sample ``i`` is row
+``i*m + c`` of the Jacobian: for per-token logits of shape ``(T, V)``, ``c = t*V + v``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,8 +24,8 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .errors import DiagnosticsError
 
-Inputs = Union[torch.Tensor, tuple, Mapping[str, torch.Tensor]]
-OutputSelector = Union[None, str, int, Callable[[Any], torch.Tensor]]
+Inputs = torch.Tensor | tuple | Mapping[str, torch.Tensor]
+OutputSelector = None | str | int | Callable[[Any], torch.Tensor]
 
 
 def as_tensor(x: Any, name: str) -> torch.Tensor:
@@ -40,7 +47,7 @@ def normalise_inputs(inputs: Any) -> Inputs:
 
 
 def leaves(inputs: Inputs) -> list[torch.Tensor]:
-    """The tensors of an input structure."""
+    """Return the tensors of an input structure."""
     if isinstance(inputs, Mapping):
         return list(inputs.values())
     if isinstance(inputs, tuple):
@@ -58,7 +65,7 @@ def map_inputs(fn: Callable[[torch.Tensor], torch.Tensor], inputs: Inputs) -> In
 
 
 def batch_size(inputs: Inputs) -> int:
-    """The common size of dimension 0, after checking shapes and values."""
+    """Return the common size of dimension 0, after checking shapes and values."""
     tensors = leaves(inputs)
     if not tensors:
         raise DiagnosticsError("inputs are empty: pass a tensor, a tuple or a dict of tensors")
@@ -98,14 +105,24 @@ def call(fn: Callable[..., Any], inputs: Inputs) -> Any:
 
 
 def select_output(out: Any, output: OutputSelector, n: int) -> torch.Tensor:
-    """The selected model output as an ``(n, m)`` matrix (per-sample outputs flattened in C order)."""
+    """Return the selected model output as an ``(n, m)`` matrix (per-sample outputs flattened in C order)."""
+    return pick_output(out, output, n).reshape(n, -1)
+
+
+def pick_output(out: Any, output: OutputSelector, n: int) -> torch.Tensor:
+    """Return the selected model output, batched along dimension 0, before flattening."""
     if callable(output):
         out = output(out)
+    elif isinstance(output, str) and not isinstance(out, Mapping) and hasattr(out, output):
+        out = getattr(out, output)  # an output object with attributes (e.g. a dataclass)
     elif output is not None:
         try:
             out = out[output]
         except (KeyError, IndexError, TypeError) as exc:
-            raise DiagnosticsError(f"cannot select output {output!r} from a {type(out).__name__}") from exc
+            keys = f"; it has keys {list(out)}" if isinstance(out, Mapping) else ""
+            raise DiagnosticsError(
+                f"cannot select output {output!r} from a {type(out).__name__}{keys}"
+            ) from exc
     if hasattr(out, "logits") and not isinstance(out, torch.Tensor):
         raise DiagnosticsError("the model returned an object with .logits: pass output='logits'")
     if not isinstance(out, torch.Tensor):
@@ -118,7 +135,30 @@ def select_output(out: Any, output: OutputSelector, n: int) -> torch.Tensor:
             f"the model output has shape {tuple(out.shape)}, but the inputs hold {n} samples: "
             "outputs must be batched along dimension 0"
         )
-    return out.reshape(n, -1)
+    return out
+
+
+def describe(inputs: Inputs) -> str:
+    """One line naming the structure, dtypes and shapes of the inputs and how the model gets them."""
+
+    def one(t: torch.Tensor) -> str:
+        return f"{str(t.dtype).replace('torch.', '')} {tuple(t.shape)}"
+
+    if isinstance(inputs, Mapping):
+        items = ", ".join(f"{k}: {one(v)}" for k, v in inputs.items())
+        return f"dict {{{items}}} passed as model(**inputs)"
+    if isinstance(inputs, tuple):
+        return f"tuple ({', '.join(one(v) for v in inputs)}) passed as model(*inputs)"
+    return f"tensor {one(inputs)} passed as model(inputs)"
+
+
+def describe_output(output: OutputSelector) -> str:
+    """How the measured output was selected, in words."""
+    if output is None:
+        return "the model's output tensor"
+    if callable(output):
+        return f"output selected by {getattr(output, '__qualname__', type(output).__name__)}"
+    return f"output[{output!r}]"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -126,7 +166,7 @@ def select_output(out: Any, output: OutputSelector, n: int) -> torch.Tensor:
 
 
 def probe_data(data: Any, probe_size: int | None, seed: int) -> tuple[Inputs, torch.Tensor]:
-    """Inputs and targets of a seeded probe subset of ``data``.
+    """Return the inputs and targets of a seeded probe subset of ``data``.
 
     ``data`` may be a pair ``(X, Y)`` of tensors/arrays (``X`` may be a tuple or dict of tensors),
     a map-style :class:`~torch.utils.data.Dataset` of ``(x, y)`` pairs, or a

@@ -1,4 +1,4 @@
-"""The model as a pure function of its parameters: ``f(θ, X) ∈ R^{n×m}`` (THEORY §1).
+"""The model as a pure function of its parameters: ``f(θ, X) ∈ R^{n×m}`` (THEORY §1, §7).
 
 :class:`FunctionalModel` is the one place where a user's ``nn.Module`` is turned into something
 ``torch.func`` can transform. It copies parameters and buffers (the model is never touched), chooses
@@ -8,18 +8,31 @@ the measured parameter subset, and fixes the mode in which the model is evaluate
     every module in evaluation mode: batch norm uses its running statistics, dropout is off, and
     samples are independent, so per-sample Jacobians apply.
 ``mode="batch"``
-    batch-norm layers normalise with the statistics of the measured batch, as in training; dropout
-    stays off. Samples interact, so the Jacobian is that of the whole batch ``f_X(θ)``.
+    batch-norm layers normalise with the statistics of the measured batch, as in training (their
+    running statistics are neither used nor updated); every other module, dropout included, stays in
+    eval mode. Samples interact, so the Jacobian is that of the whole batch ``f_X(θ)``.
 
 The modes are set only for the duration of a call and restored afterwards, together with the
 TF32 switches, which are turned off while measuring.
+
+Dropout is off in both modes and there is no option to turn it on: a Jacobian taken with random
+masks is a different random matrix at every call, so nothing measured with it could be
+reproduced. Randomness that stays active in eval mode (``F.dropout(h, training=True)``, noise drawn
+in ``forward``) is detected by :meth:`FunctionalModel.check_forward` (two forwards differ) and
+refused. To measure one fixed dropout sub-network, pass the mask as an input or a buffer.
+
+Nothing is skipped silently. Before measuring, :meth:`FunctionalModel.check_forward` refuses a
+forward that fails on the inputs, returns NaN/inf, updates parameters, buffers or tensor attributes
+in place, is not deterministic, or (for per-sample strategies) mixes samples; while measuring, an
+operation ``torch.func`` cannot transform raises :class:`~diagnostics.errors.UnsupportedModelError`
+naming the module whose forward was running (recorded by forward pre-hooks) and what to do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Union
 
 import torch
 from torch import nn
@@ -29,7 +42,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from . import _inputs
 from .errors import DiagnosticsError, UnsupportedModelError
 
-ParamSelector = Union[None, Sequence[str], Callable[[str, torch.Tensor], bool]]
+ParamSelector = None | Sequence[str] | Callable[[str, torch.Tensor], bool]
 MODES = ("eval", "batch")
 
 
@@ -91,20 +104,120 @@ class FunctionalModel:
         }
         self.shapes = {k: tuple(v.shape) for k, v in self.params.items()}
         self.n_params = sum(v.numel() for v in self.params.values())
+        #: Per-sample shape of the selected output, recorded by :meth:`check_forward`.
+        self.output_shape: tuple[int, ...] | None = None
+        #: The user's TF32 switches ``(matmul, cudnn)`` found on entering :meth:`measuring`.
+        self.tf32_outside: tuple[bool, bool] | None = None
+        self._trace = _ModuleTrace(model)
+        if mode == "batch":
+            _refuse_synchronised_batch_norm(model)
 
     # ------------------------------------------------------------------------------------------
     def prepare(self, inputs: object) -> tuple[_inputs.Inputs, int]:
-        """Validated inputs on the model's device in the compute dtype, and their batch size."""
+        """Return the validated inputs on the model's device in the compute dtype, and their batch size."""
         x = _inputs.normalise_inputs(inputs)
         n = _inputs.batch_size(x)
         return _inputs.to(x, self.device, self.dtype), n
 
     def __call__(self, params: dict[str, torch.Tensor], inputs: _inputs.Inputs) -> torch.Tensor:
         """``f(θ, X)`` as an ``(n, m)`` matrix; ``params`` may hold any subset of the measured ones."""
-        state = {**self.fixed, **self.params, **params, **self.buffers}
-        out = _inputs.call(lambda *a, **k: functional_call(self.module, state, a, k), inputs)
         n = _inputs.leaves(inputs)[0].shape[0]
-        return _inputs.select_output(out, self.output, n)
+        return _inputs.select_output(self._raw(params, inputs), self.output, n)
+
+    def _raw(self, params: dict[str, torch.Tensor], inputs: _inputs.Inputs) -> object:
+        state = {**self.fixed, **self.params, **params, **self.buffers}
+        return _inputs.call(lambda *a, **k: functional_call(self.module, state, a, k), inputs)
+
+    def check_forward(self, x: _inputs.Inputs, *, per_sample: bool) -> torch.Tensor:
+        """Run the validation forward ``f(θ, X)`` (``(n, m)``), refusing what would make a measurement wrong.
+
+        Run inside :meth:`measuring`, before any Jacobian work, at the cost of two or three forwards:
+
+        - the forward fails on these inputs (wrong shapes, dtypes) → :class:`DiagnosticsError` naming
+          the module that raised; its outputs contain NaN or inf → :class:`DiagnosticsError`;
+        - it updates a parameter, buffer or tensor attribute in place → :class:`UnsupportedModelError`
+          (the measured function would change between calls; a tensor attribute of the user's model
+          is put back);
+        - two forwards differ (random operations active in eval mode) → :class:`UnsupportedModelError`;
+        - ``per_sample`` (strategies that differentiate one sample at a time): the outputs of the two
+          halves of the batch, run separately, differ from those of the whole batch, so samples
+          interact (normalisation over the batch dimension, batch norm without running statistics)
+          → :class:`UnsupportedModelError` advising ``strategy="vjp"``.
+
+        Outputs are compared to ``sqrt(eps) · max|f|`` (reduction order may differ between batch sizes).
+        Also records the per-sample shape of the selected output in :attr:`output_shape`.
+        """
+        n = _inputs.leaves(x)[0].shape[0]
+        attributes = _tensor_attributes(self.module)
+        saved = {key: t.clone() for key, t in attributes.items()}
+        state = {**self.fixed, **self.params, **self.buffers}
+        versions = {k: v._version for k, v in state.items()}
+        with torch.no_grad():
+            try:
+                selected = _inputs.pick_output(self._forward_or_explain(x, "these inputs"), self.output, n)
+            finally:
+                changed = [k for k, t in attributes.items() if t._version != saved[k]._version]
+                for key in changed:
+                    attributes[key].copy_(saved[key])
+            changed += [k for k, v in state.items() if v._version != versions[k]]
+            if changed:
+                raise UnsupportedModelError(
+                    f"the model's forward updates {', '.join(repr(k) for k in changed)} in place (in "
+                    f"{_owners(changed)}), so the measured function would change from one call to the "
+                    "next. Compute a new tensor instead of updating a buffer or attribute, or update it "
+                    "only when self.training is True (measurements run in eval mode)."
+                )
+            self.output_shape = tuple(selected.shape[1:])
+            out = selected.reshape(n, -1)
+            if not torch.isfinite(out).all():
+                raise DiagnosticsError("the model's outputs contain NaN or inf on these inputs")
+            if not _close(self(self.params, x), out):
+                raise UnsupportedModelError(
+                    "two forward passes on the same inputs give different outputs: the model draws "
+                    "random numbers in eval mode (e.g. F.dropout(h, training=True) or noise in forward). "
+                    "Measurements with random masks are not reproducible, so they are refused; make "
+                    "the forward deterministic in eval mode, or pass a fixed mask as an input."
+                )
+            if per_sample and n > 1:
+                halves = (slice(0, n // 2), slice(n // 2, n))
+                apart = torch.cat([
+                    _inputs.select_output(
+                        self._forward_or_explain(_inputs.take(x, h), "a sub-batch", UnsupportedModelError),
+                        self.output,
+                        h.stop - h.start,
+                    )
+                    for h in halves
+                ])
+                if not _close(apart, out):
+                    raise UnsupportedModelError(
+                        "the samples interact: the outputs of the two halves of the batch, run "
+                        "separately, differ from those of the whole batch (a normalisation over the "
+                        "batch dimension, or batch norm without running statistics). A per-sample "
+                        "strategy would measure a different function; use strategy='vjp', which "
+                        "differentiates the whole batch f_X(θ) as the model computes it (or "
+                        "mode='batch', whose default strategy it is)."
+                    )
+        return out
+
+    def _forward_or_explain(
+        self, x: _inputs.Inputs, what: str, error: type[DiagnosticsError] = DiagnosticsError
+    ) -> object:
+        """Return the raw model output on ``x``; a failure is re-raised as ``error`` naming the module."""
+        try:
+            return self._raw(self.params, x)
+        except (DiagnosticsError, MemoryError):
+            raise
+        except Exception as exc:
+            advice = (
+                " Per-sample strategies run the model on sub-batches; a model that needs a fixed batch "
+                "size can only be measured with strategy='vjp'."
+                if error is UnsupportedModelError
+                else ""
+            )
+            raise error(
+                f"the model's forward failed on {what} in {self._trace.where()}: "
+                f"{type(exc).__name__}: {exc}.{advice}"
+            ) from exc
 
     def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """Concatenate per-parameter tensors (in ``self.names`` order) into one vector/matrix.
@@ -132,10 +245,15 @@ class FunctionalModel:
 
     @contextlib.contextmanager
     def measuring(self) -> Iterator[None]:
-        """Set the measurement mode and TF32 off; restore both on exit, whatever happens."""
+        """Set the measurement mode and TF32 off; restore both on exit, whatever happens.
+
+        While inside, forward hooks record which module is running, so that an operation
+        ``torch.func`` cannot transform is refused with :class:`UnsupportedModelError` naming it.
+        """
         flags = [(m, m.training) for m in self.module.modules()]
         norms = [(m, m.track_running_stats) for m in self.module.modules() if isinstance(m, _BatchNorm)]
         tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        self.tf32_outside = tf32
         try:
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False
@@ -144,15 +262,14 @@ class FunctionalModel:
                 for m, _ in norms:  # batch statistics, and no running-statistics update
                     m.train()
                     m.track_running_stats = False
-            yield
-        except RuntimeError as exc:
-            if "vmap" in str(exc) or "functorch" in str(exc) or "torch.func" in str(exc):
-                raise UnsupportedModelError(
-                    f"torch.func could not transform this model: {exc}. Operations with data-dependent "
-                    "control flow, in-place updates of buffers, or .item() calls inside forward cannot be "
-                    "differentiated per sample; try mode='batch' or strategy='vjp'."
-                ) from exc
-            raise
+            with self._trace.attached():
+                try:
+                    yield
+                except (RuntimeError, NotImplementedError) as exc:
+                    refusal = _refusal(exc, self._trace.where())
+                    if refusal is None:
+                        raise
+                    raise refusal from exc
         finally:
             for m, training in flags:
                 m.training = training
@@ -181,3 +298,146 @@ def _select(named: dict[str, torch.Tensor], params: ParamSelector) -> tuple[str,
     if not names:
         raise DiagnosticsError("the parameter selection is empty")
     return tuple(names)
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``max|a − b| ≤ sqrt(eps) · max|b|``: equal up to the reduction order of the arithmetic."""
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return float((a - b).abs().max()) <= math.sqrt(torch.finfo(b.dtype).eps) * max(scale, 1e-30)
+
+
+def _tensor_attributes(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain tensor attributes of the modules (neither parameters nor buffers), by dotted path."""
+    found = {}
+    for mod_name, mod in model.named_modules():
+        for attr, value in vars(mod).items():
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+                found[f"{mod_name}.{attr}" if mod_name else attr] = value
+    return found
+
+
+def _owners(paths: list[str]) -> str:
+    mods = sorted({p.rpartition(".")[0] for p in paths})
+    return ", ".join(f"module {m!r}" if m else "the top-level module" for m in mods)
+
+
+def _refuse_synchronised_batch_norm(model: nn.Module) -> None:
+    """Batch mode with ``SyncBatchNorm`` across processes would mix in other processes' samples."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    synced = [name for name, m in model.named_modules() if isinstance(m, nn.SyncBatchNorm)]
+    if synced:
+        raise UnsupportedModelError(
+            f"mode='batch' with SyncBatchNorm layers ({', '.join(synced)}) in a distributed run would "
+            "normalise with the statistics of every process's batch, which this process cannot "
+            "differentiate. Measure on one process, or use mode='eval' (running statistics)."
+        )
+
+
+class _ModuleTrace:
+    """The stack of module forwards running right now, kept by forward (pre-)hooks while measuring.
+
+    An exception leaving a forward skips the post-hooks of the modules it passes through, so the
+    stack still ends with the innermost module that was running when it was raised.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.stack: list[nn.Module] = []
+
+    @contextlib.contextmanager
+    def attached(self) -> Iterator[None]:
+        """Hooks on every module for the duration; removed afterwards, whatever happens."""
+        self.stack.clear()
+        handles = []
+        try:
+            for mod in self.model.modules():
+                handles.append(mod.register_forward_pre_hook(self._enter))
+                handles.append(mod.register_forward_hook(self._leave))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _enter(self, module: nn.Module, args: tuple) -> None:
+        self.stack.append(module)
+
+    def _leave(self, module: nn.Module, args: tuple, output: object) -> None:
+        while self.stack and self.stack.pop() is not module:  # entries of exceptions caught inside
+            pass
+
+    def where(self) -> str:
+        """Name the innermost running module, in words."""
+        if not self.stack:
+            return "no module's forward (the failure came while differentiating, after the forward)"
+        mod = self.stack[-1]
+        path = next((name for name, m in self.model.named_modules() if m is mod), None)
+        if not path:
+            return f"the forward of the model itself ({type(mod).__name__})"
+        return f"module {path!r} ({type(mod).__name__})"
+
+
+#: What ``torch.func`` says (fragments of its messages), what it means and what the user can do.
+_REFUSALS = (
+    (
+        ("data-dependent control flow", ".item()"),
+        "the forward reads a tensor's value (.item(), `if tensor:`, data-dependent control flow), "
+        "which vmap cannot do one sample at a time",
+        "use strategy='vjp' (it differentiates the whole batch without vmap over the forward), or "
+        "write the branch with tensor operations such as torch.where",
+    ),
+    (
+        ("randomness",),
+        "the forward draws random numbers while measuring (e.g. F.dropout(h, training=True))",
+        "make the forward deterministic in eval mode; measurements with random masks are not "
+        "reproducible",
+    ),
+    (
+        ("mutate a captured tensor", "inplace arithmetic"),
+        "the forward updates in place a tensor that is not an input of the measured function "
+        "(a buffer, a tensor attribute or a tensor captured from outside)",
+        "compute a new tensor instead, or update only when self.training is True",
+    ),
+    (
+        ("setup_context",),
+        "a torch.autograd.Function without the setup_context staticmethod that torch.func needs",
+        "write its forward without ctx and add setup_context (PyTorch docs: 'Extending torch.func "
+        "with autograd.Function')",
+    ),
+    (
+        ("vmap staticmethod", "generate_vmap_rule", "vmap support"),
+        "a torch.autograd.Function without vmap support",
+        "set generate_vmap_rule = True on it or implement its vmap staticmethod, or use strategy='vjp'",
+    ),
+    (
+        ("forward ad", "forward mode ad", "forward-mode", "jvp function"),
+        "an operation without a forward-mode derivative (check_cms uses torch.func.jvp)",
+        "implement the jvp staticmethod of the custom autograd.Function, or use check_alignment / "
+        "jacobian / ntk_gram, which need reverse mode only",
+    ),
+    (
+        ("batching rule",),
+        "an operation that vmap cannot batch",
+        "use strategy='vjp' (no vmap over the forward)",
+    ),
+    (
+        ("vmap", "functorch", "torch.func", "transform"),
+        "an operation torch.func cannot transform",
+        "use strategy='vjp', or replace the operation; the message above says which one",
+    ),
+)
+
+
+def _refusal(exc: BaseException, where: str) -> UnsupportedModelError | None:
+    """Build the :class:`UnsupportedModelError` for a ``torch.func`` failure; ``None`` for other errors."""
+    text = str(exc)
+    lowered = text.lower()
+    for fragments, meaning, advice in _REFUSALS:
+        if any(f.lower() in lowered for f in fragments):
+            first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+            return UnsupportedModelError(
+                f"cannot measure this model: {meaning}, in {where}. What to do: {advice}. "
+                f"(torch.func said: {first[:500]})"
+            )
+    return None

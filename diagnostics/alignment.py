@@ -25,6 +25,7 @@ from torch import nn
 from . import _inputs
 from ._model import ParamSelector
 from .jacobian import _Measurement
+from .manifest import MeasurementManifest
 from .spectral import Spectrum
 from .targets import Targets
 
@@ -58,6 +59,9 @@ class AlignmentReport:
         ``(1/2n)‖f−Q‖² − (1/2n)‖P(f−Q)‖² − (1/2n)‖(I−P)Q‖²`` (I2); zero under A1.
     loss_lower_bound
         ``(1/2n)‖(I−P)Q‖²``: under A1 the squared loss is never below it (I2).
+    manifest
+        What was measured: parameters, mode, layers coupling samples, dropout, precision policy
+        (:class:`~diagnostics.manifest.MeasurementManifest`); ``None`` for reports built from a Gram.
     """
 
     aligned: bool
@@ -87,6 +91,7 @@ class AlignmentReport:
     effective_rank: float
     eigenvalues: np.ndarray = field(repr=False)
     alignment_curve: np.ndarray = field(repr=False)
+    manifest: MeasurementManifest | None = field(default=None, repr=False)
     mode: str = "eval"
     dtype: str = "float32"
     strategy: str = "auto"
@@ -103,6 +108,7 @@ class AlignmentReport:
         out["eigenvalues"] = self.eigenvalues.tolist()
         out["alignment_curve"] = self.alignment_curve.tolist()
         out["top_k_capture"] = {int(k): float(v) for k, v in self.top_k_capture.items()}
+        out["manifest"] = self.manifest.to_dict() if self.manifest is not None else None
         return out
 
     def __str__(self) -> str:
@@ -127,7 +133,7 @@ class AlignmentReport:
             f"λ_min {self.min_eigenvalue:.3g}, effective rank {self.effective_rank:.1f}",
             f"  Q carried by {cap}; kernel-target alignment {self.kernel_target_alignment:.3f}",
             f"  measured in {self.elapsed_s:.2f} s (strategy {self.strategy})",
-        ])
+        ] + ([str(self.manifest)] if self.manifest is not None else []))
 
 
 def alignment_from_gram(
@@ -274,5 +280,8 @@ def check_alignment(
         residual_tol=residual_tol,
     )
     report.mode, report.strategy = mode, job.strategy
+    report.manifest = MeasurementManifest.build(
+        job.fm, job.x, strategy=job.strategy, structured=job.structured
+    )
     report.elapsed_s = time.perf_counter() - start
     return report

@@ -30,6 +30,7 @@ from . import _inputs
 from ._model import ParamSelector
 from .errors import DiagnosticsError
 from .jacobian import _Measurement
+from .manifest import MeasurementManifest
 from .spectral import Spectrum
 
 __all__ = ["CMSReport", "check_cms"]
@@ -57,6 +58,8 @@ class CMSReport:
         Test 3: ``‖f_B − J_B J_A⁺ f_A‖/‖f_B‖``.
     transfer_conclusive
         ``rank J_A = rank [J_A; J_B]``: only then does a failed transfer refute A1 (theory/cms.md).
+    manifest
+        What was measured (:class:`~diagnostics.manifest.MeasurementManifest`).
     """
 
     holds: bool
@@ -71,11 +74,13 @@ class CMSReport:
     n_fresh: int
     n_params: int
     R: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    manifest: MeasurementManifest | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
         """Plain-Python dictionary; ``R`` is summarised by its norm per parameter."""
-        out = {k: v for k, v in self.__dict__.items() if k != "R"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("R", "manifest")}
         out["R_norms"] = {k: float(v.norm()) for k, v in (self.R or {}).items()}
+        out["manifest"] = self.manifest.to_dict() if self.manifest is not None else None
         return out
 
     def __str__(self) -> str:
@@ -94,6 +99,8 @@ class CMSReport:
         lines.append(f"  test 2, ‖(I−P) f_X‖/‖f_X‖ = {self.column_space_residual:.2e} (necessary, ≈0 expected)")
         note = "" if self.transfer_conclusive else " (inconclusive: rank J_A < rank [J_A; J_B])"
         lines.append(f"  test 3, least-norm R fitted on half, error on the other = {self.transfer_error:.2e}{note}")
+        if self.manifest is not None:
+            lines.append(str(self.manifest))
         return "\n".join(lines)
 
 
@@ -181,6 +188,7 @@ def check_cms(
         n_fresh=n - half,
         n_params=fm.n_params,
         R=Rs.get(kind) if kind else None,
+        manifest=MeasurementManifest.build(job.fm, job.x, strategy=job.strategy, structured=job.structured),
     )
 
 

@@ -134,15 +134,13 @@ class _Measurement:
         self.budget = _memory.resolve_budget(memory_budget, self.fm.device)
         self.itemsize = torch.empty((), dtype=self.fm.dtype).element_size()
         self._stack = None
+        self.structured: tuple[str, ...] | None = None  # parameters covered by the structured path
 
     def __enter__(self) -> _Measurement:
         self._stack = self.fm.measuring()
         self._stack.__enter__()
         try:
-            with torch.no_grad():
-                out = self.fm(self.fm.params, self.x)
-            if not torch.isfinite(out).all():
-                raise DiagnosticsError("the model's outputs contain NaN or inf on these inputs")
+            out = self.fm.check_forward(self.x, per_sample=self.strategy in ("structured", "jacrev"))
             self.m = out.shape[1]
             self.rows = self.n * self.m
         except BaseException:
@@ -207,6 +205,7 @@ class _Measurement:
             layers = _StructuredLayers(self, self.fm.names)
             layers.add_gram(K)
             covered = layers.covered
+            self.structured = tuple(k for k in self.fm.names if k in covered)
         rest = tuple(k for k in self.fm.names if k not in covered)
         free = max(self.budget - 2 * self.rows**2 * self.itemsize, self.rows * self.itemsize)
         for group in _groups(rest, self.fm.params, self.rows * self.itemsize, free):

@@ -123,3 +123,112 @@ CASES = {
              lambda n: torch.randn(n, 2, 3)),
     ]
 }
+
+
+# ----------------------------------------------------------------------------------------------
+# Third-party-style models (issue 5): normalisation per sample, dropout, tied weights, and a small
+# transformer encoder that takes a HuggingFace-style dict batch and returns a dict.
+
+
+class GroupNormCNN(nn.Module):
+    """Convolutions with GroupNorm (per-sample normalisation: samples stay independent)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(2, 4, 3, padding=1)
+        self.gn1 = nn.GroupNorm(2, 4)
+        self.conv2 = nn.Conv2d(4, 4, 3, stride=2)
+        self.gn2 = nn.GroupNorm(1, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.gn1(self.conv1(x)))
+        h = torch.relu(self.gn2(self.conv2(h)))
+        return self.head(h.mean((2, 3)))
+
+
+class DropoutMLP(nn.Module):
+    """An MLP with dropout after each hidden layer (measured with dropout off)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Linear(5, 8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 6), nn.ReLU(), nn.Dropout(0.3)
+        )
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
+class TiedEmbeddingLM(nn.Module):
+    """Bag-of-tokens language model whose output projection is the embedding matrix (tied weights)."""
+
+    def __init__(self, vocab: int = 9, dim: int = 5) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.mix = nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, vocab)
+        self.out.weight = self.embed.weight  # one tensor, two uses
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.mix(self.embed(ids).mean(1)))
+        return self.out(h)
+
+
+class TinyEncoder(nn.Module):
+    """Token and position embeddings, one ``nn.TransformerEncoderLayer`` (attention + LayerNorm,
+    dropout 0.1), a final LayerNorm; called as ``model(input_ids=..., attention_mask=...)`` and
+    returning ``{"logits": (n, classes), "token_logits": (n, T, classes)}`` like a HuggingFace model.
+    """
+
+    def __init__(
+        self, vocab: int = 11, dim: int = 8, heads: int = 2, classes: int = 3, max_len: int = 6
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.pos = nn.Parameter(0.1 * torch.randn(max_len, dim))
+        self.layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=16, dropout=0.1, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        h = self.embed(input_ids) + self.pos[: input_ids.shape[1]]
+        h = self.norm(self.layer(h, src_key_padding_mask=attention_mask == 0))
+        mask = attention_mask.to(h.dtype)[..., None]
+        pooled = (h * mask).sum(1) / mask.sum(1)
+        return {"logits": self.head(pooled), "token_logits": self.head(h)}
+
+
+def _token_batch(n: int, vocab: int = 11, length: int = 5) -> dict[str, torch.Tensor]:
+    """``input_ids`` and an ``attention_mask`` with trailing padding of varied length."""
+    ids = torch.randint(0, vocab, (n, length))
+    lengths = torch.randint(2, length + 1, (n,))
+    mask = (torch.arange(length)[None, :] < lengths[:, None]).long()
+    return {"input_ids": ids * mask, "attention_mask": mask}
+
+
+CASES.update({
+    c.id: c
+    for c in [
+        Case("groupnorm-cnn", GroupNormCNN, lambda n: torch.randn(n, 2, 6, 6)),
+        Case("dropout-mlp", DropoutMLP, lambda n: torch.randn(n, 5)),
+        Case("tied-embedding", TiedEmbeddingLM, lambda n: torch.randint(0, 9, (n, 4))),
+    ]
+})
+
+
+@dataclass(frozen=True)
+class IOCase(Case):
+    """A case whose model returns a dict/tuple: ``output`` selects the measured tensor."""
+
+    output: object = None
+
+
+#: Cases that need an output selector (kept apart from CASES, whose users pass none).
+IO_CASES = {
+    c.id: c
+    for c in [
+        IOCase("transformer-dict", TinyEncoder, _token_batch, output="logits"),
+    ]
+}
