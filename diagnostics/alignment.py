@@ -29,7 +29,7 @@ from .manifest import MeasurementManifest
 from .spectral import Spectrum
 from .targets import Targets
 
-__all__ = ["AlignmentReport", "check_alignment", "alignment_from_gram"]
+__all__ = ["AlignmentReport", "check_alignment", "alignment_from_gram", "alignment_from_spectrum"]
 
 #: Scales ``c`` of the centred one-hot target tried for the cross-entropy bound (I4).
 CE_SCALES = np.concatenate([[0.0], np.geomspace(1e-2, 1e3, 61)])
@@ -62,6 +62,10 @@ class AlignmentReport:
     manifest
         What was measured: parameters, mode, layers coupling samples, dropout, precision policy
         (:class:`~diagnostics.manifest.MeasurementManifest`); ``None`` for reports built from a Gram.
+    path
+        ``"dense"`` (eigen-decomposition of ``K``) or ``"matrix-free"`` (LSQR and Lanczos on ``J``,
+        :mod:`diagnostics.matrix_free`; there ``rank`` is ``-1`` and ``λ_min``, the effective rank
+        and the kernel-target alignment are ``nan``).
     """
 
     aligned: bool
@@ -96,6 +100,7 @@ class AlignmentReport:
     dtype: str = "float32"
     strategy: str = "auto"
     elapsed_s: float = float("nan")
+    path: str = "dense"
 
     @property
     def full_rank(self) -> bool:
@@ -121,7 +126,9 @@ class AlignmentReport:
             f"Alignment condition D1 (Q ∈ Col J): {verdict}{note}",
             f"  probe: n={self.n_samples} samples × m={m} outputs = {self.n_outputs} rows; "
             f"d={self.n_params:,} parameters; mode={self.mode}, {self.dtype}",
-            f"  rank J = {self.rank} / {self.n_outputs}  (tol {self.tol:.3g} = {self.tol_rule})",
+            f"  rank J = {self.rank} / {self.n_outputs}  (tol {self.tol:.3g} = {self.tol_rule})"
+            if self.rank >= 0
+            else f"  rank J not computed (matrix-free; tol {self.tol:.3g} = {self.tol_rule})",
             f"  alignment residual ‖(I−P)Q‖/‖Q‖ = {self.residual:.3e}  (aligned if ≤ {self.residual_tol:.1e})",
             f"  loss ({self.loss_name}) = {self.loss:.6g}   ‖∇L‖ = {self.grad_norm:.4g}   "
             f"B = {self.certificate:.4g}   ‖ν‖ = ‖J⁺Q‖ = {self.nu_norm:.4g}",
@@ -132,7 +139,7 @@ class AlignmentReport:
             f"  spectrum: λ_max {self.eigenvalues[0]:.4g}, smallest kept {self.smallest_kept_eigenvalue:.3g}, "
             f"λ_min {self.min_eigenvalue:.3g}, effective rank {self.effective_rank:.1f}",
             f"  Q carried by {cap}; kernel-target alignment {self.kernel_target_alignment:.3f}",
-            f"  measured in {self.elapsed_s:.2f} s (strategy {self.strategy})",
+            f"  measured in {self.elapsed_s:.2f} s (strategy {self.strategy}, {self.path} path)",
         ] + ([str(self.manifest)] if self.manifest is not None else []))
 
 
@@ -151,9 +158,29 @@ def alignment_from_gram(
     Pure linear algebra (no model): used by :func:`check_alignment` and by the tracker. ``‖∇L‖`` is
     ``sqrt(gᵀKg)`` with ``g = ∂L/∂f_X``, so no Jacobian is needed.
     """
-    n, m = outputs.shape
     source_dtype = source_dtype or outputs.dtype
     spectrum = Spectrum.of(K, source_dtype=source_dtype, tol=tol)
+    return alignment_from_spectrum(
+        outputs, targets, spectrum, n_params=n_params, source_dtype=source_dtype, residual_tol=residual_tol
+    )
+
+
+def alignment_from_spectrum(
+    outputs: torch.Tensor,
+    targets: Targets,
+    spectrum: Spectrum,
+    *,
+    n_params: int,
+    source_dtype: torch.dtype | None = None,
+    residual_tol: float | None = None,
+) -> AlignmentReport:
+    """Build the alignment report from outputs, targets and the spectrum of ``K``.
+
+    ``spectrum`` is a :class:`~diagnostics.spectral.Spectrum` or its matrix-free stand-in
+    :class:`~diagnostics.matrix_free.OperatorSpectrum` (same methods).
+    """
+    n, m = outputs.shape
+    source_dtype = source_dtype or outputs.dtype
     if residual_tol is None:
         residual_tol = math.sqrt(torch.finfo(source_dtype).eps)
     f = outputs.detach().to(torch.float64).cpu()
@@ -234,6 +261,7 @@ def check_alignment(
     dtype: torch.dtype | None = None,
     strategy: str = "auto",
     memory_budget: int | None = None,
+    path: str = "auto",
 ) -> AlignmentReport:
     """Test the data-architecture alignment condition D1 at the model's current parameters.
 
@@ -257,6 +285,10 @@ def check_alignment(
         As in :func:`diagnostics.jacobian`.
     probe_size, seed
         Size and seed of the probe subset (``None``: all the data).
+    path
+        ``"dense"`` (the Gram and its eigen-decomposition), ``"matrix-free"`` (LSQR and Lanczos on
+        Jacobian products, memory ``O(nm + d)``, :mod:`diagnostics.matrix_free`) or ``"auto"``:
+        dense when it fits ``memory_budget``; the report's ``path`` says which was used.
 
     Returns
     -------
@@ -270,6 +302,19 @@ def check_alignment(
     """
     start = time.perf_counter()
     X, T = _inputs.probe_data(data, probe_size, seed)
+    from . import matrix_free  # imports this module
+
+    path, op = matrix_free.choose_path(
+        path, model, X, params=params, mode=mode, output=output, dtype=dtype, memory_budget=memory_budget
+    )
+    if op is not None:
+        report = matrix_free.alignment_from_operator(
+            op, T, loss=loss, target=target, tol=tol, residual_tol=residual_tol
+        )
+        report.mode, report.strategy = mode, "jvp/vjp"
+        report.manifest = MeasurementManifest.build(op.fm, op.x, strategy="jvp/vjp", n_outputs=op.m)
+        report.elapsed_s = time.perf_counter() - start
+        return report
     with _Measurement(model, X, params, mode, output, dtype, strategy, memory_budget) as job:
         targets = Targets.build(T, job.n, job.m, loss, target)
         with torch.no_grad():

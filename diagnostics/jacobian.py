@@ -27,6 +27,7 @@ never materialised whole unless it fits the budget) and an oversized request rai
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -55,7 +56,7 @@ def jacobian(
     strategy: str = "auto",
     memory_budget: int | None = None,
 ) -> torch.Tensor:
-    """The Jacobian ``J = ∂f_X/∂θ`` of shape ``(n·m, d)``.
+    """Compute the Jacobian ``J = ∂f_X/∂θ`` of shape ``(n·m, d)``.
 
     Parameters
     ----------
@@ -104,7 +105,7 @@ def ntk_gram(
     strategy: str = "auto",
     memory_budget: int | None = None,
 ) -> torch.Tensor:
-    """The empirical NTK Gram ``K = J Jᵀ`` of shape ``(n·m, n·m)``, symmetrised.
+    """Compute the empirical NTK Gram ``K = J Jᵀ`` of shape ``(n·m, n·m)``, symmetrised.
 
     Same arguments as :func:`jacobian`. ``J`` is never materialised whole: the Gram is accumulated
     over parameter groups that fit the memory budget, with exact per-layer blocks
@@ -192,14 +193,14 @@ class _Measurement:
 
     # -- Gram ------------------------------------------------------------------------------------
     def gram(self) -> torch.Tensor:
-        """``K = Σ_groups J_g J_gᵀ``, symmetrised."""
+        """``K = Σ_groups J_g J_gᵀ``, accumulated on the tiles on and above the diagonal, then mirrored."""
         _memory.require(
             2 * self.rows**2 * self.itemsize,
             self.budget,
             f"the NTK Gram ({self.rows} × {self.rows}, with its working copy)",
             "Use fewer samples (probe_size=) or the matrix-free path (diagnostics.JacobianOperator).",
         )
-        K = torch.zeros(self.rows, self.rows, dtype=self.fm.dtype, device=self.fm.device)
+        K = _GramTiles(self.rows, self.m, self.fm.dtype, self.fm.device)
         covered: set[str] = set()
         if self.strategy == "structured":
             layers = _StructuredLayers(self, self.fm.names)
@@ -210,8 +211,61 @@ class _Measurement:
         free = max(self.budget - 2 * self.rows**2 * self.itemsize, self.rows * self.itemsize)
         for group in _groups(rest, self.fm.params, self.rows * self.itemsize, free):
             J = _columns(self._generic_blocks(group), group, self.rows)
-            K.addmm_(J, J.T)
-        return (K + K.T) / 2
+            K.add_products(J, J)
+        return K.finish()
+
+
+class _GramTiles:
+    """A symmetric ``(N, N)`` Gram accumulated only on the tiles on and above the diagonal.
+
+    Products ``L Rᵀ`` are formed tile by tile for tiles ``(I, J)`` with ``I ≤ J`` (about half the
+    FLOPs of the full product); :meth:`finish` symmetrises the diagonal tiles and mirrors the
+    others, so the result is exactly symmetric. Tiles hold whole samples (``m`` rows each), so a
+    sample-level weight ``coef (n, n)`` applies to a tile as the block ``coef[I/m, J/m] ⊗ 1_{m×m}``.
+    """
+
+    #: Tile sides lie between these (rounded down to whole samples): large enough for efficient
+    #: matrix products, small enough that about four tiles span ``N`` and half the FLOPs are saved.
+    MIN_TILE, MAX_TILE = 256, 1024
+
+    def __init__(self, N: int, m: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.K = torch.zeros(N, N, dtype=dtype, device=device)
+        self.m = m
+        size = max(m, min(self.MAX_TILE, max(self.MIN_TILE, -(-N // 4))) // m * m)
+        self.bounds = [(a, min(N, a + size)) for a in range(0, N, size)]
+        self._scratch = torch.empty(size * size, dtype=dtype, device=device)
+
+    def _tiles(self) -> Iterator[tuple[slice, slice]]:
+        for i, (a0, a1) in enumerate(self.bounds):
+            for b0, b1 in self.bounds[i:]:
+                yield slice(a0, a1), slice(b0, b1)
+
+    def add_products(self, L: torch.Tensor, R: torch.Tensor) -> None:
+        """``K += L Rᵀ`` (``L``, ``R`` of shape ``(N, w)``) on the upper tiles."""
+        for a, b in self._tiles():
+            self.K[a, b].addmm_(L[a], R[b].T)
+
+    def add_weighted_products(self, L: torch.Tensor, R: torch.Tensor, coef: torch.Tensor) -> None:
+        """``K += (coef ⊗ 1_{m×m}) ⊙ (L Rᵀ)`` on the upper tiles; ``coef`` is ``(n, n)``."""
+        m = self.m
+        for a, b in self._tiles():
+            rows, cols = a.stop - a.start, b.stop - b.start
+            S = self._scratch[: rows * cols].view(rows, cols)
+            torch.mm(L[a], R[b].T, out=S)
+            c = coef[a.start // m : a.stop // m, b.start // m : b.stop // m]
+            self.K[a, b].view(rows // m, m, cols // m, m).addcmul_(
+                S.view(rows // m, m, cols // m, m), c[:, None, :, None]
+            )
+
+    def finish(self) -> torch.Tensor:
+        """Symmetrise the diagonal tiles, mirror the others; return the full Gram."""
+        for a, b in self._tiles():
+            if a == b:
+                block = self.K[a, a]
+                block.copy_((block + block.T) * 0.5)
+            else:
+                self.K[b, a].copy_(self.K[a, b].T)
+        return self.K
 
 
 def _columns(blocks: dict[str, torch.Tensor], names: tuple[str, ...], rows: int) -> torch.Tensor:
@@ -240,6 +294,18 @@ def _groups(names, params, bytes_per_column: int, budget: int) -> Iterator[tuple
 
 # ----------------------------------------------------------------------------------------------
 # The structured path: exact per-layer derivatives from layer inputs and output cotangents.
+#
+# A covered layer is written as ``z_p = W a_p + b`` over positions ``p`` (one position for a
+# linear layer on (n, d_in) inputs, tokens for a linear layer on sequences, output pixels of a
+# convolution with the unfolded patches as ``a_p``), or as ``z = γ ⊙ x̂ + β`` (batch norm in eval
+# mode). With ``A`` the patches ``(n, P, k)`` and ``G`` the output cotangents ``(n, m, P, o)``,
+#
+#     ∂f_c(x_i)/∂W = Σ_p G_icp ⊗ A_ip,
+#     K_l[(i,c),(j,c')] = Σ_{p,q} (A_ip·A_jq + 1) (G_icp·G_jc'q).
+#
+# The Gram block is formed either from the per-sample gradients ("per-sample": 2(nm)²ok FLOPs) or
+# from the pairs of positions ("positions": P(P+1)/2 · 2(nm)²o FLOPs, using the symmetry of K),
+# whichever is cheaper for the layer's shapes.
 
 
 @dataclass
@@ -252,14 +318,23 @@ class _Layer:
     version: int = 0
     calls: int = 0
     cotangents: torch.Tensor | None = None  # (n, m, *output shape)
+    unfolded: torch.Tensor | None = None  # conv patches (n, P, k), computed once
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(k for k in (self.weight, self.bias) if k is not None)
 
+    @property
+    def is_norm(self) -> bool:
+        return isinstance(self.module, _NORMS)
+
+
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+_COVERED = (nn.Linear, nn.Conv2d, *_NORMS)
+
 
 class _StructuredLayers:
-    """Capture ``A`` and ``G`` for the ``nn.Linear``/``nn.Conv2d`` layers that can be covered exactly."""
+    """Capture ``A`` and ``G`` for the layers that can be covered exactly, guarded by autograd."""
 
     def __init__(self, job: _Measurement, names: tuple[str, ...]) -> None:
         self.job = job
@@ -280,37 +355,39 @@ class _StructuredLayers:
         finally:
             for h in handles:
                 h.remove()
-        live = {
-            k: layer
-            for k, layer in self.layers.items()
+        live = [
+            layer
+            for layer in self.layers.values()
             if layer.calls == 1
             and layer.inputs.shape[0] == job.n
             and layer.inputs._version == layer.version
-        }
+            and (not layer.is_norm or _uses_running_statistics(layer.module))
+        ]
+        self.layers = {}
         if not live:
-            self.layers = {}
             return
-        zs = [layer.outputs for layer in live.values()]
+        zs = [layer.outputs for layer in live]
         with torch.enable_grad():
+            # one backward pass per output: ∂f_c/∂z for every covered z, all samples at once
             per_output = [
                 torch.autograd.grad(out[:, c].sum(), zs, retain_graph=True, allow_unused=True)
                 for c in range(job.m)
             ]
+            # the guard: ⟨v, f⟩ differentiated by autograd must equal Σ_ic v_ic ∂f_ic/∂θ built from A, G
             generator = torch.Generator(device="cpu").manual_seed(0)
             v = torch.randn(out.shape, generator=generator, dtype=out.dtype).to(out.device)
-            wanted = [params[k] for layer in live.values() for k in layer.names]
-            checks = torch.autograd.grad((out * v).sum(), zs + wanted, allow_unused=True)
-        grads_z, grads_p = checks[: len(zs)], dict(zip([k for lay in live.values() for k in lay.names], checks[len(zs) :]))
-        tol = 1e-4 if job.fm.dtype != torch.float64 else 1e-9
-        self.layers = {}
-        for i, (key, layer) in enumerate(live.items()):
+            wanted = [params[k] for layer in live for k in layer.names]
+            reference = torch.autograd.grad((out * v).sum(), wanted, allow_unused=True)
+        reference = dict(zip([k for layer in live for k in layer.names], reference, strict=True))
+        tol = 1e-4 if fm.dtype != torch.float64 else 1e-9
+        for i, layer in enumerate(live):
             G = torch.stack(
                 [g[i] if g[i] is not None else torch.zeros_like(layer.outputs) for g in per_output], dim=1
             )
-            layer.cotangents = G.detach()
-            gz = grads_z[i] if grads_z[i] is not None else torch.zeros_like(layer.outputs)
-            if _matches_autograd(layer, gz.detach(), grads_p, tol):
-                self.layers[key] = layer
+            layer.cotangents = G
+            layer.outputs = None
+            if _matches_autograd(layer, v, reference, tol):
+                self.layers[layer.weight or layer.bias] = layer
                 self.covered.update(layer.names)
 
     @staticmethod
@@ -331,40 +408,164 @@ class _StructuredLayers:
         """Per-parameter ``(nm, *shape)`` Jacobian blocks of the covered layers."""
         blocks = {}
         for layer in self.layers.values():
-            w, b = _per_sample_grads(layer, self.job.rows)
+            w, b = _layer_grads(layer, layer.cotangents, per_sample=True)
             if layer.weight is not None:
-                blocks[layer.weight] = w
+                blocks[layer.weight] = w.reshape(self.job.rows, *self.job.fm.shapes[layer.weight])
             if layer.bias is not None:
-                blocks[layer.bias] = b
+                blocks[layer.bias] = b.reshape(self.job.rows, -1)
         return blocks
 
-    def add_gram(self, K: torch.Tensor) -> None:
-        """``K += Σ_l K_l`` over the covered layers."""
-        n, m, rows = self.job.n, self.job.m, self.job.rows
+    def add_gram(self, K: _GramTiles) -> None:
+        """``K += Σ_l K_l`` over the covered layers, each by its cheaper exact form.
+
+        Per-sample blocks of consecutive layers are concatenated (within the memory budget) so
+        that one wide product replaces several narrow ones: same FLOPs, better matmul efficiency.
+        """
+        job = self.job
+        pending: list[torch.Tensor] = []
+        width = 0
         for layer in self.layers.values():
-            if isinstance(layer.module, nn.Linear) and layer.inputs.ndim == 2:
-                G = layer.cotangents.reshape(rows, -1)
-                coef = torch.zeros(n, n, dtype=K.dtype, device=K.device)
-                if layer.weight is not None:
-                    coef += layer.inputs @ layer.inputs.T
-                if layer.bias is not None:
-                    coef += 1
-                K.view(n, m, n, m).add_((G @ G.T).view(n, m, n, m) * coef[:, None, :, None])
+            costs = layer_gram_costs(layer, job.m)
+            ps_bytes = job.rows * sum(job.fm.params[k].numel() for k in layer.names) * job.itemsize
+            if costs["positions"] < costs["per-sample"] or ps_bytes > job.budget:
+                _add_positions_gram(layer, K)
                 continue
-            _memory.require(
-                rows * sum(self.job.fm.params[k].numel() for k in layer.names) * self.job.itemsize,
-                self.job.budget,
-                f"the per-sample gradients of layer {type(layer.module).__name__}",
-                "Use fewer samples (probe_size=) or a parameter subset (params=).",
-            )
-            for block in _per_sample_grads(layer, rows):
-                if block is not None:
-                    J = block.reshape(rows, -1)
-                    K.addmm_(J, J.T)
+            if pending and 2 * (width * job.rows * job.itemsize + ps_bytes) > job.budget:
+                _add_concatenated(K, pending)
+                pending, width = [], 0
+            blocks = [b.reshape(job.rows, -1) for b in _layer_grads(layer, layer.cotangents, per_sample=True)
+                      if b is not None]
+            pending += blocks
+            width += sum(b.shape[1] for b in blocks)
+        if pending:
+            _add_concatenated(K, pending)
+
+
+def _add_concatenated(K: _GramTiles, blocks: list[torch.Tensor]) -> None:
+    J = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
+    K.add_products(J, J)
+
+
+def layer_gram_costs(layer: _Layer, m: int) -> dict[str, float]:
+    """FLOPs of the two exact forms of a covered layer's Gram block, using the symmetry of ``K``.
+
+    ``per-sample``: form ``∂f_c(x_i)/∂θ_l`` (``2nmPok``) and multiply (``(nm)²(ok + o)``, half of
+    ``2(nm)²(ok + o)``); ``positions``: ``P²`` ordered pairs of positions, each a Gram of patches
+    (``2n²k``), half a Gram of cotangents (``(nm)²o``) and half a fused multiply-add (``(nm)²``),
+    plus the bias from the cotangents summed over positions (``(nm)²o``). Batch norm has only
+    the per-sample form.
+    """
+    n = layer.inputs.shape[0]
+    rows = n * m
+    if layer.is_norm:
+        width = len(layer.names) * layer.module.num_features
+        positions_per_sample = layer.inputs[0].numel() // layer.module.num_features
+        return {
+            "per-sample": 2.0 * rows * positions_per_sample * width + rows**2 * width,
+            "positions": math.inf,
+        }
+    A, _ = _patches(layer)
+    P, k = A.shape[1], A.shape[2]
+    o = layer.module.weight.shape[0]
+    kw = k if layer.weight is not None else 0
+    kb = 1 if layer.bias is not None else 0
+    per_sample = 2.0 * rows * P * o * (kw + kb) + rows**2 * o * (kw + kb)
+    positions = kb * rows**2 * o
+    if kw:
+        positions += P * P * (2.0 * n * n * k + rows**2 * o + rows**2)
+    return {"per-sample": per_sample, "positions": positions}
+
+
+def _add_positions_gram(layer: _Layer, K: _GramTiles) -> None:
+    """``K += Σ_{p,q} ((A_p A_qᵀ) ⊗ 1_{m×m}) ⊙ (G_p G_qᵀ) + (Σ_p G_p)(Σ_q G_q)ᵀ`` (bias last)."""
+    A, G = _patches(layer)
+    n, m, P = G.shape[0], G.shape[1], G.shape[2]
+    rows = n * m
+    if P == 1:  # one position: the bias joins the weight, K_l = ((A Aᵀ + 1) ⊗ 1) ⊙ (G Gᵀ)
+        G1 = G.reshape(rows, -1)
+        if layer.weight is None:
+            K.add_products(G1, G1)
+            return
+        A1 = A[:, 0]
+        coef = A1 @ A1.T
+        if layer.bias is not None:
+            coef += 1
+        K.add_weighted_products(G1, G1, coef)
+        return
+    if layer.weight is not None:
+        Gp = [G[:, :, p].reshape(rows, -1) for p in range(P)]
+        for p in range(P):
+            for q in range(P):
+                K.add_weighted_products(Gp[p], Gp[q], A[:, p] @ A[:, q].T)
+    if layer.bias is not None:
+        gb = G.sum(2).reshape(rows, -1)
+        K.add_products(gb, gb)
+
+
+def _patches(layer: _Layer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Patches ``A`` ``(n, P, k)`` and cotangents ``G`` ``(n, m, P, o)`` of a linear or conv layer."""
+    return _patches_of(layer, layer.cotangents)
+
+
+def _patches_of(layer: _Layer, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_patches` with cotangents ``G`` ``(n, r, *output shape)``; conv patches are unfolded once."""
+    A, mod = layer.inputs, layer.module
+    n, r = G.shape[:2]
+    if isinstance(mod, nn.Linear):
+        return A.reshape(n, -1, A.shape[-1]), G.reshape(n, r, -1, G.shape[-1])
+    if layer.unfolded is None:
+        U = F.unfold(A, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride)
+        layer.unfolded = U.transpose(1, 2)
+    return layer.unfolded, G.reshape(n, r, G.shape[2], -1).transpose(2, 3)
+
+
+def _layer_grads(
+    layer: _Layer, G: torch.Tensor, *, per_sample: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Weight and bias derivatives from ``A`` and cotangents ``G`` ``(n, r, *output shape)``.
+
+    ``per_sample``: ``(n, r, *)`` blocks, row ``(i, c)`` the derivative of output ``c`` of sample
+    ``i``; otherwise the sums over samples and ``r`` (the gradient of ``⟨v, f⟩`` for the guard).
+    """
+    mod = layer.module
+    n, r = G.shape[:2]
+    lead = "nc" if per_sample else ""
+    if layer.is_norm:
+        x_hat = _normalised_input(layer)  # (n, C, positions)
+        G = G.reshape(n, r, G.shape[2], -1)
+        w = torch.einsum(f"ncop,nop->{lead}o", G, x_hat) if layer.weight is not None else None
+        b = G.sum(-1) if layer.bias is not None else None
+        b = b if b is None or per_sample else b.sum((0, 1))
+        return w, b
+    A, Gp = _patches_of(layer, G)
+    if layer.weight is None:
+        w = None
+    elif per_sample:
+        w = torch.einsum("ncpo,npk->ncok", Gp, A)
+    else:  # Σ_{i,c,p} G_icp ⊗ A_ip = Σ_{i,p} (Σ_c G_icp) ⊗ A_ip: one product
+        w = Gp.sum(1).reshape(-1, Gp.shape[-1]).T @ A.reshape(-1, A.shape[-1])
+    b = Gp.sum(2) if layer.bias is not None else None
+    b = b if b is None or per_sample else b.sum((0, 1))
+    shape = mod.weight.shape
+    return (w.reshape(*w.shape[: w.ndim - 2], *shape) if w is not None else None), b
+
+
+def _normalised_input(layer: _Layer) -> torch.Tensor:
+    """``x̂ = (x − running mean)/sqrt(running var + eps)`` of an eval-mode batch norm, ``(n, C, P)``."""
+    mod, x = layer.module, layer.inputs
+    x = x.reshape(x.shape[0], x.shape[1], -1)
+    mean = mod.running_mean.to(x.dtype)[:, None]
+    scale = torch.rsqrt(mod.running_var.to(x.dtype) + mod.eps)[:, None]
+    return (x - mean) * scale
+
+
+def _uses_running_statistics(module: nn.Module) -> bool:
+    """Tell whether a batch norm normalises with its running statistics (eval mode)."""
+    return not module.training and module.running_mean is not None and module.running_var is not None
 
 
 def _eligible_layers(fm: FunctionalModel, names: tuple[str, ...]) -> dict[str, _Layer]:
-    """Linear and Conv2d modules (exact types) whose parameters are measured and used nowhere else."""
+    """Linear, Conv2d and BatchNorm layers (exact types) whose parameters are measured and used once."""
     uses: dict[int, int] = {}
     for _, mod in fm.module.named_modules(remove_duplicate=False):
         for p in mod._parameters.values():
@@ -373,7 +574,7 @@ def _eligible_layers(fm: FunctionalModel, names: tuple[str, ...]) -> dict[str, _
     wanted = set(names)
     layers = {}
     for mod_name, mod in fm.module.named_modules():
-        if type(mod) not in (nn.Linear, nn.Conv2d):
+        if type(mod) not in _COVERED:
             continue
         if isinstance(mod, nn.Conv2d) and (
             mod.groups != 1 or mod.padding_mode != "zeros" or isinstance(mod.padding, str)
@@ -390,37 +591,20 @@ def _eligible_layers(fm: FunctionalModel, names: tuple[str, ...]) -> dict[str, _
     return layers
 
 
-def _per_sample_grads(layer: _Layer, rows: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """``(∂f_c(x_i)/∂W, ∂f_c(x_i)/∂b)`` for every row ``(i, c)`` from ``A`` and ``G``."""
-    A, G, mod = layer.inputs, layer.cotangents, layer.module
-    n, m = G.shape[:2]
-    if isinstance(mod, nn.Linear):
-        A = A.reshape(n, -1, A.shape[-1])  # (n, T, d_in)
-        G = G.reshape(n, m, -1, G.shape[-1])  # (n, m, T, d_out)
-        w = torch.einsum("ncto,nti->ncoi", G, A) if layer.weight is not None else None
-        b = G.sum(2) if layer.bias is not None else None
-    else:
-        U = F.unfold(A, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride)
-        G = G.reshape(n, m, G.shape[2], -1)  # (n, m, c_out, positions)
-        w = torch.einsum("ncop,nkp->ncok", G, U) if layer.weight is not None else None
-        b = G.sum(-1) if layer.bias is not None else None
-    shape = lambda t, name: t.reshape(rows, *mod._parameters[name].shape)  # noqa: E731
-    return (
-        shape(w, "weight") if w is not None else None,
-        shape(b, "bias") if b is not None else None,
-    )
+def _matches_autograd(layer: _Layer, v: torch.Tensor, reference: dict, tol: float) -> bool:
+    """Check ``Jᵀv = Σ_ic v_ic ∂f_ic/∂θ`` built from ``A`` and ``G`` against autograd's gradient.
 
-
-def _matches_autograd(layer: _Layer, gz: torch.Tensor, grads_p: dict, tol: float) -> bool:
-    """Check ``Jᵀv`` built from ``A`` and ``∂⟨v,f⟩/∂z`` against autograd's parameter gradient."""
-    probe = _Layer(layer.module, layer.weight, layer.bias, inputs=layer.inputs, cotangents=gz[:, None])
-    w, b = _per_sample_grads(probe, gz.shape[0])
-    for name, block in ((layer.weight, w), (layer.bias, b)):
+    Because the cotangent ``Σ_c v_ic G_ic`` of sample ``i`` is built from the per-output
+    cotangents, a model whose samples interact (``∂f_i/∂z_j ≠ 0``) fails the check too.
+    """
+    G = layer.cotangents
+    gz = torch.einsum("nc...,nc->n...", G, v.to(G.dtype))[:, None]
+    w, b = _layer_grads(layer, gz, per_sample=False)
+    for name, ours in ((layer.weight, w), (layer.bias, b)):
         if name is None:
             continue
-        ref = grads_p[name]
-        ours = block.sum(0)
-        ref = torch.zeros_like(ours) if ref is None else ref
+        ref = reference[name]
+        ref = torch.zeros_like(ours) if ref is None else ref.reshape(ours.shape)
         scale = max(ref.abs().max().item(), ours.abs().max().item(), 1e-30)
         if (ours - ref).abs().max().item() > tol * scale:
             return False

@@ -1,0 +1,1 @@
+"""Benchmarks of the empirical-NTK engine against peers (docs/benchmarks.md)."""

@@ -1,0 +1,271 @@
+"""The alignment condition without the Gram matrix: LSQR and Lanczos on ``J`` (THEORY §3, §7).
+
+For probe sets where the dense ``K ∈ R^{nm×nm}`` (and its float64 eigen-decomposition) would not
+fit in memory, the quantities of D1 are computed from products with the Jacobian operator
+(:class:`~diagnostics.operator.JacobianOperator`), in memory ``O(nm + d)``:
+
+- ``ν = J⁺q`` by LSQR started at zero, which converges to the least-norm least-squares solution;
+  then ``‖ν‖² = qᵀK⁺q``, ``Pq = Jν`` and the alignment residual ``‖(I − P)q‖ = ‖q − Jν‖``;
+- ``‖Jᵀq‖² = qᵀKq`` by one reverse-mode product;
+- the top eigenpairs of ``K`` by Lanczos (:func:`scipy.sparse.linalg.eigsh`) on ``v ↦ J(Jᵀv)``.
+
+The dense path's rank rule (eigenvalues of ``K`` above ``tol = λ_max · nm · eps``) is applied to
+``J`` as LSQR's condition limit ``conlim = sqrt(λ_max / tol)``: LSQR stops once its estimate of
+``cond(J) = sqrt(λ_max/λ_min)`` passes it. This regularises like the spectral cut-off without being
+identical to it, so the two paths agree where the spectrum has a clear gap at the tolerance.
+
+:class:`OperatorSpectrum` offers the methods of :class:`~diagnostics.spectral.Spectrum` that the
+alignment report uses, so :func:`~diagnostics.alignment.alignment_from_spectrum` builds the same
+report from either. Quantities that need the whole spectrum (rank, ``λ_min``, effective rank,
+kernel-target alignment, which needs ``‖K‖_F``) are not computed here: ``rank`` is ``-1`` and the
+others ``nan``; the alignment curve covers the top-``k`` eigen-directions only.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import eigsh, lsqr
+from torch import nn
+
+from . import _inputs, _memory
+from ._model import ParamSelector
+from .alignment import AlignmentReport, alignment_from_spectrum
+from .errors import DiagnosticsError
+from .operator import JacobianOperator
+from .targets import Targets
+
+__all__ = ["OperatorSpectrum", "PATHS", "alignment_from_operator", "choose_path", "dense_alignment_bytes"]
+
+PATHS = ("auto", "dense", "matrix-free")
+
+#: Eigenpairs of ``K`` computed by Lanczos (the alignment curve and top-k capture use them).
+DEFAULT_TOP_K = 10
+
+
+class OperatorSpectrum:
+    """The quantities of :class:`~diagnostics.spectral.Spectrum` that D1 needs, from ``J`` products.
+
+    Parameters
+    ----------
+    op
+        The Jacobian operator at ``θ``.
+    tol
+        Rank tolerance on the eigenvalues of ``K`` (default ``λ_max · nm · eps(dtype of J)``).
+    top_k
+        Number of leading eigenpairs computed by Lanczos.
+    rtol
+        Relative tolerance of LSQR (``atol = btol``); default ``eps^{3/4}`` of the operator's dtype.
+    max_iter
+        LSQR iteration limit (default ``10 min(nm, d)``: in floating point an ill-conditioned
+        ``J`` needs several times ``min(nm, d)`` iterations). A solve that stops there is reported
+        in ``tol_rule`` and warned about, since its ``ν`` is then a truncated one.
+
+    Notes
+    -----
+    LSQR is linear in its right-hand side in exact arithmetic, so every solve is kept: a vector
+    in the span of right-hand sides already solved (``f − cQ`` over a grid of ``c``) is answered
+    by combining their solutions, and the report needs two LSQR runs in all.
+    """
+
+    # what the full spectrum would give: not computed on the matrix-free path
+    rank = -1
+    min_eigenvalue = float("nan")
+    smallest_kept = float("nan")
+    effective_rank = float("nan")
+
+    def __init__(
+        self,
+        op: JacobianOperator,
+        *,
+        tol: float | None = None,
+        top_k: int = DEFAULT_TOP_K,
+        rtol: float | None = None,
+        max_iter: int | None = None,
+    ) -> None:
+        self.op = op
+        N, d = op.shape
+        eps = torch.finfo(op.dtype).eps
+        self.eigenvalues, self._vectors = _top_eigenpairs(op, top_k, math.sqrt(eps))
+        lam_max = max(float(self.eigenvalues[0]), 0.0)
+        if tol is None:
+            tol = lam_max * N * eps
+            self.tol_rule = f"λ_max · nm · eps({str(op.dtype).replace('torch.', '')})"
+        else:
+            if tol < 0 or not np.isfinite(tol):
+                raise ValueError(f"tol must be a finite non-negative number, got {tol}")
+            self.tol_rule = "user-supplied"
+        self.tol = float(tol)
+        self.conlim = math.sqrt(lam_max / self.tol) if self.tol > 0 else 1e300
+        self.rtol = rtol if rtol is not None else eps**0.75
+        self.max_iter = max_iter or 10 * min(N, d)
+        self.iterations: list[int] = []
+        self.unconverged = 0
+        self._rhs: list[torch.Tensor] = []
+        self._solutions: list[torch.Tensor] = []
+        self._fitted: list[torch.Tensor] = []
+
+    @property
+    def solver_summary(self) -> str:
+        """LSQR runs, their iterations and the condition limit, in words."""
+        its = ", ".join(str(i) for i in self.iterations)
+        summary = f"LSQR conlim {self.conlim:.3g}, {len(self.iterations)} solves ({its} iterations)"
+        return summary + (f", {self.unconverged} stopped at the iteration limit" if self.unconverged else "")
+
+    def least_norm_solution(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ν, Jν)`` with ``ν = J⁺q`` (float64), reusing earlier solves where ``q`` is in their span."""
+        q = q.detach().reshape(-1).to(torch.float64).cpu()
+        if q.shape[0] != self.op.shape[0]:
+            raise ValueError(f"vector has length {q.shape[0]}, the operator has {self.op.shape[0]} rows")
+        if self._rhs:
+            B = torch.stack(self._rhs, dim=1)
+            coef = torch.linalg.lstsq(B, q[:, None]).solution[:, 0]
+            if float((B @ coef - q).norm()) <= 1e-12 * max(float(q.norm()), 1e-300):
+                nu = torch.stack(self._solutions, dim=1) @ coef
+                return nu, torch.stack(self._fitted, dim=1) @ coef
+        result = lsqr(
+            self.op.to_scipy(), q.numpy(), atol=self.rtol, btol=self.rtol, conlim=self.conlim,
+            iter_lim=self.max_iter,
+        )
+        nu = torch.from_numpy(result[0])
+        if result[1] == 7:
+            self.unconverged += 1
+            warnings.warn(
+                f"LSQR stopped at its iteration limit ({self.max_iter}) before converging: ‖J⁺q‖ and the "
+                "residual are those of a truncated solution. Raise max_iter, or use the dense path "
+                "where it fits.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        fitted = self.op.matvec(nu).to(torch.float64).cpu()
+        self.iterations.append(int(result[2]))
+        self._rhs.append(q)
+        self._solutions.append(nu)
+        self._fitted.append(fitted)
+        return nu, fitted
+
+    def pinv_quadratic(self, q: torch.Tensor) -> float:
+        """``qᵀK⁺q = ‖J⁺q‖²``."""
+        nu, _ = self.least_norm_solution(q)
+        return float(nu @ nu)
+
+    def inside_norm_sq(self, q: torch.Tensor) -> float:
+        """``‖Pq‖² = ‖J J⁺q‖²``."""
+        _, fitted = self.least_norm_solution(q)
+        return float(fitted @ fitted)
+
+    def outside_norm_sq(self, q: torch.Tensor) -> float:
+        """``‖(I − P)q‖² = ‖q − J J⁺q‖²``."""
+        _, fitted = self.least_norm_solution(q)
+        rest = q.detach().reshape(-1).to(torch.float64).cpu() - fitted
+        return float(rest @ rest)
+
+    def quadratic(self, q: torch.Tensor) -> float:
+        """``qᵀKq = ‖Jᵀq‖²``."""
+        g = self.op.rmatvec(q.detach().reshape(-1)).to(torch.float64)
+        return float(g @ g)
+
+    def alignment_curve(self, q: torch.Tensor) -> np.ndarray:
+        """Fraction of ``‖q‖²`` carried by the top-``k`` eigen-directions, ``k = 1..top_k``."""
+        q = q.detach().reshape(-1).to(torch.float64).cpu()
+        total = float(q @ q)
+        if total == 0:
+            raise ValueError("the target vector is zero")
+        c = self._vectors.T @ q
+        return (torch.cumsum(c**2, 0) / total).numpy()
+
+    def kernel_target_alignment(self, q: torch.Tensor) -> float:
+        """Not computed matrix-free (it needs ``‖K‖_F``): ``nan``."""
+        return float("nan")
+
+
+def _top_eigenpairs(op: JacobianOperator, k: int, tol: float) -> tuple[np.ndarray, torch.Tensor]:
+    """Return the ``k`` largest eigenvalues of ``K`` (descending) and eigenvectors (float64, CPU)."""
+    N = op.shape[0]
+    if k < 1:
+        raise DiagnosticsError(f"top_k must be at least 1, got {k}")
+    if N <= k + 1:  # too small for Lanczos: K column by column
+        eye = torch.eye(N, dtype=torch.float64)
+        K = torch.stack([op.gram_matvec(e).to(torch.float64).cpu() for e in eye], dim=1)
+        vals, vecs = torch.linalg.eigh((K + K.T) / 2)
+        return vals.flip(0).numpy()[:k], vecs.flip(1)[:, :k]
+    vals, vecs = eigsh(op.to_scipy(gram=True), k=k, which="LA", tol=tol)
+    order = np.argsort(vals)[::-1]
+    return vals[order], torch.from_numpy(np.ascontiguousarray(vecs[:, order]))
+
+
+def dense_alignment_bytes(rows: int, dtype: torch.dtype) -> int:
+    """Peak memory of the dense path: the Gram and its working copy, plus a float64 ``eigh``.
+
+    ``eigh`` holds the float64 Gram, its eigenvectors and a workspace of about ``2N²`` doubles.
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return rows * rows * (2 * itemsize + 4 * 8)
+
+
+def choose_path(
+    path: str,
+    model: nn.Module,
+    inputs: object,
+    *,
+    params: ParamSelector = None,
+    mode: str = "eval",
+    output: _inputs.OutputSelector = None,
+    dtype: torch.dtype | None = None,
+    memory_budget: int | None = None,
+    chunk_size: int | None = None,
+) -> tuple[str, JacobianOperator | None]:
+    """Resolve ``path`` (one of :data:`PATHS`); the operator is returned when the path is matrix-free.
+
+    ``"auto"`` is dense when :func:`dense_alignment_bytes` fits the memory budget, matrix-free
+    otherwise.
+    """
+    if path not in PATHS:
+        raise DiagnosticsError(f"path must be one of {PATHS}, got {path!r}")
+    if path == "dense":
+        return path, None
+    op = JacobianOperator(
+        model, inputs, params=params, mode=mode, output=output, dtype=dtype, chunk_size=chunk_size
+    )
+    budget = _memory.resolve_budget(memory_budget, op.fm.device)
+    if path == "auto" and dense_alignment_bytes(op.shape[0], op.dtype) <= budget:
+        return "dense", None
+    return "matrix-free", op
+
+
+def alignment_from_operator(
+    op: JacobianOperator,
+    targets: object,
+    *,
+    loss: str = "mse",
+    target: object = None,
+    tol: float | None = None,
+    residual_tol: float | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    rtol: float | None = None,
+    max_iter: int | None = None,
+) -> AlignmentReport:
+    """Compute the report of :func:`~diagnostics.check_alignment` matrix-free.
+
+    Parameters
+    ----------
+    op
+        Jacobian operator on the probe inputs.
+    targets
+        Targets of the probe samples (class indices, one-hot rows or values).
+    loss, target, tol, residual_tol
+        As in :func:`~diagnostics.check_alignment`.
+    top_k, rtol, max_iter
+        As in :class:`OperatorSpectrum`.
+    """
+    built = Targets.build(targets, op.n, op.m, loss, target)
+    spectrum = OperatorSpectrum(op, tol=tol, top_k=top_k, rtol=rtol, max_iter=max_iter)
+    report = alignment_from_spectrum(
+        op.outputs, built, spectrum, n_params=op.fm.n_params, source_dtype=op.dtype, residual_tol=residual_tol
+    )
+    report.tol_rule = f"{spectrum.tol_rule}; {spectrum.solver_summary}"
+    report.path = "matrix-free"
+    return report

@@ -1,0 +1,151 @@
+"""The Jacobian as a matrix-free linear operator (THEORY §7).
+
+``J = ∂f_X/∂θ ∈ R^{nm×d}`` is never formed: products with it are computed by automatic
+differentiation over chunks of samples,
+
+- ``J v`` by forward mode (``torch.func.jvp``),
+- ``Jᵀ u`` by reverse mode (``torch.func.vjp``),
+- ``K v = J (Jᵀ v)``, the empirical NTK Gram applied to a vector,
+
+so the memory is ``O(nm + d)`` plus the activations of one chunk. This is how the alignment
+condition is checked on probe sets too large for the dense Gram (:mod:`diagnostics.matrix_free`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator
+from torch import nn
+from torch.func import jvp, vjp
+
+from . import _inputs
+from ._model import FunctionalModel, ParamSelector
+from .errors import DiagnosticsError
+
+__all__ = ["JacobianOperator"]
+
+#: Samples per chunk when ``chunk_size`` is not given (eval mode).
+DEFAULT_CHUNK = 1024
+
+
+class JacobianOperator:
+    r"""``J(θ) = ∂f_X(θ)/∂θ`` at the model's current parameters, as a linear operator.
+
+    Rows are sample-major (row ``i*m + c`` is ``∂f_c(x_i)/∂θ``), columns follow
+    ``named_parameters()`` order, exactly as :func:`diagnostics.jacobian`.
+
+    Parameters
+    ----------
+    model
+        Any ``nn.Module``; parameters and buffers are copied, the model is never modified.
+    inputs
+        A tensor, tuple or dict of tensors batched along dimension 0.
+    params, mode, output, dtype
+        As in :func:`diagnostics.jacobian`.
+    chunk_size
+        Samples per forward pass (default :data:`DEFAULT_CHUNK` in eval mode). In
+        ``mode="batch"`` samples interact through batch statistics, so the whole batch is one
+        chunk and a smaller ``chunk_size`` is refused.
+
+    Attributes
+    ----------
+    shape
+        ``(n·m, d)``.
+    outputs
+        ``f_X(θ)`` as an ``(n, m)`` tensor.
+
+    Notes
+    -----
+    .. math::
+        \mathrm{matvec}(v) = J v,\qquad \mathrm{rmatvec}(u) = J^\top u,\qquad
+        \mathrm{gram\_matvec}(v) = J J^\top v = K v.
+
+    Each product costs one pass over the data (``gram_matvec`` two); nothing is cached between
+    calls, so the measurement mode is set and restored around each call.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        inputs: object,
+        *,
+        params: ParamSelector = None,
+        mode: str = "eval",
+        output: _inputs.OutputSelector = None,
+        dtype: torch.dtype | None = None,
+        chunk_size: int | None = None,
+    ) -> None:
+        self.fm = FunctionalModel(model, params=params, mode=mode, output=output, dtype=dtype)
+        self.x, self.n = self.fm.prepare(inputs)
+        if chunk_size is not None and chunk_size < 1:
+            raise DiagnosticsError(f"chunk_size must be a positive integer, got {chunk_size}")
+        if mode == "batch":
+            if chunk_size is not None and chunk_size < self.n:
+                raise DiagnosticsError(
+                    "mode='batch' couples the samples through batch statistics: the whole batch "
+                    f"must be one chunk, so chunk_size={chunk_size} < n={self.n} is not possible"
+                )
+            chunk_size = self.n
+        self.chunk_size = min(self.n, chunk_size or DEFAULT_CHUNK)
+        with self.fm.measuring(), torch.no_grad():
+            self.outputs = torch.cat([self.fm(self.fm.params, xc) for _, xc in self._chunks()])
+        if not torch.isfinite(self.outputs).all():
+            raise DiagnosticsError("the model's outputs contain NaN or inf on these inputs")
+        self.m = self.outputs.shape[1]
+        self.shape = (self.n * self.m, self.fm.n_params)
+        self.dtype = self.fm.dtype
+
+    def _chunks(self) -> Iterator[tuple[slice, _inputs.Inputs]]:
+        for start in range(0, self.n, self.chunk_size):
+            rows = slice(start, min(self.n, start + self.chunk_size))
+            yield rows, _inputs.take(self.x, rows)
+
+    def _vector(self, v: torch.Tensor | np.ndarray, length: int, name: str) -> torch.Tensor:
+        v = torch.as_tensor(v).reshape(-1)
+        if v.shape[0] != length:
+            raise DiagnosticsError(f"{name} must have length {length}, got {v.shape[0]}")
+        return v.to(device=self.fm.device, dtype=self.dtype)
+
+    def matvec(self, v: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``J v`` for ``v ∈ R^d`` (forward mode, one pass over the data)."""
+        tangent = self.fm.unflatten(self._vector(v, self.shape[1], "v"))
+        parts = []
+        with self.fm.measuring():
+            for _, xc in self._chunks():
+                _, out = jvp(lambda p, xc=xc: self.fm(p, xc), (self.fm.params,), (tangent,))
+                parts.append(out.reshape(-1))
+        return torch.cat(parts).detach()
+
+    def rmatvec(self, u: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``Jᵀ u`` for ``u ∈ R^{nm}`` (reverse mode, one pass over the data)."""
+        u = self._vector(u, self.shape[0], "u").reshape(self.n, self.m)
+        total = torch.zeros(self.shape[1], dtype=self.dtype, device=self.fm.device)
+        with self.fm.measuring():
+            for rows, xc in self._chunks():
+                _, pull = vjp(lambda p, xc=xc: self.fm(p, xc), self.fm.params)
+                total += self.fm.flatten(pull(u[rows])[0]).detach()
+        return total
+
+    def gram_matvec(self, v: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``K v = J (Jᵀ v)`` for ``v ∈ R^{nm}`` (two passes over the data)."""
+        return self.matvec(self.rmatvec(v))
+
+    def to_scipy(self, *, gram: bool = False) -> LinearOperator:
+        """Wrap ``J`` (or ``K`` with ``gram=True``) as a float64 :class:`scipy.sparse.linalg.LinearOperator`.
+
+        Vectors are converted to the compute dtype for each product and back to float64.
+        """
+
+        def wrap(fn):
+            return lambda v: fn(np.asarray(v).reshape(-1)).to(torch.float64).cpu().numpy()
+
+        if gram:
+            N = self.shape[0]
+            gram_product = wrap(self.gram_matvec)
+            return LinearOperator((N, N), matvec=gram_product, rmatvec=gram_product, dtype=np.float64)
+        return LinearOperator(
+            self.shape, matvec=wrap(self.matvec), rmatvec=wrap(self.rmatvec), dtype=np.float64
+        )
