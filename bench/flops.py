@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
@@ -47,8 +46,8 @@ def cheapest_flops(model: nn.Module, x: torch.Tensor) -> float:
     return gram + (1 + m) * forward_flops(model, x)
 
 
-def matmul_peak(device: str = "cpu", size: int = 2048, repeats: int = 5) -> float:
-    """FLOP/s of one large float32 ``A @ B`` (median of ``repeats``)."""
+def matmul_peak(device: str = "cpu", size: int = 2048, repeats: int = 10) -> float:
+    """FLOP/s of one large float32 ``A @ B``: the best of ``repeats`` (a peak; robust to other load)."""
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
     times = []
@@ -58,7 +57,7 @@ def matmul_peak(device: str = "cpu", size: int = 2048, repeats: int = 5) -> floa
         a @ b
         _sync(device)
         times.append(time.perf_counter() - start)
-    return 2.0 * size**3 / statistics.median(times[1:])
+    return 2.0 * size**3 / min(times[1:])
 
 
 def _sync(device: str) -> None:
