@@ -6,12 +6,14 @@ columns in ``named_parameters()`` order; ``K = J Jᵀ ∈ R^{nm×nm}``.
 Strategies (``strategy=``), all exact and held to the dense reference by the tests:
 
 ``"structured"``
-    For ``nn.Linear`` and ``nn.Conv2d`` layers, per-sample derivatives come from the layer inputs
-    ``A`` and the output cotangents ``G`` (one forward, ``m`` backward passes, no per-sample
-    gradients through the network). For a linear layer on ``(n, d_in)`` inputs the Gram block is
-    ``K_l = (A Aᵀ + 1) ⊗ 1_{m×m} ⊙ G Gᵀ`` and its per-sample gradients are never formed. Layers it
-    cannot cover exactly (shared or tied weights, reused modules, other layer types) go to
-    ``"jacrev"``; a random-cotangent check against autograd guards every covered layer.
+    For ``nn.Linear``, ``nn.Conv2d`` and eval-mode ``nn.BatchNorm1d/2d`` layers, derivatives come
+    from the layer inputs ``A`` and the output cotangents ``G`` (one forward, ``m`` backward passes,
+    no per-sample gradients through the network). For a linear layer on ``(n, d_in)`` inputs the
+    Gram block is ``K_l = (A Aᵀ + 1) ⊗ 1_{m×m} ⊙ G Gᵀ`` and its per-sample gradients are never
+    formed; for convolutions and sequence inputs each layer takes the cheaper of two exact forms
+    (per-sample gradients, or pairs of positions; see :func:`layer_gram_costs`). Layers it cannot
+    cover exactly (shared or tied weights, reused modules, other layer types) go to ``"jacrev"``;
+    a random-cotangent check against autograd guards every covered layer.
 ``"jacrev"``
     ``vmap(jacrev(f))`` over samples (per-sample, ``mode="eval"`` only).
 ``"vjp"``
@@ -20,8 +22,10 @@ Strategies (``strategy=``), all exact and held to the dense reference by the tes
 ``"auto"``
     ``"structured"`` in eval mode, ``"vjp"`` in batch mode.
 
-Memory is estimated before allocating: the Gram is accumulated parameter group by group (``J`` is
-never materialised whole unless it fits the budget) and an oversized request raises
+Every strategy accumulates the Gram only on the tiles on and above its diagonal (about half the
+FLOPs) and mirrors them, so ``K`` is exactly symmetric. Memory is estimated before allocating: the
+Gram is accumulated parameter group by group (``J`` is never materialised whole unless it fits the
+budget) and an oversized request raises
 :class:`~diagnostics.errors.InsufficientMemoryError` saying how big it is and what to do.
 """
 
