@@ -1,0 +1,108 @@
+"""The command line: subcommands, forwarding, option parsing, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import types
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+from diagnostics import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse(*argv: str):
+    args = cli.build_parser().parse_args(["width-report", *argv])
+    return cli._width_config(args)
+
+
+def test_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "width-report" in out and "aligned-training" in out
+    assert cli.main([]) == 2
+
+
+def test_width_report_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["width-report", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--dataset", "--data-dir", "--widths", "--executor", "--address", "--lr"):
+        assert option in out
+
+
+def test_options_build_the_config(tmp_path):
+    assert parse() == cli._width_config(cli.build_parser().parse_args(["width-report"]))
+    config = parse("--widths", "mlp:2,4", "cnn:1", "--lr", "mf=2", "--seeds", "3,4", "--steps", "10",
+                   "--every", "5")
+    assert config.widths == {"mlp": (2, 4), "cnn": (1,)}
+    assert config.lr["mf"] == 2.0 and config.lr["ntk"] == 0.5
+    assert config.seeds == (3, 4) and config.steps == 10
+    assert parse("--widths", "4,8").widths == {"mlp": (4, 8), "cnn": (4, 8)}
+    teacher = parse("--dataset", "teacher-student", "--teacher", "d_in=4", "activation=relu")
+    assert teacher.families == ("mlp",) and teacher.teacher == {"d_in": 4, "activation": "relu"}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**config.to_dict(), "steps": 20}))
+    from_file = parse("--config", str(path), "--every", "10")
+    assert from_file.steps == 20 and from_file.every == 10 and from_file.widths == config.widths
+
+
+def test_missing_data_files_exit_2_with_the_loader_message(tmp_path, capsys):
+    code = cli.main(["width-report", "--dataset", "mnist", "--data-dir", str(tmp_path), "-o",
+                     str(tmp_path / "out"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: dataset 'mnist' not found") and "train-images-idx3-ubyte" in err
+
+
+def test_bad_config_exits_2(capsys):
+    assert cli.main(["width-report", "--steps", "7", "--every", "2"]) == 2
+    assert "multiple" in capsys.readouterr().err
+
+
+def test_python_dash_m_prints_no_traceback(tmp_path):
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    proc = subprocess.run(
+        [sys.executable, "-m", "diagnostics", "width-report", "--dataset", "cifar10", "--data-dir",
+         str(tmp_path), "-o", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "cifar-10-batches-py" in proc.stderr
+
+
+def test_forwarded_command_gets_its_arguments_unparsed(monkeypatch):
+    seen = []
+    fake = types.ModuleType("fake_experiments")
+    fake.main = lambda argv: seen.append(argv) or 7
+    monkeypatch.setitem(sys.modules, "fake_experiments", fake)
+    monkeypatch.setitem(cli.COMMANDS, "fake", cli.Command("fake", "a fake", forward="fake_experiments:main"))
+    assert cli.main(["fake", "--steps", "3", "--help"]) == 7
+    assert seen == [["--steps", "3", "--help"]]
+    assert cli.COMMANDS["aligned-training"].forward == "diagnostics.experiments:main"
+
+
+def test_register_needs_run_or_forward():
+    with pytest.raises(ValueError):
+        cli.register("nothing", "no target")
+
+
+def test_console_script_entry_point():
+    try:
+        scripts = metadata.entry_points(group="console_scripts")
+    except metadata.PackageNotFoundError:  # pragma: no cover
+        pytest.skip("package not installed")
+    target = [ep.value for ep in scripts if ep.name == "diagnostics"]
+    if not target:
+        pytest.skip("package not installed (pip install -e .)")
+    assert target == ["diagnostics.cli:main"]
