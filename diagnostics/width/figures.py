@@ -69,6 +69,7 @@ def _width_axis(ax: Axes, widths) -> None:
     ax.xaxis.set_major_locator(FixedLocator(ticks))
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xticklabels([str(t) for t in ticks])
+    ax.set_xlim(ticks[0] / 1.25, ticks[-1] * 1.25)
     ax.set_xlabel(WIDTH_LABEL)
     ax.grid(True, which="major", alpha=0.3)
 
@@ -202,7 +203,7 @@ def loss_lower_bound(runs: pd.DataFrame, records: pd.DataFrame) -> Figure:
         ax = axes[1, j]
         sub = points[points["family"] == family]
         sns.scatterplot(data=sub, x="floor", y="loss", hue="width", palette="viridis", hue_norm=norm,
-                        style="parameterisation", s=18, alpha=0.8, ax=ax, legend="full" if last else False)
+                        style="parameterisation", s=18, alpha=0.8, ax=ax, legend="full")
         low = min(sub["floor"].min(), sub["loss"].min())
         high = max(sub["floor"].max(), sub["loss"].max())
         ax.plot([low, high], [low, high], color="black", linewidth=1, label="L = floor")
@@ -211,8 +212,7 @@ def loss_lower_bound(runs: pd.DataFrame, records: pd.DataFrame) -> Figure:
         ax.set_xlabel("(I2) floor (1/2n)‖(I−P)Y‖²  (every record)")
         ax.set_ylabel("training loss L" if j == 0 else "")
         ax.grid(True, alpha=0.3)
-        if last:
-            ax.legend(fontsize=7, ncols=1, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        ax.legend(fontsize=7, ncols=2, loc="lower right", framealpha=0.9)
     _titles(axes, families)
     _legend_right(fig, axes[0, -1])
     return fig
@@ -234,11 +234,13 @@ def bound_ratio(runs: pd.DataFrame, records: pd.DataFrame) -> Figure:
             last = i == 0 and j == len(families) - 1
             if not sub.empty:
                 _lines(ax, sub, column, legend=last)
+            else:
+                ax.text(0.5, 0.5, "D1 held at no record", transform=ax.transAxes, ha="center", va="center")
             ax.axhline(1.0, color="black", linewidth=1,
                        label="(I3) bound: ratio ≤ 1 when D1 holds" if last else None)
             threshold = thresholds.get(family)
             if threshold is not None:
-                ax.axvspan(data["width"].min() / 1.2, threshold, color="0.9", zorder=0,
+                ax.axvspan(data["width"].min() / 2, threshold, color="0.9", zorder=0,
                            label="d < n·m: D1 fails generically" if last else None)
             _threshold(ax, threshold, label=last)
             ax.set_yscale("log")
