@@ -235,7 +235,8 @@ def bound_ratio(runs: pd.DataFrame, records: pd.DataFrame) -> Figure:
             if not sub.empty:
                 _lines(ax, sub, column, legend=last)
             else:
-                ax.text(0.5, 0.5, "D1 held at no record", transform=ax.transAxes, ha="center", va="center")
+                ax.text(0.5, 0.5, "D1 held at no record", transform=ax.transAxes, ha="center", va="center",
+                        bbox={"facecolor": "white", "edgecolor": "0.7"})
             ax.axhline(1.0, color="black", linewidth=1,
                        label="(I3) bound: ratio ≤ 1 when D1 holds" if last else None)
             threshold = thresholds.get(family)
