@@ -1,0 +1,394 @@
+"""Base optimiser versus the §6 framework on a data set, over seeds: the table of ``docs/application.md``.
+
+For every seed a residual network (convolutions, skip connections, batch norm; :class:`~diagnostics.models.ResNet`)
+is trained with the base optimiser up to the switch epoch. The state at ``τ`` (model, optimiser, data order)
+is then continued once per variant for the remaining epochs:
+
+``base``
+    the base optimiser, unchanged;
+``tangent``, ``penultimate``
+    :class:`~diagnostics.aligned_training.AlignedTraining` with that frozen feature map and full coefficients;
+``tangent/rank-one``, ``penultimate/rank-one``
+    the same with the rank-one construction of ``theory/application_cheaper.md``.
+
+Every variant of a seed shares the trajectory up to ``τ``, so the comparison isolates what the
+augmentation does. The table reports test accuracy (mean ± std over seeds), the final training loss
+(whole training set, eval mode, the augmented model for the framework), the guarantee status of the run,
+the time per epoch after the switch and the one-time cost of the check.
+
+Command line (``python -m diagnostics.experiments --help``)::
+
+    python -m diagnostics.experiments --dataset digits --out docs/results
+    python -m diagnostics.experiments --dataset mnist --data-dir DIR --device cuda --n-train 10000 --width 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .aligned_training import AlignedTraining
+from .data import DATASETS, DataSplit, load_dataset
+from .models import build_model
+
+__all__ = ["VARIANTS", "ExperimentConfig", "main", "run_experiment", "summarise", "to_markdown"]
+
+VARIANTS = ("base", "tangent", "penultimate", "tangent/rank-one", "penultimate/rank-one")
+OPTIMIZERS = ("sgd", "gd", "adam")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything a run depends on (printed with the table).
+
+    Attributes
+    ----------
+    dataset, data_dir, n_train, n_test
+        Passed to :func:`~diagnostics.data.load_dataset` (split seed 0: the same split for every seed).
+    device
+        ``"cpu"`` or ``"cuda"``.
+    seeds
+        One run per seed (initialisation and data order).
+    variants
+        Subset of :data:`VARIANTS`.
+    width, n_blocks
+        The ResNet's channels and residual blocks.
+    epochs, switch_epoch
+        Epochs in all, and the epoch after which the framework switches (``τ`` in steps).
+    batch_size
+        Minibatch size; ``0`` means full batch (gradient descent on the whole training set).
+    optimizer, lr, momentum
+        ``"sgd"`` (with ``momentum``), ``"gd"`` (plain gradient steps) or ``"adam"``; the same before and after
+        ``τ`` and for every variant.
+    loss
+        ``"ce"`` (cross-entropy on the logits) or ``"mse"`` (squared loss on one-hot targets).
+    """
+
+    dataset: str = "digits"
+    data_dir: str | None = None
+    n_train: int | None = None
+    n_test: int | None = None
+    device: str = "cpu"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    variants: tuple[str, ...] = VARIANTS
+    width: int = 8
+    n_blocks: int = 2
+    epochs: int = 30
+    switch_epoch: int = 15
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    loss: str = "ce"
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.variants) - set(VARIANTS)
+        if unknown:
+            raise ValueError(f"unknown variants {sorted(unknown)}; choose from {VARIANTS}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.loss not in ("ce", "mse"):
+            raise ValueError(f"loss must be 'ce' or 'mse', got {self.loss!r}")
+        if not 0 < self.switch_epoch < self.epochs:
+            raise ValueError(f"switch_epoch must lie in (0, epochs = {self.epochs}), got {self.switch_epoch}")
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+
+
+def run_experiment(config: ExperimentConfig, split: DataSplit | None = None) -> pd.DataFrame:
+    """Train every variant for every seed; one row per (variant, seed).
+
+    Parameters
+    ----------
+    config
+        The experiment.
+    split
+        The data (default: ``load_dataset(config.dataset, ...)``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``variant``, ``seed``, ``test_accuracy``, ``train_accuracy``, ``train_loss``, ``status``,
+        ``bound_records``, ``bound_holds``, ``max_bound_ratio``, ``distance_holds``, ``residual_before``,
+        ``residual``, ``random_features``, ``n_coefficients``, ``nu_norm_sq``, ``omega_norm_sq``,
+        ``seconds_per_epoch_before``, ``seconds_per_epoch``, ``check_seconds``, ``extra_bytes``,
+        ``peak_bytes`` (CUDA only).
+    """
+    if split is None:
+        split = load_dataset(config.dataset, data_dir=config.data_dir, n_train=config.n_train,
+                             n_test=config.n_test, seed=0)
+    if split.task != "classification":
+        raise ValueError("the experiment trains classifiers; pick a classification data set")
+    device = torch.device(config.device)
+    data = _Data(split, device)
+    rows = []
+    for seed in config.seeds:
+        rows.extend(_run_seed(config, data, seed))
+    return pd.DataFrame(rows)
+
+
+@dataclass
+class _Data:
+    split: DataSplit
+    device: torch.device
+
+    def __post_init__(self) -> None:
+        s = self.split
+        self.X, self.y = s.X_train.to(self.device), s.y_train.to(self.device)
+        self.X_test, self.y_test = s.X_test.to(self.device), s.y_test.to(self.device)
+        self.Y = F.one_hot(self.y, s.n_classes).to(self.X.dtype)
+
+
+def _loss_fn(config: ExperimentConfig, out: torch.Tensor, y: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    if config.loss == "ce":
+        return F.cross_entropy(out, y)
+    return ((out - Y) ** 2).sum() / (2 * out.shape[0])
+
+
+def _optimizer(config: ExperimentConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr)
+    momentum = config.momentum if config.optimizer == "sgd" else 0.0
+    return torch.optim.SGD(params, lr=config.lr, momentum=momentum)
+
+
+@dataclass
+class _Plain:
+    """The base optimiser behind the same three names as :class:`AlignedTraining`."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def step(self, closure) -> None:
+        self.optimizer.step(closure)
+
+
+def _epoch(config: ExperimentConfig, data: _Data, runner: _Plain | AlignedTraining,
+           generator: torch.Generator) -> float:
+    """One epoch of (mini)batch steps through ``runner.step(closure)``; returns its wall time in seconds."""
+    n = data.X.shape[0]
+    size = config.batch_size or n
+    order = torch.randperm(n, generator=generator).to(data.device)
+    runner.model.train()
+    start = time.perf_counter()
+    for s in range(0, n, size):
+        idx = order[s : s + size]
+
+        def closure(idx: torch.Tensor = idx) -> torch.Tensor:
+            runner.optimizer.zero_grad()
+            loss = _loss_fn(config, runner.model(data.X[idx]), data.y[idx], data.Y[idx])
+            loss.backward()
+            return loss
+
+        runner.step(closure)
+    _sync(data.device)
+    return time.perf_counter() - start
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def _evaluate(config: ExperimentConfig, data: _Data, net: nn.Module) -> dict[str, float]:
+    was = net.training
+    net.eval()
+    try:
+        out_train = torch.cat([net(data.X[s : s + 1024]) for s in range(0, data.X.shape[0], 1024)])
+        out_test = torch.cat([net(data.X_test[s : s + 1024]) for s in range(0, data.X_test.shape[0], 1024)])
+    finally:
+        net.train(was)
+    return {
+        "test_accuracy": float((out_test.argmax(1) == data.y_test).float().mean()),
+        "train_accuracy": float((out_train.argmax(1) == data.y).float().mean()),
+        "train_loss": float(_loss_fn(config, out_train, data.y, data.Y)),
+    }
+
+
+def _run_seed(config: ExperimentConfig, data: _Data, seed: int) -> list[dict]:
+    split = data.split
+    build = lambda: build_model("resnet", config.width, input_shape=split.input_shape,  # noqa: E731
+                                n_out=split.n_classes, seed=seed, n_blocks=config.n_blocks).to(data.device)
+    model = build()
+    base = _Plain(model, _optimizer(config, model.parameters()))
+    generator = torch.Generator().manual_seed(seed)
+    before = [_epoch(config, data, base, generator) for _ in range(config.switch_epoch)]
+    state, opt_state = copy.deepcopy(model.state_dict()), copy.deepcopy(base.optimizer.state_dict())
+    gen_state = generator.get_state()
+    rows = []
+    for variant in config.variants:
+        net = build()
+        net.load_state_dict(state)
+        opt = _optimizer(config, net.parameters())
+        opt.load_state_dict(opt_state)
+        generator.set_state(gen_state)
+        if data.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(data.device)
+        row: dict = {"variant": variant, "seed": seed, "seconds_per_epoch_before": float(np.mean(before))}
+        if variant == "base":
+            runner, trainer = _Plain(net, opt), None
+        else:
+            feature_map, _, coefficients = variant.partition("/")
+            trainer = AlignedTraining(net, opt, train_data=(data.X, data.y), switch_step=0, loss=config.loss,
+                                      feature_map=feature_map, coefficients=coefficients or "full",
+                                      full_batch=config.batch_size == 0, seed=seed)
+            runner = trainer
+        after = [_epoch(config, data, runner, generator) for _ in range(config.epochs - config.switch_epoch)]
+        row["seconds_per_epoch"] = float(np.mean(after))
+        row.update(_evaluate(config, data, runner.model))
+        row.update(_framework_columns(trainer))
+        row["peak_bytes"] = torch.cuda.max_memory_allocated(data.device) if data.device.type == "cuda" else math.nan
+        rows.append(row)
+    return rows
+
+
+def _framework_columns(trainer: AlignedTraining | None) -> dict:
+    if trainer is None:
+        return {"status": "—", "extra_bytes": 0, "check_seconds": 0.0, "n_coefficients": 0}
+    report, guarantee = trainer.switch_report, trainer.guarantee()
+    augmented = trainer.augmented
+    frozen_bytes = sum(t.numel() * t.element_size()
+                       for t in [*augmented.features.parameters(), *augmented.features.buffers()])
+    coefficient_bytes = sum(p.numel() * p.element_size() for p in augmented.trainable())
+    state_bytes = sum(t.numel() * t.element_size() for p in augmented.trainable()
+                      for t in trainer.optimizer.state.get(p, {}).values() if isinstance(t, torch.Tensor))
+    return {
+        "status": guarantee.status,
+        "bound_records": guarantee.records,
+        "bound_holds": guarantee.bound_holds,
+        "max_bound_ratio": guarantee.max_bound_ratio,
+        "distance_holds": bool(guarantee.distance.holds) if guarantee.distance is not None else True,
+        "residual_before": report.residual_before,
+        "residual": report.residual + report.rounding,
+        "random_features": report.random_features,
+        "n_coefficients": report.n_coefficients,
+        "nu_norm_sq": report.nu_norm_sq,
+        "omega_norm_sq": report.omega_norm_sq,
+        "check_seconds": report.check_seconds,
+        "extra_bytes": frozen_bytes + 2 * coefficient_bytes + state_bytes,  # copy, u and its gradient, state
+    }
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over seeds per variant (sample std, ``ddof=1``; 0 for one seed).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per variant with ``test_acc_mean``, ``test_acc_std``, ``train_loss_mean``, ``train_loss_std``,
+        ``status``, ``bound`` (records within the bound / records), ``s_per_epoch``, ``check_s``,
+        ``extra_MB``, ``within_one_std_of_base``.
+    """
+    out = []
+    base = runs[runs.variant == "base"]
+    base_mean = base.test_accuracy.mean() if len(base) else math.nan
+    base_std = base.test_accuracy.std(ddof=1) if len(base) > 1 else 0.0
+    for variant, g in runs.groupby("variant", sort=False):
+        std = g.test_accuracy.std(ddof=1) if len(g) > 1 else 0.0
+        is_base = variant == "base"
+        records = g.bound_records.sum() if "bound_records" in g and not is_base else 0
+        out.append({
+            "variant": variant,
+            "seeds": len(g),
+            "test_acc_mean": g.test_accuracy.mean(),
+            "test_acc_std": std,
+            "train_loss_mean": g.train_loss.mean(),
+            "train_loss_std": g.train_loss.std(ddof=1) if len(g) > 1 else 0.0,
+            "status": "—" if is_base else ", ".join(sorted(set(g.status))),
+            "bound": "—" if is_base else f"{int(g.bound_holds.sum())}/{int(records)}",
+            "s_per_epoch": g.seconds_per_epoch.mean(),
+            "check_s": g.check_seconds.mean(),
+            "extra_MB": g.extra_bytes.mean() / 2**20,
+            "within_one_std_of_base": bool(g.test_accuracy.mean() >= base_mean - base_std),
+        })
+    return pd.DataFrame(out)
+
+
+def to_markdown(table: pd.DataFrame, config: ExperimentConfig) -> str:
+    """The summary as a markdown table, with the configuration underneath."""
+    lines = [
+        "| variant | test accuracy (mean ± std) | final training loss | guarantee | bound held | "
+        "s / epoch after τ | check at τ (s) | extra memory (MB) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table.itertuples():
+        lines.append(
+            f"| {r.variant} | {100 * r.test_acc_mean:.2f} ± {100 * r.test_acc_std:.2f} % | "
+            f"{r.train_loss_mean:.2e} ± {r.train_loss_std:.1e} | {r.status} | {r.bound} | {r.s_per_epoch:.3f} | "
+            f"{r.check_s:.2f} | {r.extra_MB:.2f} |"
+        )
+    settings = {k: v for k, v in asdict(config).items() if k != "extra" and v is not None}
+    lines.append("")
+    lines.append("Configuration: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()))
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m diagnostics.experiments",
+        description="Base optimiser versus training that keeps D1 by construction (THEORY §6), over seeds.",
+    )
+    d = ExperimentConfig()
+    p.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS))
+    p.add_argument("--data-dir", default=None, help="folder with the data files (nothing is downloaded)")
+    p.add_argument("--n-train", type=int, default=None, help="stratified training subset (default: all)")
+    p.add_argument("--n-test", type=int, default=None, help="stratified test subset (default: all)")
+    p.add_argument("--device", default=d.device, help="cpu or cuda")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
+    p.add_argument("--variants", nargs="+", default=list(d.variants), choices=VARIANTS)
+    p.add_argument("--width", type=int, default=d.width)
+    p.add_argument("--blocks", type=int, default=d.n_blocks)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--switch-epoch", type=int, default=d.switch_epoch)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="0: full batch")
+    p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--momentum", type=float, default=d.momentum)
+    p.add_argument("--loss", default=d.loss, choices=("ce", "mse"))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", default=None, help="folder for runs.csv, table.csv and table.md")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point: run, print the markdown table, optionally write it to ``--out``."""
+    args = _parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = ExperimentConfig(
+        dataset=args.dataset, data_dir=args.data_dir, n_train=args.n_train, n_test=args.n_test,
+        device=args.device, seeds=tuple(args.seeds), variants=tuple(args.variants), width=args.width,
+        n_blocks=args.blocks, epochs=args.epochs, switch_epoch=args.switch_epoch, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, loss=args.loss,
+    )
+    start = time.perf_counter()
+    runs = run_experiment(config)
+    table = summarise(runs)
+    text = to_markdown(table, config)
+    print(text)
+    print(f"\n(total {time.perf_counter() - start:.0f} s)")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        runs.to_csv(out / "runs.csv", index=False)
+        table.to_csv(out / "table.csv", index=False)
+        (out / "table.md").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
