@@ -29,7 +29,7 @@ def available_bytes(device: torch.device) -> int:
 
 
 def resolve_budget(memory_budget: int | None, device: torch.device) -> int:
-    """The budget in bytes: the user's, or :data:`DEFAULT_FRACTION` of what is available."""
+    """Return the budget in bytes: the user's, or :data:`DEFAULT_FRACTION` of what is available."""
     if memory_budget is None:
         return int(DEFAULT_FRACTION * available_bytes(device))
     if memory_budget <= 0:

@@ -24,8 +24,12 @@ so the distance never increases while ``η‖∇_{ω,u}L_k‖² ≤ 4L_k``, and 
 verdicts of :mod:`theory`.
 
 Feature maps (``feature_map=``)
-    ``"tangent"``: ``Ψ(x) = J_x(θ_τ)``, ``Ψ(x)u`` is one forward-mode product (``torch.func.jvp``) of
-    the frozen copy; ``u`` has ``d`` entries and ``Col Ψ_X = Col J(θ_τ)`` (eval mode).
+    ``"tangent"``: ``Ψ(x) = α J_x(θ_τ)``, ``Ψ(x)u`` is one forward-mode product (``torch.func.jvp``) of
+    the frozen copy; ``u`` has ``d`` entries and ``Col Ψ_X = Col J(θ_τ)`` (eval mode). The constant
+    ``α > 0`` (``tangent_scale=``) changes neither the column space nor the theorem, only the trade-off
+    between the constant (``‖ν‖ ∝ 1/α``) and the stable step (``λ_max(Ψ_XΨ_Xᵀ) ∝ α²``); by default
+    ``α² = λ_max(ΦΦᵀ)/λ_max(JJᵀ)``, the frozen block as large as the output layer's own kernel
+    (on the digits ResNet the whole NTK is about 500 times larger, and ``α = 1`` makes momentum SGD spike).
     ``"penultimate"``: ``Ψ(x)u = U [h(x; θ_τ); 1]``, one forward of the frozen copy without gradient
     and a linear map; ``u = U`` has ``m(p + 1)`` entries. D1 needs about ``n`` features.
     Enlargement appends random Fourier features ``r(h(x; θ_τ))`` of the frozen penultimate features.
@@ -44,18 +48,19 @@ import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy.sparse.linalg import svds
 from torch import nn
 from torch.func import functional_call, jvp
 
 import theory
 
-from . import _inputs
+from . import _inputs, _memory
 from ._model import FunctionalModel
 from .alignment import CE_SCALES
 from .errors import DiagnosticsError, UnsupportedModelError
@@ -114,10 +119,14 @@ class _Block:
             return self.A.T @ (vecs @ ((vecs.T @ B) / lam[:, None]))
         return vecs @ ((vecs.T @ (self.A.T @ B)) / lam[:, None])
 
-    def basis(self) -> torch.Tensor:
-        """Orthonormal basis of the kept column space of ``A``."""
+    def complement(self) -> torch.Tensor:
+        """Orthonormal basis of the orthogonal complement of the kept column space of ``A``."""
+        r = self.spectrum.rank
+        if self.primal:  # the eigenvectors of AAᵀ span the whole row space
+            return self.spectrum.eigenvectors[:, r:]
         vecs, lam = self._kept()
-        return vecs if self.primal else (self.A @ vecs) / lam.sqrt()
+        basis = (self.A @ vecs) / lam.sqrt()
+        return torch.linalg.qr(basis, mode="complete").Q[:, r:]
 
 
 @dataclass(frozen=True)
@@ -202,12 +211,15 @@ def solve_alignment(
     if features is None and tangent is None:
         raise DiagnosticsError("the frozen block is empty: pass features, tangent or both")
     Q = Q.to(torch.float64)
+    return _solve(Q, None if features is None else _Block(features.to(Q)),
+                  None if tangent is None else _Block(tangent.to(Q)), source_dtype)
+
+
+def _solve(Q: torch.Tensor, features: _Block | None, tangent: _Block | None,
+           source_dtype: torch.dtype) -> AlignmentSolution:
+    """:func:`solve_alignment` on decomposed blocks (the tangent block is reused across enlargements)."""
     n, m = Q.shape
-    blocks = {}
-    if features is not None:
-        blocks["features"] = _Block(features.to(Q))
-    if tangent is not None:
-        blocks["tangent"] = _Block(tangent.to(Q))
+    blocks = {k: b for k, b in (("features", features), ("tangent", tangent)) if b is not None}
     lam_bar = sum(b.lam_max for b in blocks.values())
     tol = lam_bar * n * m * torch.finfo(torch.float64).eps
     rule = "(λ_max(JJᵀ) + λ_max(ΦΦᵀ)) · nm · eps(float64)"
@@ -223,12 +235,12 @@ def solve_alignment(
         J = blocks["tangent"]
         target = Q
         if "features" in blocks:
-            basis = blocks["features"].basis()  # (n, r)
-            J3 = J.A.reshape(n, m, -1)
-            projected = J3 - torch.einsum("ir,rcd->icd", basis, torch.einsum("ir,icd->rcd", basis, J3))
-            J = _Block(projected.reshape(n * m, -1))
+            # J'⁺Q' through the complement C of Col Φ (n × (n − r)): J' = (C ⊗ I)J'' with
+            # J'' = (Cᵀ ⊗ I)J, so J'⁺Q' = J''⁺(Cᵀ ⊗ I)Q, a Gram of (n − r)m rows instead of nm
+            C = blocks["features"].complement()
+            J = _Block(torch.einsum("ik,icd->kcd", C, J.A.reshape(n, m, -1)).reshape(-1, J.A.shape[1]))
             J.set_tol(tol, rule)
-            target = Q - basis @ (basis.T @ Q)
+            target = C.T @ Q
         nu_t = J.solve(target.reshape(-1, 1)).reshape(-1)
         rest = Q - (blocks["tangent"].A @ nu_t).reshape(n, m)
         rank += J.spectrum.rank
@@ -299,7 +311,8 @@ class FrozenFeatures(nn.Module):
     change that) and its parameters have ``requires_grad=False``. ``forward(coefficients, inputs)``
     returns ``Ψ(x)u`` as an ``(n, m)`` matrix, linear in the coefficients:
 
-    - ``coefficients["tangent"]`` (``d``): ``J_x(θ_τ) u``, one ``torch.func.jvp`` of the copy;
+    - ``coefficients["tangent"]`` (``d``): ``α J_x(θ_τ) u``, one ``torch.func.jvp`` of the copy
+      (``α`` = :attr:`tangent_scale`);
     - ``coefficients["features"]`` (``m × p``): ``U φ(x)`` with ``φ = [h(x; θ_τ), 1, r(h)]`` for the
       penultimate map and ``φ = r(h)`` (random features only) for the tangent map.
 
@@ -324,6 +337,7 @@ class FrozenFeatures(nn.Module):
             p.requires_grad_(False)
             p.grad = None
         self.random: _RandomFourierFeatures | None = None
+        self.tangent_scale = 1.0
         self.train(False)
 
     def train(self, mode: bool = True) -> FrozenFeatures:
@@ -365,7 +379,7 @@ class FrozenFeatures(nn.Module):
         return self.features_from(self.penultimate(inputs))
 
     def tangent_product(self, u: torch.Tensor, inputs: _inputs.Inputs) -> torch.Tensor:
-        """``J_x(θ_τ) u`` per sample, ``(n, m)``: a ``jvp`` of the frozen copy, differentiable in ``u``."""
+        """``α J_x(θ_τ) u`` per sample, ``(n, m)``: a ``jvp`` of the frozen copy, differentiable in ``u``."""
         params = dict(self.frozen.named_parameters())
         buffers = dict(self.frozen.named_buffers())
         sizes = [p.numel() for p in params.values()]
@@ -376,7 +390,7 @@ class FrozenFeatures(nn.Module):
             return _inputs.call(lambda *a, **kw: functional_call(self.frozen, state, a, kw), inputs)
 
         _, out = jvp(f, (params,), (tangents,))
-        return out.reshape(out.shape[0], -1)
+        return self.tangent_scale * out.reshape(out.shape[0], -1)
 
     def forward(self, coefficients: Mapping[str, torch.Tensor], inputs: _inputs.Inputs) -> torch.Tensor:
         """``Ψ(x)u`` as an ``(n, m)`` matrix."""
@@ -468,6 +482,8 @@ class SwitchReport:
         ``c`` of the target ``Q = cQ₀`` used for the recorded distance (1 for mse), and ``L(cQ₀)``.
     n_coefficients
         Trainable entries added (``q`` for full coefficients, 1 for rank-one).
+    tangent_scale
+        ``α`` of the tangent map ``Ψ = α J_x(θ_τ)`` (1 for the penultimate map).
     """
 
     iteration: int
@@ -491,6 +507,7 @@ class SwitchReport:
     distance_scale: float
     distance_target_loss: float
     check_seconds: float
+    tangent_scale: float = 1.0
 
     def __str__(self) -> str:
         verdict = "holds" if self.aligned else "FAILS"
@@ -505,11 +522,17 @@ class SwitchReport:
         if self.enlargements:
             tried = ", ".join(f"{w} → {r:.2e}" for w, r, _ in self.enlargements)
             lines.append(f"  enlarged with random features (width → residual): {tried}")
+        if self.feature_map == "tangent":
+            lines.append(f"  tangent features scaled by α = {self.tangent_scale:.3g}")
         lines.append(
             f"  ‖ω_τ‖² = {self.omega_norm_sq:.4g}, ‖ν‖² = {self.nu_norm_sq:.4g}; "
             f"check took {self.check_seconds:.2f} s"
         )
         return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serialisable fields."""
+        return {**asdict(self), "enlargements": [list(e) for e in self.enlargements]}
 
 
 @dataclass
@@ -580,6 +603,14 @@ class GuaranteeReport:
         lines.append(f"  loss monotone after τ: {self.monotone_loss}")
         return "\n".join(lines)
 
+    def to_dict(self) -> dict:
+        """Plain JSON-serialisable fields (the verdicts as their own ``to_dict()``)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["departures"] = list(self.departures)
+        for key in ("distance", "telescoping"):
+            out[key] = out[key].to_dict() if out[key] is not None else None
+        return out
+
 
 @dataclass
 class _Record:
@@ -634,6 +665,9 @@ class AlignedTraining:
         ``"tangent"`` or ``"penultimate"``.
     coefficients
         ``"full"`` or ``"rank-one"``.
+    tangent_scale
+        ``α`` of the tangent map ``Ψ = α J_x(θ_τ)``: a positive number, or ``"head"`` (default) for
+        ``α = sqrt(λ_max(ΦΦᵀ)/λ_max(JJᵀ))`` with ``Φ`` the output layer's columns of ``J``.
     head
         Module name of the affine output layer; default: the last ``nn.Linear`` called, checked to
         produce the model's output and to be linear in its weight and bias.
@@ -649,6 +683,9 @@ class AlignedTraining:
         non-increasing only while ``L ≥ L(cQ₀)``, ``theory/application.md``).
     max_random_features
         Largest number of random features tried (default ``4n``).
+    memory_budget
+        Bytes the check at ``τ`` may use (default: half of what is available); a block that would not fit is
+        refused before it is allocated.
     seed
         Seed of the random features.
     """
@@ -663,18 +700,22 @@ class AlignedTraining:
         loss: str = "mse",
         feature_map: str = "penultimate",
         coefficients: str = "full",
+        tangent_scale: float | str = "head",
         head: str | None = None,
         enlarge: bool = True,
         tol: float | None = None,
         full_batch: bool = False,
         target_loss: float = 1e-3,
         max_random_features: int | None = None,
+        memory_budget: int | None = None,
         seed: int = 0,
     ) -> None:
         if feature_map not in FEATURE_MAPS:
             raise DiagnosticsError(f"feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
         if coefficients not in COEFFICIENTS:
             raise DiagnosticsError(f"coefficients must be one of {COEFFICIENTS}, got {coefficients!r}")
+        if tangent_scale != "head" and not (isinstance(tangent_scale, int | float) and tangent_scale > 0):
+            raise DiagnosticsError(f"tangent_scale must be 'head' or a positive number, got {tangent_scale!r}")
         if isinstance(switch_step, bool) or not isinstance(switch_step, int) or switch_step < 0:
             raise DiagnosticsError(f"switch_step must be a non-negative integer, got {switch_step!r}")
         if not 0 < target_loss:
@@ -682,10 +723,12 @@ class AlignedTraining:
         self.base_model = model
         self.feature_map = feature_map
         self.coefficients = coefficients
+        self.tangent_scale = tangent_scale
         self.enlarge = enlarge
         self.full_batch = full_batch
         self.target_loss = float(target_loss)
         self.seed = seed
+        self.memory_budget = memory_budget
         self.switch_step = switch_step
         X, T = _inputs.probe_data(train_data, None, 0)
         self._X = _inputs.normalise_inputs(X)
@@ -733,8 +776,8 @@ class AlignedTraining:
 
         With ``closure`` (zero the gradients, compute the loss, ``backward()``, return the loss), take the
         optimiser step and return the loss (a float). Without it, call this after your own
-        ``optimizer.step()``, passing the loss of that step as ``loss=`` so it is recorded (the gradients of the step must
-        still be in ``.grad``). After ``τ`` every step is recorded; at ``τ`` the switch happens.
+        ``optimizer.step()``, passing the loss of that step as ``loss=`` so it is recorded (the gradients of the
+        step must still be in ``.grad``). After ``τ`` every step is recorded; at ``τ`` the switch happens.
         """
         if closure is not None and loss is not None:
             raise DiagnosticsError("pass either a closure or loss=, not both")
@@ -760,20 +803,32 @@ class AlignedTraining:
         x = _inputs.to(self._X, like.device, like.dtype)
         Q0 = self.targets.Q.to(like.device)
         tangent = None
+        budget = _memory.resolve_budget(self.memory_budget, like.device)
         if self.feature_map == "tangent":
-            tangent = jacobian(frozen.frozen, x, mode="eval").to(torch.float64)
+            d = sum(p.numel() for p in frozen.frozen.parameters())
+            _require_block_memory(self._n * self._m, d, budget, "the tangent block J(θ_τ)")
+            tangent = jacobian(frozen.frozen, x, mode="eval", memory_budget=budget).to(torch.float64)
+            frozen.tangent_scale = self._scale_of(tangent, frozen)
+            tangent.mul_(frozen.tangent_scale)
         h = _chunked(frozen.penultimate, x, self._n) if frozen.n_features or self.enlarge else None
         features = frozen.features_from(h).to(torch.float64) if frozen.n_features else None
-        solution = solve_alignment(Q0, features=features, tangent=tangent, source_dtype=like.dtype)
+        Q0 = Q0.to(torch.float64)
+        tangent_block = _Block(tangent) if tangent is not None else None
+        solution = _solve(Q0, _Block(features) if features is not None else None, tangent_block, like.dtype)
         residual_before, enlargements = solution.effective_residual, []
         if solution.effective_residual > self.tol and self.enlarge:
             amplitude = math.sqrt(float((h.double() ** 2).sum()) / self._n + 1.0)  # RMS norm of [h, 1]
+            # twice the counting minimum (S1): at the minimum Ψ_X is nearly square and ν is ill-conditioned
+            # (digits ResNet, penultimate map: ‖ν‖² = 3540 with 1,289 random features, 3.9 with 2,576)
             width = 2 * max(1, math.ceil((self._n * self._m - solution.rank) / self._m))
+            base_features = frozen.n_features  # before any random feature
             while True:
                 width = min(width, self.max_random_features)
+                _require_block_memory(self._n, base_features + width, budget,
+                                      f"the feature block with {width:,} random features")
                 frozen.random = _RandomFourierFeatures.draw(width, h, amplitude, self.seed)
                 features = frozen.features_from(h).to(torch.float64)
-                solution = solve_alignment(Q0, features=features, tangent=tangent, source_dtype=like.dtype)
+                solution = _solve(Q0, _Block(features), tangent_block, like.dtype)
                 enlargements.append((frozen.random.width, solution.effective_residual, solution.rank))
                 if solution.effective_residual <= self.tol or frozen.random.width >= self.max_random_features:
                     break
@@ -818,8 +873,21 @@ class AlignedTraining:
             distance_scale=self._distance_scale,
             distance_target_loss=self._loss_at_scale(self._distance_scale),
             check_seconds=time.perf_counter() - start,
+            tangent_scale=frozen.tangent_scale,
         )
         return self.switch_report
+
+    def _scale_of(self, J: torch.Tensor, frozen: FrozenFeatures) -> float:
+        """``α`` of the tangent map: the user's, or ``sqrt(λ_max(ΦΦᵀ)/λ_max(JJᵀ))`` (``Φ``: the head's columns)."""
+        if self.tangent_scale != "head":
+            return float(self.tangent_scale)
+        columns = torch.cat([torch.full((p.numel(),), name.startswith(self.head + "."), device=J.device)
+                             for name, p in frozen.frozen.named_parameters()])  # J's column order
+        if not columns.any():
+            raise UnsupportedModelError(
+                f"the output layer {self.head!r} has no parameters of its own (tied weights?): "
+                "pass tangent_scale= a number")
+        return math.sqrt(_top_eigenvalue(J[:, columns]) / _top_eigenvalue(J))
 
     def _add_coefficients_to_optimizer(self) -> None:
         new = self.augmented.trainable()
@@ -1038,6 +1106,23 @@ def _captured_input(module: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
 
 def _chunked(fn: Callable[[_inputs.Inputs], torch.Tensor], x: _inputs.Inputs, n: int) -> torch.Tensor:
     return torch.cat([fn(_inputs.take(x, slice(s, min(n, s + _CHUNK)))) for s in range(0, n, _CHUNK)])
+
+
+def _require_block_memory(rows: int, cols: int, budget: int, what: str) -> None:
+    """Refuse a float64 block that would not fit: the block, a working copy, its smaller Gram and eigenvectors."""
+    _memory.require(
+        8 * (2 * rows * cols + 2 * min(rows, cols) ** 2), budget, f"D1 at the switch for {what} ({rows:,} × {cols:,})",
+        "Check D1 on a subset of the training set (a smaller train_data), lower max_random_features, "
+        "use feature_map='penultimate', or raise memory_budget.",
+    )
+
+
+def _top_eigenvalue(A: torch.Tensor) -> float:
+    """``λ_max(AAᵀ) = σ_max(A)²``: dense for thin matrices, else ARPACK (seeded: the same matrix, the same number)."""
+    if min(A.shape) <= 256:
+        return float(torch.linalg.matrix_norm(A.detach().double(), ord=2)) ** 2
+    sigma = svds(A.detach().cpu().double().numpy(), k=1, return_singular_vectors=False, random_state=0)
+    return float(sigma[0]) ** 2
 
 
 def _nearest_neighbour_distance(h: torch.Tensor, seed: int) -> float:

@@ -153,7 +153,7 @@ def alignment_from_gram(
     tol: float | None = None,
     residual_tol: float | None = None,
 ) -> AlignmentReport:
-    """The alignment report from outputs ``f_X`` (``(n, m)``), targets and the Gram ``K``.
+    """Build the alignment report from outputs ``f_X`` (``(n, m)``), targets and the Gram ``K``.
 
     Pure linear algebra (no model): used by :func:`check_alignment` and by the tracker. ``‖∇L‖`` is
     ``sqrt(gᵀKg)`` with ``g = ∂L/∂f_X``, so no Jacobian is needed.

@@ -205,12 +205,13 @@ def _perturb(x: _inputs.Inputs, scale: float, seed: int) -> _inputs.Inputs:
 
 
 def _best_affine_layer(fm, x, identity_error) -> tuple[str, tuple[str, ...]] | None:
-    """The measured layer with a ``weight`` whose coordinates best satisfy ``f = J R`` on ``x``."""
+    """Find the measured layer with a ``weight`` whose coordinates best satisfy ``f = J R`` on ``x``."""
     best = None
     for mod_name, mod in reversed(list(fm.module.named_modules())):  # the output layer wins ties
         prefix = f"{mod_name}." if mod_name else ""
         own = tuple(f"{prefix}{k}" for k in ("weight", "bias") if f"{prefix}{k}" in fm.params)
-        if not any(k.endswith("weight") for k in own) or not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Bilinear)):
+        layer_types = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Bilinear)
+        if not any(k.endswith("weight") for k in own) or not isinstance(mod, layer_types):
             continue
         direction = {k: (v if k in own else torch.zeros_like(v)) for k, v in fm.params.items()}
         err = identity_error(direction, x)

@@ -26,11 +26,15 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
 import math
+import os
+import pickle
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +42,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
+from ._files import write_json, write_torch
 from .aligned_training import AlignedTraining
 from .data import DATASETS, DataSplit, load_dataset
 from .models import build_model
@@ -92,7 +98,6 @@ class ExperimentConfig:
     lr: float = 0.05
     momentum: float = 0.9
     loss: str = "ce"
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.variants) - set(VARIANTS)
@@ -108,7 +113,13 @@ class ExperimentConfig:
             raise ValueError("at least one seed is needed")
 
 
-def run_experiment(config: ExperimentConfig, split: DataSplit | None = None) -> pd.DataFrame:
+def run_experiment(
+    config: ExperimentConfig,
+    split: DataSplit | None = None,
+    *,
+    folder: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> pd.DataFrame:
     """Train every variant for every seed; one row per (variant, seed).
 
     Parameters
@@ -117,6 +128,13 @@ def run_experiment(config: ExperimentConfig, split: DataSplit | None = None) -> 
         The experiment.
     split
         The data (default: ``load_dataset(config.dataset, ...)``).
+    folder
+        Where finished work is kept, so that an interrupted experiment resumes without losing it:
+        ``runs/seed<s>.switch.pt`` (model, optimiser and data order at ``τ``) and
+        ``runs/seed<s>-<variant>.json`` (one finished row), each written atomically and tagged with a
+        fingerprint of the settings it depends on; a rerun computes only what is missing or stale.
+    progress
+        Show a progress bar over the (seed, variant) runs.
 
     Returns
     -------
@@ -134,10 +152,53 @@ def run_experiment(config: ExperimentConfig, split: DataSplit | None = None) -> 
         raise ValueError("the experiment trains classifiers; pick a classification data set")
     device = torch.device(config.device)
     data = _Data(split, device)
+    store = _Store(Path(folder), config) if folder is not None else None
     rows = []
-    for seed in config.seeds:
-        rows.extend(_run_seed(config, data, seed))
+    with tqdm(total=len(config.seeds) * len(config.variants), desc="experiment", unit="run",
+              disable=not progress) as bar:
+        for seed in config.seeds:
+            rows.extend(_run_seed(config, data, seed, store, bar))
     return pd.DataFrame(rows)
+
+
+class _Store:
+    """Finished rows and switch states of one experiment under ``<folder>/runs``."""
+
+    def __init__(self, folder: Path, config: ExperimentConfig) -> None:
+        self.dir = folder / "runs"
+        # seeds and variants choose which runs exist and data_dir only where the files are
+        keyed = {k: v for k, v in asdict(config).items() if k not in {"seeds", "variants", "data_dir"}}
+        self._key = json.dumps(keyed, sort_keys=True)
+
+    def fingerprint(self, seed: int, variant: str = "") -> str:
+        """Hash of the settings, the seed and the variant."""
+        return hashlib.sha256(f"{self._key}|{seed}|{variant}".encode()).hexdigest()[:16]
+
+    def _row_path(self, seed: int, variant: str) -> Path:
+        return self.dir / f"seed{seed}-{variant.replace('/', '-')}.json"
+
+    def row(self, seed: int, variant: str) -> dict | None:
+        """Return the finished row, or ``None`` (missing, torn or from other settings)."""
+        try:
+            stored = json.loads(self._row_path(seed, variant).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        return stored["row"] if stored.get("fingerprint") == self.fingerprint(seed, variant) else None
+
+    def write_row(self, seed: int, variant: str, row: dict) -> None:
+        write_json(self._row_path(seed, variant), {"fingerprint": self.fingerprint(seed, variant), "row": row})
+
+    def switch_state(self, seed: int) -> dict | None:
+        """Return the state at ``τ``, or ``None``."""
+        path = self.dir / f"seed{seed}.switch.pt"
+        try:
+            stored = torch.load(path, weights_only=True)
+        except (FileNotFoundError, RuntimeError, EOFError, pickle.UnpicklingError):  # missing or torn
+            return None
+        return stored["state"] if stored.get("fingerprint") == self.fingerprint(seed) else None
+
+    def write_switch_state(self, seed: int, state: dict) -> None:
+        write_torch(self.dir / f"seed{seed}.switch.pt", {"fingerprint": self.fingerprint(seed), "state": state})
 
 
 @dataclass
@@ -219,26 +280,38 @@ def _evaluate(config: ExperimentConfig, data: _Data, net: nn.Module) -> dict[str
     }
 
 
-def _run_seed(config: ExperimentConfig, data: _Data, seed: int) -> list[dict]:
-    split = data.split
-    build = lambda: build_model("resnet", config.width, input_shape=split.input_shape,  # noqa: E731
-                                n_out=split.n_classes, seed=seed, n_blocks=config.n_blocks).to(data.device)
+def _switch_state(config: ExperimentConfig, data: _Data, seed: int, build) -> dict:
+    """Train the base model up to ``τ``; return what every variant continues from."""
     model = build()
     base = _Plain(model, _optimizer(config, model.parameters()))
     generator = torch.Generator().manual_seed(seed)
     before = [_epoch(config, data, base, generator) for _ in range(config.switch_epoch)]
-    state, opt_state = copy.deepcopy(model.state_dict()), copy.deepcopy(base.optimizer.state_dict())
-    gen_state = generator.get_state()
-    rows = []
-    for variant in config.variants:
+    return {"model": model.state_dict(), "optimizer": base.optimizer.state_dict(),
+            "generator": generator.get_state(), "seconds_per_epoch": float(np.mean(before))}
+
+
+def _run_seed(config: ExperimentConfig, data: _Data, seed: int, store: _Store | None, bar: tqdm) -> list[dict]:
+    split = data.split
+    build = lambda: build_model("resnet", config.width, input_shape=split.input_shape,  # noqa: E731
+                                n_out=split.n_classes, seed=seed, n_blocks=config.n_blocks).to(data.device)
+    rows = {v: store.row(seed, v) for v in config.variants} if store is not None else {}
+    bar.update(sum(r is not None for r in rows.values()))
+    todo = [v for v in config.variants if rows.get(v) is None]
+    state = store.switch_state(seed) if store is not None and todo else None
+    if todo and state is None:
+        state = _switch_state(config, data, seed, build)
+        if store is not None:
+            store.write_switch_state(seed, state)
+    generator = torch.Generator()
+    for variant in todo:
         net = build()
-        net.load_state_dict(state)
+        net.load_state_dict(state["model"])
         opt = _optimizer(config, net.parameters())
-        opt.load_state_dict(opt_state)
-        generator.set_state(gen_state)
+        opt.load_state_dict(copy.deepcopy(state["optimizer"]))
+        generator.set_state(state["generator"])
         if data.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(data.device)
-        row: dict = {"variant": variant, "seed": seed, "seconds_per_epoch_before": float(np.mean(before))}
+        row: dict = {"variant": variant, "seed": seed, "seconds_per_epoch_before": state["seconds_per_epoch"]}
         if variant == "base":
             runner, trainer = _Plain(net, opt), None
         else:
@@ -252,8 +325,11 @@ def _run_seed(config: ExperimentConfig, data: _Data, seed: int) -> list[dict]:
         row.update(_evaluate(config, data, runner.model))
         row.update(_framework_columns(trainer))
         row["peak_bytes"] = torch.cuda.max_memory_allocated(data.device) if data.device.type == "cuda" else math.nan
-        rows.append(row)
-    return rows
+        rows[variant] = row
+        if store is not None:
+            store.write_row(seed, variant, row)
+        bar.update(1)
+    return [rows[v] for v in config.variants]
 
 
 def _framework_columns(trainer: AlignedTraining | None) -> dict:
@@ -289,7 +365,8 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        One row per variant with ``test_acc_mean``, ``test_acc_std``, ``train_loss_mean``, ``train_loss_std``,
+        One row per variant with ``test_acc_mean``, ``test_acc_std``, ``test_acc_seeds`` (per seed, in seed
+        order), ``train_loss_mean``, ``train_loss_std``,
         ``status``, ``bound`` (records within the bound / records), ``s_per_epoch``, ``check_s``,
         ``extra_MB``, ``within_one_std_of_base``.
     """
@@ -306,6 +383,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
             "seeds": len(g),
             "test_acc_mean": g.test_accuracy.mean(),
             "test_acc_std": std,
+            "test_acc_seeds": tuple(g.sort_values("seed").test_accuracy),
             "train_loss_mean": g.train_loss.mean(),
             "train_loss_std": g.train_loss.std(ddof=1) if len(g) > 1 else 0.0,
             "status": "—" if is_base else ", ".join(sorted(set(g.status))),
@@ -319,19 +397,20 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame, config: ExperimentConfig) -> str:
-    """The summary as a markdown table, with the configuration underneath."""
+    """Format the summary as a markdown table, with the configuration underneath."""
     lines = [
-        "| variant | test accuracy (mean ± std) | final training loss | guarantee | bound held | "
+        "| variant | test accuracy (mean ± std) | per seed (%) | final training loss | guarantee | bound held | "
         "s / epoch after τ | check at τ (s) | extra memory (MB) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table.itertuples():
         lines.append(
             f"| {r.variant} | {100 * r.test_acc_mean:.2f} ± {100 * r.test_acc_std:.2f} % | "
+            f"{', '.join(f'{100 * a:.1f}' for a in r.test_acc_seeds)} | "
             f"{r.train_loss_mean:.2e} ± {r.train_loss_std:.1e} | {r.status} | {r.bound} | {r.s_per_epoch:.3f} | "
             f"{r.check_s:.2f} | {r.extra_MB:.2f} |"
         )
-    settings = {k: v for k, v in asdict(config).items() if k != "extra" and v is not None}
+    settings = {k: v for k, v in asdict(config).items() if v is not None}
     lines.append("")
     lines.append("Configuration: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()))
     return "\n".join(lines)
@@ -360,7 +439,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--momentum", type=float, default=d.momentum)
     p.add_argument("--loss", default=d.loss, choices=("ce", "mse"))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--out", default=None, help="folder for runs.csv, table.csv and table.md")
+    p.add_argument("--out", default=None,
+                   help="folder for runs.csv, table.csv and table.md; finished runs are kept in <out>/runs "
+                        "and a rerun with the same settings computes only what is missing")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -376,7 +458,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, loss=args.loss,
     )
     start = time.perf_counter()
-    runs = run_experiment(config)
+    runs = run_experiment(config, folder=args.out, progress=not args.no_progress)
     table = summarise(runs)
     text = to_markdown(table, config)
     print(text)

@@ -44,7 +44,7 @@ def reference_jacobian(
             rows.append(
                 torch.cat([
                     (g if g is not None else torch.zeros_like(p)).reshape(-1)
-                    for g, p in zip(grads, leaves.values())
+                    for g, p in zip(grads, leaves.values(), strict=True)
                 ])
             )
     return torch.stack(rows)

@@ -35,6 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import _inputs
+from ._files import write_torch
 from ._model import FunctionalModel, ParamSelector
 from .alignment import alignment_from_gram
 from .errors import DiagnosticsError
@@ -410,16 +411,10 @@ def _check_compatible(old: dict, new: dict, path: object) -> None:
 
 def _save_reference(path: Path, reference: dict) -> None:
     """Write the reference atomically: a temporary file, fsynced, then renamed over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    cpu = {
+    write_torch(path, {
         "K0": reference["K0"].cpu(), "theta0": reference["theta0"].cpu(),
         "grams": {k: v.cpu() for k, v in reference["grams"].items()},
-    }
-    with open(tmp, "wb") as fh:
-        torch.save(cpu, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    })
 
 
 def _load_reference(path: Path, device: torch.device) -> dict:

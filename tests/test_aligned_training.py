@@ -6,6 +6,7 @@ trajectories: full-batch gradient descent with a small step keeps every post-τ 
 """
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from cases import CASES
 from torch import nn
 
-from diagnostics import DiagnosticsError, UnsupportedModelError
+from diagnostics import DiagnosticsError, InsufficientMemoryError, UnsupportedModelError
 from diagnostics.aligned_training import AlignedTraining, AugmentedModel, solve_alignment
 from diagnostics.reference import reference_jacobian
 
@@ -118,6 +119,13 @@ def test_tangent_features_are_the_jacobian_of_the_frozen_copy():
     frozen = trainer.model.features
     u = torch.randn(sum(p.numel() for p in model.parameters()), dtype=F64)
     J = reference_jacobian(frozen.frozen, X)
+    # α² = λ_max(ΦΦᵀ)/λ_max(JJᵀ), Φ the output layer's columns (the last ones in parameter order)
+    head = model.head.weight.numel() + model.head.bias.numel()
+    top = lambda A: float(torch.linalg.eigvalsh(A @ A.T)[-1])  # noqa: E731
+    alpha = math.sqrt(top(J[:, -head:]) / top(J))
+    assert frozen.tangent_scale == pytest.approx(alpha, rel=1e-9) and alpha < 1
+    assert trainer.switch_report.tangent_scale == frozen.tangent_scale
+    J = alpha * J
     torch.testing.assert_close(frozen.tangent_product(u, X).reshape(-1), J @ u, rtol=1e-10, atol=1e-12)
     coefficient = trainer.model.coefficients["tangent"]
     coefficient.data.copy_(u)
@@ -283,6 +291,35 @@ def test_tangent_map_with_fewer_parameters_than_rows_is_enlarged():
     assert trainer.guarantee().all_bounds_hold
 
 
+def test_tangent_scale_changes_the_constant_not_the_column_space():
+    # Ψ = αJ: same residual, ν ∝ 1/α (‖ν‖² ∝ 1/α²), tangent products ∝ α
+    model, X, y = _problem()
+    runs = {a: AlignedTraining(copy.deepcopy(model), lambda p: torch.optim.SGD(p, lr=0.1), train_data=(X, y),
+                               switch_step=0, feature_map="tangent", enlarge=False, tangent_scale=a)
+            for a in (1.0, 0.25)}
+    raw, small = (runs[a].switch_report for a in (1.0, 0.25))
+    assert raw.tangent_scale == 1.0 and small.tangent_scale == 0.25
+    assert small.residual == pytest.approx(raw.residual, rel=1e-6, abs=1e-12)
+    assert small.nu_norm_sq == pytest.approx(16 * raw.nu_norm_sq, rel=1e-6)
+    u = torch.randn(sum(p.numel() for p in model.parameters()), dtype=F64)
+    torch.testing.assert_close(runs[0.25].model.features.tangent_product(u, X),
+                               0.25 * runs[1.0].model.features.tangent_product(u, X), rtol=1e-12, atol=1e-14)
+    for bad in (0, -1.0, "auto"):
+        with pytest.raises(DiagnosticsError, match="tangent_scale"):
+            AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.1), train_data=(X, y),
+                            switch_step=0, feature_map="tangent", tangent_scale=bad)
+
+
+def test_reports_are_readable_and_serialisable():
+    trainer = _train("tangent", "full", steps=6)
+    report, guarantee = trainer.switch_report, trainer.guarantee()
+    assert "tangent features scaled by α" in str(report) and "THEOREM" in str(guarantee)
+    for obj in (report, guarantee):
+        d = obj.to_dict()
+        assert json.loads(json.dumps(d)) == d
+    assert d["distance"]["holds"] is True and d["status"] == "theorem"
+
+
 def test_rank_one_adds_one_parameter_with_the_same_constant():
     full, rank_one = _train("tangent", "full", steps=4), _train("tangent", "rank-one", steps=4)
     assert rank_one.switch_report.n_coefficients == 1
@@ -342,3 +379,14 @@ def test_history_is_a_dataframe_with_the_documented_columns():
                                   "step_margin", "step_ok"]
     assert hist.step.tolist() == list(range(len(hist))) and hist.iteration[0] == 3
     assert math.isinf(hist.bound[0]) and hist.elapsed.iloc[-1] == pytest.approx(0.02 * (len(hist) - 1))
+
+
+def test_a_check_that_would_not_fit_is_refused_before_the_switch():
+    model, X, y = _problem()
+    state = copy.deepcopy(model.state_dict())
+    for feature_map, what in (("tangent", "tangent block"), ("penultimate", "random features")):
+        with pytest.raises(InsufficientMemoryError, match=f"{what}.*memory budget.*subset of the training set"):
+            AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.1), train_data=(X, y),
+                            switch_step=0, feature_map=feature_map, memory_budget=20_000)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k

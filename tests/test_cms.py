@@ -35,7 +35,7 @@ def test_bias_free_relu_nets_are_homogeneous_with_the_right_degree(depth):
     report = check_cms(model, torch.randn(20, 5, dtype=F64))
     assert report.holds and report.kind == "homogeneous"
     assert report.degree == pytest.approx(depth + 1, abs=1e-10)
-    for (name, p), R in zip(model.named_parameters(), report.R.values()):
+    for p, R in zip(model.parameters(), report.R.values(), strict=True):
         torch.testing.assert_close(R, p.detach() / (depth + 1))
 
 

@@ -62,7 +62,7 @@ def test_parameter_subset_selects_columns():
     J_head = jacobian(model, x, params=["head"])
     names = [k for k, _ in model.named_parameters()]
     sizes = [p.numel() for _, p in model.named_parameters()]
-    start = sum(s for k, s in zip(names, sizes) if not k.startswith("head"))
+    start = sum(s for k, s in zip(names, sizes, strict=True) if not k.startswith("head"))
     torch.testing.assert_close(J_head, J_all[:, start:], rtol=0, atol=1e-12)
     K_head = ntk_gram(model, x, params=lambda name, p: name.startswith("head"))
     torch.testing.assert_close(K_head, J_head @ J_head.T, rtol=0, atol=1e-10)

@@ -19,6 +19,8 @@ EXPECTED = {
     "02_alignment_dynamics.ipynb": (1, ["(I2) loss ≥ floor on", "(I3) largest bound ratio"]),
     "03_width_scaling.ipynb": (3, ["S1 (counting)", "S4 (lazy versus rich)", "S2 embedding: holds",
                                    "rank J ="]),
+    "04_aligned_training.ipynb": (2, ["THEOREM", "Switch at iteration",
+                                      "| penultimate/rank-one |"]),
 }
 
 

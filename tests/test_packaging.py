@@ -1,8 +1,9 @@
 """The conda environment and pyproject.toml declare the same dependencies."""
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"pytorch": "torch"}  # conda name -> PyPI name

@@ -37,10 +37,11 @@ from typing import Any
 import pandas as pd
 import torch
 
+from .._files import write_json
 from ..models import learning_rate_multiplier
 from .analysis import findings, movement_slopes, seed_means
 from .figures import FigureFile, make_figures
-from .sweep import SweepConfig, SweepResult, _atomic_write, load_data, run_sweep
+from .sweep import SweepConfig, SweepResult, load_data, run_sweep
 
 __all__ = ["ReportResult", "build_report", "environment"]
 
@@ -107,9 +108,9 @@ def build_report(
     data = load_data(config)
     config = config.resolve(data)
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_write(folder / "config.json", config.to_dict())
+    write_json(folder / "config.json", config.to_dict())
     env = environment(executor=executor, jobs=jobs or len(os.sched_getaffinity(0)), address=address)
-    _atomic_write(folder / "environment.json", env)
+    write_json(folder / "environment.json", env)
     sweep = run_sweep(config, folder, data=data, executor=executor, jobs=jobs, address=address, resume=resume,
                       progress=progress)
     sweep.records.to_csv(folder / "records.csv", index=False)

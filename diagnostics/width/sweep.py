@@ -46,6 +46,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .._files import write_json
 from ..data import DataSplit, load_dataset
 from ..models import FAMILIES, PARAMETERIZATIONS, build_model, count_parameters, learning_rate_multiplier
 from ..targets import Targets
@@ -505,20 +506,9 @@ class _RunStore:
     def write(self, spec: RunSpec, outcome: dict[str, Any], config: SweepConfig) -> None:
         fingerprint = config.fingerprint(spec)
         failed = outcome["status"] != "ok"
-        _atomic_write(self.path(spec, failed), {"run_id": spec.run_id, "fingerprint": fingerprint, **outcome})
+        write_json(self.path(spec, failed), {"run_id": spec.run_id, "fingerprint": fingerprint, **outcome})
         if not failed:
             self.path(spec, failed=True).unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, payload: dict[str, Any]) -> None:
-    """Write JSON to a temporary file in the same folder, then :func:`os.replace` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
