@@ -56,7 +56,13 @@ class AlignmentReport:
         The (I3)/(I4) right-hand side and ``(L − L(Q*)) / (bound − L(Q*))``; must be ``≤ 1`` under A1
         when aligned.
     decomposition_gap
-        ``(1/2n)‖f−Q‖² − (1/2n)‖P(f−Q)‖² − (1/2n)‖(I−P)Q‖²`` (I2); zero under A1.
+        ``(1/2n)‖f−Q‖² − (1/2n)‖P(f−Q)‖² − (1/2n)‖(I−P)Q‖²`` (I2); zero under A1 when ``f_X`` lies in the kept
+        eigen-directions. It equals ``(1/2n)(‖(I−P)f‖² − 2⟨(I−P)f, (I−P)Q⟩)``: a CMS model has ``f_X ∈ Col J``
+        exactly, but the rank tolerance may drop directions that carry part of ``f_X`` (float32), so read it
+        with ``output_residual``.
+    output_residual
+        ``‖(I−P)f_X‖/‖f_X‖``, the data-level A1 condition ``f_X ∈ Col J`` (THEORY §2, test 2) under the same
+        rank tolerance; ``|decomposition_gap| ≤ (1/2n)(‖(I−P)f‖² + 2‖(I−P)f‖‖(I−P)Q‖)``.
     loss_lower_bound
         ``(1/2n)‖(I−P)Q‖²``: under A1 the squared loss is never below it (I2).
     manifest
@@ -88,6 +94,7 @@ class AlignmentReport:
     target_loss: float
     decomposition_gap: float
     loss_lower_bound: float
+    output_residual: float
     kernel_target_alignment: float
     top_k_capture: dict[int, float]
     min_eigenvalue: float
@@ -134,7 +141,8 @@ class AlignmentReport:
             f"B = {self.certificate:.4g}   ‖ν‖ = ‖J⁺Q‖ = {self.nu_norm:.4g}",
             f"  {bound_name}: {self.loss:.4g} ≤ {self.bound:.4g}   ratio {self.bound_ratio:.3f} "
             f"({'within' if self.bound_ratio <= 1 + 1e-6 else 'ABOVE'} the bound)",
-            f"  (I2) decomposition gap {self.decomposition_gap:.2e}; "
+            f"  (I2) decomposition gap {self.decomposition_gap:.2e} (f_X outside the kept directions: "
+            f"‖(I−P)f‖/‖f‖ = {self.output_residual:.2e}); "
             f"loss lower bound (1/2n)‖(I−P)Q‖² = {self.loss_lower_bound:.4g}",
             f"  spectrum: λ_max {self.eigenvalues[0]:.4g}, smallest kept {self.smallest_kept_eigenvalue:.3g}, "
             f"λ_min {self.min_eigenvalue:.3g}, effective rank {self.effective_rank:.1f}",
@@ -211,6 +219,8 @@ def alignment_from_spectrum(
 
     r_q = f - Q
     decomposition_gap = (float((r_q**2).sum()) - spectrum.inside_norm_sq(r_q) - outside) / (2 * n)
+    f_sq = float((f**2).sum())
+    output_residual = math.sqrt(max(spectrum.outside_norm_sq(f), 0.0) / f_sq) if f_sq > 0 else 0.0
     curve = spectrum.alignment_curve(Q)
     top_k = {k: float(curve[min(k, curve.size) - 1]) for k in TOP_K if k <= curve.size}
     return AlignmentReport(
@@ -234,6 +244,7 @@ def alignment_from_spectrum(
         target_loss=target_loss,
         decomposition_gap=decomposition_gap,
         loss_lower_bound=outside / (2 * n),
+        output_residual=output_residual,
         kernel_target_alignment=spectrum.kernel_target_alignment(Q),
         top_k_capture=top_k,
         min_eigenvalue=spectrum.min_eigenvalue,

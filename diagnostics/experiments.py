@@ -410,7 +410,8 @@ def to_markdown(table: pd.DataFrame, config: ExperimentConfig) -> str:
             f"{r.train_loss_mean:.2e} ± {r.train_loss_std:.1e} | {r.status} | {r.bound} | {r.s_per_epoch:.3f} | "
             f"{r.check_s:.2f} | {r.extra_MB:.2f} |"
         )
-    settings = {k: v for k, v in asdict(config).items() if v is not None}
+    settings = {k: v for k, v in asdict(config).items()
+                if v is not None and not (k == "momentum" and config.optimizer != "sgd")}
     lines.append("")
     lines.append("Configuration: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()))
     return "\n".join(lines)

@@ -51,7 +51,7 @@ __all__ = ["AlignmentTracker", "summarize"]
 COLUMNS = (
     "step", "loss", "grad_norm", "residual", "aligned", "rank", "n_outputs", "n_params", "lambda_max",
     "lambda_min_kept", "effective_rank", "certificate", "nu_norm", "bound", "bound_ratio",
-    "decomposition_gap", "loss_lower_bound", "target_loss", "kernel_movement_init",
+    "decomposition_gap", "output_residual", "loss_lower_bound", "target_loss", "kernel_movement_init",
     "kernel_movement_prev", "param_movement",
 )
 #: Columns after the CKA columns: timing, then what makes a record self-describing for :mod:`.verify`.
@@ -254,6 +254,7 @@ class AlignmentTracker:
             "bound": report.bound,
             "bound_ratio": report.bound_ratio,
             "decomposition_gap": report.decomposition_gap,
+            "output_residual": report.output_residual,
             "loss_lower_bound": report.loss_lower_bound,
             "target_loss": report.target_loss,
             "kernel_movement_init": _relative_distance(K, ref["K0"]),
