@@ -714,7 +714,8 @@ class AlignedTraining:
             raise DiagnosticsError(f"feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
         if coefficients not in COEFFICIENTS:
             raise DiagnosticsError(f"coefficients must be one of {COEFFICIENTS}, got {coefficients!r}")
-        if tangent_scale != "head" and not (isinstance(tangent_scale, int | float) and tangent_scale > 0):
+        numeric = isinstance(tangent_scale, int | float) and not isinstance(tangent_scale, bool)
+        if tangent_scale != "head" and not (numeric and tangent_scale > 0):
             raise DiagnosticsError(f"tangent_scale must be 'head' or a positive number, got {tangent_scale!r}")
         if isinstance(switch_step, bool) or not isinstance(switch_step, int) or switch_step < 0:
             raise DiagnosticsError(f"switch_step must be a non-negative integer, got {switch_step!r}")

@@ -304,7 +304,7 @@ def test_tangent_scale_changes_the_constant_not_the_column_space():
     u = torch.randn(sum(p.numel() for p in model.parameters()), dtype=F64)
     torch.testing.assert_close(runs[0.25].model.features.tangent_product(u, X),
                                0.25 * runs[1.0].model.features.tangent_product(u, X), rtol=1e-12, atol=1e-14)
-    for bad in (0, -1.0, "auto"):
+    for bad in (0, -1.0, "auto", True):
         with pytest.raises(DiagnosticsError, match="tangent_scale"):
             AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.1), train_data=(X, y),
                             switch_step=0, feature_map="tangent", tangent_scale=bad)
