@@ -802,7 +802,7 @@ class AlignedTraining:
         like = next(self.base_model.parameters())
         frozen = FrozenFeatures(self.base_model, self.feature_map, self.head)
         x = _inputs.to(self._X, like.device, like.dtype)
-        Q0 = self.targets.Q.to(like.device)
+        Q0 = self.targets.Q.to(device=like.device, dtype=torch.float64)
         tangent = None
         budget = _memory.resolve_budget(self.memory_budget, like.device)
         if self.feature_map == "tangent":
@@ -813,7 +813,6 @@ class AlignedTraining:
             tangent.mul_(frozen.tangent_scale)
         h = _chunked(frozen.penultimate, x, self._n) if frozen.n_features or self.enlarge else None
         features = frozen.features_from(h).to(torch.float64) if frozen.n_features else None
-        Q0 = Q0.to(torch.float64)
         tangent_block = _Block(tangent) if tangent is not None else None
         solution = _solve(Q0, _Block(features) if features is not None else None, tangent_block, like.dtype)
         residual_before, enlargements = solution.effective_residual, []

@@ -158,21 +158,23 @@ def _findings(runs: pd.DataFrame, records: pd.DataFrame, missing: pd.DataFrame) 
         yield " ".join(parts)
     if not records.empty:
         gap = records["loss"] - records["loss_lower_bound"]
-        relative_gap = records["decomposition_gap"].abs() / records["loss"].abs().clip(lower=1e-300)
         worst = float((gap / records["loss"].abs().clip(lower=1e-300)).min())
         holds = bool((gap >= -1e-6 * records["loss"].abs()).all())
-        yield (
+        gap_abs = records["decomposition_gap"].abs()
+        text = (
             f"**(I2) loss floor.** Over all {len(records)} records the training loss minus its lower bound "
             f"(1/2n)‖(I−P)Y‖² is ≥ 0 {'everywhere' if holds else 'NOT everywhere'}"
-            f" (smallest relative gap {_fmt(worst)}). The two sides of (I2) differ by at most "
-            f"{_fmt(records['decomposition_gap'].abs().max())}"
-            + (f" in absolute terms, {_fmt(relative_gap.max())} of the loss; A1 holds for these models (affine "
-               f"output layer), so the difference is the part of f_X that the rank tolerance drops: "
-               f"‖(I−P)f_X‖/‖f_X‖ reaches {_fmt(records['output_residual'].max())}"
-               f" ({', '.join(sorted(set(records['dtype'])))} measurements; the float64 rule keeps more directions)"
-               if "output_residual" in records else "")
-            + "."
+            f" (smallest relative gap {_fmt(worst)}). The two sides of (I2) differ by at most {_fmt(gap_abs.max())}"
         )
+        if "output_residual" in records:  # absent from results written before the column existed
+            relative = gap_abs / records["loss"].abs().clip(lower=1e-300)
+            text += (
+                f" in absolute terms, {_fmt(relative.max())} of the loss; A1 holds for these models (affine "
+                f"output layer), so the difference is the part of f_X that the rank tolerance drops: "
+                f"‖(I−P)f_X‖/‖f_X‖ reaches {_fmt(records['output_residual'].max())} "
+                f"({', '.join(sorted(set(records['dtype'])))} measurements; the float64 rule keeps more directions)"
+            )
+        yield text + "."
         aligned = records[records["aligned"].astype(bool)]
         if not aligned.empty:
             ratio = aligned["bound_ratio"]
