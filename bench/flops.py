@@ -7,7 +7,8 @@ import time
 import torch
 from torch import nn
 
-from diagnostics.jacobian import _Measurement, _StructuredLayers, layer_gram_costs
+from diagnostics.engine import Measurement
+from diagnostics.engine.structured import StructuredLayers
 
 
 def forward_flops(model: nn.Module, x: torch.Tensor) -> float:
@@ -35,13 +36,13 @@ def forward_flops(model: nn.Module, x: torch.Tensor) -> float:
 
 def cheapest_flops(model: nn.Module, x: torch.Tensor) -> float:
     """FLOPs of the structured derivatives: per layer the cheaper exact Gram form, using the symmetry
-    of ``K`` (``layer_gram_costs``), plus one forward and ``m`` cotangent passes (each counted as
+    of ``K`` (``LayerRule.gram_costs``), plus one forward and ``m`` cotangent passes (each counted as
     one forward)."""
-    with _Measurement(model, x, None, "eval", None, None, "structured", None) as job:
-        layers = _StructuredLayers(job, job.fm.names)
+    with Measurement(model, x, strategy="structured") as job:
+        layers = StructuredLayers(job, job.fm.names)
         if layers.covered != set(job.fm.names):
             raise ValueError("the FLOP count needs every parameter covered by the structured path")
-        gram = sum(min(layer_gram_costs(layer, job.m).values()) for layer in layers.layers.values())
+        gram = sum(min(layer.rule.gram_costs(layer, job.m).values()) for layer in layers.layers.values())
         m = job.m
     return gram + (1 + m) * forward_flops(model, x)
 

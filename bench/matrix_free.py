@@ -24,8 +24,8 @@ from sklearn.datasets import load_digits
 
 from bench.models import build
 from diagnostics import check_alignment
+from diagnostics.alignment import dense_alignment_bytes
 from diagnostics.errors import format_bytes
-from diagnostics.matrix_free import dense_alignment_bytes
 
 
 def digits(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -15,140 +15,36 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import _inputs
-from ._model import ParamSelector
-from .jacobian import _Measurement
-from .manifest import MeasurementManifest
-from .spectral import Spectrum
-from .targets import Targets
+from .alignment_report import AlignmentReport
+from .engine import inputs as _inputs
+from .engine import memory, precision
+from .engine.functional import ParamSelector
+from .engine.manifest import MeasurementManifest
+from .engine.measurement import Measurement
+from .engine.operator import JacobianOperator
+from .engine.operator_spectrum import DEFAULT_TOP_K, OperatorSpectrum
+from .engine.spectral import Spectrum
+from .errors import DiagnosticsError
+from .targets import CE_SCALES, Targets, best_scale
 
-__all__ = ["AlignmentReport", "check_alignment", "alignment_from_gram", "alignment_from_spectrum"]
+__all__ = [
+    "PATHS",
+    "AlignmentReport",
+    "alignment_from_gram",
+    "alignment_from_operator",
+    "alignment_from_spectrum",
+    "check_alignment",
+    "choose_path",
+    "dense_alignment_bytes",
+]
 
-#: Scales ``c`` of the centred one-hot target tried for the cross-entropy bound (I4).
-CE_SCALES = np.concatenate([[0.0], np.geomspace(1e-2, 1e3, 61)])
+PATHS = ("auto", "dense", "matrix-free")
 TOP_K = (1, 10, 100)
-
-
-@dataclass
-class AlignmentReport:
-    """Result of :func:`check_alignment`. Scalars are floats; arrays are numpy.
-
-    Attributes
-    ----------
-    aligned
-        ``residual <= residual_tol``: the target lies in ``Col(J)`` (D1).
-    residual
-        ``‖(I−P)Q‖/‖Q‖`` (THEORY §3).
-    rank, n_outputs, n_params
-        ``rank J``, ``nm`` and ``d``.
-    certificate
-        ``B = ‖J⁺(f_X − Q*)‖`` (``Q* = Y`` for mse; the best-scaled target for ce).
-    nu_norm
-        ``‖ν‖ = ‖J⁺Q‖`` for the target ``Q`` (its scale as given, or 1 for ce).
-    bound, bound_ratio
-        The (I3)/(I4) right-hand side and ``(L − L(Q*)) / (bound − L(Q*))``; must be ``≤ 1`` under A1
-        when aligned.
-    decomposition_gap
-        ``(1/2n)‖f−Q‖² − (1/2n)‖P(f−Q)‖² − (1/2n)‖(I−P)Q‖²`` (I2); zero under A1 when ``f_X`` lies in the kept
-        eigen-directions. It equals ``(1/2n)(‖(I−P)f‖² − 2⟨(I−P)f, (I−P)Q⟩)``: a CMS model has ``f_X ∈ Col J``
-        exactly, but the rank tolerance may drop directions that carry part of ``f_X`` (float32), so read it
-        with ``output_residual``.
-    output_residual
-        ``‖(I−P)f_X‖/‖f_X‖``, the data-level A1 condition ``f_X ∈ Col J`` (THEORY §2, test 2) under the same
-        rank tolerance; ``|decomposition_gap| ≤ (1/2n)(‖(I−P)f‖² + 2‖(I−P)f‖‖(I−P)Q‖)``.
-    loss_lower_bound
-        ``(1/2n)‖(I−P)Q‖²``: under A1 the squared loss is never below it (I2).
-    manifest
-        What was measured: parameters, mode, layers coupling samples, dropout, precision policy
-        (:class:`~diagnostics.manifest.MeasurementManifest`); ``None`` for reports built from a Gram.
-    path
-        ``"dense"`` (eigen-decomposition of ``K``) or ``"matrix-free"`` (LSQR and Lanczos on ``J``,
-        :mod:`diagnostics.matrix_free`; there ``rank`` is ``-1`` and ``λ_min``, the effective rank
-        and the kernel-target alignment are ``nan``).
-    """
-
-    aligned: bool
-    residual: float
-    residual_tol: float
-    rank: int
-    n_samples: int
-    n_outputs: int
-    n_params: int
-    tol: float
-    tol_rule: str
-    loss_name: str
-    loss: float
-    grad_norm: float
-    certificate: float
-    nu_norm: float
-    bound: float
-    bound_ratio: float
-    target_scale: float
-    target_loss: float
-    decomposition_gap: float
-    loss_lower_bound: float
-    output_residual: float
-    kernel_target_alignment: float
-    top_k_capture: dict[int, float]
-    min_eigenvalue: float
-    smallest_kept_eigenvalue: float
-    effective_rank: float
-    eigenvalues: np.ndarray = field(repr=False)
-    alignment_curve: np.ndarray = field(repr=False)
-    manifest: MeasurementManifest | None = field(default=None, repr=False)
-    mode: str = "eval"
-    dtype: str = "float32"
-    strategy: str = "auto"
-    elapsed_s: float = float("nan")
-    path: str = "dense"
-
-    @property
-    def full_rank(self) -> bool:
-        """``rank J = nm``: every target is in ``Col(J)``; read the spectral curve instead."""
-        return self.rank == self.n_outputs
-
-    def to_dict(self) -> dict:
-        """Plain-Python dictionary (arrays as lists), ready for JSON or a DataFrame row."""
-        out = asdict(self)
-        out["eigenvalues"] = self.eigenvalues.tolist()
-        out["alignment_curve"] = self.alignment_curve.tolist()
-        out["top_k_capture"] = {int(k): float(v) for k, v in self.top_k_capture.items()}
-        out["manifest"] = self.manifest.to_dict() if self.manifest is not None else None
-        return out
-
-    def __str__(self) -> str:
-        verdict = "ALIGNED" if self.aligned else "NOT ALIGNED"
-        note = "  (J has full row rank: every target is in Col(J))" if self.full_rank else ""
-        m = self.n_outputs // self.n_samples
-        cap = ", ".join(f"top-{k}: {100 * v:.1f}%" for k, v in self.top_k_capture.items())
-        bound_name = "(I3) L ≤ ½‖∇L‖·B" if self.loss_name == "mse" else "(I4) L − L(Q) ≤ ‖∇L‖·B"
-        return "\n".join([
-            f"Alignment condition D1 (Q ∈ Col J): {verdict}{note}",
-            f"  probe: n={self.n_samples} samples × m={m} outputs = {self.n_outputs} rows; "
-            f"d={self.n_params:,} parameters; mode={self.mode}, {self.dtype}",
-            f"  rank J = {self.rank} / {self.n_outputs}  (tol {self.tol:.3g} = {self.tol_rule})"
-            if self.rank >= 0
-            else f"  rank J not computed (matrix-free; tol {self.tol:.3g} = {self.tol_rule})",
-            f"  alignment residual ‖(I−P)Q‖/‖Q‖ = {self.residual:.3e}  (aligned if ≤ {self.residual_tol:.1e})",
-            f"  loss ({self.loss_name}) = {self.loss:.6g}   ‖∇L‖ = {self.grad_norm:.4g}   "
-            f"B = {self.certificate:.4g}   ‖ν‖ = ‖J⁺Q‖ = {self.nu_norm:.4g}",
-            f"  {bound_name}: {self.loss:.4g} ≤ {self.bound:.4g}   ratio {self.bound_ratio:.3f} "
-            f"({'within' if self.bound_ratio <= 1 + 1e-6 else 'ABOVE'} the bound)",
-            f"  (I2) decomposition gap {self.decomposition_gap:.2e} (f_X outside the kept directions: "
-            f"‖(I−P)f‖/‖f‖ = {self.output_residual:.2e}); "
-            f"loss lower bound (1/2n)‖(I−P)Q‖² = {self.loss_lower_bound:.4g}",
-            f"  spectrum: λ_max {self.eigenvalues[0]:.4g}, smallest kept {self.smallest_kept_eigenvalue:.3g}, "
-            f"λ_min {self.min_eigenvalue:.3g}, effective rank {self.effective_rank:.1f}",
-            f"  Q carried by {cap}; kernel-target alignment {self.kernel_target_alignment:.3f}",
-            f"  measured in {self.elapsed_s:.2f} s (strategy {self.strategy}, {self.path} path)",
-        ] + ([str(self.manifest)] if self.manifest is not None else []))
 
 
 def alignment_from_gram(
@@ -185,12 +81,12 @@ def alignment_from_spectrum(
     """Build the alignment report from outputs, targets and the spectrum of ``K``.
 
     ``spectrum`` is a :class:`~diagnostics.spectral.Spectrum` or its matrix-free stand-in
-    :class:`~diagnostics.matrix_free.OperatorSpectrum` (same methods).
+    :class:`~diagnostics.engine.operator_spectrum.OperatorSpectrum` (same methods).
     """
     n, m = outputs.shape
     source_dtype = source_dtype or outputs.dtype
     if residual_tol is None:
-        residual_tol = math.sqrt(torch.finfo(source_dtype).eps)
+        residual_tol = precision.default_residual_tol(source_dtype)
     f = outputs.detach().to(torch.float64).cpu()
     Q = targets.Q.cpu()
     g = targets.loss_gradient(f)
@@ -207,13 +103,11 @@ def alignment_from_spectrum(
         scale, target_loss = 1.0, 0.0
         bound = 0.5 * grad_norm * certificate
     else:
-        best = None
-        for c in CE_SCALES:
-            q_loss = float(F.cross_entropy(c * targets.Q, targets.labels))
-            dist = math.sqrt(spectrum.pinv_quadratic(f - c * targets.Q))
-            candidate = (q_loss + grad_norm * dist, c, q_loss, dist)
-            best = candidate if best is None or candidate[0] < best[0] else best
-        bound, scale, target_loss, certificate = best
+        q_losses = targets.scaled_target_losses(CE_SCALES)
+        distances = [math.sqrt(spectrum.pinv_quadratic(f - c * targets.Q)) for c in CE_SCALES]
+        k = best_scale(q_losses, grad_norm * np.asarray(distances))
+        scale, target_loss, certificate = float(CE_SCALES[k]), float(q_losses[k]), distances[k]
+        bound = target_loss + grad_norm * certificate
     excess = bound - target_loss
     bound_ratio = (loss - target_loss) / excess if excess > 0 else (0.0 if loss <= target_loss else math.inf)
 
@@ -252,7 +146,7 @@ def alignment_from_spectrum(
         effective_rank=spectrum.effective_rank,
         eigenvalues=spectrum.eigenvalues,
         alignment_curve=curve,
-        dtype=str(source_dtype).replace("torch.", ""),
+        dtype=precision.dtype_name(source_dtype),
     )
 
 
@@ -298,7 +192,8 @@ def check_alignment(
         Size and seed of the probe subset (``None``: all the data).
     path
         ``"dense"`` (the Gram and its eigen-decomposition), ``"matrix-free"`` (LSQR and Lanczos on
-        Jacobian products, memory ``O(nm + d)``, :mod:`diagnostics.matrix_free`) or ``"auto"``:
+        Jacobian products, memory ``O(nm + d)``,
+        :class:`~diagnostics.engine.operator_spectrum.OperatorSpectrum`) or ``"auto"``:
         dense when it fits ``memory_budget``; the report's ``path`` says which was used.
 
     Returns
@@ -313,20 +208,19 @@ def check_alignment(
     """
     start = time.perf_counter()
     X, T = _inputs.probe_data(data, probe_size, seed)
-    from . import matrix_free  # imports this module
-
-    path, op = matrix_free.choose_path(
+    path, op = choose_path(
         path, model, X, params=params, mode=mode, output=output, dtype=dtype, memory_budget=memory_budget
     )
     if op is not None:
-        report = matrix_free.alignment_from_operator(
+        report = alignment_from_operator(
             op, T, loss=loss, target=target, tol=tol, residual_tol=residual_tol
         )
         report.mode, report.strategy = mode, "jvp/vjp"
         report.manifest = MeasurementManifest.build(op.fm, op.x, strategy="jvp/vjp", n_outputs=op.m)
         report.elapsed_s = time.perf_counter() - start
         return report
-    with _Measurement(model, X, params, mode, output, dtype, strategy, memory_budget) as job:
+    with Measurement(model, X, params=params, mode=mode, output=output, dtype=dtype, strategy=strategy,
+                     memory_budget=memory_budget) as job:
         targets = Targets.build(T, job.n, job.m, loss, target)
         with torch.no_grad():
             outputs = job.fm(job.fm.params, job.x)
@@ -340,4 +234,78 @@ def check_alignment(
         job.fm, job.x, strategy=job.strategy, structured=job.structured
     )
     report.elapsed_s = time.perf_counter() - start
+    return report
+
+
+def dense_alignment_bytes(rows: int, dtype: torch.dtype) -> int:
+    """Peak memory of the dense path: the Gram and its working copy, plus a float64 ``eigh``.
+
+    ``eigh`` holds the float64 Gram, its eigenvectors and a workspace of about ``2N²`` doubles.
+    """
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    return rows * rows * (2 * itemsize + 4 * 8)
+
+
+def choose_path(
+    path: str,
+    model: nn.Module,
+    inputs: object,
+    *,
+    params: ParamSelector = None,
+    mode: str = "eval",
+    output: _inputs.OutputSelector = None,
+    dtype: torch.dtype | None = None,
+    memory_budget: int | None = None,
+    chunk_size: int | None = None,
+) -> tuple[str, JacobianOperator | None]:
+    """Resolve ``path`` (one of :data:`PATHS`); the operator is returned when the path is matrix-free.
+
+    ``"auto"`` is dense when :func:`dense_alignment_bytes` fits the memory budget, matrix-free
+    otherwise.
+    """
+    if path not in PATHS:
+        raise DiagnosticsError(f"path must be one of {PATHS}, got {path!r}")
+    if path == "dense":
+        return path, None
+    op = JacobianOperator(
+        model, inputs, params=params, mode=mode, output=output, dtype=dtype, chunk_size=chunk_size
+    )
+    budget = memory.resolve_budget(memory_budget, op.fm.device)
+    if path == "auto" and dense_alignment_bytes(op.shape[0], op.dtype) <= budget:
+        return "dense", None
+    return "matrix-free", op
+
+
+def alignment_from_operator(
+    op: JacobianOperator,
+    targets: object,
+    *,
+    loss: str = "mse",
+    target: object = None,
+    tol: float | None = None,
+    residual_tol: float | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    rtol: float | None = None,
+    max_iter: int | None = None,
+) -> AlignmentReport:
+    """Compute the report of :func:`~diagnostics.check_alignment` matrix-free.
+
+    Parameters
+    ----------
+    op
+        Jacobian operator on the probe inputs.
+    targets
+        Targets of the probe samples (class indices, one-hot rows or values).
+    loss, target, tol, residual_tol
+        As in :func:`~diagnostics.check_alignment`.
+    top_k, rtol, max_iter
+        As in :class:`OperatorSpectrum`.
+    """
+    built = Targets.build(targets, op.n, op.m, loss, target)
+    spectrum = OperatorSpectrum(op, tol=tol, top_k=top_k, rtol=rtol, max_iter=max_iter)
+    report = alignment_from_spectrum(
+        op.outputs, built, spectrum, n_params=op.fm.n_params, source_dtype=op.dtype, residual_tol=residual_tol
+    )
+    report.tol_rule = f"{spectrum.tol_rule}; {spectrum.solver_summary}"
+    report.path = "matrix-free"
     return report

@@ -6,7 +6,7 @@ Commands are registered in :data:`COMMANDS` with :func:`register`, in one of two
   (``width-report``);
 - *forwarding*: ``forward="package.module:function"`` names a ``main(argv) -> int`` that receives
   the command's arguments unparsed, ``--help`` included (``aligned-training`` →
-  :func:`diagnostics.experiments.main`). The module is imported only when the command runs.
+  :func:`diagnostics.aligned.experiments.main`). The module is imported only when the command runs.
 
 Exit codes: 0 success, 1 a report written with failed runs, 2 bad arguments or missing data files
 (a message on stderr, no traceback), 130 interrupted.
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+
+from .width import command as width_command
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main", "register"]
 
@@ -101,143 +101,7 @@ def _forward(command: Command, argv: list[str]) -> int:
     return int(getattr(module, function)(argv) or 0)
 
 
-# ---------------------------------------------------------------------------------------------
-# width-report
-
-
-def _comma_list(cast: Callable[[str], object]) -> Callable[[str], tuple]:
-    def parse(text: str) -> tuple:
-        try:
-            return tuple(cast(v) for v in text.split(",") if v.strip())
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}") from exc
-
-    return parse
-
-
-def _width_arguments(parser: argparse.ArgumentParser) -> None:
-    from .data import DATASETS
-    from .width.sweep import EXECUTORS, SweepConfig
-
-    d = SweepConfig()
-    parser.description = (
-        "Train model families over widths, parameterisations and seeds, track the alignment quantities "
-        "(THEORY §5: S1 counting threshold d = n·m, (I2) loss floor, (I3) bound ratio, S4 lazy versus rich) "
-        "and "
-        "write a report folder: report.html, report.md, figures (PNG, SVG), CSV tables, config.json, "
-        "environment.json. With no arguments: the bundled digits, MLP and CNN families, NTK and mean-field, "
-        "3 seeds. Rerunning resumes: finished runs are skipped. Options override --config."
-    )
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=DATASETS, help=f"data set (default {d.dataset})")
-    data.add_argument("--data-dir", help="folder of the data files (file-based data sets; default "
-                      "$DIAGNOSTICS_DATA or ./data)")
-    data.add_argument("--n-train", type=int,
-                      help=f"training samples n, all used as the probe (default {d.n_train})")
-    data.add_argument("--n-test", type=int, help="test samples (default: the whole test split)")
-    data.add_argument("--teacher", nargs="+", metavar="KEY=VALUE",
-                      help="teacher-student options: d_in, m, teacher_width, teacher_depth, activation, "
-                           "noise")
-    runs = parser.add_argument_group("runs")
-    runs.add_argument("--families", type=_comma_list(str),
-                      help="model families, comma-separated (default mlp,cnn; mlp for teacher-student)")
-    runs.add_argument("--parameterizations", type=_comma_list(str),
-                      help=f"ntk, mf, standard, comma-separated (default {','.join(d.parameterizations)})")
-    runs.add_argument("--widths", nargs="+", metavar="[FAMILY:]W1,W2,...",
-                      help="widths for every family, or per family (mlp:4,8 cnn:2,4); default: powers of two "
-                           "spanning d = n·m")
-    runs.add_argument("--seeds", type=_comma_list(int),
-                      help=f"initialisation seeds (default {','.join(map(str, d.seeds))})")
-    runs.add_argument("--steps", type=int, help=f"full-batch gradient steps (default {d.steps})")
-    runs.add_argument("--every", type=int, help=f"measure every this many steps (default {d.every})")
-    lr_defaults = " ".join(f"{k}={v:g}" for k, v in d.lr.items())
-    runs.add_argument("--lr", nargs="+", metavar="PARAM=LR0",
-                      help="base learning rate per parameterisation; the step is LR0 (ntk), LR0*width (mf), "
-                           f"LR0/width (standard) (default {lr_defaults})")
-    runs.add_argument("--mlp-depth", type=int, help=f"hidden layers of the MLP (default {d.mlp_depth})")
-    runs.add_argument("--config", type=Path, help="a config.json to start from")
-    out = parser.add_argument_group("execution and output")
-    out.add_argument("-o", "--output", type=Path, help="report folder (default reports/width-<dataset>)")
-    out.add_argument("--executor", choices=EXECUTORS, default="local",
-                     help="local processes, or one Ray task per (width, seed) run (default local)")
-    out.add_argument("--address", help="address of an existing Ray cluster (--executor ray)")
-    out.add_argument("--jobs", type=int, help="local processes, or CPUs of a new local Ray instance "
-                     "(default: the CPUs available)")
-    out.add_argument("--no-resume", dest="resume", action="store_false",
-                     help="rerun every run instead of skipping finished ones")
-    out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
-def _key_values(items: list[str], what: str, cast: Callable[[str], object]) -> dict[str, object]:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"{what} expects KEY=VALUE, got {item!r}")
-        out[key.strip()] = cast(value)
-    return out
-
-
-def _literal(text: str) -> object:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def _widths(items: list[str], families: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    out: dict[str, tuple[int, ...]] = {}
-    for item in items:
-        family, sep, values = item.rpartition(":")
-        widths = tuple(int(v) for v in values.split(",") if v.strip())
-        for fam in (family,) if sep else families:
-            out[fam] = widths
-    return out
-
-
-def _width_config(args: argparse.Namespace):
-    """SweepConfig from its defaults, then ``--config``, then the options given."""
-    from .width.sweep import SweepConfig
-
-    values = json.loads(args.config.read_text()) if args.config else {}
-    for key in ("dataset", "data_dir", "n_train", "n_test", "parameterizations", "seeds", "steps", "every",
-                "mlp_depth", "families"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
-    if "families" not in values and values.get("dataset") == "teacher-student":
-        values["families"] = ("mlp",)
-    if args.widths:
-        families = values.get("families", SweepConfig().families)
-        values["widths"] = _widths(args.widths, tuple(families))
-    if args.lr:
-        values["lr"] = {**values.get("lr", {}), **_key_values(args.lr, "--lr", float)}
-    if args.teacher:
-        values["teacher"] = _key_values(args.teacher, "--teacher", _literal)
-    return SweepConfig.from_dict(values)
-
-
-def _width_report(args: argparse.Namespace) -> int:
-    from .width.report import build_report
-
-    try:
-        config = _width_config(args)
-        folder = args.output or Path("reports") / f"width-{config.dataset}"
-        result = build_report(config, folder, executor=args.executor, jobs=args.jobs, address=args.address,
-                              resume=args.resume, progress=args.progress)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    sweep = result.sweep
-    print(f"report: {result.folder / 'report.html'} ({len(sweep.runs)} runs finished, {len(sweep.missing)} "
-          f"missing, {sweep.executed} executed in this call, {result.seconds:.0f} s)")
-    if not sweep.missing.empty:
-        for row in sweep.missing.itertuples():
-            print(f"  missing {row.run_id}: {row.status} {row.error}", file=sys.stderr)
-        return 1
-    return 0
-
-
 register("width-report", "width-scaling report (THEORY §5): train over widths and seeds, write figures and "
-         "report.html", configure=_width_arguments, run=_width_report)
+         "report.html", configure=width_command.configure, run=width_command.run)
 register("aligned-training", "training that keeps the alignment condition by construction (THEORY §6); "
-         "arguments are passed to diagnostics.experiments", forward="diagnostics.experiments:main")
+         "arguments are passed to diagnostics.aligned.experiments", forward="diagnostics.aligned.experiments:main")

@@ -26,12 +26,13 @@ import torch
 from torch import nn
 from torch.func import jvp
 
-from . import _inputs
-from ._model import ParamSelector
+from .engine import inputs as _inputs
+from .engine import precision
+from .engine.functional import ParamSelector
+from .engine.manifest import MeasurementManifest
+from .engine.measurement import Measurement
+from .engine.spectral import Spectrum
 from .errors import DiagnosticsError
-from .jacobian import _Measurement
-from .manifest import MeasurementManifest
-from .spectral import Spectrum
 
 __all__ = ["CMSReport", "check_cms"]
 
@@ -59,7 +60,7 @@ class CMSReport:
     transfer_conclusive
         ``rank J_A = rank [J_A; J_B]``: only then does a failed transfer refute A1 (theory/cms.md).
     manifest
-        What was measured (:class:`~diagnostics.manifest.MeasurementManifest`).
+        What was measured (:class:`~diagnostics.engine.manifest.MeasurementManifest`).
     """
 
     holds: bool
@@ -133,12 +134,13 @@ def check_cms(
     params, mode, output, dtype, memory_budget
         As in :func:`diagnostics.jacobian`.
     """
-    with _Measurement(model, inputs, params, mode, output, dtype, "auto", memory_budget) as job:
+    with Measurement(model, inputs, params=params, mode=mode, output=output, dtype=dtype,
+                     memory_budget=memory_budget) as job:
         fm, n = job.fm, job.n
         if n < 2:
             raise DiagnosticsError("check_cms needs at least 2 samples: half to fit R, half to test it")
         if rtol is None:
-            rtol = max(1000 * torch.finfo(fm.dtype).eps, 1e-10)
+            rtol = precision.cms_identity_rtol(fm.dtype)
         half = n // 2
         sets = {
             "fit": _inputs.take(job.x, slice(0, half)),

@@ -7,14 +7,21 @@ cross-entropy the alignment target is the centred one-hot ``Q₀ = e_y − 1/m``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import DiagnosticsError
 
+__all__ = ["CE_SCALES", "LOSSES", "Targets", "best_scale"]
+
 LOSSES = ("mse", "ce")
+
+#: Scales ``c`` of the centred one-hot target ``cQ₀`` tried by the cross-entropy bounds (I4, §6).
+CE_SCALES = np.concatenate([[0.0], np.geomspace(1e-2, 1e3, 61)])
 
 
 @dataclass(frozen=True)
@@ -100,3 +107,22 @@ class Targets:
         if self.loss == "mse":
             return (f - self.Y.to(f.device)) / n
         return (torch.softmax(f, 1) - self.Y.to(f.device)) / n
+
+    def scaled_target_losses(self, scales: Sequence[float] | np.ndarray) -> np.ndarray:
+        """``L(cQ)`` for each scale ``c`` (float64): the loss a model whose outputs were ``cQ`` would have.
+
+        For cross-entropy ``Q`` is the centred one-hot target, so ``L(cQ₀)`` falls from ``log m`` at
+        ``c = 0`` towards 0; for the squared loss it is ``(1/2n)‖cQ − Y‖²``.
+        """
+        return np.array([self.loss_value(c * self.Q) for c in scales], dtype=np.float64)
+
+
+def best_scale(target_losses: np.ndarray, penalties: np.ndarray) -> int:
+    """Index of the scale that minimises ``L(cQ) + penalty(c)``: the best bound over a grid of scales.
+
+    Used by the cross-entropy bound (I4, ``penalty = ‖∇L‖·‖J⁺(f_X − cQ)‖``) and by the §6 guarantee
+    (``penalty = (‖ω_τ‖² + c²‖ν‖²)/(2(t − τ))``); ties go to the first (smallest) scale.
+    """
+    totals = np.asarray(target_losses, dtype=np.float64) + np.asarray(penalties, dtype=np.float64)
+    return int(np.argmin(totals))
+

@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from cases import CASES
 from torch import nn
 
-from diagnostics import DiagnosticsError, InsufficientMemoryError, UnsupportedModelError
-from diagnostics.aligned_training import AlignedTraining, AugmentedModel, solve_alignment
-from diagnostics.reference import reference_jacobian
+from diagnostics import DiagnosticsError, InsufficientMemoryError, UnsupportedModelError, reference_jacobian
+from diagnostics.aligned import AlignedTraining, AugmentedModel, solve_alignment
 
 F64 = torch.float64
 MAPS = [("penultimate", "full"), ("penultimate", "rank-one"), ("tangent", "full"), ("tangent", "rank-one")]

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from diagnostics import cli
+from diagnostics.width import command as width_command
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse(*argv: str):
     args = cli.build_parser().parse_args(["width-report", *argv])
-    return cli._width_config(args)
+    return width_command.config_from(args)
 
 
 def test_help_lists_the_commands(capsys):
@@ -41,7 +42,7 @@ def test_width_report_help(capsys):
 
 
 def test_options_build_the_config(tmp_path):
-    assert parse() == cli._width_config(cli.build_parser().parse_args(["width-report"]))
+    assert parse() == width_command.config_from(cli.build_parser().parse_args(["width-report"]))
     config = parse("--widths", "mlp:2,4", "cnn:1", "--lr", "mf=2", "--seeds", "3,4", "--steps", "10",
                    "--every", "5")
     assert config.widths == {"mlp": (2, 4), "cnn": (1,)}
@@ -89,7 +90,7 @@ def test_forwarded_command_gets_its_arguments_unparsed(monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "fake", cli.Command("fake", "a fake", forward="fake_experiments:main"))
     assert cli.main(["fake", "--steps", "3", "--help"]) == 7
     assert seen == [["--steps", "3", "--help"]]
-    assert cli.COMMANDS["aligned-training"].forward == "diagnostics.experiments:main"
+    assert cli.COMMANDS["aligned-training"].forward == "diagnostics.aligned.experiments:main"
 
 
 def test_register_needs_run_or_forward():

@@ -5,8 +5,7 @@ import torch
 from cases import CASES
 from torch import nn
 
-from diagnostics import DiagnosticsError, InsufficientMemoryError, jacobian, ntk_gram
-from diagnostics.reference import reference_jacobian
+from diagnostics import DiagnosticsError, InsufficientMemoryError, jacobian, ntk_gram, reference_jacobian
 
 F64 = torch.float64
 

@@ -16,16 +16,10 @@ from cases import CASES
 from torch import nn
 
 from diagnostics import DiagnosticsError, check_alignment, jacobian, ntk_gram
-from diagnostics.jacobian import (
-    _add_positions_gram,
-    _GramTiles,
-    _layer_grads,
-    _Measurement,
-    _StructuredLayers,
-)
-from diagnostics.matrix_free import OperatorSpectrum
-from diagnostics.operator import JacobianOperator
-from diagnostics.reference import reference_jacobian
+from diagnostics.engine import JacobianOperator, Measurement, OperatorSpectrum, reference_jacobian
+from diagnostics.engine.gram import GramTiles
+from diagnostics.engine.rules import BatchNormRule
+from diagnostics.engine.structured import StructuredLayers
 
 F64 = torch.float64
 ATOL = 1e-10
@@ -41,8 +35,8 @@ def _modes():
 @pytest.fixture
 def small_tiles(monkeypatch):
     """Tiles of a few samples, so that small Grams are accumulated over several tiles and mirrored."""
-    monkeypatch.setattr(_GramTiles, "MIN_TILE", 1)
-    monkeypatch.setattr(_GramTiles, "MAX_TILE", 8)
+    monkeypatch.setattr(GramTiles, "MIN_TILE", 1)
+    monkeypatch.setattr(GramTiles, "MAX_TILE", 8)
 
 
 @pytest.mark.parametrize("strategy", ["auto", "structured", "jacrev", "vjp"])
@@ -71,29 +65,29 @@ def test_both_gram_forms_of_every_covered_layer_match_reference(cid, small_tiles
     case = CASES[cid]
     model, x = case.model(), case.data(7)
     J_ref = reference_jacobian(model, x)
-    with _Measurement(model, x, None, "eval", None, None, "structured", None) as job:
-        layers = _StructuredLayers(job, job.fm.names)
+    with Measurement(model, x, strategy="structured") as job:
+        layers = StructuredLayers(job, job.fm.names)
         assert layers.layers or cid in ("reused-module", "extra-weight-use")
         for layer in layers.layers.values():
             J_l = _layer_columns(job, layer, J_ref)
             expected = J_l @ J_l.T
-            per_sample = _GramTiles(job.rows, job.m, F64, torch.device("cpu"))
-            for block in _layer_grads(layer, layer.cotangents, per_sample=True):
+            per_sample = GramTiles(job.rows, job.m, F64, torch.device("cpu"))
+            for block in layer.rule.grads(layer, layer.cotangents, per_sample=True):
                 if block is not None:
                     per_sample.add_products(block.reshape(job.rows, -1), block.reshape(job.rows, -1))
             torch.testing.assert_close(per_sample.finish(), expected, rtol=0, atol=ATOL)
-            if layer.is_norm:
+            if isinstance(layer.rule, BatchNormRule):
                 continue
-            positions = _GramTiles(job.rows, job.m, F64, torch.device("cpu"))
-            _add_positions_gram(layer, positions)
+            positions = GramTiles(job.rows, job.m, F64, torch.device("cpu"))
+            layer.rule.add_positions_gram(layer, positions)
             torch.testing.assert_close(positions.finish(), expected, rtol=0, atol=ATOL)
 
 
 def test_batch_norm_and_convolutions_are_covered_by_the_structured_path():
     case = CASES["resnet-bn"]
     model, x = case.model(), case.data(4)
-    with _Measurement(model, x, None, "eval", None, None, "structured", None) as job:
-        layers = _StructuredLayers(job, job.fm.names)
+    with Measurement(model, x, strategy="structured") as job:
+        layers = StructuredLayers(job, job.fm.names)
         assert layers.covered == set(job.fm.names)
 
 
@@ -113,8 +107,8 @@ class _MixesSamples(nn.Module):
 def test_guard_rejects_a_layer_whose_samples_interact():
     # the whole-batch strategy's measurement, so that the forward checks let the model through
     model, x = _MixesSamples().double(), torch.randn(6, 4, dtype=F64)
-    with _Measurement(model, x, None, "eval", None, None, "vjp", None) as job:
-        layers = _StructuredLayers(job, job.fm.names)
+    with Measurement(model, x, strategy="vjp") as job:
+        layers = StructuredLayers(job, job.fm.names)
         assert "inp.weight" not in layers.covered
 
 
@@ -122,8 +116,8 @@ def test_batch_norm_with_batch_statistics_in_eval_mode_is_left_to_jacrev():
     batch_stats = nn.BatchNorm1d(4, track_running_stats=False)
     model = nn.Sequential(nn.Linear(3, 4), batch_stats, nn.Linear(4, 2)).double()
     x = torch.randn(6, 3, dtype=F64)
-    with _Measurement(model, x, None, "eval", None, None, "vjp", None) as job:
-        assert "1.weight" not in _StructuredLayers(job, job.fm.names).covered
+    with Measurement(model, x, strategy="vjp") as job:
+        assert "1.weight" not in StructuredLayers(job, job.fm.names).covered
 
 
 def test_forced_positions_form_when_per_sample_gradients_exceed_the_budget():

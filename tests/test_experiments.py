@@ -11,9 +11,9 @@ import json
 import numpy as np
 import pytest
 
-from diagnostics import experiments
+from diagnostics.aligned import experiments
+from diagnostics.aligned.experiments import ExperimentConfig, run_experiment, summary_table, to_markdown
 from diagnostics.data import load_dataset
-from diagnostics.experiments import ExperimentConfig, run_experiment, summarise, to_markdown
 
 SMALL = dict(seeds=(0, 1, 2), width=8, epochs=10, switch_epoch=5, batch_size=64)
 
@@ -30,7 +30,7 @@ def runs(digits):
 
 
 def test_framework_is_on_par_with_the_base_optimizer_on_the_digits(runs):
-    table = summarise(runs).set_index("variant")
+    table = summary_table(runs).set_index("variant")
     base_mean, base_std = table.loc["base", ["test_acc_mean", "test_acc_std"]]
     assert base_mean > 0.9  # a real classifier, not an untrained one
     for variant in ("tangent", "penultimate", "penultimate/rank-one"):
@@ -55,7 +55,7 @@ def test_variants_share_the_trajectory_up_to_the_switch(runs):
 
 
 def test_summary_and_markdown_are_readable(runs):
-    table = summarise(runs)
+    table = summary_table(runs)
     text = to_markdown(table, ExperimentConfig(**SMALL))
     assert text.splitlines()[0].startswith("| variant | test accuracy")
     assert "| base |" in text and "| penultimate/rank-one |" in text and "Configuration:" in text

@@ -27,9 +27,9 @@ from diagnostics import (
     check_cms,
     jacobian,
     ntk_gram,
+    reference_jacobian,
 )
-from diagnostics._model import FunctionalModel
-from diagnostics.reference import reference_jacobian
+from diagnostics.engine import FunctionalModel
 
 F64 = torch.float64
 ATOL = 1e-10

@@ -18,9 +18,10 @@ from cases import CASES
 from torch import nn
 
 from diagnostics.errors import DiagnosticsError
-from diagnostics.history import History, load_history
 from diagnostics.representation import capture_grams, centred_gram, cka_from_grams, linear_cka
-from diagnostics.tracking import COLUMNS, TRAILING, AlignmentTracker
+from diagnostics.tracking import AlignmentTracker
+from diagnostics.tracking.history import History, load_history
+from diagnostics.tracking.tracker import COLUMNS, TRAILING
 
 REPO = Path(__file__).resolve().parents[1]
 

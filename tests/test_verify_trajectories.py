@@ -12,7 +12,7 @@ from diagnostics.data import load_dataset
 from diagnostics.errors import DiagnosticsError
 from diagnostics.models import MLP, ResNet
 from diagnostics.tracking import AlignmentTracker
-from diagnostics.verify import (
+from diagnostics.tracking.verification import (
     convex_bound_verdicts,
     counting_verdicts,
     decomposition_verdicts,

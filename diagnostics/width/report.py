@@ -37,8 +37,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .._files import write_json
 from ..models import learning_rate_multiplier
+from ..store import write_json
 from .analysis import findings, movement_slopes, seed_means
 from .figures import FigureFile, make_figures
 from .sweep import SweepConfig, SweepResult, load_data, run_sweep

@@ -46,10 +46,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .._files import write_json
 from ..data import DataSplit, load_dataset
 from ..models import FAMILIES, PARAMETERIZATIONS, build_model, count_parameters, learning_rate_multiplier
+from ..store import RunStore
 from ..targets import Targets
+from ..tracking import AlignmentTracker
 
 __all__ = [
     "DEFAULT_LR",
@@ -306,8 +307,6 @@ def run_one(config: SweepConfig, spec: RunSpec, data: DataSplit) -> dict[str, An
 
 
 def _train(config: SweepConfig, spec: RunSpec, data: DataSplit) -> dict[str, Any]:
-    from ..tracking import AlignmentTracker
-
     start = time.perf_counter()
     model = _build(spec.family, spec.width, data, spec.parameterization, spec.seed, config.mlp_depth)
     X, T = data.X_train, data.y_train
@@ -481,37 +480,6 @@ _EXECUTORS: dict[str, Callable[..., Iterator[tuple[RunSpec, dict]]]] = {"local":
 
 
 # ---------------------------------------------------------------------------------------------
-# Result files
-
-
-class _RunStore:
-    """``<folder>/runs/<run_id>.json`` (finished) and ``<run_id>.failed.json`` (last failure)."""
-
-    def __init__(self, folder: Path) -> None:
-        self.dir = Path(folder) / "runs"
-
-    def path(self, spec: RunSpec, failed: bool = False) -> Path:
-        return self.dir / f"{spec.run_id}{'.failed' if failed else ''}.json"
-
-    def read(self, spec: RunSpec, failed: bool = False) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.path(spec, failed).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-
-    def finished(self, spec: RunSpec, config: SweepConfig) -> bool:
-        result = self.read(spec)
-        return result is not None and result.get("fingerprint") == config.fingerprint(spec)
-
-    def write(self, spec: RunSpec, outcome: dict[str, Any], config: SweepConfig) -> None:
-        fingerprint = config.fingerprint(spec)
-        failed = outcome["status"] != "ok"
-        write_json(self.path(spec, failed), {"run_id": spec.run_id, "fingerprint": fingerprint, **outcome})
-        if not failed:
-            self.path(spec, failed=True).unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------------
 # The sweep
 
 
@@ -580,8 +548,8 @@ def run_sweep(
     data = data if data is not None else load_data(config)
     config = config.resolve(data)
     jobs = jobs or len(os.sched_getaffinity(0))
-    store, specs = _RunStore(Path(folder)), config.runs()
-    todo = [s for s in specs if not (resume and store.finished(s, config))]
+    store, specs = RunStore(folder), config.runs()
+    todo = [s for s in specs if not (resume and store.read(s.run_id, config.fingerprint(s)))]
     bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="width sweep", unit="run",
                disable=not progress)
     if todo:
@@ -589,7 +557,7 @@ def run_sweep(
                   f"({executor} executor)")
     with bar:
         for spec, outcome in _EXECUTORS[executor](config.to_dict(), todo, data, jobs, address):
-            store.write(spec, outcome, config)
+            _write_outcome(store, spec, outcome, config.fingerprint(spec))
             bar.set_postfix_str(spec.run_id + ("" if outcome["status"] == "ok" else " FAILED"))
             bar.update()
     records, runs, missing = load_results(config, folder)
@@ -598,18 +566,27 @@ def run_sweep(
 
 def load_results(config: SweepConfig, folder: str | os.PathLike[str]) -> tuple[pd.DataFrame, ...]:
     """Read the result files of a resolved config: ``(records, runs, missing)`` (see :class:`SweepResult`)."""
-    store = _RunStore(Path(folder))
+    store = RunStore(folder)
     records, runs, missing = [], [], []
     for spec in config.runs():
         fingerprint = config.fingerprint(spec)
-        result = store.read(spec)
-        if result is not None and result.get("fingerprint") == fingerprint:
+        result = store.read(spec.run_id, fingerprint)
+        if result is not None:
             runs.append(result["summary"])
             records += [{**spec.to_dict(), "run_id": spec.run_id, **row} for row in result["records"]]
             continue
-        failure = store.read(spec, failed=True)
-        stale = failure is not None and failure.get("fingerprint") != fingerprint
-        status, error = ("failed", failure["error"]) if failure and not stale else ("not run", "")
+        failure = store.read(f"{spec.run_id}.failed", fingerprint)
+        status, error = ("failed", failure["error"]) if failure is not None else ("not run", "")
         missing.append({"run_id": spec.run_id, **spec.to_dict(), "status": status, "error": error})
     columns = ["run_id", "family", "parameterization", "width", "seed", "status", "error"]
     return pd.DataFrame(records), pd.DataFrame(runs), pd.DataFrame(missing, columns=columns)
+
+
+def _write_outcome(store: RunStore, spec: RunSpec, outcome: dict[str, Any], fingerprint: str) -> None:
+    """``<run_id>.json`` for a finished run (its last failure forgotten), ``<run_id>.failed.json`` otherwise."""
+    if outcome["status"] == "ok":
+        store.write(spec.run_id, fingerprint, {"run_id": spec.run_id, **outcome})
+        store.remove(f"{spec.run_id}.failed")
+    else:
+        store.write(f"{spec.run_id}.failed", fingerprint, {"run_id": spec.run_id, **outcome})
+

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .errors import DiagnosticsError
+from ..errors import DiagnosticsError
+from .precision import dtype_name
 
 Inputs = torch.Tensor | tuple | Mapping[str, torch.Tensor]
 OutputSelector = None | str | int | Callable[[Any], torch.Tensor]
@@ -142,7 +143,7 @@ def describe(inputs: Inputs) -> str:
     """One line naming the structure, dtypes and shapes of the inputs and how the model gets them."""
 
     def one(t: torch.Tensor) -> str:
-        return f"{str(t.dtype).replace('torch.', '')} {tuple(t.shape)}"
+        return f"{dtype_name(t.dtype)} {tuple(t.shape)}"
 
     if isinstance(inputs, Mapping):
         items = ", ".join(f"{k}: {one(v)}" for k, v in inputs.items())

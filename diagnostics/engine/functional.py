@@ -31,7 +31,6 @@ naming the module whose forward was running (recorded by forward pre-hooks) and 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -39,8 +38,10 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import _inputs
-from .errors import DiagnosticsError, UnsupportedModelError
+from ..errors import DiagnosticsError, UnsupportedModelError
+from . import inputs as _inputs
+from .precision import forwards_agree
+from .refusals import ModuleTrace, refusal
 
 ParamSelector = None | Sequence[str] | Callable[[str, torch.Tensor], bool]
 MODES = ("eval", "batch")
@@ -108,7 +109,7 @@ class FunctionalModel:
         self.output_shape: tuple[int, ...] | None = None
         #: The user's TF32 switches ``(matmul, cudnn)`` found on entering :meth:`measuring`.
         self.tf32_outside: tuple[bool, bool] | None = None
-        self._trace = _ModuleTrace(model)
+        self._trace = ModuleTrace(model)
         if mode == "batch":
             _refuse_synchronised_batch_norm(model)
 
@@ -171,7 +172,7 @@ class FunctionalModel:
             out = selected.reshape(n, -1)
             if not torch.isfinite(out).all():
                 raise DiagnosticsError("the model's outputs contain NaN or inf on these inputs")
-            if not _close(self(self.params, x), out):
+            if not forwards_agree(self(self.params, x), out):
                 raise UnsupportedModelError(
                     "two forward passes on the same inputs give different outputs: the model draws "
                     "random numbers in eval mode (e.g. F.dropout(h, training=True) or noise in forward). "
@@ -188,7 +189,7 @@ class FunctionalModel:
                     )
                     for h in halves
                 ])
-                if not _close(apart, out):
+                if not forwards_agree(apart, out):
                     raise UnsupportedModelError(
                         "the samples interact: the outputs of the two halves of the batch, run "
                         "separately, differ from those of the whole batch (a normalisation over the "
@@ -266,10 +267,10 @@ class FunctionalModel:
                 try:
                     yield
                 except (RuntimeError, NotImplementedError) as exc:
-                    refusal = _refusal(exc, self._trace.where())
-                    if refusal is None:
+                    refused = refusal(exc, self._trace.where())
+                    if refused is None:
                         raise
-                    raise refusal from exc
+                    raise refused from exc
         finally:
             for m, training in flags:
                 m.training = training
@@ -300,12 +301,6 @@ def _select(named: dict[str, torch.Tensor], params: ParamSelector) -> tuple[str,
     return tuple(names)
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """``max|a − b| ≤ sqrt(eps) · max|b|``: equal up to the reduction order of the arithmetic."""
-    scale = float(b.abs().max()) if b.numel() else 0.0
-    return float((a - b).abs().max()) <= math.sqrt(torch.finfo(b.dtype).eps) * max(scale, 1e-30)
-
-
 def _tensor_attributes(model: nn.Module) -> dict[str, torch.Tensor]:
     """Plain tensor attributes of the modules (neither parameters nor buffers), by dotted path."""
     found = {}
@@ -333,111 +328,3 @@ def _refuse_synchronised_batch_norm(model: nn.Module) -> None:
             "normalise with the statistics of every process's batch, which this process cannot "
             "differentiate. Measure on one process, or use mode='eval' (running statistics)."
         )
-
-
-class _ModuleTrace:
-    """The stack of module forwards running right now, kept by forward (pre-)hooks while measuring.
-
-    An exception leaving a forward skips the post-hooks of the modules it passes through, so the
-    stack still ends with the innermost module that was running when it was raised.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.stack: list[nn.Module] = []
-
-    @contextlib.contextmanager
-    def attached(self) -> Iterator[None]:
-        """Hooks on every module for the duration; removed afterwards, whatever happens."""
-        self.stack.clear()
-        handles = []
-        try:
-            for mod in self.model.modules():
-                handles.append(mod.register_forward_pre_hook(self._enter))
-                handles.append(mod.register_forward_hook(self._leave))
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
-    def _enter(self, module: nn.Module, args: tuple) -> None:
-        self.stack.append(module)
-
-    def _leave(self, module: nn.Module, args: tuple, output: object) -> None:
-        while self.stack and self.stack.pop() is not module:  # entries of exceptions caught inside
-            pass
-
-    def where(self) -> str:
-        """Name the innermost running module, in words."""
-        if not self.stack:
-            return "no module's forward (the failure came while differentiating, after the forward)"
-        mod = self.stack[-1]
-        path = next((name for name, m in self.model.named_modules() if m is mod), None)
-        if not path:
-            return f"the forward of the model itself ({type(mod).__name__})"
-        return f"module {path!r} ({type(mod).__name__})"
-
-
-#: What ``torch.func`` says (fragments of its messages), what it means and what the user can do.
-_REFUSALS = (
-    (
-        ("data-dependent control flow", ".item()"),
-        "the forward reads a tensor's value (.item(), `if tensor:`, data-dependent control flow), "
-        "which vmap cannot do one sample at a time",
-        "use strategy='vjp' (it differentiates the whole batch without vmap over the forward), or "
-        "write the branch with tensor operations such as torch.where",
-    ),
-    (
-        ("randomness",),
-        "the forward draws random numbers while measuring (e.g. F.dropout(h, training=True))",
-        "make the forward deterministic in eval mode; measurements with random masks are not "
-        "reproducible",
-    ),
-    (
-        ("mutate a captured tensor", "inplace arithmetic"),
-        "the forward updates in place a tensor that is not an input of the measured function "
-        "(a buffer, a tensor attribute or a tensor captured from outside)",
-        "compute a new tensor instead, or update only when self.training is True",
-    ),
-    (
-        ("setup_context",),
-        "a torch.autograd.Function without the setup_context staticmethod that torch.func needs",
-        "write its forward without ctx and add setup_context (PyTorch docs: 'Extending torch.func "
-        "with autograd.Function')",
-    ),
-    (
-        ("vmap staticmethod", "generate_vmap_rule", "vmap support"),
-        "a torch.autograd.Function without vmap support",
-        "set generate_vmap_rule = True on it or implement its vmap staticmethod, or use strategy='vjp'",
-    ),
-    (
-        ("forward ad", "forward mode ad", "forward-mode", "jvp function"),
-        "an operation without a forward-mode derivative (check_cms uses torch.func.jvp)",
-        "implement the jvp staticmethod of the custom autograd.Function, or use check_alignment / "
-        "jacobian / ntk_gram, which need reverse mode only",
-    ),
-    (
-        ("batching rule",),
-        "an operation that vmap cannot batch",
-        "use strategy='vjp' (no vmap over the forward)",
-    ),
-    (
-        ("vmap", "functorch", "torch.func", "transform"),
-        "an operation torch.func cannot transform",
-        "use strategy='vjp', or replace the operation; the message above says which one",
-    ),
-)
-
-
-def _refusal(exc: BaseException, where: str) -> UnsupportedModelError | None:
-    """Build the :class:`UnsupportedModelError` for a ``torch.func`` failure; ``None`` for other errors."""
-    text = str(exc)
-    lowered = text.lower()
-    for fragments, meaning, advice in _REFUSALS:
-        if any(f.lower() in lowered for f in fragments):
-            first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-            return UnsupportedModelError(
-                f"cannot measure this model: {meaning}, in {where}. What to do: {advice}. "
-                f"(torch.func said: {first[:500]})"
-            )
-    return None

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import DiagnosticsError
+from ..errors import DiagnosticsError
 
 __all__ = ["History", "load_history", "read_history"]
 

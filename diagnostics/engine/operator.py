@@ -21,9 +21,9 @@ from scipy.sparse.linalg import LinearOperator
 from torch import nn
 from torch.func import jvp, vjp
 
-from . import _inputs
-from ._model import FunctionalModel, ParamSelector
-from .errors import DiagnosticsError
+from ..errors import DiagnosticsError
+from . import inputs as _inputs
+from .functional import FunctionalModel, ParamSelector
 
 __all__ = ["JacobianOperator"]
 

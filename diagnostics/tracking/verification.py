@@ -32,7 +32,8 @@ import torch
 from theory import verdicts as tv
 from theory.verdicts import Verdict
 
-from .errors import DiagnosticsError
+from ..engine.precision import decomposition_rtol
+from ..errors import DiagnosticsError
 
 __all__ = [
     "decomposition_verdicts",
@@ -186,8 +187,7 @@ def _require(history: pd.DataFrame, loss: str | None, *columns: str) -> None:
 def _rtol(row: pd.Series, rtol: float | None) -> float:
     if rtol is not None:
         return rtol
-    dtype = getattr(torch, str(row.get("dtype", "float64")), torch.float64)
-    return max(1e-8, 1000 * torch.finfo(dtype).eps)
+    return decomposition_rtol(getattr(torch, str(row.get("dtype", "float64")), torch.float64))
 
 
 def _per_record(history: pd.DataFrame, name: str, judge: Callable[[pd.Series], Verdict]) -> pd.Series:

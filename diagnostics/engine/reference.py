@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _inputs
-from ._model import FunctionalModel, ParamSelector
+from . import inputs as _inputs
+from .functional import FunctionalModel, ParamSelector
 
 __all__ = ["reference_jacobian", "reference_gram"]
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import precision
+
 __all__ = ["Spectrum"]
 
 
@@ -66,15 +68,7 @@ class Spectrum:
         vals, vecs = torch.linalg.eigh(K64)
         vals, vecs = vals.flip(0), vecs.flip(1)
         eigenvalues = vals.cpu().numpy()
-        lam_max = max(float(eigenvalues[0]), 0.0)
-        if tol is None:
-            eps = torch.finfo(source_dtype or K.dtype).eps
-            tol = lam_max * K.shape[0] * eps
-            rule = f"λ_max · nm · eps({str(source_dtype or K.dtype).replace('torch.', '')})"
-        else:
-            if tol < 0 or not np.isfinite(tol):
-                raise ValueError(f"tol must be a finite non-negative number, got {tol}")
-            rule = "user-supplied"
+        tol, rule = precision.rank_rule(tol, float(eigenvalues[0]), K.shape[0], source_dtype or K.dtype)
         spectrum = cls(eigenvalues, vecs, float(tol), rule)
         if spectrum.min_eigenvalue < -max(tol, 1e-300):
             warnings.warn(

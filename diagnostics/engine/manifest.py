@@ -25,13 +25,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
-from . import _inputs
-from ._model import FunctionalModel
+from . import inputs as _inputs
+from .functional import FunctionalModel
+from .precision import dtype_name
 
 __all__ = ["LayerNote", "MATRIX_FREE_POLICY", "MeasurementManifest", "PRECISION_POLICY"]
 
@@ -205,8 +205,8 @@ class MeasurementManifest:
         return cls(
             model=type(model).__name__,
             device=str(fm.device),
-            model_dtype=_name(first.dtype),
-            compute_dtype=_name(fm.dtype),
+            model_dtype=dtype_name(first.dtype),
+            compute_dtype=dtype_name(fm.dtype),
             inputs=_inputs.describe(inputs),
             output=output,
             n_samples=int(n),
@@ -272,10 +272,6 @@ class MeasurementManifest:
         lines.append(f"  precision: {self.tf32}")
         lines += [f"    {rule}" for rule in self.precision]
         return "\n".join(lines)
-
-
-def _name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
 
 
 def _rate(mod: nn.Module) -> float:

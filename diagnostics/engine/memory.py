@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from .errors import InsufficientMemoryError, format_bytes
+from ..errors import InsufficientMemoryError, format_bytes
 
 #: Fraction of the currently available memory that one measurement may use by default.
 DEFAULT_FRACTION = 0.5

@@ -29,18 +29,12 @@ import warnings
 import numpy as np
 import torch
 from scipy.sparse.linalg import eigsh, lsqr
-from torch import nn
 
-from . import _inputs, _memory
-from ._model import ParamSelector
-from .alignment import AlignmentReport, alignment_from_spectrum
-from .errors import DiagnosticsError
+from ..errors import DiagnosticsError
+from . import precision
 from .operator import JacobianOperator
-from .targets import Targets
 
-__all__ = ["OperatorSpectrum", "PATHS", "alignment_from_operator", "choose_path", "dense_alignment_bytes"]
-
-PATHS = ("auto", "dense", "matrix-free")
+__all__ = ["OperatorSpectrum"]
 
 #: Eigenpairs of ``K`` computed by Lanczos (the alignment curve and top-k capture use them).
 DEFAULT_TOP_K = 10
@@ -91,14 +85,7 @@ class OperatorSpectrum:
         eps = torch.finfo(op.dtype).eps
         self.eigenvalues, self._vectors = _top_eigenpairs(op, top_k, math.sqrt(eps))
         lam_max = max(float(self.eigenvalues[0]), 0.0)
-        if tol is None:
-            tol = lam_max * N * eps
-            self.tol_rule = f"λ_max · nm · eps({str(op.dtype).replace('torch.', '')})"
-        else:
-            if tol < 0 or not np.isfinite(tol):
-                raise ValueError(f"tol must be a finite non-negative number, got {tol}")
-            self.tol_rule = "user-supplied"
-        self.tol = float(tol)
+        self.tol, self.tol_rule = precision.rank_rule(tol, lam_max, N, op.dtype)
         self.conlim = math.sqrt(lam_max / self.tol) if self.tol > 0 else 1e300
         self.rtol = rtol if rtol is not None else eps**0.75
         self.max_iter = max_iter or 10 * min(N, d)
@@ -195,77 +182,3 @@ def _top_eigenpairs(op: JacobianOperator, k: int, tol: float) -> tuple[np.ndarra
     vals, vecs = eigsh(op.to_scipy(gram=True), k=k, which="LA", tol=tol)
     order = np.argsort(vals)[::-1]
     return vals[order], torch.from_numpy(np.ascontiguousarray(vecs[:, order]))
-
-
-def dense_alignment_bytes(rows: int, dtype: torch.dtype) -> int:
-    """Peak memory of the dense path: the Gram and its working copy, plus a float64 ``eigh``.
-
-    ``eigh`` holds the float64 Gram, its eigenvectors and a workspace of about ``2N²`` doubles.
-    """
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    return rows * rows * (2 * itemsize + 4 * 8)
-
-
-def choose_path(
-    path: str,
-    model: nn.Module,
-    inputs: object,
-    *,
-    params: ParamSelector = None,
-    mode: str = "eval",
-    output: _inputs.OutputSelector = None,
-    dtype: torch.dtype | None = None,
-    memory_budget: int | None = None,
-    chunk_size: int | None = None,
-) -> tuple[str, JacobianOperator | None]:
-    """Resolve ``path`` (one of :data:`PATHS`); the operator is returned when the path is matrix-free.
-
-    ``"auto"`` is dense when :func:`dense_alignment_bytes` fits the memory budget, matrix-free
-    otherwise.
-    """
-    if path not in PATHS:
-        raise DiagnosticsError(f"path must be one of {PATHS}, got {path!r}")
-    if path == "dense":
-        return path, None
-    op = JacobianOperator(
-        model, inputs, params=params, mode=mode, output=output, dtype=dtype, chunk_size=chunk_size
-    )
-    budget = _memory.resolve_budget(memory_budget, op.fm.device)
-    if path == "auto" and dense_alignment_bytes(op.shape[0], op.dtype) <= budget:
-        return "dense", None
-    return "matrix-free", op
-
-
-def alignment_from_operator(
-    op: JacobianOperator,
-    targets: object,
-    *,
-    loss: str = "mse",
-    target: object = None,
-    tol: float | None = None,
-    residual_tol: float | None = None,
-    top_k: int = DEFAULT_TOP_K,
-    rtol: float | None = None,
-    max_iter: int | None = None,
-) -> AlignmentReport:
-    """Compute the report of :func:`~diagnostics.check_alignment` matrix-free.
-
-    Parameters
-    ----------
-    op
-        Jacobian operator on the probe inputs.
-    targets
-        Targets of the probe samples (class indices, one-hot rows or values).
-    loss, target, tol, residual_tol
-        As in :func:`~diagnostics.check_alignment`.
-    top_k, rtol, max_iter
-        As in :class:`OperatorSpectrum`.
-    """
-    built = Targets.build(targets, op.n, op.m, loss, target)
-    spectrum = OperatorSpectrum(op, tol=tol, top_k=top_k, rtol=rtol, max_iter=max_iter)
-    report = alignment_from_spectrum(
-        op.outputs, built, spectrum, n_params=op.fm.n_params, source_dtype=op.dtype, residual_tol=residual_tol
-    )
-    report.tol_rule = f"{spectrum.tol_rule}; {spectrum.solver_summary}"
-    report.path = "matrix-free"
-    return report

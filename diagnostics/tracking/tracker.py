@@ -28,24 +28,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import _inputs
-from ._files import write_torch
-from ._model import FunctionalModel, ParamSelector
-from .alignment import alignment_from_gram
-from .errors import DiagnosticsError
+from ..alignment import alignment_from_gram
+from ..engine import inputs as _inputs
+from ..engine.functional import FunctionalModel, ParamSelector
+from ..engine.measurement import Measurement
+from ..engine.precision import dtype_name
+from ..errors import DiagnosticsError
+from ..representation import capture_grams, cka_from_grams
+from ..store import write_torch
+from ..targets import Targets
 from .history import History, load_history
-from .jacobian import _Measurement
-from .representation import capture_grams, cka_from_grams
-from .targets import Targets
-from .verify import verify_history
+from .summary import summarize
 
-__all__ = ["AlignmentTracker", "summarize"]
+__all__ = ["COLUMNS", "TRAILING", "AlignmentTracker"]
 
 #: Columns of every record, in order (``cka_<module>`` columns follow ``param_movement``).
 COLUMNS = (
@@ -154,12 +154,13 @@ class AlignmentTracker:
         if isinstance(representation, str):
             representation = [representation]
         self.representation = tuple(representation or ())
-        self._measure_args = (params, mode, output, dtype, strategy, memory_budget)
+        self._measure_args = {"params": params, "mode": mode, "output": output, "dtype": dtype,
+                              "strategy": strategy, "memory_budget": memory_budget}
         self._tol, self._residual_tol = tol, residual_tol
         self._x, self._y = _inputs.probe_data(probe, probe_size, seed)
         fm = FunctionalModel(model, params=params, mode=mode, output=output, dtype=dtype)  # validates early
         meta = {
-            "loss": loss, "mode": mode, "dtype": _dtype_name(fm.dtype), "params": list(fm.names),
+            "loss": loss, "mode": mode, "dtype": dtype_name(fm.dtype), "params": list(fm.names),
             "n_params": fm.n_params, "representation": list(self.representation), "every": every,
             "probe_size": probe_size, "seed": seed, "strategy": strategy,
             "probe_sha256": _fingerprint(self._x, self._y, target), "created": time.time(),
@@ -270,7 +271,7 @@ class AlignmentTracker:
             "n_samples": report.n_samples,
             "target_norm_sq": float((targets.Q**2).sum()),
             "loss_name": self.loss,
-            "dtype": _dtype_name(dtype),
+            "dtype": dtype_name(dtype),
             "mode": self.mode,
         })
         self._history.append(record)
@@ -307,7 +308,7 @@ class AlignmentTracker:
         """
         device = next(self.model.parameters()).device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            with _Measurement(self.model, self._x, *self._measure_args) as job:
+            with Measurement(self.model, self._x, **self._measure_args) as job:
                 targets = Targets.build(self._y, job.n, job.m, self.loss, self.target)
                 with capture_grams(job.fm.module, self.representation) as grams, torch.no_grad():
                     outputs = job.fm(job.fm.params, job.x)
@@ -316,76 +317,11 @@ class AlignmentTracker:
         return outputs, K, theta, grams, (targets, job.fm.n_params, job.fm.dtype)
 
 
-def summarize(history: pd.DataFrame) -> str:
-    """Describe a tracker history in readable lines, with the verdicts of :mod:`diagnostics.verify`."""
-    if history.empty:
-        return "AlignmentTracker history: no records"
-    h = history
-    first, last = h.iloc[0], h.iloc[-1]
-    n, nm, d = int(last.n_samples), int(last.n_outputs), int(last.n_params)
-    lines = [
-        f"AlignmentTracker history: {len(h)} records, steps {int(first.step)}..{int(last.step)}; "
-        f"{last.loss_name} loss; probe n={n} × m={nm // n} = {nm} rows; d={d:,} parameters; "
-        f"mode={last['mode']}, {last['dtype']}",
-    ]
-
-    def trend(column: str, label: str, fmt: str = ".4g") -> str:
-        values = h[column].to_numpy(dtype=float)
-        return (f"  {label:<34} {values[0]:{fmt}} → {values[-1]:{fmt}}   "
-                f"(min {np.nanmin(values):{fmt}}, max {np.nanmax(values):{fmt}})")
-
-    lines += [
-        trend("loss", "loss"),
-        trend("grad_norm", "‖∇L‖"),
-        trend("residual", "alignment residual ‖(I−P)Q‖/‖Q‖", ".3e")
-        + f"; aligned at {int(h.aligned.sum())}/{len(h)} records",
-        trend("rank", "rank J", ".0f") + f" of min(nm, d) = {min(nm, d)}",
-        trend("lambda_max", "λ_max"),
-        trend("effective_rank", "effective rank", ".1f"),
-        trend("certificate", "certificate B"),
-        trend("kernel_movement_init", "kernel movement ‖K_t−K_0‖/‖K_0‖", ".3f"),
-        trend("param_movement", "parameter movement ‖θ_t−θ_0‖/‖θ_0‖", ".3f"),
-    ]
-    for column in [c for c in h.columns if c.startswith("cka_")]:
-        lines.append(trend(column, f"CKA to reference, {column[4:]}", ".3f"))
-    lines.append("  the paper's statements on this trajectory (theory.verdicts):")
-    try:
-        table = verify_history(h)
-    except ValueError as exc:  # non-finite measurements (a diverged run) cannot be judged
-        lines.append(f"    not judged: {exc}")
-    else:
-        for statement, group in table.groupby("statement", sort=False):
-            lines.append("    " + _verdict_line(statement, group))
-    seconds = h.measure_seconds.to_numpy(dtype=float)
-    lines.append(f"  timing: {np.median(seconds):.3g} s per record (median), {seconds.sum():.3g} s in total")
-    return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-
-
-def _verdict_line(statement: str, group: pd.DataFrame) -> str:
-    """How often one statement holds over the records, and the record where it has the least room."""
-    verdicts = list(group.verdict)
-    asserted = [v for v in verdicts if not v.vacuous]
-    held = sum(v.holds for v in verdicts)
-    line = (f"{statement:<13} {'holds' if held == len(verdicts) else 'FAILS'} at {held}/{len(verdicts)} "
-            f"records ({len(asserted)} asserted)")
-    worst = min(asserted, key=lambda v: v.margin + v.tolerance, default=None)
-    if worst is not None:
-        line += f"; least room at step {int(group.step.iloc[verdicts.index(worst)])}: {worst}"
-    return line
-
-
 def _relative_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Return ``‖a − b‖ / ‖b‖`` (Frobenius for matrices) in float64; ``nan`` when ``b = 0``."""
     a64, b64 = a.to(torch.float64), b.to(a.device, torch.float64)
     denom = float(b64.norm())
     return float((a64 - b64).norm()) / denom if denom > 0 else math.nan
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
 
 
 def _fingerprint(x: _inputs.Inputs, y: torch.Tensor, target: object) -> str:

@@ -30,7 +30,6 @@ import hashlib
 import json
 import math
 import os
-import pickle
 import sys
 import time
 from collections.abc import Sequence
@@ -44,12 +43,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ._files import write_json, write_torch
-from .aligned_training import AlignedTraining
-from .data import DATASETS, DataSplit, load_dataset
-from .models import build_model
+from ..data import DATASETS, DataSplit, load_dataset
+from ..models import build_model
+from ..store import RunStore
+from .trainer import AlignedTraining
 
-__all__ = ["VARIANTS", "ExperimentConfig", "main", "run_experiment", "summarise", "to_markdown"]
+__all__ = ["VARIANTS", "ExperimentConfig", "main", "run_experiment", "summary_table", "to_markdown"]
 
 VARIANTS = ("base", "tangent", "penultimate", "tangent/rank-one", "penultimate/rank-one")
 OPTIMIZERS = ("sgd", "gd", "adam")
@@ -162,10 +161,10 @@ def run_experiment(
 
 
 class _Store:
-    """Finished rows and switch states of one experiment under ``<folder>/runs``."""
+    """The experiment's runs in a :class:`~diagnostics.store.RunStore`: finished rows and switch states."""
 
     def __init__(self, folder: Path, config: ExperimentConfig) -> None:
-        self.dir = folder / "runs"
+        self.runs = RunStore(folder)
         # seeds and variants choose which runs exist and data_dir only where the files are
         keyed = {k: v for k, v in asdict(config).items() if k not in {"seeds", "variants", "data_dir"}}
         self._key = json.dumps(keyed, sort_keys=True)
@@ -174,31 +173,26 @@ class _Store:
         """Hash of the settings, the seed and the variant."""
         return hashlib.sha256(f"{self._key}|{seed}|{variant}".encode()).hexdigest()[:16]
 
-    def _row_path(self, seed: int, variant: str) -> Path:
-        return self.dir / f"seed{seed}-{variant.replace('/', '-')}.json"
-
     def row(self, seed: int, variant: str) -> dict | None:
         """Return the finished row, or ``None`` (missing, torn or from other settings)."""
-        try:
-            stored = json.loads(self._row_path(seed, variant).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return None
-        return stored["row"] if stored.get("fingerprint") == self.fingerprint(seed, variant) else None
+        stored = self.runs.read(_row_name(seed, variant), self.fingerprint(seed, variant))
+        return None if stored is None else stored["row"]
 
     def write_row(self, seed: int, variant: str, row: dict) -> None:
-        write_json(self._row_path(seed, variant), {"fingerprint": self.fingerprint(seed, variant), "row": row})
+        """Store a finished row."""
+        self.runs.write(_row_name(seed, variant), self.fingerprint(seed, variant), {"row": row})
 
     def switch_state(self, seed: int) -> dict | None:
         """Return the state at ``τ``, or ``None``."""
-        path = self.dir / f"seed{seed}.switch.pt"
-        try:
-            stored = torch.load(path, weights_only=True)
-        except (FileNotFoundError, RuntimeError, EOFError, pickle.UnpicklingError):  # missing or torn
-            return None
-        return stored["state"] if stored.get("fingerprint") == self.fingerprint(seed) else None
+        return self.runs.read_state(f"seed{seed}.switch", self.fingerprint(seed))
 
     def write_switch_state(self, seed: int, state: dict) -> None:
-        write_torch(self.dir / f"seed{seed}.switch.pt", {"fingerprint": self.fingerprint(seed), "state": state})
+        """Store the state at ``τ``."""
+        self.runs.write_state(f"seed{seed}.switch", self.fingerprint(seed), state)
+
+
+def _row_name(seed: int, variant: str) -> str:
+    return f"seed{seed}-{variant.replace('/', '-')}"
 
 
 @dataclass
@@ -359,7 +353,7 @@ def _framework_columns(trainer: AlignedTraining | None) -> dict:
     }
 
 
-def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+def summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over seeds per variant (sample std, ``ddof=1``; 0 for one seed).
 
     Returns
@@ -460,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     start = time.perf_counter()
     runs = run_experiment(config, folder=args.out, progress=not args.no_progress)
-    table = summarise(runs)
+    table = summary_table(runs)
     text = to_markdown(table, config)
     print(text)
     print(f"\n(total {time.perf_counter() - start:.0f} s)")

@@ -1,0 +1,152 @@
+"""The steps after the switch and the §6 guarantee they are checked against (theory/application.md).
+
+:class:`Trajectory` holds one :class:`StepRecord` per optimiser step after ``τ`` and the constants of
+the guarantee (``‖ω_τ‖²``, ``‖ν‖²``, the target scales for cross-entropy); it turns them into the
+per-step history (:meth:`Trajectory.history`) and the :class:`~diagnostics.aligned.reports.GuaranteeReport`
+(:meth:`Trajectory.report`), judging every statement with :mod:`theory`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+import theory
+
+from ..targets import CE_SCALES, Targets, best_scale
+from .reports import GuaranteeReport
+
+__all__ = ["HISTORY_COLUMNS", "StepRecord", "Trajectory", "scale_for_loss"]
+
+#: Columns of :meth:`Trajectory.history`.
+HISTORY_COLUMNS = ("iteration", "step", "loss", "grad_sq", "lr", "elapsed", "distance", "distance_next", "bound",
+                   "margin", "bound_ratio", "bound_holds", "step_margin", "step_ok")
+
+
+@dataclass
+class StepRecord:
+    """One optimiser step after ``τ``: its loss, ``‖∇_{ω,u}L‖²``, step size and the distance before and after."""
+
+    iteration: int
+    step: int
+    loss: float
+    grad_sq: float
+    lr: float
+    distance_sq: float
+    distance_next_sq: float
+
+
+def scale_for_loss(target_loss: float, m: int) -> float:
+    """``c`` with ``L(cQ₀) = log(1 + (m−1)e^{−c}) = target_loss`` for the centred one-hot ``Q₀``."""
+    return math.log((m - 1) / math.expm1(target_loss))
+
+
+class Trajectory:
+    """The recorded steps after ``τ`` with the constants of the §6 guarantee.
+
+    Parameters
+    ----------
+    targets
+        The training targets (``Q₀``, the loss).
+    omega_sq, nu_sq
+        ``‖ω_τ‖²`` and ``‖ν₀‖²`` (``Ψ_Xν₀ = Q₀``).
+    distance_scale
+        ``c`` of the target ``cQ₀`` to which the distance is recorded (1 for the squared loss).
+    """
+
+    def __init__(self, targets: Targets, omega_sq: float, nu_sq: float, distance_scale: float) -> None:
+        self.targets = targets
+        self.loss = targets.loss
+        self.omega_sq = omega_sq
+        self.nu_sq = nu_sq
+        self.distance_scale = distance_scale
+        if self.loss == "mse":
+            self.scales, self.scale_losses = np.array([1.0]), np.array([0.0])
+        else:
+            self.scales = np.concatenate([CE_SCALES, [distance_scale]])
+            self.scale_losses = targets.scaled_target_losses(self.scales)
+        self.distance_target_loss = self.loss_at_scale(distance_scale)
+        self.records: list[StepRecord] = []
+
+    def loss_at_scale(self, c: float) -> float:
+        """``L(cQ₀)`` (0 for the squared loss, whose bound is on ``L`` itself)."""
+        return 0.0 if self.loss == "mse" else float(self.targets.scaled_target_losses([c])[0])
+
+    def bound(self, loss: float, elapsed: float) -> tuple[theory.Verdict, float]:
+        """Check the §6 bound at ``t − τ = elapsed`` (best target scale for ce); return it and ``L(Q)``."""
+        if self.loss == "mse":
+            return theory.application_bound(loss, self.omega_sq, self.nu_sq, elapsed), 0.0
+        if elapsed > 0:
+            k = best_scale(self.scale_losses, (self.omega_sq + self.scales**2 * self.nu_sq) / (2 * elapsed))
+        else:
+            k = len(self.scales) - 1
+        c, lq = float(self.scales[k]), float(self.scale_losses[k])
+        verdict = theory.application_bound(loss, self.omega_sq, c**2 * self.nu_sq, elapsed, convex=True,
+                                           target_loss=lq)
+        return verdict, lq
+
+    def history(self) -> pd.DataFrame:
+        """One row per step after ``τ``.
+
+        Columns: ``iteration``, ``step`` ``k`` (steps since ``τ``), ``loss`` ``L_k``, ``grad_sq``
+        ``‖∇_{ω,u}L_k‖²``, ``lr`` ``η_k`` (NaN when ``ω`` and ``u`` have different step sizes), ``elapsed``
+        ``t_k − τ = Σ_{j<k} η_j``, ``distance`` ``‖x_k − x*‖`` and ``distance_next`` ``‖x_{k+1} − x*‖``,
+        ``bound`` (on ``L_k``; ``inf`` at ``k = 0``), ``margin`` ``bound − L_k``, ``bound_ratio``
+        ``(L_k − L(Q))/(bound − L(Q))`` (``L(Q) = 0`` for mse; ``≤ 1`` when the bound holds), ``bound_holds``,
+        ``step_margin`` ``4L_k − η‖∇‖²`` (ce: ``2(L_k − L(cQ₀)) − η‖∇‖²``) and ``step_ok``.
+        """
+        rows, elapsed = [], 0.0
+        for r in self.records:
+            row = {"iteration": r.iteration, "step": r.step, "loss": r.loss, "grad_sq": r.grad_sq, "lr": r.lr,
+                   "elapsed": elapsed, "distance": math.sqrt(r.distance_sq),
+                   "distance_next": math.sqrt(r.distance_next_sq)}
+            if math.isfinite(r.loss) and math.isfinite(elapsed):
+                verdict, lq = self.bound(r.loss, elapsed)
+                row.update(bound=verdict.rhs + lq, margin=verdict.margin,
+                           bound_ratio=verdict.details["bound_ratio"], bound_holds=verdict.holds)
+            else:
+                row.update(bound=math.nan, margin=math.nan, bound_ratio=math.nan, bound_holds=False)
+            if math.isfinite(r.loss) and math.isfinite(r.lr) and r.lr > 0:
+                step = theory.gd_step_distance_condition(
+                    r.lr, r.grad_sq, r.loss, target_loss=None if self.loss == "mse" else self.distance_target_loss)
+                row.update(step_margin=step.margin, step_ok=step.holds)
+            else:
+                row.update(step_margin=math.nan, step_ok=False)
+            rows.append(row)
+            elapsed += r.lr
+        return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+
+    def report(self, status: str, departures: list[str], full_batch: bool) -> GuaranteeReport:
+        """Check the §6 statements on the recorded steps (see :class:`~diagnostics.aligned.reports.GuaranteeReport`)."""
+        hist = self.history()
+        later = hist[hist.step >= 1]
+        finite = later[np.isfinite(later.margin)]
+        worst_margin = float(finite.margin.min()) if len(finite) else math.nan
+        worst_ratio = float(finite.bound_ratio.max()) if len(finite) else math.nan
+        distances = [math.sqrt(r.distance_sq) for r in self.records]
+        if self.records:
+            distances.append(math.sqrt(self.records[-1].distance_next_sq))
+        distance = theory.distance_non_increasing(distances) if len(distances) >= 2 else None
+        steps_ok = hist.step_ok.to_numpy(dtype=bool)
+        telescoping = None
+        lrs = hist.lr.to_numpy()
+        if self.loss == "mse" and len(hist) and np.isfinite(hist.loss).all() and np.all(lrs == lrs[0]):
+            telescoping = theory.gd_telescoping_bound(
+                hist.loss.to_numpy(), hist.grad_sq.to_numpy(), float(lrs[0]), self.omega_sq, self.nu_sq)
+        losses = hist.loss.to_numpy()
+        return GuaranteeReport(
+            status=status,
+            departures=tuple(departures),
+            full_batch=full_batch,
+            records=len(later),
+            bound_holds=int(later.bound_holds.sum()),
+            worst_margin=worst_margin,
+            max_bound_ratio=worst_ratio,
+            distance=distance,
+            step_condition_failures=int((~steps_ok).sum()),
+            telescoping=telescoping,
+            monotone_loss=bool(np.all(np.diff(losses) <= 0)) if len(losses) > 1 else True,
+        )

@@ -1,0 +1,160 @@
+"""What aligned training reports: the switch (:class:`SwitchReport`) and the guarantee (:class:`GuaranteeReport`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import theory
+
+__all__ = ["GuaranteeReport", "SwitchReport"]
+
+
+@dataclass
+class SwitchReport:
+    """What happened at the switch ``τ``: the D1 check of the frozen block, enlargement, ``ν``.
+
+    Attributes
+    ----------
+    iteration
+        ``τ`` (optimiser steps taken before the switch).
+    residual_before, residual, rounding
+        ``‖Q − Ψ_Xν‖/‖Q‖`` for the base feature map (rounding allowance included) and after enlargement
+        (float64), and the rounding allowance of the final ``ν`` (:class:`AlignmentSolution`).
+    aligned
+        ``residual + rounding ≤ residual_tol``.
+    enlargements
+        ``(random features, residual, rank)`` for every width tried.
+    omega_norm_sq, nu_norm_sq
+        ``‖ω_τ‖²`` and ``‖ν₀‖²`` (``Ψ_Xν₀ = Q₀``: ``Y`` for mse, centred one-hot for ce).
+    distance_scale, distance_target_loss
+        ``c`` of the target ``Q = cQ₀`` used for the recorded distance (1 for mse), and ``L(cQ₀)``.
+    n_coefficients
+        Trainable entries added (``q`` for full coefficients, 1 for rank-one).
+    tangent_scale
+        ``α`` of the tangent map ``Ψ = α J_x(θ_τ)`` (1 for the penultimate map).
+    """
+
+    iteration: int
+    feature_map: str
+    coefficients: str
+    loss: str
+    n_samples: int
+    n_outputs: int
+    n_features: int
+    n_coefficients: int
+    rank: int
+    residual_before: float
+    residual: float
+    rounding: float
+    residual_tol: float
+    aligned: bool
+    enlargements: list[tuple[int, float, int]]
+    random_features: int
+    omega_norm_sq: float
+    nu_norm_sq: float
+    distance_scale: float
+    distance_target_loss: float
+    check_seconds: float
+    tangent_scale: float = 1.0
+
+    def __str__(self) -> str:
+        verdict = "holds" if self.aligned else "FAILS"
+        lines = [
+            f"Switch at iteration {self.iteration}: feature map {self.feature_map!r}, {self.coefficients} "
+            f"coefficients ({self.n_coefficients:,} trainable), loss {self.loss}",
+            f"  D1 for the frozen block on n={self.n_samples} samples × m={self.n_outputs}: {verdict}; "
+            f"residual {self.residual_before:.3e} → {self.residual:.3e} + rounding {self.rounding:.1e} "
+            f"(tol {self.residual_tol:.1e}), "
+            f"rank {self.rank}",
+        ]
+        if self.enlargements:
+            tried = ", ".join(f"{w} → {r:.2e}" for w, r, _ in self.enlargements)
+            lines.append(f"  enlarged with random features (width → residual): {tried}")
+        if self.feature_map == "tangent":
+            lines.append(f"  tangent features scaled by α = {self.tangent_scale:.3g}")
+        lines.append(
+            f"  ‖ω_τ‖² = {self.omega_norm_sq:.4g}, ‖ν‖² = {self.nu_norm_sq:.4g}; "
+            f"check took {self.check_seconds:.2f} s"
+        )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serialisable fields."""
+        return {**asdict(self), "enlargements": [list(e) for e in self.enlargements]}
+
+
+@dataclass
+class GuaranteeReport:
+    """The §6 guarantee checked on the recorded trajectory after ``τ``.
+
+    Attributes
+    ----------
+    status
+        ``"theorem"``: D1 holds for the frozen block and ``(ω, u)`` took plain gradient steps with one
+        step size, so the per-step distance identity and the summed bound are theorems (the body may do
+        anything); the per-record bound ``(‖ω_τ‖² + ‖ν‖²)/(4η k)`` is the flow form, checked.
+        ``"check"``: the run departs from the theorem (``departures`` says how); every number is a check.
+        ``"no guarantee"``: D1 fails for the frozen block.
+    departures
+        Plain statements of how the run departs from the theorem.
+    bound_holds, records
+        Records (``k ≥ 1``) whose loss is within the bound, and their number.
+    worst_margin, max_bound_ratio
+        Smallest ``bound − L`` and largest ``(L − L(Q))/(bound − L(Q))`` over the records.
+    distance
+        ``theory.distance_non_increasing`` on ``d_0, d_1, …``.
+    step_condition_failures
+        Steps with ``η‖∇_{ω,u}L‖² > 4L`` (``> 2(L − L(Q))`` for ce: sufficient, not necessary).
+    telescoping
+        ``theory.gd_telescoping_bound`` (squared loss, constant step), else ``None``.
+    monotone_loss
+        Whether the recorded loss never increased (needed for the last-iterate bound under GD).
+    """
+
+    status: str
+    departures: tuple[str, ...]
+    full_batch: bool
+    records: int
+    bound_holds: int
+    worst_margin: float
+    max_bound_ratio: float
+    distance: theory.Verdict | None
+    step_condition_failures: int
+    telescoping: theory.Verdict | None
+    monotone_loss: bool
+
+    @property
+    def all_bounds_hold(self) -> bool:
+        """Every record satisfies the bound."""
+        return self.bound_holds == self.records
+
+    def __str__(self) -> str:
+        head = {
+            "theorem": "THEOREM: gradient descent on (ω, u) with D1 for the frozen block",
+            "check": "CHECK ONLY: this run departs from the theorem, the bound is reported as a check",
+            "no guarantee": "NO GUARANTEE: D1 fails for the frozen block",
+        }[self.status]
+        lines = [head]
+        lines += [f"  departs: {d}" for d in self.departures]
+        if not self.full_batch:
+            lines.append("  minibatch losses: the identity holds per batch, not for the training loss")
+        lines.append(
+            f"  bound L ≤ (‖ω_τ‖²+‖ν‖²)/(4ηk): {self.bound_holds}/{self.records} records "
+            f"(worst margin {self.worst_margin:.3g}, largest ratio {self.max_bound_ratio:.3g})"
+        )
+        if self.distance is not None:
+            lines.append(f"  {self.distance}")
+        failures = self.step_condition_failures
+        lines.append(f"  steps above the distance condition η‖∇_(ω,u)L‖² ≤ 4L: {failures}")
+        if self.telescoping is not None:
+            lines.append(f"  {self.telescoping}")
+        lines.append(f"  loss monotone after τ: {self.monotone_loss}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-serialisable fields (the verdicts as their own ``to_dict()``)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["departures"] = list(self.departures)
+        for key in ("distance", "telescoping"):
+            out[key] = out[key].to_dict() if out[key] is not None else None
+        return out

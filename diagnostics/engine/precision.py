@@ -1,0 +1,98 @@
+"""Precision: dtype names and every default tolerance of the toolkit, with the words reports print for it.
+
+The rules are those of ``theory/alignment.md#numerics``:
+
+- the **rank tolerance** ``rank_tol`` on the eigenvalues of ``K = J Jᵀ``: by default
+  ``λ_max · nm · eps(dtype of J)`` (numpy's ``matrix_rank`` rule applied to ``K``);
+- the **residual tolerance** ``residual_tol`` under which the alignment residual
+  ``‖(I − P)Q‖/‖Q‖`` counts as zero: by default ``sqrt(eps(dtype of J))``;
+- the relative tolerances of the exact identities that the checks compare (the structured engine's
+  guard, ``f = J R`` for the common model structure, the (I2) decomposition on a trajectory).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+__all__ = [
+    "check_rank_tol",
+    "cms_identity_rtol",
+    "decomposition_rtol",
+    "default_rank_tol",
+    "default_residual_tol",
+    "dtype_name",
+    "eps",
+    "forwards_agree",
+    "rank_rule",
+    "structured_guard_rtol",
+]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` → ``"float32"``."""
+    return str(dtype).replace("torch.", "")
+
+
+def eps(dtype: torch.dtype) -> float:
+    """Machine epsilon of a floating dtype."""
+    return float(torch.finfo(dtype).eps)
+
+
+def default_rank_tol(lam_max: float, size: int, dtype: torch.dtype) -> float:
+    """``λ_max · nm · eps(dtype)``: the default rank tolerance on the eigenvalues of ``K`` (side ``nm``)."""
+    return max(lam_max, 0.0) * size * eps(dtype)
+
+
+def check_rank_tol(rank_tol: float) -> float:
+    """Return a user's rank tolerance as a float, refusing negative or non-finite values."""
+    if rank_tol < 0 or not np.isfinite(rank_tol):
+        raise ValueError(f"rank_tol must be a finite non-negative number, got {rank_tol}")
+    return float(rank_tol)
+
+
+def rank_rule(rank_tol: float | None, lam_max: float, size: int, dtype: torch.dtype) -> tuple[float, str]:
+    """Return the rank tolerance in use and the rule that produced it, in words.
+
+    Parameters
+    ----------
+    rank_tol
+        The user's tolerance, or ``None`` for the default :func:`default_rank_tol`.
+    lam_max
+        ``λ_max(K)``.
+    size
+        ``nm``, the side of ``K``.
+    dtype
+        Dtype of the Jacobian ``K`` came from.
+    """
+    if rank_tol is None:
+        return default_rank_tol(lam_max, size, dtype), f"λ_max · nm · eps({dtype_name(dtype)})"
+    return check_rank_tol(rank_tol), "user-supplied"
+
+
+def default_residual_tol(dtype: torch.dtype) -> float:
+    """``sqrt(eps(dtype))``: the alignment residual below which D1 is declared to hold."""
+    return math.sqrt(eps(dtype))
+
+
+def structured_guard_rtol(dtype: torch.dtype) -> float:
+    """Relative tolerance of the structured engine's random-cotangent check against autograd."""
+    return 1e-9 if dtype == torch.float64 else 1e-4
+
+
+def cms_identity_rtol(dtype: torch.dtype) -> float:
+    """``max(1000 · eps, 1e-10)``: relative error under which ``f = J R`` counts as exact."""
+    return max(1000 * eps(dtype), 1e-10)
+
+
+def decomposition_rtol(dtype: torch.dtype) -> float:
+    """``max(1e-8, 1000 · eps)``: relative tolerance of the (I2) decomposition measured in ``dtype``."""
+    return max(1e-8, 1000 * eps(dtype))
+
+
+def forwards_agree(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """``max|a − b| ≤ sqrt(eps) · max|b|``: two forwards equal up to the reduction order of the arithmetic."""
+    scale = float(b.abs().max()) if b.numel() else 0.0
+    return float((a - b).abs().max()) <= math.sqrt(eps(b.dtype)) * max(scale, 1e-30)

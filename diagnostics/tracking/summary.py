@@ -1,0 +1,68 @@
+"""A tracker history in readable lines, with the paper's statements judged on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .verification import verify_history
+
+__all__ = ["summarize"]
+
+
+def summarize(history: pd.DataFrame) -> str:
+    """Describe a tracker history in readable lines, with the verdicts of :mod:`diagnostics.verify`."""
+    if history.empty:
+        return "AlignmentTracker history: no records"
+    h = history
+    first, last = h.iloc[0], h.iloc[-1]
+    n, nm, d = int(last.n_samples), int(last.n_outputs), int(last.n_params)
+    lines = [
+        f"AlignmentTracker history: {len(h)} records, steps {int(first.step)}..{int(last.step)}; "
+        f"{last.loss_name} loss; probe n={n} × m={nm // n} = {nm} rows; d={d:,} parameters; "
+        f"mode={last['mode']}, {last['dtype']}",
+    ]
+
+    def trend(column: str, label: str, fmt: str = ".4g") -> str:
+        values = h[column].to_numpy(dtype=float)
+        return (f"  {label:<34} {values[0]:{fmt}} → {values[-1]:{fmt}}   "
+                f"(min {np.nanmin(values):{fmt}}, max {np.nanmax(values):{fmt}})")
+
+    lines += [
+        trend("loss", "loss"),
+        trend("grad_norm", "‖∇L‖"),
+        trend("residual", "alignment residual ‖(I−P)Q‖/‖Q‖", ".3e")
+        + f"; aligned at {int(h.aligned.sum())}/{len(h)} records",
+        trend("rank", "rank J", ".0f") + f" of min(nm, d) = {min(nm, d)}",
+        trend("lambda_max", "λ_max"),
+        trend("effective_rank", "effective rank", ".1f"),
+        trend("certificate", "certificate B"),
+        trend("kernel_movement_init", "kernel movement ‖K_t−K_0‖/‖K_0‖", ".3f"),
+        trend("param_movement", "parameter movement ‖θ_t−θ_0‖/‖θ_0‖", ".3f"),
+    ]
+    for column in [c for c in h.columns if c.startswith("cka_")]:
+        lines.append(trend(column, f"CKA to reference, {column[4:]}", ".3f"))
+    lines.append("  the paper's statements on this trajectory (theory.verdicts):")
+    try:
+        table = verify_history(h)
+    except ValueError as exc:  # non-finite measurements (a diverged run) cannot be judged
+        lines.append(f"    not judged: {exc}")
+    else:
+        for statement, group in table.groupby("statement", sort=False):
+            lines.append("    " + _verdict_line(statement, group))
+    seconds = h.measure_seconds.to_numpy(dtype=float)
+    lines.append(f"  timing: {np.median(seconds):.3g} s per record (median), {seconds.sum():.3g} s in total")
+    return "\n".join(lines)
+
+
+def _verdict_line(statement: str, group: pd.DataFrame) -> str:
+    """How often one statement holds over the records, and the record where it has the least room."""
+    verdicts = list(group.verdict)
+    asserted = [v for v in verdicts if not v.vacuous]
+    held = sum(v.holds for v in verdicts)
+    line = (f"{statement:<13} {'holds' if held == len(verdicts) else 'FAILS'} at {held}/{len(verdicts)} "
+            f"records ({len(asserted)} asserted)")
+    worst = min(asserted, key=lambda v: v.margin + v.tolerance, default=None)
+    if worst is not None:
+        line += f"; least room at step {int(group.step.iloc[verdicts.index(worst)])}: {worst}"
+    return line
