@@ -10,10 +10,9 @@ import copy
 from collections.abc import Callable
 
 import torch
-from diagnostics import reference_gram
 from torch.func import functional_call, jacrev, vmap
 
-from diagnostics import ntk_gram
+from diagnostics import ntk_gram, reference_gram
 
 
 class NotApplicable(Exception):

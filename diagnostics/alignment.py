@@ -29,7 +29,7 @@ from .engine.measurement import Measurement
 from .engine.operator import JacobianOperator
 from .engine.operator_spectrum import DEFAULT_TOP_K, OperatorSpectrum
 from .engine.spectral import Spectrum
-from .errors import DiagnosticsError
+from .errors import DiagnosticsError, renamed_argument
 from .targets import CE_SCALES, Targets, best_scale
 
 __all__ = [
@@ -54,7 +54,7 @@ def alignment_from_gram(
     *,
     n_params: int,
     source_dtype: torch.dtype | None = None,
-    tol: float | None = None,
+    rank_tol: float | None = None,
     residual_tol: float | None = None,
 ) -> AlignmentReport:
     """Build the alignment report from outputs ``f_X`` (``(n, m)``), targets and the Gram ``K``.
@@ -63,7 +63,7 @@ def alignment_from_gram(
     ``sqrt(gᵀKg)`` with ``g = ∂L/∂f_X``, so no Jacobian is needed.
     """
     source_dtype = source_dtype or outputs.dtype
-    spectrum = Spectrum.of(K, source_dtype=source_dtype, tol=tol)
+    spectrum = Spectrum.of(K, source_dtype=source_dtype, rank_tol=rank_tol)
     return alignment_from_spectrum(
         outputs, targets, spectrum, n_params=n_params, source_dtype=source_dtype, residual_tol=residual_tol
     )
@@ -125,8 +125,8 @@ def alignment_from_spectrum(
         n_samples=n,
         n_outputs=n * m,
         n_params=int(n_params),
-        tol=spectrum.tol,
-        tol_rule=spectrum.tol_rule,
+        rank_tol=spectrum.rank_tol,
+        rank_rule=spectrum.rank_rule,
         loss_name=targets.loss,
         loss=loss,
         grad_norm=grad_norm,
@@ -156,7 +156,7 @@ def check_alignment(
     *,
     target: object = None,
     loss: str = "mse",
-    tol: float | None = None,
+    rank_tol: float | None = None,
     residual_tol: float | None = None,
     params: ParamSelector = None,
     mode: str = "eval",
@@ -167,6 +167,7 @@ def check_alignment(
     strategy: str = "auto",
     memory_budget: int | None = None,
     path: str = "auto",
+    tol: float | None = None,
 ) -> AlignmentReport:
     """Test the data-architecture alignment condition D1 at the model's current parameters.
 
@@ -182,7 +183,7 @@ def check_alignment(
         one-hot for ce); it must match the probe subset, so use it with ``probe_size=None``.
     loss
         ``"mse"`` (THEORY I2, I3) or ``"ce"`` (cross-entropy on logits, I4).
-    tol
+    rank_tol
         Rank tolerance on the eigenvalues of ``K``; default ``λ_max · nm · eps`` of the Jacobian dtype.
     residual_tol
         Residual below which the condition is declared to hold; default ``sqrt(eps)``.
@@ -195,6 +196,8 @@ def check_alignment(
         Jacobian products, memory ``O(nm + d)``,
         :class:`~diagnostics.engine.operator_spectrum.OperatorSpectrum`) or ``"auto"``:
         dense when it fits ``memory_budget``; the report's ``path`` says which was used.
+    tol
+        Former name of ``rank_tol`` (deprecated).
 
     Returns
     -------
@@ -207,13 +210,14 @@ def check_alignment(
     >>> print(report)                                        # doctest: +SKIP
     """
     start = time.perf_counter()
+    rank_tol = renamed_argument(rank_tol, tol, "tol", "rank_tol")
     X, T = _inputs.probe_data(data, probe_size, seed)
     path, op = choose_path(
         path, model, X, params=params, mode=mode, output=output, dtype=dtype, memory_budget=memory_budget
     )
     if op is not None:
         report = alignment_from_operator(
-            op, T, loss=loss, target=target, tol=tol, residual_tol=residual_tol
+            op, T, loss=loss, target=target, rank_tol=rank_tol, residual_tol=residual_tol
         )
         report.mode, report.strategy = mode, "jvp/vjp"
         report.manifest = MeasurementManifest.build(op.fm, op.x, strategy="jvp/vjp", n_outputs=op.m)
@@ -226,7 +230,7 @@ def check_alignment(
             outputs = job.fm(job.fm.params, job.x)
         K = job.gram()
     report = alignment_from_gram(
-        outputs, targets, K, n_params=job.fm.n_params, source_dtype=job.fm.dtype, tol=tol,
+        outputs, targets, K, n_params=job.fm.n_params, source_dtype=job.fm.dtype, rank_tol=rank_tol,
         residual_tol=residual_tol,
     )
     report.mode, report.strategy = mode, job.strategy
@@ -282,7 +286,7 @@ def alignment_from_operator(
     *,
     loss: str = "mse",
     target: object = None,
-    tol: float | None = None,
+    rank_tol: float | None = None,
     residual_tol: float | None = None,
     top_k: int = DEFAULT_TOP_K,
     rtol: float | None = None,
@@ -296,16 +300,16 @@ def alignment_from_operator(
         Jacobian operator on the probe inputs.
     targets
         Targets of the probe samples (class indices, one-hot rows or values).
-    loss, target, tol, residual_tol
+    loss, target, rank_tol, residual_tol
         As in :func:`~diagnostics.check_alignment`.
     top_k, rtol, max_iter
         As in :class:`OperatorSpectrum`.
     """
     built = Targets.build(targets, op.n, op.m, loss, target)
-    spectrum = OperatorSpectrum(op, tol=tol, top_k=top_k, rtol=rtol, max_iter=max_iter)
+    spectrum = OperatorSpectrum(op, rank_tol=rank_tol, top_k=top_k, rtol=rtol, max_iter=max_iter)
     report = alignment_from_spectrum(
         op.outputs, built, spectrum, n_params=op.fm.n_params, source_dtype=op.dtype, residual_tol=residual_tol
     )
-    report.tol_rule = f"{spectrum.tol_rule}; {spectrum.solver_summary}"
+    report.rank_rule = f"{spectrum.rank_rule}; {spectrum.solver_summary}"
     report.path = "matrix-free"
     return report

@@ -60,8 +60,8 @@ class AlignmentReport:
     n_samples: int
     n_outputs: int
     n_params: int
-    tol: float
-    tol_rule: str
+    rank_tol: float
+    rank_rule: str
     loss_name: str
     loss: float
     grad_norm: float
@@ -112,9 +112,9 @@ class AlignmentReport:
             f"Alignment condition D1 (Q ∈ Col J): {verdict}{note}",
             f"  probe: n={self.n_samples} samples × m={m} outputs = {self.n_outputs} rows; "
             f"d={self.n_params:,} parameters; mode={self.mode}, {self.dtype}",
-            f"  rank J = {self.rank} / {self.n_outputs}  (tol {self.tol:.3g} = {self.tol_rule})"
+            f"  rank J = {self.rank} / {self.n_outputs}  (rank_tol {self.rank_tol:.3g} = {self.rank_rule})"
             if self.rank >= 0
-            else f"  rank J not computed (matrix-free; tol {self.tol:.3g} = {self.tol_rule})",
+            else f"  rank J not computed (matrix-free; rank_tol {self.rank_tol:.3g} = {self.rank_rule})",
             f"  alignment residual ‖(I−P)Q‖/‖Q‖ = {self.residual:.3e}  (aligned if ≤ {self.residual_tol:.1e})",
             f"  loss ({self.loss_name}) = {self.loss:.6g}   ‖∇L‖ = {self.grad_norm:.4g}   "
             f"B = {self.certificate:.4g}   ‖ν‖ = ‖J⁺Q‖ = {self.nu_norm:.4g}",

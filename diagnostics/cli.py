@@ -6,7 +6,7 @@ Commands are registered in :data:`COMMANDS` with :func:`register`, in one of two
   (``width-report``);
 - *forwarding*: ``forward="package.module:function"`` names a ``main(argv) -> int`` that receives
   the command's arguments unparsed, ``--help`` included (``aligned-training`` →
-  :func:`diagnostics.aligned.experiments.main`). The module is imported only when the command runs.
+  :func:`diagnostics.aligned.command.main`). The module is imported only when the command runs.
 
 Exit codes: 0 success, 1 a report written with failed runs, 2 bad arguments or missing data files
 (a message on stderr, no traceback), 130 interrupted.
@@ -104,4 +104,4 @@ def _forward(command: Command, argv: list[str]) -> int:
 register("width-report", "width-scaling report (THEORY §5): train over widths and seeds, write figures and "
          "report.html", configure=width_command.configure, run=width_command.run)
 register("aligned-training", "training that keeps the alignment condition by construction (THEORY §6); "
-         "arguments are passed to diagnostics.aligned.experiments", forward="diagnostics.aligned.experiments:main")
+         "arguments are passed to diagnostics.aligned.command", forward="diagnostics.aligned.command:main")

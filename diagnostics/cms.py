@@ -229,7 +229,7 @@ def _data_level_tests(K: torch.Tensor, f: torch.Tensor, half: int, m: int, dtype
     col_res = math.sqrt(whole.outside_norm_sq(f) / float(f @ f))
     a = half * m
     K64 = K.to(torch.float64).cpu()
-    fit = Spectrum.of(K64[:a, :a], tol=whole.tol)  # one tolerance for both ranks
+    fit = Spectrum.of(K64[:a, :a], rank_tol=whole.rank_tol)  # one tolerance for both ranks
     predicted = K64[a:, :a] @ fit.pinv_apply(f[:a]).cpu()
     transfer = float((f[a:] - predicted).norm() / f[a:].norm())
     return col_res, transfer, fit.rank == whole.rank

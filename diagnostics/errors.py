@@ -6,7 +6,12 @@ the model changed: checks run before any work.
 
 from __future__ import annotations
 
-__all__ = ["DiagnosticsError", "InsufficientMemoryError", "UnsupportedModelError"]
+import warnings
+from typing import TypeVar
+
+__all__ = ["DiagnosticsError", "InsufficientMemoryError", "UnsupportedModelError", "renamed_argument"]
+
+T = TypeVar("T")
 
 
 class DiagnosticsError(ValueError):
@@ -19,6 +24,19 @@ class UnsupportedModelError(DiagnosticsError):
 
 class InsufficientMemoryError(MemoryError):
     """A Jacobian, Gram matrix or buffer that would not fit in the memory budget."""
+
+
+def renamed_argument(value: T | None, old_value: T | None, old: str, new: str) -> T | None:
+    """Accept a renamed keyword argument under its old name for a while, with a ``DeprecationWarning``.
+
+    Returns the value to use: ``value`` (the new name's) unless only the old name was given.
+    """
+    if old_value is None:
+        return value
+    if value is not None:
+        raise DiagnosticsError(f"pass {new}= only; {old}= is its former name")
+    warnings.warn(f"{old}= is deprecated; it is now called {new}=", DeprecationWarning, stacklevel=3)
+    return old_value
 
 
 def format_bytes(n_bytes: float) -> str:

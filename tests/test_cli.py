@@ -90,7 +90,7 @@ def test_forwarded_command_gets_its_arguments_unparsed(monkeypatch):
     monkeypatch.setitem(cli.COMMANDS, "fake", cli.Command("fake", "a fake", forward="fake_experiments:main"))
     assert cli.main(["fake", "--steps", "3", "--help"]) == 7
     assert seen == [["--steps", "3", "--help"]]
-    assert cli.COMMANDS["aligned-training"].forward == "diagnostics.aligned.experiments:main"
+    assert cli.COMMANDS["aligned-training"].forward == "diagnostics.aligned.command:main"
 
 
 def test_register_needs_run_or_forward():

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from diagnostics.aligned import experiments
+from diagnostics.aligned import command, experiments
 from diagnostics.aligned.experiments import ExperimentConfig, run_experiment, summary_table, to_markdown
 from diagnostics.data import load_dataset
 
@@ -129,10 +129,10 @@ def test_bad_configurations_are_refused():
 
 def test_command_line_help_and_a_tiny_run(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        experiments.main(["--help"])
+        command.main(["--help"])
     assert exit_info.value.code == 0
     assert "--switch-epoch" in capsys.readouterr().out
-    code = experiments.main(["--seeds", "0", "--variants", "base", "penultimate/rank-one", "--width", "4",
+    code = command.main(["--seeds", "0", "--variants", "base", "penultimate/rank-one", "--width", "4",
                              "--epochs", "2", "--switch-epoch", "1", "--n-train", "200", "--no-progress",
                              "--out", str(tmp_path)])
     assert code == 0

@@ -186,7 +186,7 @@ def test_float64_end_to_end_on_a_float32_transformer():
     J_ref = reference_jacobian(copy.deepcopy(model).double(), batch, output="logits")
     torch.testing.assert_close(J, J_ref, rtol=0, atol=ATOL)
     report = check_alignment(model, (batch, torch.tensor([0, 1, 2])), loss="ce", output="logits", dtype=F64)
-    assert report.dtype == "float64" and report.tol_rule == "λ_max · nm · eps(float64)"
+    assert report.dtype == "float64" and report.rank_rule == "λ_max · nm · eps(float64)"
     man = report.manifest
     assert (man.model_dtype, man.compute_dtype) == ("float32", "float64")
     assert "computed in float64 (the model itself is not cast)" in str(report)
@@ -223,7 +223,7 @@ def test_every_report_states_the_precision_policy_and_tolerance():
     report = check_alignment(model, (x, torch.randint(0, 3, (8,))), loss="ce")
     text = str(report)
     for phrase in ("TF32 off while measuring", "decomposed in float64", "λ_max · nm · eps(float32)",
-                   "λ_min", "RuntimeWarning when λ_min < −tol", "computed in float32"):
+                   "λ_min", "RuntimeWarning when λ_min < −rank_tol", "computed in float32"):
         assert phrase in text, phrase
     assert report.to_dict()["manifest"]["precision"] == list(report.manifest.precision)
     cms_text = str(check_cms(model, x))

@@ -17,15 +17,10 @@ import pytest
 from diagnostics.data import load_dataset
 from diagnostics.width import sweep as sweep_module
 from diagnostics.width.analysis import counting_threshold, findings, movement_slopes
+from diagnostics.width.config import SweepConfig, default_widths, load_data
 from diagnostics.width.figures import FIGURES
 from diagnostics.width.report import build_report
-from diagnostics.width.sweep import (
-    TIMING_COLUMNS,
-    SweepConfig,
-    default_widths,
-    load_data,
-    run_sweep,
-)
+from diagnostics.width.sweep import TIMING_COLUMNS, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +95,7 @@ def test_findings_are_computed_from_the_data(report):
     slopes = movement_slopes(sweep.runs)
     assert set(slopes["parameterization"]) == {"ntk", "mf"}
     text = " ".join(findings(sweep.runs, sweep.records, sweep.missing))
-    assert "holds at the end of 12 of 12 runs" in text
+    assert "With n·m = 240 stacked outputs" in text and "at width ≈ " in text
     assert f"{slopes['slope'].iloc[0]:+.2f}" in text
 
 

@@ -9,7 +9,7 @@ Train with any optimiser up to a switch iteration ``τ``; from ``τ`` on the mod
 where ``Ψ`` is a *frozen feature map* fixed at ``τ`` (a deep copy of the model, batch norm in eval
 mode, parameters never trained) whose training-set matrix contains the target, ``Q ∈ Col(Ψ_X)``
 (D1 for the frozen block). The check is made once, at ``τ``; when it fails, random features are
-appended and widened until the residual ``‖Q − Ψ_X ν‖/‖Q‖`` is at most ``tol`` (both residuals are
+appended and widened until the residual ``‖Q − Ψ_X ν‖/‖Q‖`` is at most ``residual_tol`` (both residuals are
 recorded). For a model with an affine output layer ``f = W h(x) + b`` and ``ω = (W, b)``, with
 ``Ψ_X ν = Q`` and ``x = (ω, u)``, ``x* = (0, ν)``, every gradient step on ``x`` satisfies exactly
 (``theory/application.md``, whatever the body parameters do in the same step)

@@ -7,7 +7,7 @@ is then continued once per variant for the remaining epochs:
 ``base``
     the base optimiser, unchanged;
 ``tangent``, ``penultimate``
-    :class:`~diagnostics.aligned_training.AlignedTraining` with that frozen feature map and full coefficients;
+    :class:`~diagnostics.aligned.AlignedTraining` with that frozen feature map and full coefficients;
 ``tangent/rank-one``, ``penultimate/rank-one``
     the same with the rank-one construction of ``theory/application_cheaper.md``.
 
@@ -16,23 +16,17 @@ augmentation does. The table reports test accuracy (mean ± std over seeds), the
 (whole training set, eval mode, the augmented model for the framework), the guarantee status of the run,
 the time per epoch after the switch and the one-time cost of the check.
 
-Command line (``python -m diagnostics.experiments --help``)::
-
-    python -m diagnostics.experiments --dataset digits --out docs/results
-    python -m diagnostics.experiments --dataset mnist --data-dir DIR --device cuda --n-train 10000 --width 32
+Command line: ``python -m diagnostics aligned-training --help`` (:mod:`diagnostics.aligned.command`).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
 import math
 import os
-import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -43,12 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..data import DATASETS, DataSplit, load_dataset
+from ..data import DataSplit, load_dataset
 from ..models import build_model
 from ..store import RunStore
 from .trainer import AlignedTraining
 
-__all__ = ["VARIANTS", "ExperimentConfig", "main", "run_experiment", "summary_table", "to_markdown"]
+__all__ = ["OPTIMIZERS", "VARIANTS", "ExperimentConfig", "run_experiment", "summary_table", "to_markdown"]
 
 VARIANTS = ("base", "tangent", "penultimate", "tangent/rank-one", "penultimate/rank-one")
 OPTIMIZERS = ("sgd", "gd", "adam")
@@ -409,63 +403,3 @@ def to_markdown(table: pd.DataFrame, config: ExperimentConfig) -> str:
     lines.append("")
     lines.append("Configuration: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()))
     return "\n".join(lines)
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m diagnostics.experiments",
-        description="Base optimiser versus training that keeps D1 by construction (THEORY §6), over seeds.",
-    )
-    d = ExperimentConfig()
-    p.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS))
-    p.add_argument("--data-dir", default=None, help="folder with the data files (nothing is downloaded)")
-    p.add_argument("--n-train", type=int, default=None, help="stratified training subset (default: all)")
-    p.add_argument("--n-test", type=int, default=None, help="stratified test subset (default: all)")
-    p.add_argument("--device", default=d.device, help="cpu or cuda")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
-    p.add_argument("--variants", nargs="+", default=list(d.variants), choices=VARIANTS)
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--blocks", type=int, default=d.n_blocks)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--switch-epoch", type=int, default=d.switch_epoch)
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="0: full batch")
-    p.add_argument("--optimizer", default=d.optimizer, choices=OPTIMIZERS)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--momentum", type=float, default=d.momentum)
-    p.add_argument("--loss", default=d.loss, choices=("ce", "mse"))
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--out", default=None,
-                   help="folder for runs.csv, table.csv and table.md; finished runs are kept in <out>/runs "
-                        "and a rerun with the same settings computes only what is missing")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point: run, print the markdown table, optionally write it to ``--out``."""
-    args = _parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = ExperimentConfig(
-        dataset=args.dataset, data_dir=args.data_dir, n_train=args.n_train, n_test=args.n_test,
-        device=args.device, seeds=tuple(args.seeds), variants=tuple(args.variants), width=args.width,
-        n_blocks=args.blocks, epochs=args.epochs, switch_epoch=args.switch_epoch, batch_size=args.batch_size,
-        optimizer=args.optimizer, lr=args.lr, momentum=args.momentum, loss=args.loss,
-    )
-    start = time.perf_counter()
-    runs = run_experiment(config, folder=args.out, progress=not args.no_progress)
-    table = summary_table(runs)
-    text = to_markdown(table, config)
-    print(text)
-    print(f"\n(total {time.perf_counter() - start:.0f} s)")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        runs.to_csv(out / "runs.csv", index=False)
-        table.to_csv(out / "table.csv", index=False)
-        (out / "table.md").write_text(text + "\n")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

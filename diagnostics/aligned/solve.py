@@ -33,7 +33,7 @@ class Block:
 
     def set_tol(self, tol: float, rule: str) -> None:
         """Use the absolute rank tolerance ``tol`` (described by ``rule``) for the kept directions."""
-        self.spectrum = replace(self.spectrum, tol=tol, tol_rule=rule)
+        self.spectrum = replace(self.spectrum, rank_tol=tol, rank_rule=rule)
 
     def _kept(self) -> tuple[torch.Tensor, torch.Tensor]:
         r = self.spectrum.rank

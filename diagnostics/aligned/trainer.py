@@ -17,7 +17,8 @@ from torch import nn
 from ..engine import inputs as _inputs
 from ..engine import memory
 from ..engine.jacobian import jacobian
-from ..errors import DiagnosticsError, UnsupportedModelError
+from ..engine.precision import default_residual_tol
+from ..errors import DiagnosticsError, UnsupportedModelError, renamed_argument
 from ..targets import Targets
 from .features import FEATURE_MAPS, AugmentedModel, FrozenFeatures, RandomFourierFeatures
 from .guarantee import HISTORY_COLUMNS, StepRecord, Trajectory, scale_for_loss
@@ -79,8 +80,8 @@ class AlignedTraining:
         produce the model's output and to be linear in its weight and bias.
     enlarge
         Append random features of ``h(x; θ_τ)`` when D1 fails, doubling their number until the residual
-        is at most ``tol`` (up to ``max_random_features``).
-    tol
+        is at most ``residual_tol`` (up to ``max_random_features``).
+    residual_tol
         Residual tolerance of D1; default ``sqrt(eps)`` of the model's dtype (the engine's default).
     full_batch
         Declare that every step uses the whole training set (the recorded loss is then the training loss).
@@ -94,6 +95,8 @@ class AlignedTraining:
         refused before it is allocated.
     seed
         Seed of the random features.
+    tol
+        Former name of ``residual_tol`` (deprecated).
     """
 
     def __init__(
@@ -109,12 +112,13 @@ class AlignedTraining:
         tangent_scale: float | str = "head",
         head: str | None = None,
         enlarge: bool = True,
-        tol: float | None = None,
+        residual_tol: float | None = None,
         full_batch: bool = False,
         target_loss: float = 1e-3,
         max_random_features: int | None = None,
         memory_budget: int | None = None,
         seed: int = 0,
+        tol: float | None = None,
     ) -> None:
         if feature_map not in FEATURE_MAPS:
             raise DiagnosticsError(f"feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
@@ -147,7 +151,8 @@ class AlignedTraining:
         self.targets = Targets.build(T, self._n, self._m, loss)
         self.loss = loss
         like = next(model.parameters())
-        self.tol = float(tol) if tol is not None else math.sqrt(torch.finfo(like.dtype).eps)
+        residual_tol = renamed_argument(residual_tol, tol, "tol", "residual_tol")
+        self.residual_tol = float(residual_tol) if residual_tol is not None else default_residual_tol(like.dtype)
         self.max_random_features = max_random_features or 4 * self._n
         self._factory = None if isinstance(optimizer, torch.optim.Optimizer) else optimizer
         self._optimizer = optimizer if self._factory is None else self._factory(list(model.parameters()))
@@ -222,7 +227,7 @@ class AlignedTraining:
         tangent_block = Block(tangent) if tangent is not None else None
         solution = solve_blocks(Q0, Block(features) if features is not None else None, tangent_block, like.dtype)
         residual_before, enlargements = solution.effective_residual, []
-        if solution.effective_residual > self.tol and self.enlarge:
+        if solution.effective_residual > self.residual_tol and self.enlarge:
             amplitude = math.sqrt(float((h.double() ** 2).sum()) / self._n + 1.0)  # RMS norm of [h, 1]
             # twice the counting minimum (S1): at the minimum Ψ_X is nearly square and ν is ill-conditioned
             # (digits ResNet, penultimate map: ‖ν‖² = 3540 with 1,289 random features, 3.9 with 2,576)
@@ -236,7 +241,7 @@ class AlignedTraining:
                 features = frozen.features_from(h).to(torch.float64)
                 solution = solve_blocks(Q0, Block(features), tangent_block, like.dtype)
                 enlargements.append((frozen.random.width, solution.effective_residual, solution.rank))
-                if solution.effective_residual <= self.tol or frozen.random.width >= self.max_random_features:
+                if solution.effective_residual <= self.residual_tol or frozen.random.width >= self.max_random_features:
                     break
                 width *= 2
         nu = {k: v for k, v in (("tangent", solution.nu_tangent), ("features", solution.nu_features))
@@ -269,8 +274,8 @@ class AlignedTraining:
             residual_before=residual_before,
             residual=solution.residual,
             rounding=solution.rounding,
-            residual_tol=self.tol,
-            aligned=solution.effective_residual <= self.tol,
+            residual_tol=self.residual_tol,
+            aligned=solution.effective_residual <= self.residual_tol,
             enlargements=enlargements,
             random_features=frozen.random.width if frozen.random is not None else 0,
             omega_norm_sq=omega_sq,

@@ -14,9 +14,9 @@ The precision policy it states is the toolkit's, applied to every measurement:
 - the model is evaluated in the compute dtype (``dtype=``; ``torch.float64`` computes in double
   precision end to end, the model itself is never cast); integer inputs are kept;
 - the Gram ``K`` is symmetrised, ``(K + Kᵀ)/2``, and decomposed in float64 (``torch.linalg.eigh``);
-- the rank tolerance is ``tol = λ_max · nm · eps(compute dtype)`` (numpy's ``matrix_rank`` rule on
+- the rank tolerance is ``rank_tol = λ_max · nm · eps(compute dtype)`` (numpy's ``matrix_rank`` rule on
   ``K``) unless the user gives one; the report prints the value and the rule that produced it;
-- the smallest eigenvalue is reported, and a ``RuntimeWarning`` is raised when ``λ_min < −tol``
+- the smallest eigenvalue is reported, and a ``RuntimeWarning`` is raised when ``λ_min < −rank_tol``
   (``K`` not positive semi-definite beyond round-off).
 """
 
@@ -38,16 +38,16 @@ __all__ = ["LayerNote", "MATRIX_FREE_POLICY", "MeasurementManifest", "PRECISION_
 #: The precision policy, stated in every report (see the module docstring).
 PRECISION_POLICY = (
     "Gram symmetrised, (K + Kᵀ)/2, and decomposed in float64 (torch.linalg.eigh)",
-    "rank: eigenvalues > tol, default tol = λ_max · nm · eps(compute dtype) (numpy matrix_rank "
-    "rule on K); the report gives tol and its rule",
-    "smallest eigenvalue reported; RuntimeWarning when λ_min < −tol (K not PSD beyond round-off)",
+    "rank: eigenvalues > rank_tol, default rank_tol = λ_max · nm · eps(compute dtype) (numpy matrix_rank "
+    "rule on K); the report gives rank_tol and its rule",
+    "smallest eigenvalue reported; RuntimeWarning when λ_min < −rank_tol (K not PSD beyond round-off)",
 )
 
 #: The same for the matrix-free path (strategy ``"jvp/vjp"``, :mod:`diagnostics.matrix_free`).
 MATRIX_FREE_POLICY = (
     "K never formed: ν = J⁺Q by LSQR, the residual ‖Q − Jν‖, the top eigenpairs of K by Lanczos (scipy)",
-    "rank rule applied as LSQR's condition limit sqrt(λ_max / tol), tol = λ_max · nm · eps(compute "
-    "dtype); the report gives tol and the solver's summary",
+    "rank rule applied as LSQR's condition limit sqrt(λ_max / rank_tol), rank_tol = λ_max · nm · eps(compute "
+    "dtype); the report gives rank_tol and the solver's summary",
     "rank and λ_min not computed on this path, so K is not checked for positive semi-definiteness",
 )
 

@@ -9,8 +9,8 @@ fit in memory, the quantities of D1 are computed from products with the Jacobian
 - ``‖Jᵀq‖² = qᵀKq`` by one reverse-mode product;
 - the top eigenpairs of ``K`` by Lanczos (:func:`scipy.sparse.linalg.eigsh`) on ``v ↦ J(Jᵀv)``.
 
-The dense path's rank rule (eigenvalues of ``K`` above ``tol = λ_max · nm · eps``) is applied to
-``J`` as LSQR's condition limit ``conlim = sqrt(λ_max / tol)``: LSQR stops once its estimate of
+The dense path's rank rule (eigenvalues of ``K`` above ``rank_tol = λ_max · nm · eps``) is applied to
+``J`` as LSQR's condition limit ``conlim = sqrt(λ_max / rank_tol)``: LSQR stops once its estimate of
 ``cond(J) = sqrt(λ_max/λ_min)`` passes it. This regularises like the spectral cut-off without being
 identical to it, so the two paths agree where the spectrum has a clear gap at the tolerance.
 
@@ -47,7 +47,7 @@ class OperatorSpectrum:
     ----------
     op
         The Jacobian operator at ``θ``.
-    tol
+    rank_tol
         Rank tolerance on the eigenvalues of ``K`` (default ``λ_max · nm · eps(dtype of J)``).
     top_k
         Number of leading eigenpairs computed by Lanczos.
@@ -56,7 +56,7 @@ class OperatorSpectrum:
     max_iter
         LSQR iteration limit (default ``10 min(nm, d)``: in floating point an ill-conditioned
         ``J`` needs several times ``min(nm, d)`` iterations). A solve that stops there is reported
-        in ``tol_rule`` and warned about, since its ``ν`` is then a truncated one.
+        in ``rank_rule`` and warned about, since its ``ν`` is then a truncated one.
 
     Notes
     -----
@@ -75,7 +75,7 @@ class OperatorSpectrum:
         self,
         op: JacobianOperator,
         *,
-        tol: float | None = None,
+        rank_tol: float | None = None,
         top_k: int = DEFAULT_TOP_K,
         rtol: float | None = None,
         max_iter: int | None = None,
@@ -85,8 +85,8 @@ class OperatorSpectrum:
         eps = torch.finfo(op.dtype).eps
         self.eigenvalues, self._vectors = _top_eigenpairs(op, top_k, math.sqrt(eps))
         lam_max = max(float(self.eigenvalues[0]), 0.0)
-        self.tol, self.tol_rule = precision.rank_rule(tol, lam_max, N, op.dtype)
-        self.conlim = math.sqrt(lam_max / self.tol) if self.tol > 0 else 1e300
+        self.rank_tol, self.rank_rule = precision.rank_rule(rank_tol, lam_max, N, op.dtype)
+        self.conlim = math.sqrt(lam_max / self.rank_tol) if self.rank_tol > 0 else 1e300
         self.rtol = rtol if rtol is not None else eps**0.75
         self.max_iter = max_iter or 10 * min(N, d)
         self.iterations: list[int] = []

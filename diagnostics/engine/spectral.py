@@ -3,9 +3,9 @@
 Everything here works on a Gram ``K = U Λ Uᵀ`` decomposed once in float64, whatever the dtype of
 the Jacobian it came from, and on vectors in ``R^{nm}``:
 
-- rank tolerance ``tol = λ_max · nm · eps(dtype of J)`` (numpy's ``matrix_rank`` rule applied to
+- rank tolerance ``rank_tol = λ_max · nm · eps(dtype of J)`` (numpy's ``matrix_rank`` rule applied to
   ``K``), unless the caller gives one;
-- projector ``P = U₊U₊ᵀ`` onto ``Col(J) = Col(K)`` over eigenvalues ``> tol``;
+- projector ``P = U₊U₊ᵀ`` onto ``Col(J) = Col(K)`` over eigenvalues ``> rank_tol``;
 - ``‖(I−P)q‖``, the quadratic form ``qᵀK⁺q = ‖J⁺q‖²``, ``qᵀKq = ‖Jᵀq‖²``;
 - the spectral alignment curve: the fraction of ``‖q‖²`` carried by the eigen-directions with
   eigenvalue ``≥ λ``, for every eigenvalue ``λ`` (descending), and top-``k`` capture;
@@ -35,19 +35,21 @@ class Spectrum:
         Descending, float64 (numpy).
     eigenvectors
         Columns matching ``eigenvalues`` (float64 tensor on the Gram's device).
-    tol
-        Eigenvalues ``> tol`` span the column space.
-    tol_rule
-        How ``tol`` was chosen, in words.
+    rank_tol
+        Eigenvalues ``> rank_tol`` span the column space.
+    rank_rule
+        How ``rank_tol`` was chosen, in words.
     """
 
     eigenvalues: np.ndarray
     eigenvectors: torch.Tensor
-    tol: float
-    tol_rule: str
+    rank_tol: float
+    rank_rule: str
 
     @classmethod
-    def of(cls, K: torch.Tensor, *, source_dtype: torch.dtype | None = None, tol: float | None = None) -> Spectrum:
+    def of(
+        cls, K: torch.Tensor, *, source_dtype: torch.dtype | None = None, rank_tol: float | None = None
+    ) -> Spectrum:
         """Decompose ``K`` (symmetrised) in float64.
 
         Parameters
@@ -56,7 +58,7 @@ class Spectrum:
             Symmetric PSD ``(N, N)`` Gram.
         source_dtype
             Dtype of the Jacobian ``K`` came from; sets the machine epsilon of the default rule.
-        tol
+        rank_tol
             Explicit rank tolerance (overrides the rule).
         """
         if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
@@ -68,7 +70,7 @@ class Spectrum:
         vals, vecs = torch.linalg.eigh(K64)
         vals, vecs = vals.flip(0), vecs.flip(1)
         eigenvalues = vals.cpu().numpy()
-        tol, rule = precision.rank_rule(tol, float(eigenvalues[0]), K.shape[0], source_dtype or K.dtype)
+        tol, rule = precision.rank_rule(rank_tol, float(eigenvalues[0]), K.shape[0], source_dtype or K.dtype)
         spectrum = cls(eigenvalues, vecs, float(tol), rule)
         if spectrum.min_eigenvalue < -max(tol, 1e-300):
             warnings.warn(
@@ -88,8 +90,8 @@ class Spectrum:
 
     @property
     def rank(self) -> int:
-        """Number of eigenvalues above ``tol``."""
-        return int((self.eigenvalues > self.tol).sum())
+        """Number of eigenvalues above ``rank_tol``."""
+        return int((self.eigenvalues > self.rank_tol).sum())
 
     @property
     def min_eigenvalue(self) -> float:
@@ -126,7 +128,7 @@ class Spectrum:
         return self.eigenvectors.T @ q
 
     def outside_norm_sq(self, q: torch.Tensor) -> float:
-        """``‖(I − P)q‖² = Σ_{λ_k ≤ tol} (u_kᵀq)²``, the energy of ``q`` outside ``Col(J)``.
+        """``‖(I − P)q‖² = Σ_{λ_k ≤ rank_tol} (u_kᵀq)²``, the energy of ``q`` outside ``Col(J)``.
 
         Summed over the discarded coefficients rather than computed as ``‖q‖² − ‖Pq‖²``, which
         cannot resolve a relative residual below ``sqrt(eps)``.

@@ -38,7 +38,7 @@ from ..engine import inputs as _inputs
 from ..engine.functional import FunctionalModel, ParamSelector
 from ..engine.measurement import Measurement
 from ..engine.precision import dtype_name
-from ..errors import DiagnosticsError
+from ..errors import DiagnosticsError, renamed_argument
 from ..representation import capture_grams, cka_from_grams
 from ..store import write_torch
 from ..targets import Targets
@@ -98,8 +98,10 @@ class AlignmentTracker:
         has ``kernel_movement_prev = nan`` (the previous Gram is not stored).
     progress
         Show a tqdm progress bar over steps, with the latest record's numbers.
-    tol, residual_tol, memory_budget
+    rank_tol, residual_tol, memory_budget
         Rank tolerance, alignment threshold and memory budget, as in :func:`~diagnostics.check_alignment`.
+    tol
+        Former name of ``rank_tol`` (deprecated).
 
     Notes
     -----
@@ -140,9 +142,10 @@ class AlignmentTracker:
         path: str | os.PathLike[str] | None = None,
         resume: bool = True,
         progress: bool = False,
-        tol: float | None = None,
+        rank_tol: float | None = None,
         residual_tol: float | None = None,
         memory_budget: int | None = None,
+        tol: float | None = None,
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise DiagnosticsError(f"every must be a positive integer, got {every!r}")
@@ -156,7 +159,8 @@ class AlignmentTracker:
         self.representation = tuple(representation or ())
         self._measure_args = {"params": params, "mode": mode, "output": output, "dtype": dtype,
                               "strategy": strategy, "memory_budget": memory_budget}
-        self._tol, self._residual_tol = tol, residual_tol
+        self._rank_tol = renamed_argument(rank_tol, tol, "tol", "rank_tol")
+        self._residual_tol = residual_tol
         self._x, self._y = _inputs.probe_data(probe, probe_size, seed)
         fm = FunctionalModel(model, params=params, mode=mode, output=output, dtype=dtype)  # validates early
         meta = {
@@ -234,7 +238,7 @@ class AlignmentTracker:
         start = time.perf_counter()
         outputs, K, theta, grams, (targets, n_params, dtype) = self._observe()
         report = alignment_from_gram(
-            outputs, targets, K, n_params=n_params, source_dtype=dtype, tol=self._tol,
+            outputs, targets, K, n_params=n_params, source_dtype=dtype, rank_tol=self._rank_tol,
             residual_tol=self._residual_tol,
         )
         ref = self._reference

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..data import DATASETS
+from .config import SweepConfig
+from .executors import EXECUTORS
 from .report import build_report
-from .sweep import EXECUTORS, SweepConfig
 
 __all__ = ["config_from", "configure", "run"]
 
@@ -104,7 +105,7 @@ def _widths(items: list[str], families: tuple[str, ...]) -> dict[str, tuple[int,
 
 
 def config_from(args: argparse.Namespace):
-    """Build the :class:`~diagnostics.width.sweep.SweepConfig`: defaults, then ``--config``, then the options."""
+    """Build the :class:`~diagnostics.width.config.SweepConfig`: defaults, then ``--config``, then the options."""
     values = json.loads(args.config.read_text()) if args.config else {}
     for key in ("dataset", "data_dir", "n_train", "n_test", "parameterizations", "seeds", "steps", "every",
                 "mlp_depth", "families"):

@@ -283,7 +283,7 @@ def kernel_movement(runs: pd.DataFrame, records: pd.DataFrame) -> Figure:
     return fig
 
 
-def test_metric(runs: pd.DataFrame, records: pd.DataFrame) -> Figure:
+def test_performance(runs: pd.DataFrame, records: pd.DataFrame) -> Figure:
     """Draw the test accuracy (classification) or test loss (regression) against width."""
     data, families = _prepare(runs), sorted(runs["family"].unique())
     classification = "test_accuracy" in data and data["test_accuracy"].notna().any()
@@ -322,7 +322,7 @@ FIGURES: list[tuple[str, str, Callable[[pd.DataFrame, pd.DataFrame], Figure], st
     ("kernel_movement", "Kernel and parameter movement against width (S4)", kernel_movement,
      "Relative movement of the empirical NTK and of the parameters from initialisation to the end of "
      "training, log-log; dotted lines are the fitted power laws over the over-parameterised widths."),
-    ("test_metric", "Test performance against width", test_metric,
+    ("test_performance", "Test performance against width", test_performance,
      "Test accuracy (classification) or test loss (regression) at the end of training; mean ± sd over "
      "seeds."),
 ]

@@ -40,8 +40,9 @@ import torch
 from ..models import learning_rate_multiplier
 from ..store import write_json
 from .analysis import findings, movement_slopes, seed_means
+from .config import SweepConfig, load_data
 from .figures import FigureFile, make_figures
-from .sweep import SweepConfig, SweepResult, load_data, run_sweep
+from .sweep import SweepResult, run_sweep
 
 __all__ = ["ReportResult", "build_report", "environment"]
 
@@ -88,7 +89,7 @@ def build_report(
     Parameters
     ----------
     config : SweepConfig
-        What to train; widths left out get :func:`~diagnostics.width.sweep.default_widths`.
+        What to train; widths left out get :func:`~diagnostics.width.config.default_widths`.
     folder : path-like
         Output folder (created).
     executor, jobs, address, resume, progress

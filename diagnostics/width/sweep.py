@@ -7,14 +7,6 @@ One *run* is a ``(family, parameterization, width, seed)``: a model built by
 *whole training set* every ``every`` steps. The probe is the training set, so the tracked loss is
 the training loss and the counting threshold of S1 is ``d = n·m`` with ``n = n_train``.
 
-Learning rates (S4). ``lr = lr₀[parameterization] · learning_rate_multiplier(parameterization, width)``:
-``lr₀`` for ``"ntk"`` (the NTK has a width-independent limit, so the step stays ``O(1)`` and the
-kernel freezes as the width grows) and ``lr₀ · width`` for ``"mf"`` (the NTK shrinks like
-``1/width``; scaling the step up by the width is the maximal-update choice that keeps feature
-learning ``O(1)``). The default ``lr₀`` (0.5 for ``"ntk"``, 1.0 for ``"mf"``) is below the catapult
-instability of the narrow NTK networks on the digits; larger ``lr₀`` for ``"ntk"`` makes the kernel
-move by ``O(1)`` early in training at every width, which hides the lazy regime.
-
 Execution. Every run is independent and deterministic (seeded initialisation, full-batch steps,
 ``torch`` limited to one thread inside the run), so the ``local`` executor (in-process, or a pool
 of ``jobs`` processes) and the ``ray`` executor (one Ray task per run) produce identical tables.
@@ -26,266 +18,28 @@ in flight and a rerun skips the finished ones. A run that raises is written to
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import math
 import os
-import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
-from multiprocessing import get_context
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..data import DataSplit, load_dataset
-from ..models import FAMILIES, PARAMETERIZATIONS, build_model, count_parameters, learning_rate_multiplier
+from ..data import DataSplit
+from ..models import learning_rate_multiplier
 from ..store import RunStore
 from ..targets import Targets
 from ..tracking import AlignmentTracker
+from .config import RunSpec, SweepConfig, build_run_model, load_data
+from .executors import EXECUTORS
 
-__all__ = [
-    "DEFAULT_LR",
-    "EXECUTORS",
-    "RunSpec",
-    "SweepConfig",
-    "SweepResult",
-    "default_widths",
-    "load_data",
-    "load_results",
-    "run_one",
-    "run_sweep",
-]
+__all__ = ["TIMING_COLUMNS", "SweepResult", "load_results", "run_one", "run_sweep"]
 
-#: Width-independent base learning rates ``lr₀`` (see the module docstring).
-DEFAULT_LR: dict[str, float] = {"standard": 1.0, "ntk": 0.5, "mf": 1.0}
-EXECUTORS: tuple[str, ...] = ("local", "ray")
 #: Tracker columns that measure time, not the model: excluded when comparing tables.
 TIMING_COLUMNS: tuple[str, ...] = ("measure_seconds", "wall_time", "seconds")
-_MLP_FAMILIES = ("mlp", "deep-linear", "bias-free-relu")
-_IMAGE_FAMILIES = ("cnn", "resnet")
-#: Largest width of the default grid: the first power of two with ``d ≥ _MAX_OVER · n·m``.
-_MAX_OVER = 30
-
-
-@dataclass(frozen=True, order=True)
-class RunSpec:
-    """One run of a sweep: a model family, its parameterisation, a width and an initialisation seed."""
-
-    family: str
-    parameterization: str
-    width: int
-    seed: int
-
-    @property
-    def run_id(self) -> str:
-        """File-name-safe identifier, e.g. ``"mlp_ntk_w32_s0"``."""
-        return f"{self.family}_{self.parameterization}_w{self.width}_s{self.seed}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the four fields as a plain dictionary."""
-        return dataclasses.asdict(self)
-
-
-@dataclass
-class SweepConfig:
-    """What a width sweep trains and measures.
-
-    Parameters
-    ----------
-    dataset : str
-        A name accepted by :func:`~diagnostics.data.load_dataset` (default the bundled ``"digits"``).
-    data_dir : str, optional
-        Folder of the data files (file-based data sets only).
-    families : tuple of str
-        Model families of :func:`~diagnostics.models.build_model`.
-    parameterizations : tuple of str
-        ``"ntk"`` and/or ``"mf"`` (and ``"standard"``); S4 contrasts the first two.
-    widths : dict, optional
-        Widths per family; a family left out gets :func:`default_widths` (resolved by
-        :meth:`resolve`).
-    seeds : tuple of int
-        Initialisation seeds (the data subset does not depend on them).
-    n_train : int
-        Training samples, all of them used as the probe: ``n`` in ``d = n·m``.
-    n_test : int, optional
-        Test samples for the test accuracy (default: the whole test split).
-    steps, every : int
-        Full-batch gradient steps, and the measurement interval (``steps`` must be a multiple).
-    lr : dict
-        ``lr₀`` per parameterisation; the step is ``lr₀ · learning_rate_multiplier(p, width)``.
-    mlp_depth : int
-        Hidden layers of the MLP families (1: the two-layer networks of the S4 derivation).
-    data_seed : int
-        Seed of the training and test subsets (and of the teacher-student task).
-    teacher : dict
-        Options of the ``"teacher-student"`` task (``d_in``, ``m``, ``teacher_width``, ...).
-    """
-
-    dataset: str = "digits"
-    data_dir: str | None = None
-    families: tuple[str, ...] = ("mlp", "cnn")
-    parameterizations: tuple[str, ...] = ("ntk", "mf")
-    widths: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    n_train: int = 128
-    n_test: int | None = None
-    steps: int = 300
-    every: int = 50
-    lr: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LR))
-    mlp_depth: int = 1
-    data_seed: int = 0
-    teacher: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.families = tuple(self.families)
-        self.parameterizations = tuple(self.parameterizations)
-        self.seeds = tuple(int(s) for s in self.seeds)
-        self.widths = {k: tuple(int(w) for w in v) for k, v in dict(self.widths).items()}
-        self.lr = {**{p: DEFAULT_LR[p] for p in self.parameterizations if p in DEFAULT_LR}, **self.lr}
-        self.teacher = dict(self.teacher)
-        _check_known("family", self.families, FAMILIES)
-        _check_known("parameterization", self.parameterizations, PARAMETERIZATIONS)
-        if "resnet" in self.families and set(self.parameterizations) - {"standard"}:
-            raise ValueError("family 'resnet' supports only the 'standard' parameterization")
-        _check_known("family in widths", tuple(self.widths), self.families, allow_empty=True)
-        for name, values in (("seeds", self.seeds), *((f"widths[{k}]", v) for k, v in self.widths.items())):
-            if not values or len(set(values)) != len(values):
-                raise ValueError(f"{name} must be a non-empty list without repeats, got {list(values)}")
-        if any(w < 1 for v in self.widths.values() for w in v):
-            raise ValueError(f"widths must be positive, got {self.widths}")
-        for name in ("n_train", "steps", "every", "mlp_depth"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.steps % self.every:
-            raise ValueError(f"steps ({self.steps}) must be a multiple of every ({self.every})")
-        for p in self.parameterizations:
-            if not (isinstance(self.lr.get(p), int | float) and self.lr[p] > 0):
-                raise ValueError(f"lr needs a positive base learning rate for {p!r}, got {self.lr.get(p)!r}")
-
-    # -- serialisation ---------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dictionary; :meth:`from_dict` reads it back."""
-        out = dataclasses.asdict(self)
-        out["widths"] = {k: list(v) for k, v in self.widths.items()}
-        return out
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SweepConfig:
-        """Build a config from :meth:`to_dict` output (unknown keys are an error)."""
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown config keys {sorted(unknown)}")
-        return cls(**values)
-
-    def fingerprint(self, spec: RunSpec) -> str:
-        """Hash of the run and of every field its result depends on.
-
-        Families, parameterisations, widths and seeds choose *which* runs exist, ``data_dir`` only
-        where the files are, and only the run's own ``lr₀`` matters, so extending a sweep reuses
-        its finished runs.
-        """
-        skip = {"families", "parameterizations", "widths", "seeds", "data_dir", "lr"}
-        keyed = {k: v for k, v in self.to_dict().items() if k not in skip}
-        keyed.update(spec.to_dict(), lr=self.lr[spec.parameterization])
-        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
-
-    # -- the runs ----------------------------------------------------------------------------------
-    def resolve(self, data: DataSplit) -> SweepConfig:
-        """Return a copy with explicit widths for every family (:func:`default_widths` where missing)."""
-        widths = {
-            fam: self.widths.get(fam) or default_widths(fam, data, self.mlp_depth) for fam in self.families
-        }
-        return dataclasses.replace(self, widths=widths)
-
-    def runs(self) -> list[RunSpec]:
-        """Every run of a resolved config, in a fixed order (family, parameterisation, width, seed)."""
-        missing = [f for f in self.families if f not in self.widths]
-        if missing:
-            raise ValueError(f"no widths for {missing}: call resolve(data) first")
-        return [
-            RunSpec(fam, p, w, s)
-            for fam in self.families
-            for p in self.parameterizations
-            for w in self.widths[fam]
-            for s in self.seeds
-        ]
-
-
-def _check_known(what: str, values: tuple, known: Iterable, allow_empty: bool = False) -> None:
-    known = tuple(known)
-    bad = [v for v in values if v not in known]
-    if bad or not (values or allow_empty):
-        choices = ", ".join(map(str, known))
-        raise ValueError(f"unknown or empty {what} {bad or list(values)}; known: {choices}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Data and models
-
-
-def load_data(config: SweepConfig) -> DataSplit:
-    """Load the config's data set; a file-based one that is absent raises ``FileNotFoundError``.
-
-    Image families need ``(C, H, W)`` inputs, so they are refused for flat data (teacher-student).
-    """
-    data = load_dataset(
-        config.dataset,
-        data_dir=config.data_dir,
-        n_train=config.n_train,
-        n_test=config.n_test,
-        seed=config.data_seed,
-        **config.teacher,
-    )
-    flat = [f for f in config.families if f in _IMAGE_FAMILIES and len(data.input_shape) != 3]
-    if flat:
-        raise ValueError(
-            f"families {flat} need image inputs (C, H, W); {data.name} has input shape {data.input_shape}. "
-            "Use --families mlp for it."
-        )
-    return data
-
-
-def _build(family: str, width: int, data: DataSplit, parameterization: str, seed: int, mlp_depth: int):
-    extra = {"depth": mlp_depth} if family in _MLP_FAMILIES else {}
-    return build_model(
-        family, width, input_shape=data.input_shape, n_out=data.n_outputs, parameterization=parameterization,
-        seed=seed, **extra,
-    )
-
-
-def default_widths(family: str, data: DataSplit, mlp_depth: int = 1) -> tuple[int, ...]:
-    """Widths spanning the counting threshold ``d = n·m`` of S1 (THEORY §5) for one family.
-
-    Powers of two: the three largest with ``d < n·m`` (as many as exist), the first with
-    ``d ≥ n·m``, the first with ``d ≥ 30·n·m``, and the power of two nearest their geometric mean.
-    On the digits (``n·m = 1280``) this gives MLP widths 4, 8, 16 | 32, 128, 512 and CNN widths
-    2, 4, 8 | 16, 32, 64.
-    """
-    nm = data.n_train * data.n_outputs
-    below, above = [], []
-    width = 1
-    while True:
-        d = count_parameters(_build(family, width, data, "ntk", 0, mlp_depth))
-        if d < nm:
-            below.append(width)
-        else:
-            above.append(width)
-            if d >= _MAX_OVER * nm:
-                break
-        width *= 2
-    first, last = above[0], above[-1]
-    middle = 2 ** round((math.log2(first) + math.log2(last)) / 2)
-    return tuple(sorted(set(below[-3:] + [first, middle, last])))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -308,7 +62,7 @@ def run_one(config: SweepConfig, spec: RunSpec, data: DataSplit) -> dict[str, An
 
 def _train(config: SweepConfig, spec: RunSpec, data: DataSplit) -> dict[str, Any]:
     start = time.perf_counter()
-    model = _build(spec.family, spec.width, data, spec.parameterization, spec.seed, config.mlp_depth)
+    model = build_run_model(spec.family, spec.width, data, spec.parameterization, spec.seed, config.mlp_depth)
     X, T = data.X_train, data.y_train
     n = X.shape[0]
     Y = Targets.build(T, n, data.n_outputs, "mse").Y.to(X.dtype)
@@ -387,96 +141,9 @@ def _outcome(config: dict[str, Any], spec: RunSpec, data: DataSplit) -> dict[str
 
 
 def _failure(spec: RunSpec, exc: BaseException, trace: str = "") -> dict[str, Any]:
+    """Return the outcome of a run that raised ``exc`` (or whose worker was lost)."""
     return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": trace,
             "summary": {**spec.to_dict(), "run_id": spec.run_id}}
-
-
-def _local(config: dict, specs: list[RunSpec], data: DataSplit, jobs: int, address: str | None):
-    """In-process when ``jobs == 1``; otherwise a pool of ``jobs`` spawned processes.
-
-    A worker process that dies (segfault, out-of-memory kill) breaks the pool; the runs that were
-    pending then are retried each in a fresh single-process pool, so only the run that kills its
-    worker is lost.
-    """
-    if jobs == 1:
-        for spec in specs:
-            yield spec, _outcome(config, spec, data)
-        return
-    suspects = []
-    with _pool(jobs, data) as pool:
-        futures = {pool.submit(_pool_task, config, spec): spec for spec in specs}
-        for future in as_completed(futures):
-            try:
-                yield futures[future], future.result()
-            except BrokenProcessPool:
-                suspects.append(futures[future])
-    for spec in suspects:
-        with _pool(1, data) as pool:
-            try:
-                yield spec, pool.submit(_pool_task, config, spec).result()
-            except BrokenProcessPool as exc:
-                yield spec, _failure(spec, RuntimeError(f"the worker process running it died ({exc})"))
-
-
-def _pool(jobs: int, data: DataSplit) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
-                               initargs=(data, os.getpid()))
-
-
-_WORKER_DATA: list[DataSplit] = []
-
-
-def _init_worker(data: DataSplit, parent: int) -> None:
-    """Keep the data; exit when the driver dies (a killed sweep leaves no orphaned workers)."""
-    _WORKER_DATA[:] = [data]
-
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _pool_task(config: dict, spec: RunSpec) -> dict[str, Any]:
-    return _outcome(config, spec, _WORKER_DATA[0])
-
-
-def _ray(config: dict, specs: list[RunSpec], data: DataSplit, jobs: int, address: str | None):
-    """One Ray task per run on the running Ray instance, else on ``address``, else a new local one.
-
-    A local instance started here gets ``jobs`` CPUs and this package on its workers' path; a
-    remote cluster needs the package installed on its workers.
-    """
-    try:
-        import ray
-    except ImportError as exc:
-        raise RuntimeError('the ray executor needs Ray: pip install "ray[default]"') from exc
-    started = not ray.is_initialized()
-    if started:
-        if address:
-            ray.init(address=address)
-        else:
-            root = str(Path(__file__).resolve().parents[2])
-            path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-            ray.init(num_cpus=jobs, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
-    try:
-        task = ray.remote(num_cpus=1, max_retries=0)(_outcome)
-        data_ref = ray.put(data)
-        pending = {task.remote(config, spec, data_ref): spec for spec in specs}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            spec = pending.pop(done[0])
-            try:
-                yield spec, ray.get(done[0])
-            except Exception as exc:  # noqa: BLE001 - a lost worker loses only its run
-                yield spec, _failure(spec, exc)
-    finally:
-        if started:
-            ray.shutdown()
-
-
-_EXECUTORS: dict[str, Callable[..., Iterator[tuple[RunSpec, dict]]]] = {"local": _local, "ray": _ray}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -543,7 +210,7 @@ def run_sweep(
     -------
     SweepResult
     """
-    if executor not in _EXECUTORS:
+    if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {EXECUTORS}, got {executor!r}")
     data = data if data is not None else load_data(config)
     config = config.resolve(data)
@@ -556,7 +223,9 @@ def run_sweep(
         bar.write(f"{len(specs) - len(todo)} of {len(specs)} runs already finished; running {len(todo)} "
                   f"({executor} executor)")
     with bar:
-        for spec, outcome in _EXECUTORS[executor](config.to_dict(), todo, data, jobs, address):
+        for spec, outcome in EXECUTORS[executor](_outcome, config.to_dict(), todo, data, jobs, address):
+            if isinstance(outcome, BaseException):
+                outcome = _failure(spec, outcome)
             _write_outcome(store, spec, outcome, config.fingerprint(spec))
             bar.set_postfix_str(spec.run_id + ("" if outcome["status"] == "ok" else " FAILED"))
             bar.update()
@@ -589,4 +258,3 @@ def _write_outcome(store: RunStore, spec: RunSpec, outcome: dict[str, Any], fing
         store.remove(f"{spec.run_id}.failed")
     else:
         store.write(f"{spec.run_id}.failed", fingerprint, {"run_id": spec.run_id, **outcome})
-
