@@ -21,6 +21,7 @@ def _load():
     loader = importlib.machinery.SourceFileLoader("run_script", str(SCRIPT))
     spec = importlib.util.spec_from_loader("run_script", loader)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["run_script"] = module  # dataclasses look the module up while the script is executed
     loader.exec_module(module)
     return module
 
