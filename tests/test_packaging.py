@@ -1,4 +1,4 @@
-"""The conda environment and pyproject.toml declare the same dependencies."""
+"""The conda environment and pyproject.toml declare the same dependencies (core, test and notebooks)."""
 
 import re
 from pathlib import Path
@@ -7,7 +7,7 @@ import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"pytorch": "torch"}  # conda name -> PyPI name
-CONDA_ONLY = {"python", "pip", "cpuonly", "jupyter"}
+CONDA_ONLY = {"python", "pip", "cpuonly"}
 
 
 def _name(requirement: str) -> str:
@@ -29,7 +29,10 @@ def _environment_names() -> set[str]:
 def test_environment_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     core = {_name(r) for r in project["dependencies"]}
-    test = {_name(r) for r in project["optional-dependencies"]["test"]}
+    extras = project["optional-dependencies"]
+    test = {_name(r) for r in extras["test"]}
+    notebooks = {_name(r) for r in extras["notebooks"]}
     env = _environment_names()
-    assert core <= env, f"missing from environment.yml: {sorted(core - env)}"
-    assert env <= core | test, f"in environment.yml but not in pyproject.toml: {sorted(env - core - test)}"
+    assert core | notebooks <= env, f"missing from environment.yml: {sorted((core | notebooks) - env)}"
+    assert env <= core | test | notebooks, \
+        f"in environment.yml but not in pyproject.toml: {sorted(env - core - test - notebooks)}"

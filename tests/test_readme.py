@@ -16,5 +16,6 @@ def test_readme_example_runs(capsys):
 
 def test_readme_names_the_test_command_that_ci_runs():
     ci = (README.parent / ".ci" / "run").read_text()
-    command = re.search(r"```bash\n(python -m pytest[^\n]*)\n```", README.read_text()).group(1)
-    assert command in ci.splitlines()
+    found = re.search(r"```bash\n(\./run test[^\n]*)\n```", README.read_text())
+    assert found, "README has no ```bash block with the test command ./run test"
+    assert found.group(1) in ci.splitlines()
