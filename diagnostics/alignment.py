@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+import theory
+
 from .alignment_report import AlignmentReport
 from .engine import inputs as _inputs
 from .engine import memory, precision
@@ -29,7 +31,7 @@ from .engine.measurement import Measurement
 from .engine.operator import JacobianOperator
 from .engine.operator_spectrum import DEFAULT_TOP_K, OperatorSpectrum
 from .engine.spectral import Spectrum
-from .errors import DiagnosticsError, renamed_argument
+from .errors import DiagnosticsError, InsufficientMemoryError, renamed_argument
 from .targets import CE_SCALES, Targets, best_scale
 
 __all__ = [
@@ -56,6 +58,7 @@ def alignment_from_gram(
     source_dtype: torch.dtype | None = None,
     rank_tol: float | None = None,
     residual_tol: float | None = None,
+    horizon: tuple[float, int] | None = None,
 ) -> AlignmentReport:
     """Build the alignment report from outputs ``f_X`` (``(n, m)``), targets and the Gram ``K``.
 
@@ -64,24 +67,26 @@ def alignment_from_gram(
     """
     source_dtype = source_dtype or outputs.dtype
     spectrum = Spectrum.of(K, source_dtype=source_dtype, rank_tol=rank_tol)
-    return alignment_from_spectrum(
-        outputs, targets, spectrum, n_params=n_params, source_dtype=source_dtype, residual_tol=residual_tol
-    )
+    return alignment_from_spectrum(outputs, targets, spectrum, n_params=n_params, source_dtype=source_dtype,
+                                   residual_tol=residual_tol, horizon=horizon)
 
 
 def alignment_from_spectrum(
     outputs: torch.Tensor,
     targets: Targets,
-    spectrum: Spectrum,
+    spectrum: Spectrum | OperatorSpectrum,
     *,
     n_params: int,
     source_dtype: torch.dtype | None = None,
     residual_tol: float | None = None,
+    horizon: tuple[float, int] | None = None,
 ) -> AlignmentReport:
     """Build the alignment report from outputs, targets and the spectrum of ``K``.
 
-    ``spectrum`` is a :class:`~diagnostics.spectral.Spectrum` or its matrix-free stand-in
-    :class:`~diagnostics.engine.operator_spectrum.OperatorSpectrum` (same methods).
+    ``spectrum`` is a :class:`~diagnostics.engine.spectral.Spectrum` or its matrix-free stand-in
+    :class:`~diagnostics.engine.operator_spectrum.OperatorSpectrum` (same methods). Every verdict comes
+    from :mod:`theory`: D1 (:func:`theory.alignment_condition`, *not established* when the precision
+    cannot decide it), and the statements of ``theory/results.md`` with their premises measured here.
     """
     n, m = outputs.shape
     source_dtype = source_dtype or outputs.dtype
@@ -96,31 +101,52 @@ def alignment_from_spectrum(
     outside = spectrum.outside_norm_sq(Q)
     residual = math.sqrt(outside / q_sq)
     nu_norm = math.sqrt(spectrum.pinv_quadratic(Q))
-
+    f_sq = float((f**2).sum())
+    output_residual = math.sqrt(max(spectrum.outside_norm_sq(f), 0.0) / f_sq) if f_sq > 0 else 0.0
+    resolved, note = _resolution(spectrum, residual, residual_tol, source_dtype)
+    d1 = theory.alignment_condition(residual, residual_tol, resolved, note)
+    aligned = {theory.HOLDS: True, theory.REFUTED: False}.get(d1.status)
+    cms = output_residual <= residual_tol
+    r_q = f - Q
+    decomposition_gap = (float((r_q**2).sum()) - spectrum.inside_norm_sq(r_q) - outside) / (2 * n)
     if targets.loss == "mse":
-        r = f - Q
-        certificate = math.sqrt(spectrum.pinv_quadratic(r))
+        certificate = math.sqrt(spectrum.pinv_quadratic(r_q))
         scale, target_loss = 1.0, 0.0
         bound = 0.5 * grad_norm * certificate
+        verdicts = (
+            d1,
+            theory.loss_decomposition(loss, spectrum.inside_norm_sq(r_q), outside, n,
+                                      rtol=precision.decomposition_rtol(source_dtype)),
+            theory.necessity_at_global_minimum(loss, residual, n, q_sq, cms=cms),
+            theory.gradient_domination(loss, grad_norm, certificate, aligned,
+                                       truncation=spectrum.outside_norm_sq(r_q) / (2 * n), cms=cms),
+        )
     else:
         q_losses = targets.scaled_target_losses(CE_SCALES)
         distances = [math.sqrt(spectrum.pinv_quadratic(f - c * targets.Q)) for c in CE_SCALES]
         k = best_scale(q_losses, grad_norm * np.asarray(distances))
         scale, target_loss, certificate = float(CE_SCALES[k]), float(q_losses[k]), distances[k]
         bound = target_loss + grad_norm * certificate
+        truncation = abs(spectrum.outside_inner(g, f - scale * targets.Q))
+        verdicts = (
+            d1,
+            theory.convex_loss_bound(loss, target_loss, grad_norm, certificate, True if scale == 0 else aligned,
+                                     truncation=truncation, cms=cms),
+        )
     excess = bound - target_loss
     bound_ratio = (loss - target_loss) / excess if excess > 0 else (0.0 if loss <= target_loss else math.inf)
-
-    r_q = f - Q
-    decomposition_gap = (float((r_q**2).sum()) - spectrum.inside_norm_sq(r_q) - outside) / (2 * n)
-    f_sq = float((f**2).sum())
-    output_residual = math.sqrt(max(spectrum.outside_norm_sq(f), 0.0) / f_sq) if f_sq > 0 else 0.0
-    curve = spectrum.alignment_curve(Q)
-    top_k = {k: float(curve[min(k, curve.size) - 1]) for k in TOP_K if k <= curve.size}
+    captured = spectrum.captured_fraction(Q)
+    top_k = {k: float(captured[min(k, captured.size) - 1]) for k in TOP_K if k <= captured.size}
+    horizon_residual = horizon_floor = math.nan
+    if horizon is not None:
+        lr, steps = _check_horizon(horizon)
+        below = spectrum.energy_below(Q, n / (lr * steps))  # ηλT/n < 1
+        horizon_residual, horizon_floor = math.sqrt(below / q_sq), below / (2 * n)
     return AlignmentReport(
-        aligned=residual <= residual_tol,
+        verdict=d1,
         residual=residual,
         residual_tol=float(residual_tol),
+        verdicts=verdicts,
         rank=spectrum.rank,
         n_samples=n,
         n_outputs=n * m,
@@ -144,10 +170,50 @@ def alignment_from_spectrum(
         min_eigenvalue=spectrum.min_eigenvalue,
         smallest_kept_eigenvalue=spectrum.smallest_kept,
         effective_rank=spectrum.effective_rank,
+        resolution=n * m * precision.eps(source_dtype),
         eigenvalues=spectrum.eigenvalues,
-        alignment_curve=curve,
+        alignment_curve=spectrum.residual_curve(Q),
+        horizon=None if horizon is None else (float(horizon[0]), int(horizon[1])),
+        horizon_residual=horizon_residual,
+        horizon_loss_floor=horizon_floor,
+        precision_note=note,
         dtype=precision.dtype_name(source_dtype),
     )
+
+
+#: Below this LSQR condition limit the matrix-free rank rule cuts so much of the spectrum that its
+#: residual says little (``sqrt(λ_max/rank_tol)``: 100 keeps eigenvalues down to ``10⁻⁴ λ_max``).
+MIN_CONLIM = 100.0
+
+
+def _resolution(spectrum: Spectrum | OperatorSpectrum, residual: float, residual_tol: float,
+                source_dtype: torch.dtype) -> tuple[bool, str]:
+    """Whether the precision of the measurement decides D1, and if not, why and what to do."""
+    name = precision.dtype_name(source_dtype)
+    if spectrum.rank_rule.startswith("user-supplied"):
+        return True, ""
+    conlim = getattr(spectrum, "conlim", math.inf)
+    if conlim < MIN_CONLIM:
+        return False, (f"the matrix-free rank rule in {name} is an LSQR condition limit of {conlim:.3g} "
+                       f"(every eigenvalue below {1 / conlim**2:.1e}·λ_max is cut), so the residual says little; "
+                       "re-run with dtype=torch.float64")
+    if source_dtype == torch.float64 or residual <= residual_tol:
+        return True, ""
+    return False, (f"{name} resolves eigenvalues only down to nm·eps·λ_max, and the residual lies in the directions "
+                   "below; re-measure with dtype=torch.float64")
+
+
+def _check_horizon(horizon: tuple[float, int]) -> tuple[float, int]:
+    """Validate a training horizon ``(η, T)``."""
+    try:
+        lr, steps = horizon
+    except (TypeError, ValueError) as exc:
+        raise DiagnosticsError(f"horizon must be a pair (learning rate, steps), got {horizon!r}") from exc
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise DiagnosticsError(f"the horizon's steps must be a positive integer, got {steps!r}")
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise DiagnosticsError(f"the horizon's learning rate must be a positive number, got {lr!r}")
+    return float(lr), steps
 
 
 def check_alignment(
@@ -167,6 +233,7 @@ def check_alignment(
     strategy: str = "auto",
     memory_budget: int | None = None,
     path: str = "auto",
+    horizon: tuple[float, int] | None = None,
     tol: float | None = None,
 ) -> AlignmentReport:
     """Test the data-architecture alignment condition D1 at the model's current parameters.
@@ -182,13 +249,18 @@ def check_alignment(
         Alignment target ``Q`` of shape ``(n, m)`` overriding the default (``Y`` for mse, centred
         one-hot for ce); it must match the probe subset, so use it with ``probe_size=None``.
     loss
-        ``"mse"`` (THEORY I2, I3) or ``"ce"`` (cross-entropy on logits, I4).
+        ``"mse"`` (the squared loss: I2, I3) or ``"ce"`` (cross-entropy on logits: I4).
     rank_tol
         Rank tolerance on the eigenvalues of ``K``; default ``λ_max · nm · eps`` of the Jacobian dtype.
     residual_tol
         Residual below which the condition is declared to hold; default ``sqrt(eps)``.
-    params, mode, output, dtype, strategy, memory_budget
+    params, mode, output, strategy, memory_budget
         As in :func:`diagnostics.jacobian`.
+    dtype
+        Compute dtype. Default: float64 on the CPU, where it costs about 1–2× float32 and gives the
+        answer double precision gives; on an accelerator the model's dtype (at least float32), and when
+        that cannot decide D1 the measurement is repeated in float64 (the report's ``precision_note``
+        says so), falling back to *not established* when float64 would not fit ``memory_budget``.
     probe_size, seed
         Size and seed of the probe subset (``None``: all the data).
     path
@@ -196,6 +268,10 @@ def check_alignment(
         Jacobian products, memory ``O(nm + d)``,
         :class:`~diagnostics.engine.operator_spectrum.OperatorSpectrum`) or ``"auto"``:
         dense when it fits ``memory_budget``; the report's ``path`` says which was used.
+    horizon
+        ``(η, T)``: a training horizon, full-batch gradient descent with step ``η`` for ``T`` steps on
+        ``(1/2n)‖f − Q‖²``; the report then gives the part of ``Q`` that horizon cannot fit,
+        ``horizon_residual``, and its loss floor ``horizon_loss_floor`` (``theory/alignment.md``).
     tol
         Former name of ``rank_tol`` (deprecated).
 
@@ -211,17 +287,43 @@ def check_alignment(
     """
     start = time.perf_counter()
     rank_tol = renamed_argument(rank_tol, tol, "tol", "rank_tol")
+    if horizon is not None:
+        _check_horizon(horizon)
     X, T = _inputs.probe_data(data, probe_size, seed)
+    settings = {"target": target, "loss": loss, "rank_tol": rank_tol, "residual_tol": residual_tol,
+                "params": params, "mode": mode, "output": output, "strategy": strategy,
+                "memory_budget": memory_budget, "path": path, "horizon": horizon}
+    dtype = dtype or precision.verdict_dtype(model)
+    report = _measure(model, X, T, dtype=dtype, **settings)
+    if report.verdict.status == theory.NOT_ESTABLISHED and dtype != torch.float64 and rank_tol is None:
+        try:
+            again = _measure(model, X, T, dtype=torch.float64, **settings)
+        except InsufficientMemoryError:
+            report.precision_note += " (a float64 re-measurement would not fit the memory budget)"
+        else:
+            again.precision_note = (
+                f"{report.dtype} could not decide D1 (a = {report.residual:.3e} at its resolution); re-measured "
+                f"in float64: a = {again.residual:.3e}" + (f"; {again.precision_note}" if again.precision_note else "")
+            )
+            report = again
+    report.elapsed_s = time.perf_counter() - start
+    return report
+
+
+def _measure(model: nn.Module, X: _inputs.Inputs, T: torch.Tensor, *, dtype: torch.dtype | None, target: object,
+             loss: str, rank_tol: float | None, residual_tol: float | None, params: ParamSelector, mode: str,
+             output: _inputs.OutputSelector, strategy: str, memory_budget: int | None, path: str,
+             horizon: tuple[float, int] | None) -> AlignmentReport:
+    """One measurement of :func:`check_alignment` in ``dtype``, on the dense or the matrix-free path."""
     path, op = choose_path(
         path, model, X, params=params, mode=mode, output=output, dtype=dtype, memory_budget=memory_budget
     )
     if op is not None:
         report = alignment_from_operator(
-            op, T, loss=loss, target=target, rank_tol=rank_tol, residual_tol=residual_tol
+            op, T, loss=loss, target=target, rank_tol=rank_tol, residual_tol=residual_tol, horizon=horizon
         )
         report.mode, report.strategy = mode, "jvp/vjp"
         report.manifest = MeasurementManifest.build(op.fm, op.x, strategy="jvp/vjp", n_outputs=op.m)
-        report.elapsed_s = time.perf_counter() - start
         return report
     with Measurement(model, X, params=params, mode=mode, output=output, dtype=dtype, strategy=strategy,
                      memory_budget=memory_budget) as job:
@@ -231,13 +333,10 @@ def check_alignment(
         K = job.gram()
     report = alignment_from_gram(
         outputs, targets, K, n_params=job.fm.n_params, source_dtype=job.fm.dtype, rank_tol=rank_tol,
-        residual_tol=residual_tol,
+        residual_tol=residual_tol, horizon=horizon,
     )
     report.mode, report.strategy = mode, job.strategy
-    report.manifest = MeasurementManifest.build(
-        job.fm, job.x, strategy=job.strategy, structured=job.structured
-    )
-    report.elapsed_s = time.perf_counter() - start
+    report.manifest = MeasurementManifest.build(job.fm, job.x, strategy=job.strategy, structured=job.structured)
     return report
 
 
@@ -291,6 +390,7 @@ def alignment_from_operator(
     top_k: int = DEFAULT_TOP_K,
     rtol: float | None = None,
     max_iter: int | None = None,
+    horizon: tuple[float, int] | None = None,
 ) -> AlignmentReport:
     """Compute the report of :func:`~diagnostics.check_alignment` matrix-free.
 
@@ -300,7 +400,7 @@ def alignment_from_operator(
         Jacobian operator on the probe inputs.
     targets
         Targets of the probe samples (class indices, one-hot rows or values).
-    loss, target, rank_tol, residual_tol
+    loss, target, rank_tol, residual_tol, horizon
         As in :func:`~diagnostics.check_alignment`.
     top_k, rtol, max_iter
         As in :class:`OperatorSpectrum`.
@@ -308,7 +408,8 @@ def alignment_from_operator(
     built = Targets.build(targets, op.n, op.m, loss, target)
     spectrum = OperatorSpectrum(op, rank_tol=rank_tol, top_k=top_k, rtol=rtol, max_iter=max_iter)
     report = alignment_from_spectrum(
-        op.outputs, built, spectrum, n_params=op.fm.n_params, source_dtype=op.dtype, residual_tol=residual_tol
+        op.outputs, built, spectrum, n_params=op.fm.n_params, source_dtype=op.dtype, residual_tol=residual_tol,
+        horizon=horizon,
     )
     report.rank_rule = f"{spectrum.rank_rule}; {spectrum.solver_summary}"
     report.path = "matrix-free"

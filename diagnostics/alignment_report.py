@@ -1,13 +1,18 @@
 """The report of :func:`~diagnostics.alignment.check_alignment`: the numbers of D1 and what they say.
 
-See ``theory/alignment.md`` for the quantities and ``theory/results.md`` for the bounds.
+The quantities are those of ``theory/alignment.md``; every pass/fail word comes from a
+:class:`theory.Verdict` (D1, (I2), (I3)/(I4)), which names its premises and says *holds*, *refuted*,
+*not established* or *not applicable*.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+
+import theory
 
 from .engine.manifest import MeasurementManifest
 
@@ -16,14 +21,21 @@ __all__ = ["AlignmentReport"]
 
 @dataclass
 class AlignmentReport:
-    """Result of :func:`check_alignment`. Scalars are floats; arrays are numpy.
+    """Result of :func:`~diagnostics.check_alignment`. Scalars are floats; arrays are numpy.
 
     Attributes
     ----------
+    verdict
+        The D1 verdict (:func:`theory.alignment_condition`): *holds*, *refuted*, or *not established* when
+        the precision cannot decide (``precision_note`` says why and what to do).
     aligned
-        ``residual <= residual_tol``: the target lies in ``Col(J)`` (D1).
+        ``verdict.holds``.
     residual
-        ``‖(I−P)Q‖/‖Q‖`` (THEORY §3).
+        ``a = ‖(I−P)Q‖/‖Q‖`` with ``P`` the projector onto the eigen-directions of ``K`` above ``rank_tol``.
+    verdicts
+        Every statement checked on this measurement: D1, and for the squared loss (I2) and its necessity
+        form and (I3) gradient domination; for cross-entropy (I4). A bound whose premise fails is
+        *not applicable*.
     rank, n_outputs, n_params
         ``rank J``, ``nm`` and ``d``.
     certificate
@@ -31,31 +43,40 @@ class AlignmentReport:
     nu_norm
         ``‖ν‖ = ‖J⁺Q‖`` for the target ``Q`` (its scale as given, or 1 for ce).
     bound, bound_ratio
-        The (I3)/(I4) right-hand side and ``(L − L(Q*)) / (bound − L(Q*))``; must be ``≤ 1`` under A1
-        when aligned.
+        The (I3)/(I4) right-hand side and ``(L − L(Q*)) / (bound − L(Q*))`` (judged by ``verdicts``).
     decomposition_gap
-        ``(1/2n)‖f−Q‖² − (1/2n)‖P(f−Q)‖² − (1/2n)‖(I−P)Q‖²`` (I2); zero under A1 when ``f_X`` lies in the kept
-        eigen-directions. It equals ``(1/2n)(‖(I−P)f‖² − 2⟨(I−P)f, (I−P)Q⟩)``: a CMS model has ``f_X ∈ Col J``
-        exactly, but the rank tolerance may drop directions that carry part of ``f_X`` (float32), so read it
-        with ``output_residual``.
+        ``(1/2n)‖f−Q‖² − (1/2n)‖P(f−Q)‖² − (1/2n)‖(I−P)Q‖²`` (I2): zero when ``f_X`` lies in the kept
+        eigen-directions; read it with ``output_residual``.
     output_residual
-        ``‖(I−P)f_X‖/‖f_X‖``, the data-level A1 condition ``f_X ∈ Col J`` (THEORY §2, test 2) under the same
-        rank tolerance; ``|decomposition_gap| ≤ (1/2n)(‖(I−P)f‖² + 2‖(I−P)f‖‖(I−P)Q‖)``.
+        ``‖(I−P)f_X‖/‖f_X‖``, the data-level A1 condition ``f_X ∈ Col J`` (``theory/cms.md``, test 2) under the
+        same rank tolerance: the premise of (I2)–(I4).
     loss_lower_bound
-        ``(1/2n)‖(I−P)Q‖²``: under A1 the squared loss is never below it (I2).
+        ``(1/2n)‖(I−P)Q‖²``: under ``f_X ∈ Col J`` the squared loss is never below it (I2).
+    eigenvalues, alignment_curve
+        The eigenvalues ``λ_1 ≥ λ_2 ≥ …`` of ``K`` and the alignment curve
+        ``a(λ_k) = ‖(I − P_{≥λ_k})Q‖/‖Q‖``: the residual when only the directions with eigenvalue ``≥ λ_k`` are
+        kept, tolerance-free (``theory/alignment.md``). On the matrix-free path only the top eigenpairs.
+    resolution
+        The smallest eigenvalue, relative to ``λ_max``, that the compute dtype resolves: ``nm · eps``.
+    horizon, horizon_residual, horizon_loss_floor
+        The training horizon ``(η, T)`` if one was given; the part of ``Q`` in the eigen-directions that
+        gradient descent on ``(1/2n)‖f − Q‖²`` with step ``η`` cannot fit in ``T`` steps (``ηλT/n < 1``), as
+        ``‖(I − P_T)Q‖/‖Q‖``, and its loss floor ``(1/2n)‖(I − P_T)Q‖²``; ``nan`` without a horizon.
+    precision_note
+        How the precision of the measurement bears on the D1 verdict (empty when it decides it plainly).
     manifest
-        What was measured: parameters, mode, layers coupling samples, dropout, precision policy
-        (:class:`~diagnostics.engine.manifest.MeasurementManifest`); ``None`` for reports built from a Gram.
+        What was measured (:class:`~diagnostics.engine.manifest.MeasurementManifest`); ``None`` for reports
+        built from a Gram.
     path
-        ``"dense"`` (eigen-decomposition of ``K``) or ``"matrix-free"`` (LSQR and Lanczos on ``J``,
-        :class:`~diagnostics.engine.operator_spectrum.OperatorSpectrum`; there ``rank`` is ``-1`` and ``λ_min``, the
-        effective rank
-        and the kernel-target alignment are ``nan``).
+        ``"dense"`` (eigen-decomposition of ``K``) or ``"matrix-free"`` (LSQR and Lanczos on ``J``); on the
+        matrix-free path ``rank`` is ``-1`` and ``λ_min``, the effective rank and the kernel-target
+        alignment are ``nan``.
     """
 
-    aligned: bool
+    verdict: theory.Verdict
     residual: float
     residual_tol: float
+    verdicts: tuple[theory.Verdict, ...]
     rank: int
     n_samples: int
     n_outputs: int
@@ -79,8 +100,13 @@ class AlignmentReport:
     min_eigenvalue: float
     smallest_kept_eigenvalue: float
     effective_rank: float
+    resolution: float
     eigenvalues: np.ndarray = field(repr=False)
     alignment_curve: np.ndarray = field(repr=False)
+    horizon: tuple[float, int] | None = None
+    horizon_residual: float = math.nan
+    horizon_loss_floor: float = math.nan
+    precision_note: str = ""
     manifest: MeasurementManifest | None = field(default=None, repr=False)
     mode: str = "eval"
     dtype: str = "float32"
@@ -89,42 +115,115 @@ class AlignmentReport:
     path: str = "dense"
 
     @property
+    def aligned(self) -> bool:
+        """The D1 verdict holds."""
+        return self.verdict.holds
+
+    @property
     def full_rank(self) -> bool:
-        """``rank J = nm``: every target is in ``Col(J)``; read the spectral curve instead."""
+        """``rank J = nm``: every target is in ``Col(J)``; read the alignment curve instead."""
         return self.rank == self.n_outputs
 
+    def curve_at(self, relative_threshold: float) -> float:
+        """Return ``a(t·λ_max)``, the residual when the directions with eigenvalue ``≥ t·λ_max`` are kept.
+
+        ``nan`` below the computed eigenvalues on the matrix-free path.
+        """
+        lam_max = float(self.eigenvalues[0])
+        kept = int(np.searchsorted(-self.eigenvalues, -relative_threshold * lam_max, side="right"))
+        if kept == 0:
+            return 1.0
+        if kept == len(self.eigenvalues) and self.path == "matrix-free":
+            return math.nan
+        return float(self.alignment_curve[kept - 1])
+
     def to_dict(self) -> dict:
-        """Plain-Python dictionary (arrays as lists), ready for JSON or a DataFrame row."""
+        """Plain-Python dictionary (arrays as lists, verdicts as dicts), ready for JSON."""
         out = asdict(self)
+        out["aligned"] = self.aligned
+        out["verdict"] = self.verdict.to_dict()
+        out["verdicts"] = [v.to_dict() for v in self.verdicts]
         out["eigenvalues"] = self.eigenvalues.tolist()
-        out["alignment_curve"] = self.alignment_curve.tolist()
+        out["alignment_curve"] = {"eigenvalue": self.eigenvalues.tolist(), "residual": self.alignment_curve.tolist()}
         out["top_k_capture"] = {int(k): float(v) for k, v in self.top_k_capture.items()}
+        out["horizon"] = list(self.horizon) if self.horizon is not None else None
         out["manifest"] = self.manifest.to_dict() if self.manifest is not None else None
         return out
 
     def __str__(self) -> str:
-        verdict = "ALIGNED" if self.aligned else "NOT ALIGNED"
-        note = "  (J has full row rank: every target is in Col(J))" if self.full_rank else ""
         m = self.n_outputs // self.n_samples
-        cap = ", ".join(f"top-{k}: {100 * v:.1f}%" for k, v in self.top_k_capture.items())
-        bound_name = "(I3) L ≤ ½‖∇L‖·B" if self.loss_name == "mse" else "(I4) L − L(Q) ≤ ‖∇L‖·B"
-        return "\n".join([
-            f"Alignment condition D1 (Q ∈ Col J): {verdict}{note}",
+        note = "  (J has full row rank: every target is in Col(J))" if self.full_rank and self.aligned else ""
+        lines = [
+            f"Alignment condition D1 (Q ∈ Col J): {self.verdict.status}{note}",
             f"  probe: n={self.n_samples} samples × m={m} outputs = {self.n_outputs} rows; "
             f"d={self.n_params:,} parameters; mode={self.mode}, {self.dtype}",
             f"  rank J = {self.rank} / {self.n_outputs}  (rank_tol {self.rank_tol:.3g} = {self.rank_rule})"
             if self.rank >= 0
             else f"  rank J not computed (matrix-free; rank_tol {self.rank_tol:.3g} = {self.rank_rule})",
             f"  alignment residual ‖(I−P)Q‖/‖Q‖ = {self.residual:.3e}  (aligned if ≤ {self.residual_tol:.1e})",
+        ]
+        if self.precision_note:
+            lines.append(f"  precision: {self.precision_note}")
+        lines.append("  alignment curve a(λ) = ‖(I − P_{≥λ})Q‖/‖Q‖, tolerance-free:")
+        lines += ["    " + row for row in self._curve_rows()]
+        if self.horizon is not None:
+            lr, steps = self.horizon
+            lines.append(
+                f"  horizon (η={lr:g}, T={steps}): residual {self.horizon_residual:.3e} in directions with "
+                f"ηλT/n < 1; loss floor (1/2n)‖(I−P_T)Q‖² = {self.horizon_loss_floor:.4g}"
+            )
+        lines.append(
             f"  loss ({self.loss_name}) = {self.loss:.6g}   ‖∇L‖ = {self.grad_norm:.4g}   "
-            f"B = {self.certificate:.4g}   ‖ν‖ = ‖J⁺Q‖ = {self.nu_norm:.4g}",
-            f"  {bound_name}: {self.loss:.4g} ≤ {self.bound:.4g}   ratio {self.bound_ratio:.3f} "
-            f"({'within' if self.bound_ratio <= 1 + 1e-6 else 'ABOVE'} the bound)",
-            f"  (I2) decomposition gap {self.decomposition_gap:.2e} (f_X outside the kept directions: "
-            f"‖(I−P)f‖/‖f‖ = {self.output_residual:.2e}); "
-            f"loss lower bound (1/2n)‖(I−P)Q‖² = {self.loss_lower_bound:.4g}",
+            f"B = {self.certificate:.4g}   ‖ν‖ = ‖J⁺Q‖ = {self.nu_norm:.4g}"
+        )
+        lines.append("  statements checked on this measurement:")
+        lines += [f"    {v}" for v in self.verdicts[1:]]
+        lines.append(
+            f"  f_X outside the kept directions: ‖(I−P)f‖/‖f‖ = {self.output_residual:.2e}; (I2) gap "
+            f"{self.decomposition_gap:.2e}; loss floor (1/2n)‖(I−P)Q‖² = {self.loss_lower_bound:.4g}"
+        )
+        cap = ", ".join(f"top-{k}: {100 * v:.1f}%" for k, v in self.top_k_capture.items())
+        lines += [
             f"  spectrum: λ_max {self.eigenvalues[0]:.4g}, smallest kept {self.smallest_kept_eigenvalue:.3g}, "
             f"λ_min {self.min_eigenvalue:.3g}, effective rank {self.effective_rank:.1f}",
             f"  Q carried by {cap}; kernel-target alignment {self.kernel_target_alignment:.3f}",
             f"  measured in {self.elapsed_s:.2f} s (strategy {self.strategy}, {self.path} path)",
-        ] + ([str(self.manifest)] if self.manifest is not None else []))
+        ]
+        if self.manifest is not None:
+            lines.append(str(self.manifest))
+        return "\n".join(lines)
+
+    def _curve_rows(self) -> list[str]:
+        """``a(t·λ_max)`` at decades of ``t`` down to below the resolution limit (marked); equal runs merged."""
+        lam_max = float(self.eigenvalues[0])
+        if lam_max <= 0:
+            return ["K = 0: no direction is kept, a = 1"]
+        smallest = max(float(self.eigenvalues[self.eigenvalues > 0][-1]) / lam_max, 1e-300)
+        lowest = max(min(self.resolution, smallest) / 10, 1e-18)
+        points: list[tuple[int, float]] = []
+        decade = 1
+        while 10.0**-decade >= lowest:
+            points.append((decade, self.curve_at(10.0**-decade)))
+            decade += 1
+        limit = self.resolution
+        rows: list[str] = []
+        start = 0
+        while start < len(points):
+            end = start
+            above = 10.0 ** -points[start][0] >= limit
+            while (end + 1 < len(points) and _same(points[end + 1][1], points[start][1])
+                   and (10.0 ** -points[end + 1][0] >= limit) == above):
+                end += 1
+            if not above and (not rows or "resolution limit" not in rows[-1]) and not any(
+                    "resolution limit" in r for r in rows):
+                rows.append(f"-- resolution limit of {self.dtype}: λ/λ_max = nm·eps = {limit:.1e} --")
+            span = (f"1e-{points[start][0]}" if start == end else f"1e-{points[start][0]} … 1e-{points[end][0]}")
+            value = points[start][1]
+            rows.append(f"λ ≥ {span}·λ_max: a = {value:.3e}" if math.isfinite(value)
+                        else f"λ ≥ {span}·λ_max: not computed (matrix-free: top eigenpairs only)")
+            start = end + 1
+        return rows
+
+
+def _same(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))

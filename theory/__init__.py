@@ -1,14 +1,22 @@
 """Pure mathematics of Kawaguchi, Zhang & Deng (2022) on measured numbers.
 
-The statements of the working specification (``THEORY.md``) as functions of floats and numpy
-arrays, each returning a :class:`~theory.verdicts.Verdict`. No torch, no models: the toolkit
-``diagnostics`` measures, ``theory`` judges. The proofs are in the markdown files of this package,
-indexed by ``theory/README.md``.
+The statements of ``theory/`` as functions of floats and numpy arrays, each returning a
+:class:`~theory.verdict.Verdict` that says *holds*, *refuted*, *not established* or *not applicable*
+and which premises it rested on. No torch, no models: the toolkit ``diagnostics`` measures,
+``theory`` judges. The proofs are in the markdown files of this package, indexed by
+``theory/README.md``.
 """
 
 from .verdicts import (
+    HOLDS,
+    NOT_APPLICABLE,
+    NOT_ESTABLISHED,
+    REFUTED,
+    STATUSES,
     TINY,
+    Premise,
     Verdict,
+    alignment_condition,
     alignment_lower_bound,
     application_bound,
     best_convex_bound,
@@ -16,10 +24,14 @@ from .verdicts import (
     convergence_rate_check,
     convex_loss_bound,
     counting_bound,
+    d1_premise,
+    data_level_premise,
     deep_linear_rank_bound,
     distance_non_increasing,
     embedding,
     excess_gradient_domination,
+    frozen_d1_premise,
+    gd_distance_identity,
     gd_step_distance_condition,
     gd_telescoping_bound,
     gradient_domination,
@@ -30,8 +42,15 @@ from .verdicts import (
 )
 
 __all__ = [
+    "HOLDS",
+    "NOT_APPLICABLE",
+    "NOT_ESTABLISHED",
+    "REFUTED",
+    "STATUSES",
     "TINY",
+    "Premise",
     "Verdict",
+    "alignment_condition",
     "alignment_lower_bound",
     "application_bound",
     "best_convex_bound",
@@ -39,10 +58,14 @@ __all__ = [
     "convergence_rate_check",
     "convex_loss_bound",
     "counting_bound",
+    "d1_premise",
+    "data_level_premise",
     "deep_linear_rank_bound",
     "distance_non_increasing",
     "embedding",
     "excess_gradient_domination",
+    "frozen_d1_premise",
+    "gd_distance_identity",
     "gd_step_distance_condition",
     "gd_telescoping_bound",
     "gradient_domination",

@@ -1,4 +1,9 @@
-"""(I2)–(I4): the loss decomposition, gradient domination, the gradient-flow rate and convex losses (results.md)."""
+"""(I2)–(I4): the loss decomposition, gradient domination, the gradient-flow rate and convex losses (results.md).
+
+Every statement here needs the data-level form of A1, ``f_X ∈ Col J(θ)`` (``theory/results.md``), and
+the bounds of (I3) and (I4) need D1, ``Q ∈ Col J(θ)``. Both are premises: pass what was measured
+(``cms=``, ``aligned=``) and a bound whose premise fails is *not applicable*.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +12,15 @@ import math
 import numpy as np
 
 from ._arguments import ArrayLike, array, count, flag, nonneg, real, same_length
-from .verdict import TINY, Verdict, leq, ratio, rel_tol, vacuous, worst_point
+from .verdict import TINY, Premise, Verdict, judge, ratio, rel_tol, worst_point
 
 __all__ = [
     "alignment_lower_bound",
     "best_convex_bound",
     "convergence_rate_check",
     "convex_loss_bound",
+    "d1_premise",
+    "data_level_premise",
     "excess_gradient_domination",
     "gradient_domination",
     "gradient_flow_rate",
@@ -22,13 +29,22 @@ __all__ = [
 ]
 
 
-def loss_decomposition(loss: float, projected_residual_sq: float, unexplained_target_sq: float, n: int,
-                       rtol: float = 1e-8) -> Verdict:
-    r"""(I2) Loss decomposition: ``L = (1/2n)‖P r‖² + (1/2n)‖(I − P) Y‖²`` (THEORY §4).
+def data_level_premise(cms: bool | None, note: str = "") -> Premise:
+    """Return the premise ``f_X ∈ Col J(θ)`` (A1 on the training inputs); ``None``: assumed, not measured."""
+    return Premise("f_X ∈ Col J (A1 on the data)", None if cms is None else flag("cms", cms), note)
 
-    Exact under A1 (in fact under the data-level condition ``f_X ∈ Col J`` alone): ``(I−P) r =
-    −(I−P) Y`` and Pythagoras. A gap between the two sides measures a violation of ``f_X ∈ Col J``:
-    ``gap = (1/2n)(‖(I−P)(f_X−Y)‖² − ‖(I−P)Y‖²)``.
+
+def d1_premise(aligned: bool | None, note: str = "") -> Premise:
+    """Return the premise D1, ``Q ∈ Col J(θ)``; ``None``: assumed, not measured."""
+    return Premise("D1: Q ∈ Col J", None if aligned is None else flag("aligned", aligned), note)
+
+
+def loss_decomposition(loss: float, projected_residual_sq: float, unexplained_target_sq: float, n: int,
+                       rtol: float = 1e-8, uncertainty: float = 0.0) -> Verdict:
+    r"""(I2) Loss decomposition: ``L = (1/2n)‖P r‖² + (1/2n)‖(I − P) Y‖²`` (``theory/results.md``).
+
+    Exact under the data-level condition ``f_X ∈ Col J``: ``(I−P) r = −(I−P) Y`` and Pythagoras. A gap
+    between the two sides refutes ``f_X ∈ Col J``, hence A1: ``gap = (1/2n)(‖(I−P)(f_X−Y)‖² − ‖(I−P)Y‖²)``.
 
     Parameters
     ----------
@@ -42,13 +58,15 @@ def loss_decomposition(loss: float, projected_residual_sq: float, unexplained_ta
         Number of samples (``≥ 1``).
     rtol
         Relative tolerance on the gap.
+    uncertainty
+        Gap (absolute, in loss units) that the measurement cannot tell from zero: a larger gap up to
+        ``tolerance + uncertainty`` is *not established* rather than refuted.
 
     Returns
     -------
     Verdict
         ``lhs = L``, ``rhs`` = the decomposition, ``margin = −|gap|``, ``tolerance = rtol·max(L, tiny)``;
-        holds iff ``|gap| ≤ tolerance``. ``details``: ``gap``, ``relative_gap``, ``fitted_part``
-        ``(1/2n)‖Pr‖²``, ``floor`` ``(1/2n)‖(I−P)Y‖²``.
+        ``details``: ``gap``, ``relative_gap``, ``fitted_part`` ``(1/2n)‖Pr‖²``, ``floor`` ``(1/2n)‖(I−P)Y‖²``.
     """
     loss = nonneg("loss", loss)
     p = nonneg("projected_residual_sq", projected_residual_sq)
@@ -56,17 +74,18 @@ def loss_decomposition(loss: float, projected_residual_sq: float, unexplained_ta
     n = count("n", n, 1)
     rhs = (p + u) / (2 * n)
     gap = loss - rhs
-    tolerance = rel_tol(rtol, loss)
     details = {"gap": gap, "relative_gap": gap / max(loss, TINY), "fitted_part": p / (2 * n),
                "floor": u / (2 * n), "n": n}
-    return Verdict("I2", "loss decomposition", abs(gap) <= tolerance, loss, rhs, 0.0 - abs(gap), tolerance,
-                   details, "L", "‖Pr‖²/2n+‖(I−P)Y‖²/2n", "=")
+    return judge("I2", "loss decomposition", loss, rhs, rel_tol(rtol, loss), details, "L",
+                 "‖Pr‖²/2n+‖(I−P)Y‖²/2n", margin=-abs(gap), relation="=", uncertainty=uncertainty)
 
 
-def alignment_lower_bound(loss: float, unexplained_target_sq: float, n: int, rtol: float = 1e-8) -> Verdict:
+def alignment_lower_bound(loss: float, unexplained_target_sq: float, n: int, rtol: float = 1e-8,
+                          cms: bool | None = None) -> Verdict:
     r"""(I2, consequence) The alignment residual lower-bounds the loss: ``L ≥ (1/2n)‖(I − P) Y‖²``.
 
-    THEORY §4. Equivalently ``a(θ) ≤ sqrt(2nL)/‖Y‖`` for the alignment residual ``a``.
+    Under ``f_X ∈ Col J``, ``L = (1/2n)‖Pr‖² + (1/2n)‖(I−P)Y‖²`` (I2), so no training of the coefficients
+    at this ``J`` removes the floor; without it the bound can fail.
 
     Parameters
     ----------
@@ -78,31 +97,31 @@ def alignment_lower_bound(loss: float, unexplained_target_sq: float, n: int, rto
         Number of samples.
     rtol
         Relative tolerance.
+    cms
+        Whether ``f_X ∈ Col J`` was measured to hold (``None``: assumed).
 
     Returns
     -------
     Verdict
         ``lhs = (1/2n)‖(I−P)Y‖²``, ``rhs = L``, ``margin = L − lhs``; ``details['floor_fraction']`` is
-        ``lhs / L`` (the share of the loss no training of the coefficients can remove at this ``J``).
+        ``lhs / L``.
     """
     loss = nonneg("loss", loss)
     u = nonneg("unexplained_target_sq", unexplained_target_sq)
     n = count("n", n, 1)
     floor = u / (2 * n)
     details = {"floor_fraction": ratio(floor, loss), "n": n}
-    return leq("I2.lower", "alignment lower bound", floor, loss, rel_tol(rtol, loss, floor), details,
-                "‖(I−P)Y‖²/2n", "L")
+    return judge("I2.lower", "alignment lower bound", floor, loss, rel_tol(rtol, loss, floor), details,
+                 "‖(I−P)Y‖²/2n", "L", premises=[data_level_premise(cms)])
 
 
-def necessity_at_global_minimum(loss: float, alignment_residual: float, loss_tol: float = 1e-10,
-                                residual_tol: float = 1e-6, *, n: int | None = None,
-                                target_norm_sq: float | None = None) -> Verdict:
-    r"""(I2, consequence) Necessity of D1 for global optimality: ``L(θ*) = 0 ⇒ Y ∈ Col J(θ*)``.
+def necessity_at_global_minimum(loss: float, alignment_residual: float, n: int, target_norm_sq: float,
+                                rtol: float = 1e-8, cms: bool | None = None) -> Verdict:
+    r"""(I2, necessity) D1 is necessary for a global minimum, quantitatively: ``a(θ) ≤ sqrt(2nL(θ))/‖Y‖``.
 
-    THEORY §4. Numerically: if ``L ≤ loss_tol`` then the alignment residual ``a = ‖(I−P)Y‖/‖Y‖`` must be
-    ``≤ residual_tol``. When ``L > loss_tol`` the premise fails and the verdict is vacuous. The
-    quantitative form ``a ≤ sqrt(2nL)/‖Y‖`` (from I2) is reported in ``details`` when ``n`` and
-    ``target_norm_sq = ‖Y‖²`` are given.
+    From (I2), ``‖(I−P)Y‖² ≤ 2nL``, so as ``L → 0`` the alignment residual ``a = ‖(I−P)Y‖/‖Y‖`` must
+    vanish: ``L(θ*) = 0 ⇒ Y ∈ Col J(θ*)``. The bound applies at every ``θ``, not only at a numerical zero
+    of the loss, so it can fail wherever the data-level condition fails (``theory/results.md``).
 
     Parameters
     ----------
@@ -110,50 +129,43 @@ def necessity_at_global_minimum(loss: float, alignment_residual: float, loss_tol
         ``L(θ)``.
     alignment_residual
         ``a(θ) = ‖(I − P) Y‖ / ‖Y‖``.
-    loss_tol
-        ``L ≤ loss_tol`` counts as a global minimum.
-    residual_tol
-        ``a ≤ residual_tol`` counts as aligned.
-    n, target_norm_sq
-        Optional, for the quantitative bound ``a ≤ sqrt(2nL/‖Y‖²)``.
+    n
+        Number of samples.
+    target_norm_sq
+        ``‖Y‖² > 0``.
+    rtol
+        Relative tolerance on ``a``.
+    cms
+        Whether ``f_X ∈ Col J`` was measured to hold (``None``: assumed).
 
     Returns
     -------
     Verdict
-        ``lhs = a``, ``rhs = residual_tol``, ``margin = residual_tol − a`` (``+inf`` when vacuous).
+        ``lhs = a``, ``rhs = sqrt(2nL)/‖Y‖``, ``margin = rhs − a``.
     """
     loss = nonneg("loss", loss)
     a = nonneg("alignment_residual", alignment_residual)
-    loss_tol = nonneg("loss_tol", loss_tol)
-    residual_tol = nonneg("residual_tol", residual_tol)
-    details: dict = {"loss": loss, "loss_tol": loss_tol}
-    if (n is None) != (target_norm_sq is None):
-        raise ValueError("give both n and target_norm_sq, or neither")
-    if n is not None:
-        n = count("n", n, 1)
-        y2 = nonneg("target_norm_sq", target_norm_sq)
-        if y2 == 0:
-            raise ValueError("target_norm_sq must be positive: the residual a = ‖(I−P)Y‖/‖Y‖ needs Y ≠ 0")
-        details["residual_upper_bound"] = math.sqrt(2 * n * loss / y2)
-    if loss > loss_tol:
-        return vacuous("I2.necessity", "necessity at a global minimum", a, residual_tol, details, "a",
-                        "tol", f"L = {loss:.3g} > loss_tol = {loss_tol:.3g}: not a global minimum, "
-                        "nothing is asserted")
-    details["asserted"] = True
-    return leq("I2.necessity", "necessity at a global minimum", a, residual_tol, 0.0, details, "a", "tol")
+    n = count("n", n, 1)
+    y2 = nonneg("target_norm_sq", target_norm_sq)
+    if y2 == 0:
+        raise ValueError("target_norm_sq must be positive: the residual a = ‖(I−P)Y‖/‖Y‖ needs Y ≠ 0")
+    bound = math.sqrt(2 * n * loss / y2)
+    return judge("I2.necessity", "necessity of D1 at a global minimum", a, bound, rel_tol(rtol, a, bound),
+                 {"loss": loss, "n": n}, "a", "sqrt(2nL)/‖Y‖", premises=[data_level_premise(cms)])
 
 
 # -- (I3) gradient domination ------------------------------------------------------------------
 
 
 def gradient_domination(loss: float, grad_norm: float, certificate: float, aligned: bool,
-                        rtol: float = 1e-6) -> Verdict:
-    r"""(I3) Gradient domination when aligned: ``L ≤ ½ ‖∇L‖ · B`` with ``B = ‖J⁺ r‖`` (THEORY §4).
+                        rtol: float = 1e-6, truncation: float = 0.0, cms: bool | None = None) -> Verdict:
+    r"""(I3) Gradient domination when aligned: ``L ≤ ½ ‖∇L‖ · B`` with ``B = ‖J⁺ r‖``.
 
-    Under A1 and ``Y ∈ Col J``: ``2L = ⟨∇L, J⁺ r⟩ ≤ ‖∇L‖ ‖J⁺ r‖``. Asserted only when ``aligned``;
-    otherwise vacuous. Equality holds iff ``r`` is an eigenvector of ``K = JJᵀ`` (see
-    ``theory/results.md``). The *bound ratio* ``L / (½‖∇L‖B)`` is in ``details``; above 1 on an
-    aligned CMS model it is a bug.
+    Under ``f_X ∈ Col J`` and ``Y ∈ Col J``: ``2L = ⟨∇L, J⁺ r⟩ ≤ ‖∇L‖ ‖J⁺ r‖`` (``theory/results.md``).
+    Equality holds iff ``r`` is an eigenvector of ``K = JJᵀ``. With the rank tolerance of a measured
+    ``J``, ``P`` keeps only the eigenvalues above it and the identity becomes
+    ``2L = ⟨∇L, J⁺r⟩ + (1/n)‖(I−P)r‖²``: the part of ``r`` in the discarded directions is added to the
+    tolerance (``truncation = ‖(I−P)r‖²/2n``), so the bound ratio is judged to the truncation used.
 
     Parameters
     ----------
@@ -164,35 +176,38 @@ def gradient_domination(loss: float, grad_norm: float, certificate: float, align
     certificate
         ``B(θ) = ‖J⁺ r‖ = sqrt(rᵀ K⁺ r)``.
     aligned
-        Whether D1 (``Y ∈ Col J(θ)``) holds at ``θ``.
+        Whether D1 (``Y ∈ Col J(θ)``) holds at ``θ``: when not, the bound is not applicable.
     rtol
         Relative tolerance.
+    truncation
+        ``‖(I−P)r‖²/2n``, in loss units.
+    cms
+        Whether ``f_X ∈ Col J`` was measured to hold (``None``: assumed).
 
     Returns
     -------
     Verdict
-        ``lhs = L``, ``rhs = ½‖∇L‖B``, ``margin = rhs − lhs``.
+        ``lhs = L``, ``rhs = ½‖∇L‖B``, ``margin = rhs − lhs``; ``details['bound_ratio']`` ``L/rhs``.
     """
     loss = nonneg("loss", loss)
     g = nonneg("grad_norm", grad_norm)
     b = nonneg("certificate", certificate)
-    aligned = flag("aligned", aligned)
+    truncation = nonneg("truncation", truncation)
     rhs = 0.5 * g * b
-    details = {"bound_ratio": ratio(loss, rhs)}
-    if not aligned:
-        return vacuous("I3", "gradient domination", loss, rhs, details, "L", "½‖∇L‖B",
-                        "D1 does not hold at this point: nothing is asserted")
-    details["asserted"] = True
-    return leq("I3", "gradient domination", loss, rhs, rel_tol(rtol, loss, rhs), details, "L", "½‖∇L‖B")
+    details = {"bound_ratio": ratio(loss, rhs), "truncation": truncation,
+               "truncation_fraction": ratio(truncation, loss)}
+    return judge("I3", "gradient domination", loss, rhs, rel_tol(rtol, loss, rhs) + truncation, details, "L",
+                 "½‖∇L‖B", premises=[d1_premise(aligned), data_level_premise(cms)])
 
 
 def excess_gradient_domination(projected_residual_sq: float, n: int, grad_norm: float, certificate: float,
                                rtol: float = 1e-6) -> Verdict:
-    r"""(I3, general form) ``(1/2n)‖P r‖² ≤ ½ ‖∇L‖ · ‖J⁺ r‖``, always (no assumption).
+    r"""(I3, general form) ``(1/2n)‖P r‖² ≤ ½ ‖∇L‖ · ‖J⁺ r‖``, a sanity check of the measurement.
 
-    ``(1/n)‖P r‖² = ⟨(1/n)Jᵀr, J⁺r⟩ ≤ ‖∇L‖ ‖J⁺r‖`` by Cauchy–Schwarz. Under the data-level
-    condition the left side is ``L − (1/2n)‖(I−P)Y‖²`` (I2), so the excess loss above the alignment
-    floor is gradient-dominated even where D1 fails (``theory/results.md``).
+    ``(1/n)‖P r‖² = ⟨(1/n)Jᵀr, J⁺r⟩ ≤ ‖∇L‖ ‖J⁺r‖`` by Cauchy–Schwarz, with no assumption: on exact
+    numbers it cannot fail, so it checks the arithmetic, not the theory. Under the data-level condition
+    the left side is ``L − (1/2n)‖(I−P)Y‖²`` (I2): the excess loss above the alignment floor is
+    gradient-dominated even where D1 fails (``theory/results.md``).
 
     Parameters
     ----------
@@ -210,26 +225,26 @@ def excess_gradient_domination(projected_residual_sq: float, n: int, grad_norm: 
     Returns
     -------
     Verdict
-        ``lhs = (1/2n)‖Pr‖²``, ``rhs = ½‖∇L‖‖J⁺r‖``, ``margin = rhs − lhs``.
+        ``sanity=True``; ``lhs = (1/2n)‖Pr‖²``, ``rhs = ½‖∇L‖‖J⁺r‖``, ``margin = rhs − lhs``.
     """
     p = nonneg("projected_residual_sq", projected_residual_sq)
     n = count("n", n, 1)
     g = nonneg("grad_norm", grad_norm)
     b = nonneg("certificate", certificate)
     lhs, rhs = p / (2 * n), 0.5 * g * b
-    return leq("I3.general", "excess-loss gradient domination", lhs, rhs, rel_tol(rtol, lhs, rhs),
-                {"bound_ratio": ratio(lhs, rhs)}, "‖Pr‖²/2n", "½‖∇L‖‖J⁺r‖")
+    return judge("I3.general", "excess-loss gradient domination", lhs, rhs, rel_tol(rtol, lhs, rhs),
+                 {"bound_ratio": ratio(lhs, rhs)}, "‖Pr‖²/2n", "½‖∇L‖‖J⁺r‖", sanity=True)
 
 
 # -- (I4) convex losses --------------------------------------------------------------------------
 
 
 def convex_loss_bound(loss: float, target_loss: float, grad_norm: float, distance: float, aligned: bool,
-                      rtol: float = 1e-6) -> Verdict:
-    r"""(I4) Convex losses: ``L(θ) − L(Q) ≤ ‖∇L(θ)‖ · ‖R(θ) − ν‖`` when ``Q ∈ Col J`` (THEORY §4).
+                      rtol: float = 1e-6, truncation: float = 0.0, cms: bool | None = None) -> Verdict:
+    r"""(I4) Convex losses: ``L(θ) − L(Q) ≤ ‖∇L(θ)‖ · ‖R(θ) − ν‖`` when ``Q ∈ Col J``.
 
     Convexity of ``ℓ`` gives ``L(θ) − L(Q) ≤ ⟨g, f_X − Q⟩ = ⟨∇L, R − ν⟩`` for every ``ν`` with
-    ``Jν = Q``; the smallest distance over such ``ν`` is ``‖J⁺(f_X − Q)‖``.
+    ``Jν = Q`` (``theory/results.md``); the smallest distance over such ``ν`` is ``‖J⁺(f_X − Q)‖``.
 
     Parameters
     ----------
@@ -242,35 +257,37 @@ def convex_loss_bound(loss: float, target_loss: float, grad_norm: float, distanc
     distance
         ``‖R(θ) − ν‖`` for some ``ν`` with ``Jν = Q`` (best: ``‖J⁺(f_X − Q)‖``).
     aligned
-        Whether ``Q ∈ Col J(θ)``.
+        Whether ``Q ∈ Col J(θ)``: when not, the bound is not applicable.
     rtol
         Relative tolerance.
+    truncation
+        ``|⟨g, (I−P)(f_X − Q)⟩|``: the part of ``⟨g, f_X − Q⟩`` in the directions the rank tolerance
+        discarded (loss units), added to the tolerance.
+    cms
+        Whether ``f_X ∈ Col J`` was measured to hold (``None``: assumed).
 
     Returns
     -------
     Verdict
-        ``lhs = L − L(Q)``, ``rhs = ‖∇L‖·‖R − ν‖``, ``margin = rhs − lhs`` (vacuous when not aligned).
+        ``lhs = L − L(Q)``, ``rhs = ‖∇L‖·‖R − ν‖``, ``margin = rhs − lhs``.
     """
     loss = real("loss", loss)
     lq = real("target_loss", target_loss)
     g = nonneg("grad_norm", grad_norm)
     dist = nonneg("distance", distance)
-    aligned = flag("aligned", aligned)
+    truncation = nonneg("truncation", truncation)
     lhs, rhs = loss - lq, g * dist
-    details = {"bound_ratio": ratio(lhs, rhs), "loss": loss, "target_loss": lq}
-    if not aligned:
-        return vacuous("I4", "convex-loss bound", lhs, rhs, details, "L−L(Q)", "‖∇L‖‖R−ν‖",
-                        "Q ∉ Col J at this point: nothing is asserted")
-    details["asserted"] = True
-    return leq("I4", "convex-loss bound", lhs, rhs, rel_tol(rtol, lhs, rhs), details, "L−L(Q)", "‖∇L‖‖R−ν‖")
+    details = {"bound_ratio": ratio(lhs, rhs), "loss": loss, "target_loss": lq, "truncation": truncation}
+    return judge("I4", "convex-loss bound", lhs, rhs, rel_tol(rtol, lhs, rhs) + truncation, details,
+                 "L−L(Q)", "‖∇L‖‖R−ν‖", premises=[d1_premise(aligned), data_level_premise(cms)])
 
 
 def best_convex_bound(loss: float, grad_norm: float, scales: ArrayLike, target_losses: ArrayLike,
-                      distances: ArrayLike, aligned: bool, rtol: float = 1e-6) -> Verdict:
+                      distances: ArrayLike, aligned: bool, rtol: float = 1e-6, cms: bool | None = None) -> Verdict:
     r"""(I4) The best bound ``L(θ) ≤ min_c [L(cQ₀) + ‖∇L‖ · ‖R − ν_c‖]`` over a grid of scales ``c``.
 
-    THEORY §4: a larger ``c`` lowers ``L(cQ₀)`` and raises ``‖ν_c‖ = c‖ν₁‖``; membership of
-    ``cQ₀`` in ``Col J`` does not depend on ``c > 0``, so one ``aligned`` flag serves the grid.
+    A larger ``c`` lowers ``L(cQ₀)`` and raises ``‖ν_c‖ = c‖ν₁‖``; membership of ``cQ₀`` in ``Col J``
+    does not depend on ``c > 0``, so one ``aligned`` flag serves the grid (``theory/results.md``).
 
     Parameters
     ----------
@@ -285,9 +302,11 @@ def best_convex_bound(loss: float, grad_norm: float, scales: ArrayLike, target_l
     distances
         ``‖R − ν_c‖`` per scale.
     aligned
-        Whether ``Q₀ ∈ Col J(θ)``.
+        Whether ``Q₀ ∈ Col J(θ)``: when not, the bound is not applicable.
     rtol
         Relative tolerance.
+    cms
+        Whether ``f_X ∈ Col J`` was measured to hold (``None``: assumed).
 
     Returns
     -------
@@ -303,18 +322,13 @@ def best_convex_bound(loss: float, grad_norm: float, scales: ArrayLike, target_l
     same_length(scales=c, target_losses=lq, distances=dist)
     if (c <= 0).any():
         raise ValueError("scales must be positive")
-    aligned = flag("aligned", aligned)
     bounds = lq + g * dist
     k = int(np.argmin(bounds))
     rhs = float(bounds[k])
     details = {"best_scale": float(c[k]), "best_index": k, "bounds": bounds, "scales": c,
                "bound_ratio": ratio(loss, rhs)}
-    if not aligned:
-        return vacuous("I4.best", "best convex-loss bound", loss, rhs, details, "L", "min_c bound",
-                        "Q₀ ∉ Col J at this point: nothing is asserted")
-    details["asserted"] = True
-    return leq("I4.best", "best convex-loss bound", loss, rhs, rel_tol(rtol, loss, rhs), details, "L",
-                "min_c bound")
+    return judge("I4.best", "best convex-loss bound", loss, rhs, rel_tol(rtol, loss, rhs), details, "L",
+                 "min_c bound", premises=[d1_premise(aligned), data_level_premise(cms)])
 
 
 # -- (I3) gradient-flow rate -------------------------------------------------------------------
@@ -351,8 +365,11 @@ def gradient_flow_rate(loss_T: float, certificate_bar: float, elapsed: float) ->
 
 
 def convergence_rate_check(times: ArrayLike, losses: ArrayLike, certificate_bar: float | ArrayLike,
-                           rtol: float = 1e-6) -> Verdict:
-    r"""(I3) A measured trajectory against ``L(t) ≤ L(t₀)/(1 + 4 L(t₀)(t − t₀)/B̄²)`` (THEORY §4).
+                           aligned: bool | ArrayLike | None = None, rtol: float = 1e-6) -> Verdict:
+    r"""(I3) A measured gradient-flow trajectory against ``L(t) ≤ L(t₀)/(1 + 4 L(t₀)(t − t₀)/B̄²)``.
+
+    The rate needs D1 and ``f_X ∈ Col J`` at *every* time of the interval and ``B̄ ≥ sup B(θ_t)``
+    (``theory/results.md``); sampled records can only approximate both, which ``details`` records.
 
     Parameters
     ----------
@@ -363,6 +380,8 @@ def convergence_rate_check(times: ArrayLike, losses: ArrayLike, certificate_bar:
     certificate_bar
         ``B̄``: a float, or the measured ``B(θ_{t_k})`` along the trajectory (their maximum is used;
         the theorem needs a bound over the whole interval, so sample densely).
+    aligned
+        D1 at each record (or one flag for all): when it fails at any record the rate is not applicable.
     rtol
         Relative tolerance per point.
 
@@ -380,12 +399,13 @@ def convergence_rate_check(times: ArrayLike, losses: ArrayLike, certificate_bar:
     if (np.diff(t) < 0).any():
         raise ValueError("times must be non-decreasing")
     b_arr = array("certificate_bar", np.atleast_1d(np.asarray(certificate_bar, dtype=np.float64)),
-                   nonneg=True)
+                  nonneg=True)
     b = float(b_arr.max())
+    d1 = None if aligned is None else bool(np.all(np.asarray(aligned, dtype=bool)))
     bounds = np.array([gradient_flow_rate(loss[0], b, s) for s in t - t[0]])
     tol = np.array([rel_tol(rtol, bk, lk) for bk, lk in zip(bounds, loss, strict=True)])
     ratios = np.array([ratio(lk, bk) for bk, lk in zip(bounds, loss, strict=True)])
     details = {"bounds": bounds, "max_ratio": float(ratios.max()), "certificate_bar": b,
                "monotone": bool((np.diff(loss) <= tol[1:]).all())}
     return worst_point("I3.rate", "gradient-flow rate", loss, bounds, tol, details, "L(t)",
-                        "L_T/(1+4L_T(t−T)/B̄²)")
+                       "L_T/(1+4L_T(t−T)/B̄²)", premises=[d1_premise(d1, "at every record")])

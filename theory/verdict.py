@@ -1,14 +1,29 @@
 """The result type of every check, :class:`Verdict`, and the few ways the checks build one.
 
+A verdict is three-valued, and says what it rested on:
+
+``holds``
+    every premise of the statement was met (or is the caller's to guarantee, see :class:`Premise`)
+    and the measured numbers satisfy it within the tolerance;
+``refuted``
+    the premises were met and the numbers violate it beyond the tolerance: a counterexample;
+``not established``
+    the evidence cannot decide: the numbers fall within the measurement's own uncertainty, an
+    interval contains both answers, or no witness was found where one may exist;
+``not applicable``
+    a premise was observed to fail, so the statement asserts nothing here (a bound whose premise
+    fails is *not applicable*, never "above the bound").
+
 Conventions shared by every verdict
 -----------------------------------
 - ``lhs`` and ``rhs`` are the two sides of the statement ``lhs ≤ rhs`` (or ``lhs = rhs``);
-- ``margin`` is signed room: positive means the statement holds with room, and
-  ``holds == (margin >= -tolerance)`` always (checked when the verdict is built);
-- ``tolerance`` is absolute, usually ``rtol · max(|lhs|, |rhs|, tiny)``;
-- a statement whose premise is not met (e.g. gradient domination on an unaligned point) is
-  *vacuous*: ``holds`` is ``True``, ``vacuous`` is ``True`` and ``margin`` is ``+inf``; the
-  unasserted numbers stay in ``details``.
+- ``margin`` is signed room, positive when the statement holds with room; ``holds`` implies
+  ``margin ≥ −tolerance`` and ``refuted`` implies ``margin < −tolerance`` (checked when the verdict
+  is built);
+- ``tolerance`` is absolute, usually ``rtol · max(|lhs|, |rhs|, tiny)`` plus what the measurement
+  itself cannot resolve;
+- a *sanity* verdict checks the consistency of a measurement (e.g. ``rank J ≤ min(nm, d)``, which a
+  measured rank cannot violate): it is reported, never counted as evidence for the theory.
 
 NaN, inf, negative norms, negative counts and empty sequences raise ``ValueError``.
 """
@@ -16,6 +31,7 @@ NaN, inf, negative norms, negative counts and empty sequences raise ``ValueError
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +39,31 @@ import numpy as np
 
 from ._arguments import nonneg
 
-__all__ = ["TINY", "Verdict", "leq", "ratio", "rel_tol", "vacuous", "worst_point"]
+__all__ = [
+    "HOLDS",
+    "NOT_APPLICABLE",
+    "NOT_ESTABLISHED",
+    "REFUTED",
+    "STATUSES",
+    "TINY",
+    "Premise",
+    "Verdict",
+    "judge",
+    "not_applicable",
+    "ratio",
+    "rel_tol",
+    "worst_point",
+]
 
 TINY = float(np.finfo(np.float64).tiny)
 """Smallest positive normal float64: the floor of every relative tolerance."""
+
+HOLDS = "holds"
+REFUTED = "refuted"
+NOT_ESTABLISHED = "not established"
+NOT_APPLICABLE = "not applicable"
+#: The four answers a verdict can give.
+STATUSES = (HOLDS, REFUTED, NOT_ESTABLISHED, NOT_APPLICABLE)
 
 
 def _fmt(x: float) -> str:
@@ -51,8 +88,36 @@ def _jsonable(value: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class Premise:
+    """One premise of a statement and whether it was observed to hold.
+
+    Attributes
+    ----------
+    name
+        The premise in words, e.g. ``"D1: Q ∈ Col J"``.
+    met
+        ``True`` (observed), ``False`` (observed to fail: the statement is not applicable) or
+        ``None`` (not checked here: the caller vouches for it, and says so in ``note``).
+    note
+        How it was checked, or why it was not.
+    """
+
+    name: str
+    met: bool | None
+    note: str = ""
+
+    def __str__(self) -> str:
+        mark = {True: "met", False: "NOT met", None: "assumed"}[self.met]
+        return f"{self.name}: {mark}" + (f" ({self.note})" if self.note else "")
+
+    def to_dict(self) -> dict:
+        """Plain-Python dictionary."""
+        return {"name": self.name, "met": self.met, "note": self.note}
+
+
+@dataclass(frozen=True)
 class Verdict:
-    """The outcome of checking one statement of THEORY.md on measured numbers.
+    """The outcome of checking one statement of ``theory/`` on measured numbers.
 
     Attributes
     ----------
@@ -60,26 +125,27 @@ class Verdict:
         Short id of the statement: ``"I2"``, ``"I3"``, ``"S1"``, ``"APP"``, ... (see ``theory/README.md``).
     title
         Its name in words.
-    holds
-        Whether the statement holds within ``tolerance`` (``True`` when vacuous).
+    status
+        One of :data:`STATUSES`: ``"holds"``, ``"refuted"``, ``"not established"``, ``"not applicable"``.
     lhs, rhs
         The two sides of ``lhs ≤ rhs`` (or ``lhs = rhs``, see ``relation``).
     margin
-        Signed room, positive when the statement holds with room; defined per statement
-        (usually ``rhs − lhs``) and ``+inf`` when vacuous. ``holds == (margin >= -tolerance)``.
+        Signed room, positive when the statement holds with room (usually ``rhs − lhs``).
     tolerance
         Absolute tolerance used for the decision.
     details
-        Statement-specific numbers (bound ratio, fitted slope, worst index, ...).
+        Statement-specific numbers (bound ratio, fitted slope, worst index, the reason, ...).
     lhs_label, rhs_label, relation
         How ``__str__`` names the two sides and the relation between them.
-    vacuous
-        The premise of the statement is not met, so nothing is asserted.
+    premises
+        The premises the statement needs and whether each was met.
+    sanity
+        A consistency check of the measurement, not evidence for the theory.
     """
 
     statement: str
     title: str
-    holds: bool
+    status: str
     lhs: float
     rhs: float
     margin: float
@@ -88,41 +154,69 @@ class Verdict:
     lhs_label: str = "lhs"
     rhs_label: str = "rhs"
     relation: str = "≤"
-    vacuous: bool = False
+    premises: tuple[Premise, ...] = ()
+    sanity: bool = False
 
     def __post_init__(self) -> None:
-        if self.vacuous and not self.holds:
-            raise ValueError("a vacuous verdict holds by definition")
-        if not self.vacuous and self.holds != (self.margin >= -self.tolerance):
-            raise ValueError(
-                f"inconsistent verdict: holds={self.holds} but margin={self.margin!r}, "
-                f"tolerance={self.tolerance!r}"
-            )
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {STATUSES}, got {self.status!r}")
+        if self.status == HOLDS and not self.margin >= -self.tolerance:
+            raise ValueError(f"inconsistent verdict: holds, but margin {self.margin!r} < −{self.tolerance!r}")
+        if self.status == REFUTED and not self.margin < -self.tolerance:
+            raise ValueError(f"inconsistent verdict: refuted, but margin {self.margin!r} ≥ −{self.tolerance!r}")
+        unmet = any(p.met is False for p in self.premises)
+        if unmet != (self.status == NOT_APPLICABLE):
+            raise ValueError("a verdict is not applicable exactly when one of its premises is not met")
+
+    @property
+    def holds(self) -> bool:
+        """The statement was checked and holds."""
+        return self.status == HOLDS
+
+    @property
+    def refuted(self) -> bool:
+        """The statement was checked and is violated: a counterexample."""
+        return self.status == REFUTED
+
+    @property
+    def applicable(self) -> bool:
+        """Every premise was met or assumed."""
+        return self.status != NOT_APPLICABLE
+
+    @property
+    def evidence(self) -> bool:
+        """A decided (``holds`` or ``refuted``) verdict that is not a sanity check."""
+        return not self.sanity and self.status in (HOLDS, REFUTED)
 
     def __bool__(self) -> bool:
         return self.holds
 
     def __str__(self) -> str:
-        status = "holds (vacuous)" if self.vacuous else ("holds" if self.holds else "FAILS")
-        return (
-            f"{self.statement} {self.title}: {status}  {self.lhs_label}={_fmt(self.lhs)} {self.relation} "
-            f"{self.rhs_label}={_fmt(self.rhs)}  (margin {_fmt(self.margin)})"
-        )
+        tag = " [sanity]" if self.sanity else ""
+        if self.status == NOT_APPLICABLE:
+            unmet = "; ".join(p.name for p in self.premises if p.met is False)
+            return f"{self.statement} {self.title}: not applicable{tag} (premise not met: {unmet})"
+        text = (f"{self.statement} {self.title}: {self.status}{tag}  {self.lhs_label}={_fmt(self.lhs)} "
+                f"{self.relation} {self.rhs_label}={_fmt(self.rhs)}  (margin {_fmt(self.margin)})")
+        reason = self.details.get("reason")
+        return text + (f"; {reason}" if self.status == NOT_ESTABLISHED and reason else "")
 
     def to_dict(self) -> dict:
         """Plain-Python dictionary (numpy values converted), suitable for JSON."""
         return {
             "statement": self.statement,
             "title": self.title,
-            "holds": bool(self.holds),
+            "status": self.status,
+            "holds": self.holds,
             "lhs": float(self.lhs),
             "rhs": float(self.rhs),
             "margin": float(self.margin),
             "tolerance": float(self.tolerance),
-            "vacuous": bool(self.vacuous),
             "relation": self.relation,
             "lhs_label": self.lhs_label,
             "rhs_label": self.rhs_label,
+            "premises": [p.to_dict() for p in self.premises],
+            "sanity": self.sanity,
             "details": _jsonable(self.details),
         }
 
@@ -133,20 +227,38 @@ def rel_tol(rtol: float, *scales: float) -> float:
     return rtol * max([abs(s) for s in scales] + [TINY])
 
 
-def leq(statement: str, title: str, lhs: float, rhs: float, tolerance: float, details: dict,
-         lhs_label: str, rhs_label: str) -> Verdict:
-    """``lhs ≤ rhs`` within ``tolerance``; margin ``rhs − lhs``."""
-    margin = rhs - lhs
-    return Verdict(statement, title, margin >= -tolerance, lhs, rhs, margin, tolerance, details,
-                   lhs_label, rhs_label)
+def judge(statement: str, title: str, lhs: float, rhs: float, tolerance: float, details: dict,
+          lhs_label: str, rhs_label: str, *, premises: Sequence[Premise] = (), uncertainty: float = 0.0,
+          margin: float | None = None, relation: str = "≤", sanity: bool = False) -> Verdict:
+    """Decide ``lhs ≤ rhs`` (margin ``rhs − lhs`` unless given) under ``premises``.
+
+    ``not applicable`` when a premise is not met; ``holds`` when ``margin ≥ −tolerance``; ``refuted``
+    when ``margin < −(tolerance + uncertainty)``; ``not established`` in between, where the violation is
+    within what the measurement cannot resolve (``uncertainty``).
+    """
+    premises = tuple(premises)
+    margin = rhs - lhs if margin is None else margin
+    if any(p.met is False for p in premises):
+        unmet = "; ".join(p.name for p in premises if p.met is False)
+        details = {**details, "reason": f"premise not met: {unmet}"}
+        status = NOT_APPLICABLE
+    elif margin >= -tolerance:
+        status = HOLDS
+    elif margin < -(tolerance + nonneg("uncertainty", uncertainty)):
+        status = REFUTED
+    else:
+        status = NOT_ESTABLISHED
+        details = {**details, "reason": f"the violation {-margin:.3g} is within the measurement's "
+                                        f"uncertainty {uncertainty:.3g}"}
+    return Verdict(statement, title, status, lhs, rhs, margin, tolerance, details, lhs_label, rhs_label,
+                   relation, premises, sanity)
 
 
-def vacuous(statement: str, title: str, lhs: float, rhs: float, details: dict, lhs_label: str,
-            rhs_label: str, reason: str) -> Verdict:
-    """Build the verdict of a statement whose premise is not met: nothing is asserted, ``reason`` says why."""
-    details = {**details, "asserted": False, "reason": reason}
-    return Verdict(statement, title, True, lhs, rhs, math.inf, 0.0, details, lhs_label, rhs_label,
-                   vacuous=True)
+def not_applicable(statement: str, title: str, lhs: float, rhs: float, details: dict, lhs_label: str,
+                   rhs_label: str, premises: Sequence[Premise]) -> Verdict:
+    """Build the verdict of a statement one of whose ``premises`` is not met: nothing is asserted."""
+    return judge(statement, title, lhs, rhs, 0.0, details, lhs_label, rhs_label, premises=premises,
+                 margin=math.nan)
 
 
 def ratio(num: float, den: float) -> float:
@@ -157,10 +269,9 @@ def ratio(num: float, den: float) -> float:
 
 
 def worst_point(statement: str, title: str, lhs: np.ndarray, rhs: np.ndarray, tol: np.ndarray,
-                 details: dict, lhs_label: str, rhs_label: str) -> Verdict:
+                details: dict, lhs_label: str, rhs_label: str, *, premises: Sequence[Premise] = ()) -> Verdict:
     """``lhs[k] ≤ rhs[k] + tol[k]`` for every ``k``, reported at the point with the least room."""
     k = int(np.argmin(rhs - lhs + tol))
-    details = {**details, "worst_index": k,
-               "n_violations": int(((rhs - lhs + tol) < 0).sum())}
-    return leq(statement, title, float(lhs[k]), float(rhs[k]), float(tol[k]), details, lhs_label,
-                rhs_label)
+    details = {**details, "worst_index": k, "n_violations": int(((rhs - lhs + tol) < 0).sum())}
+    return judge(statement, title, float(lhs[k]), float(rhs[k]), float(tol[k]), details, lhs_label, rhs_label,
+                 premises=premises)

@@ -1,24 +1,41 @@
 """Every verdict function of :mod:`theory`, re-exported from the module of its topic."""
 
-from .application import application_bound, distance_non_increasing, gd_step_distance_condition, gd_telescoping_bound
+from .alignment import alignment_condition
+from .application import (
+    application_bound,
+    distance_non_increasing,
+    frozen_d1_premise,
+    gd_distance_identity,
+    gd_step_distance_condition,
+    gd_telescoping_bound,
+)
 from .cms import cms_assessment
 from .results import (
     alignment_lower_bound,
     best_convex_bound,
     convergence_rate_check,
     convex_loss_bound,
+    d1_premise,
+    data_level_premise,
     excess_gradient_domination,
     gradient_domination,
     gradient_flow_rate,
     loss_decomposition,
     necessity_at_global_minimum,
 )
-from .verdict import TINY, Verdict
+from .verdict import HOLDS, NOT_APPLICABLE, NOT_ESTABLISHED, REFUTED, STATUSES, TINY, Premise, Verdict
 from .width import counting_bound, deep_linear_rank_bound, embedding, kernel_movement_trend
 
 __all__ = [
+    "HOLDS",
+    "NOT_APPLICABLE",
+    "NOT_ESTABLISHED",
+    "REFUTED",
+    "STATUSES",
     "TINY",
+    "Premise",
     "Verdict",
+    "alignment_condition",
     "alignment_lower_bound",
     "application_bound",
     "best_convex_bound",
@@ -26,10 +43,14 @@ __all__ = [
     "convergence_rate_check",
     "convex_loss_bound",
     "counting_bound",
+    "d1_premise",
+    "data_level_premise",
     "deep_linear_rank_bound",
     "distance_non_increasing",
     "embedding",
     "excess_gradient_domination",
+    "frozen_d1_premise",
+    "gd_distance_identity",
     "gd_step_distance_condition",
     "gd_telescoping_bound",
     "gradient_domination",

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._arguments import ArrayLike, array, count, flag, nonneg, same_length
-from .verdict import Verdict, leq
+from .verdict import HOLDS, NOT_ESTABLISHED, REFUTED, Premise, Verdict, judge
 
 __all__ = ["counting_bound", "deep_linear_rank_bound", "embedding", "kernel_movement_trend"]
 
 
 def counting_bound(rank: int, n_outputs: int, n_params: int) -> Verdict:
-    r"""(S1) Counting: ``rank J ≤ min(nm, d)`` (THEORY §5).
+    r"""(S1) Counting: ``rank J ≤ min(nm, d)``, a sanity check of a measured rank (``theory/width.md``).
+
+    A measured numerical rank can never exceed ``min(nm, d)``, so this verdict checks the measurement,
+    not the theory (``sanity=True``); what S1 says is in ``details``.
 
     With ``d < nm`` the image of ``θ ↦ f_X(θ)`` has measure zero, so generic targets cannot be
     interpolated (``L(θ) > 0`` at every ``θ`` for almost every ``Y``); see ``theory/width.md`` for why
@@ -39,7 +44,8 @@ def counting_bound(rank: int, n_outputs: int, n_params: int) -> Verdict:
     bound = min(nm, d)
     details = {"underparameterised": d < nm, "generic_interpolation_impossible": d < nm,
                "full_row_rank": rank == nm, "n_outputs": nm, "n_params": d}
-    return leq("S1", "counting bound", float(rank), float(bound), 0.0, details, "rank J", "min(nm,d)")
+    return judge("S1", "counting bound", float(rank), float(bound), 0.0, details, "rank J", "min(nm,d)",
+                 sanity=True)
 
 
 def embedding(residual_narrow: float, residual_wide: float, atol: float = 1e-8) -> Verdict:
@@ -64,7 +70,9 @@ def embedding(residual_narrow: float, residual_wide: float, atol: float = 1e-8) 
     narrow = nonneg("residual_narrow", residual_narrow)
     wide = nonneg("residual_wide", residual_wide)
     atol = nonneg("atol", atol)
-    return leq("S2", "embedding", wide, narrow, atol, {"improvement": narrow - wide}, "a_wide", "a_narrow")
+    return judge("S2", "embedding", wide, narrow, atol, {"improvement": narrow - wide}, "a_wide", "a_narrow",
+                 premises=[Premise("the wide network embeds the narrow one at the matched point", None,
+                                   "the caller's construction")])
 
 
 def deep_linear_rank_bound(rank: int, n_out: int, d_in: int, bias: bool = False,
@@ -106,35 +114,51 @@ def deep_linear_rank_bound(rank: int, n_out: int, d_in: int, bias: bool = False,
         details["width_cannot_help"] = n > dx + int(bias)
         details["n_outputs"] = n * m
     bound = m * eff
-    return leq("S3b", "deep linear rank bound", float(rank), float(bound), 0.0, details, "rank J",
-                "m·(d_x+bias)" if n_samples is None else "m·min(n,d_x+bias)")
+    return judge("S3b", "deep linear rank bound", float(rank), float(bound), 0.0, details, "rank J",
+                 "m·(d_x+bias)" if n_samples is None else "m·min(n,d_x+bias)",
+                 premises=[Premise("the model is a deep linear network", None, "the caller's model")])
 
 
 def kernel_movement_trend(widths: ArrayLike, movements: ArrayLike, expect: str = "decreasing",
-                          slope_tol: float = 0.25) -> Verdict:
-    r"""(S4) Lazy versus rich: the log-log slope of kernel (or parameter) movement against width.
+                          slope_tol: float = 0.25, groups: ArrayLike | None = None, level: float = 0.9,
+                          n_boot: int = 2000, seed: int = 0) -> Verdict:
+    r"""(S4) Lazy versus rich: the log-log slope of kernel (or parameter) movement against width, with its interval.
 
-    Fits ``log Δ = α log w + β`` by least squares. NTK parameterisation: ``Δ = O(w^{-1/2})``, so
-    ``α ≈ −½`` (``expect="decreasing"``: holds iff ``α ≤ −slope_tol``). Mean-field / maximal-update:
-    ``Δ = Θ(1)``, so ``α ≈ 0`` (``expect="order-one"``: holds iff ``|α| ≤ slope_tol``). THEORY §5.
+    Fits ``log Δ = α log w + β`` by least squares. NTK parameterisation: ``Δ = O(w^{-1/2})``, so ``α ≈ −½``
+    (``expect="decreasing"``: the statement is ``α ≤ −slope_tol``). Mean-field / maximal-update:
+    ``Δ = Θ(1)``, so ``α ≈ 0`` (``expect="order-one"``: ``|α| ≤ slope_tol``). ``theory/width.md``.
+
+    A slope is only as good as its interval. With ``groups`` (the seed of each run) the interval is a
+    bootstrap over seeds (whole seeds resampled with replacement, the slope refitted); without, the
+    ``t``-interval of the least-squares fit (at least three widths). The statement *holds* when the whole
+    interval satisfies it, is *refuted* when none of it does, and is *not established* otherwise, e.g.
+    when the interval contains both ``−½`` and ``0``.
 
     Parameters
     ----------
     widths
         Positive widths, at least two distinct values.
     movements
-        Positive movements ``‖K_t − K_0‖_F/‖K_0‖_F`` (or ``‖θ_t − θ_0‖/‖θ_0‖``) at a fixed time.
+        Positive movements ``‖K_t − K_0‖_F/‖K_0‖_F`` (or ``‖θ_t − θ_0‖/‖θ_0‖``) at a fixed time, one per run.
     expect
         ``"decreasing"`` or ``"order-one"``.
     slope_tol
         Threshold on the slope (default ``0.25``, half of the NTK exponent).
+    groups
+        The seed (or any group label) of each run, for the bootstrap interval.
+    level
+        Coverage of the interval.
+    n_boot
+        Bootstrap resamples.
+    seed
+        Seed of the bootstrap.
 
     Returns
     -------
     Verdict
-        decreasing: ``lhs = α``, ``rhs = −slope_tol``, ``margin = −slope_tol − α``;
-        order-one: ``lhs = |α|``, ``rhs = slope_tol``, ``margin = slope_tol − |α|``.
-        ``details``: ``slope``, ``intercept``, ``ntk_slope`` (−½), ``expect``.
+        decreasing: ``lhs = α``, ``rhs = −slope_tol``; order-one: ``lhs = |α|``, ``rhs = slope_tol``;
+        ``margin`` from the point estimate. ``details``: ``slope``, ``intercept``, ``interval`` ``(lo, hi)``
+        (``None`` when it cannot be estimated), ``interval_method``, ``ntk_slope`` (−½), ``expect``.
     """
     w = array("widths", widths, min_len=2)
     mv = array("movements", movements, min_len=2)
@@ -143,14 +167,63 @@ def kernel_movement_trend(widths: ArrayLike, movements: ArrayLike, expect: str =
         raise ValueError("widths and movements must be positive (the fit is in log-log)")
     if np.unique(w).shape[0] < 2:
         raise ValueError("need at least two distinct widths to fit a slope")
+    if expect not in ("decreasing", "order-one"):
+        raise ValueError(f"expect must be 'decreasing' or 'order-one', got {expect!r}")
     slope_tol = nonneg("slope_tol", slope_tol)
-    slope, intercept = np.polyfit(np.log(w), np.log(mv), 1)
-    slope, intercept = float(slope), float(intercept)
-    details = {"slope": slope, "intercept": intercept, "ntk_slope": -0.5, "expect": expect}
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    x, y = np.log(w), np.log(mv)
+    slope, intercept = (float(v) for v in np.polyfit(x, y, 1))
+    interval, method = _slope_interval(x, y, groups, level, count("n_boot", n_boot, 1), seed)
+    details = {"slope": slope, "intercept": intercept, "interval": interval, "interval_method": method,
+               "level": level, "ntk_slope": -0.5, "expect": expect}
     if expect == "decreasing":
-        return leq("S4", "kernel movement shrinks with width", slope, -slope_tol, 0.0, details, "slope",
-                    "−slope_tol")
-    if expect == "order-one":
-        return leq("S4", "kernel movement stays order one", abs(slope), slope_tol, 0.0, details, "|slope|",
-                    "slope_tol")
-    raise ValueError(f"expect must be 'decreasing' or 'order-one', got {expect!r}")
+        lhs, rhs, title, labels = slope, -slope_tol, "kernel movement shrinks with width", ("slope", "−slope_tol")
+    else:
+        lhs, rhs, title, labels = abs(slope), slope_tol, "kernel movement stays order one", ("|slope|", "slope_tol")
+    if interval is None:
+        details["reason"] = "the slope has no interval (fewer than three widths and no seeds)"
+        return Verdict("S4", title, NOT_ESTABLISHED, lhs, rhs, rhs - lhs, 0.0, details, *labels)
+    lo, hi = interval
+    if expect == "decreasing":  # the room of the interval's worst end, and whether its best end fails
+        margin, refuted = -slope_tol - hi, lo > -slope_tol
+    else:
+        margin, refuted = slope_tol - max(abs(lo), abs(hi)), hi < -slope_tol or lo > slope_tol
+    if margin >= 0:
+        status = HOLDS
+    elif refuted:
+        status = REFUTED
+    else:
+        status = NOT_ESTABLISHED
+        details["reason"] = f"the {level:.0%} interval [{lo:+.2f}, {hi:+.2f}] straddles the threshold"
+    return Verdict("S4", title, status, lhs, rhs, margin, 0.0, details, *labels)
+
+
+def _slope_interval(x: np.ndarray, y: np.ndarray, groups: ArrayLike | None, level: float, n_boot: int,
+                    seed: int) -> tuple[tuple[float, float] | None, str]:
+    """Interval of the least-squares slope: bootstrap over groups, else the ``t``-interval of the fit."""
+    alpha = (1 - level) / 2
+    if groups is not None:
+        labels = np.asarray(groups)
+        if labels.shape != x.shape:
+            raise ValueError("groups must give one label per run")
+        members = [np.flatnonzero(labels == g) for g in np.unique(labels)]
+        if len(members) >= 2:
+            rng = np.random.default_rng(seed)
+            slopes = []
+            for _ in range(n_boot):
+                idx = np.concatenate([members[k] for k in rng.integers(len(members), size=len(members))])
+                if np.unique(x[idx]).shape[0] >= 2:
+                    slopes.append(np.polyfit(x[idx], y[idx], 1)[0])
+            lo, hi = np.quantile(slopes, [alpha, 1 - alpha])
+            return (float(lo), float(hi)), f"bootstrap over {len(members)} seeds"
+    n = x.shape[0]
+    if n < 3 or np.unique(x).shape[0] < 3:
+        return None, "none"
+    from scipy.stats import t as student_t
+
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (slope * x + intercept)
+    se = math.sqrt(float(resid @ resid) / (n - 2) / float(((x - x.mean()) ** 2).sum()))
+    half = float(student_t.ppf(1 - alpha, n - 2)) * se
+    return (float(slope - half), float(slope + half)), "t-interval of the least-squares fit"

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 import theory
+from theory.verdict import ratio
 
 from ..targets import CE_SCALES, Targets, best_scale
 from .reports import GuaranteeReport
@@ -23,12 +24,17 @@ __all__ = ["HISTORY_COLUMNS", "StepRecord", "Trajectory", "scale_for_loss"]
 
 #: Columns of :meth:`Trajectory.history`.
 HISTORY_COLUMNS = ("iteration", "step", "loss", "grad_sq", "lr", "elapsed", "distance", "distance_next", "bound",
-                   "margin", "bound_ratio", "bound_holds", "step_margin", "step_ok")
+                   "margin", "bound_ratio", "bound_holds", "step_margin", "step_ok", "update_error", "update_ok")
 
 
 @dataclass
 class StepRecord:
-    """One optimiser step after ``τ``: its loss, ``‖∇_{ω,u}L‖²``, step size and the distance before and after."""
+    """One optimiser step after ``τ``: its loss, ``‖∇_{ω,u}L‖²``, step size, the distance before and after.
+
+    ``update_error`` is ``‖x_{k+1} − x_k + η∇_{ω,u}L_k‖`` for the update the optimiser actually applied to
+    ``x = (ω, u)``, ``update_size`` ``‖η∇_{ω,u}L_k‖``, ``rounding`` what the parameters' precision allows the
+    former to be, and ``x_norm`` ``‖x_{k+1}‖``.
+    """
 
     iteration: int
     step: int
@@ -37,6 +43,15 @@ class StepRecord:
     lr: float
     distance_sq: float
     distance_next_sq: float
+    update_error: float = 0.0
+    update_size: float = 0.0
+    rounding: float = 0.0
+    x_norm: float = 0.0
+
+    @property
+    def plain_step(self) -> bool:
+        """The applied update is ``−η∇_{ω,u}L`` up to rounding."""
+        return math.isfinite(self.update_error) and self.update_error <= self.rounding + 1e-9 * self.update_size
 
 
 def scale_for_loss(target_loss: float, m: int) -> float:
@@ -115,37 +130,84 @@ class Trajectory:
                 row.update(step_margin=step.margin, step_ok=step.holds)
             else:
                 row.update(step_margin=math.nan, step_ok=False)
+            row.update(update_error=ratio(r.update_error, r.update_size), update_ok=r.plain_step)
             rows.append(row)
             elapsed += r.lr
         return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
 
-    def report(self, status: str, departures: list[str], full_batch: bool) -> GuaranteeReport:
-        """Check the §6 statements on the recorded steps (see :class:`~diagnostics.aligned.reports.GuaranteeReport`)."""
+    def identity(self, aligned: bool) -> theory.Verdict | None:
+        """Judge the one-step identity (squared loss) or inequality (convex loss) at every recorded step."""
+        rows = [r for r in self.records if math.isfinite(r.loss) and math.isfinite(r.lr)]
+        if not rows or len(rows) != len(self.records):
+            return None
+        d2 = [r.distance_sq for r in rows] + [rows[-1].distance_next_sq]
+        eps = 2 * np.finfo(np.float32).eps  # the losses and gradients come from float32 (or better) arithmetic
+        rounding = [2 * math.sqrt(r.distance_next_sq) * (r.rounding + eps * r.x_norm)
+                    + eps * (4 * r.lr * abs(r.loss) + r.lr**2 * r.grad_sq) for r in rows]
+        return theory.gd_distance_identity(
+            d2, [r.loss for r in rows], [r.grad_sq for r in rows], [r.lr for r in rows],
+            target_loss=None if self.loss == "mse" else self.distance_target_loss, rounding=rounding,
+            aligned=aligned)
+
+    def report(self, aligned: bool, departures: list[str], full_batch: bool) -> GuaranteeReport:
+        """Check the §6 statements on the recorded steps (see :class:`~diagnostics.aligned.reports.GuaranteeReport`).
+
+        ``theorem`` is earned, not assumed: D1 for the frozen block, no departure of the optimiser's
+        configuration, every applied update ``−η∇_{ω,u}L`` up to rounding, the one-step identity (inequality
+        for cross-entropy) at every step, and the step condition at every step. Otherwise ``check``, with every
+        premise that failed named and the step where it first did.
+        """
         hist = self.history()
         later = hist[hist.step >= 1]
         finite = later[np.isfinite(later.margin)]
         worst_margin = float(finite.margin.min()) if len(finite) else math.nan
         worst_ratio = float(finite.bound_ratio.max()) if len(finite) else math.nan
+        steps_ok = hist.step_ok.to_numpy(dtype=bool)
         distances = [math.sqrt(r.distance_sq) for r in self.records]
         if self.records:
             distances.append(math.sqrt(self.records[-1].distance_next_sq))
-        distance = theory.distance_non_increasing(distances) if len(distances) >= 2 else None
-        steps_ok = hist.step_ok.to_numpy(dtype=bool)
+        distance = (theory.distance_non_increasing(distances, step_condition=bool(steps_ok.all()))
+                    if len(distances) >= 2 else None)
+        identity = self.identity(aligned)
         telescoping = None
         lrs = hist.lr.to_numpy()
-        if self.loss == "mse" and len(hist) and np.isfinite(hist.loss).all() and np.all(lrs == lrs[0]):
+        if len(hist) and np.isfinite(hist.loss).all() and np.all(lrs == lrs[0]) and math.isfinite(lrs[0]):
             telescoping = theory.gd_telescoping_bound(
-                hist.loss.to_numpy(), hist.grad_sq.to_numpy(), float(lrs[0]), self.omega_sq, self.nu_sq)
+                hist.loss.to_numpy(), hist.grad_sq.to_numpy(), float(lrs[0]), self.omega_sq,
+                self.distance_scale**2 * self.nu_sq, self.records[-1].distance_next_sq,
+                target_loss=None if self.loss == "mse" else self.distance_target_loss, aligned=aligned)
+        departures = list(departures)
+        first_update = next((r.step for r in self.records if not r.plain_step), None)
+        if first_update is not None:
+            r = self.records[first_update]
+            departures.append(
+                f"the update applied to (ω, u) differs from −η∇L at step {first_update} (relative error "
+                f"{ratio(r.update_error, r.update_size):.2g}): not a plain gradient step")
+        if identity is not None and not identity.holds:
+            k = identity.details["first_failure"]
+            departures.append(
+                f"the one-step distance identity fails from step {k} (relative error up to "
+                f"{identity.details['max_relative_error']:.2g}): the gradient applied is not ∇L of the recorded loss "
+                "(gradient clipping, gradient or loss scaling, or a loss other than the one recorded)")
+        elif identity is None and self.records:
+            departures.append("the one-step identity cannot be checked: some steps lack their loss or step size")
+        if len(steps_ok) and not steps_ok.all():
+            departures.append(f"the step condition η‖∇_(ω,u)L‖² ≤ {'4L' if self.loss == 'mse' else '2(L−L(Q))'} "
+                              f"fails at {int((~steps_ok).sum())} of {len(steps_ok)} steps, first at step "
+                              f"{int(np.flatnonzero(~steps_ok)[0])}")
+        status = "no guarantee" if not aligned else ("check" if departures else "theorem")
         losses = hist.loss.to_numpy()
         return GuaranteeReport(
             status=status,
-            departures=tuple(departures),
+            departures=tuple(dict.fromkeys(departures)),
             full_batch=full_batch,
+            loss=self.loss,
             records=len(later),
             bound_holds=int(later.bound_holds.sum()),
             worst_margin=worst_margin,
             max_bound_ratio=worst_ratio,
             distance=distance,
+            identity=identity,
             step_condition_failures=int((~steps_ok).sum()),
             telescoping=telescoping,
             monotone_loss=bool(np.all(np.diff(losses) <= 0)) if len(losses) > 1 else True,

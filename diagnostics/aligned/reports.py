@@ -56,9 +56,10 @@ class SwitchReport:
     distance_target_loss: float
     check_seconds: float
     tangent_scale: float = 1.0
+    verdict: theory.Verdict | None = None
 
     def __str__(self) -> str:
-        verdict = "holds" if self.aligned else "FAILS"
+        verdict = self.verdict.status if self.verdict is not None else ("holds" if self.aligned else "refuted")
         lines = [
             f"Switch at iteration {self.iteration}: feature map {self.feature_map!r}, {self.coefficients} "
             f"coefficients ({self.n_coefficients:,} trainable), loss {self.loss}",
@@ -80,45 +81,56 @@ class SwitchReport:
 
     def to_dict(self) -> dict:
         """Plain JSON-serialisable fields."""
-        return {**asdict(self), "enlargements": [list(e) for e in self.enlargements]}
+        out = {**asdict(self), "enlargements": [list(e) for e in self.enlargements]}
+        out["verdict"] = self.verdict.to_dict() if self.verdict is not None else None
+        return out
 
 
 @dataclass
 class GuaranteeReport:
-    """The §6 guarantee checked on the recorded trajectory after ``τ``.
+    """The §6 guarantee checked on the recorded trajectory after ``τ`` (``theory/application.md``).
 
     Attributes
     ----------
     status
-        ``"theorem"``: D1 holds for the frozen block and ``(ω, u)`` took plain gradient steps with one
-        step size, so the per-step distance identity and the summed bound are theorems (the body may do
-        anything); the per-record bound ``(‖ω_τ‖² + ‖ν‖²)/(4η k)`` is the flow form, checked.
-        ``"check"``: the run departs from the theorem (``departures`` says how); every number is a check.
-        ``"no guarantee"``: D1 fails for the frozen block.
+        ``"theorem"``, earned: D1 holds for the frozen block, the optimiser takes plain gradient steps on
+        ``(ω, u)`` with one step size, every applied update was observed to be ``−η∇_{ω,u}L`` up to
+        rounding, the one-step identity (squared loss) or inequality (convex loss) held at every step with
+        the recorded distances, and so did the step condition. Then the summed identity and the
+        average-loss bound are theorems for this run (the body may do anything).
+        ``"check"``: some premise failed; ``departures`` names each, with the step where it first did,
+        and every number is a check. ``"no guarantee"``: D1 fails for the frozen block.
     departures
         Plain statements of how the run departs from the theorem.
+    loss
+        ``"mse"`` or ``"ce"``.
     bound_holds, records
-        Records (``k ≥ 1``) whose loss is within the bound, and their number.
+        Records (``k ≥ 1``) within the gradient-flow form of the bound ``(‖ω_τ‖² + ‖ν‖²)/(4ηk)``, and their
+        number (a check in discrete time: the exact statements are ``identity`` and ``telescoping``).
     worst_margin, max_bound_ratio
         Smallest ``bound − L`` and largest ``(L − L(Q))/(bound − L(Q))`` over the records.
     distance
-        ``theory.distance_non_increasing`` on ``d_0, d_1, …``.
+        :func:`theory.distance_non_increasing` on ``d_0, d_1, …`` (not applicable when the step condition fails).
+    identity
+        :func:`theory.gd_distance_identity` at every step, with the recorded distances.
     step_condition_failures
-        Steps with ``η‖∇_{ω,u}L‖² > 4L`` (``> 2(L − L(Q))`` for ce: sufficient, not necessary).
+        Steps with ``η‖∇_{ω,u}L‖² > 4L`` (``> 2(L − L(Q))`` for ce).
     telescoping
-        ``theory.gd_telescoping_bound`` (squared loss, constant step), else ``None``.
+        :func:`theory.gd_telescoping_bound` with the recorded final distance (constant step), else ``None``.
     monotone_loss
-        Whether the recorded loss never increased (needed for the last-iterate bound under GD).
+        Whether the recorded loss never increased (needed for a last-iterate bound under GD).
     """
 
     status: str
     departures: tuple[str, ...]
     full_batch: bool
+    loss: str
     records: int
     bound_holds: int
     worst_margin: float
     max_bound_ratio: float
     distance: theory.Verdict | None
+    identity: theory.Verdict | None
     step_condition_failures: int
     telescoping: theory.Verdict | None
     monotone_loss: bool
@@ -130,24 +142,26 @@ class GuaranteeReport:
 
     def __str__(self) -> str:
         head = {
-            "theorem": "THEOREM: gradient descent on (ω, u) with D1 for the frozen block",
-            "check": "CHECK ONLY: this run departs from the theorem, the bound is reported as a check",
+            "theorem": "THEOREM: gradient descent on (ω, u) with D1 for the frozen block, every premise observed",
+            "check": "CHECK ONLY: this run departs from the theorem; the numbers below are checks",
             "no guarantee": "NO GUARANTEE: D1 fails for the frozen block",
         }[self.status]
         lines = [head]
         lines += [f"  departs: {d}" for d in self.departures]
         if not self.full_batch:
             lines.append("  minibatch losses: the identity holds per batch, not for the training loss")
-        lines.append(
-            f"  bound L ≤ (‖ω_τ‖²+‖ν‖²)/(4ηk): {self.bound_holds}/{self.records} records "
-            f"(worst margin {self.worst_margin:.3g}, largest ratio {self.max_bound_ratio:.3g})"
-        )
-        if self.distance is not None:
-            lines.append(f"  {self.distance}")
-        failures = self.step_condition_failures
-        lines.append(f"  steps above the distance condition η‖∇_(ω,u)L‖² ≤ 4L: {failures}")
+        if self.identity is not None:
+            lines.append(f"  {self.identity}")
         if self.telescoping is not None:
             lines.append(f"  {self.telescoping}")
+        condition = "4L" if self.loss == "mse" else "2(L−L(Q))"
+        lines.append(f"  steps above the condition η‖∇_(ω,u)L‖² ≤ {condition}: {self.step_condition_failures}")
+        if self.distance is not None:
+            lines.append(f"  {self.distance}")
+        lines.append(
+            f"  gradient-flow form L ≤ (‖ω_τ‖²+‖ν‖²)/(4ηk) (a check): {self.bound_holds}/{self.records} records "
+            f"(worst margin {self.worst_margin:.3g}, largest ratio {self.max_bound_ratio:.3g})"
+        )
         lines.append(f"  loss monotone after τ: {self.monotone_loss}")
         return "\n".join(lines)
 
@@ -155,6 +169,6 @@ class GuaranteeReport:
         """Plain JSON-serialisable fields (the verdicts as their own ``to_dict()``)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["departures"] = list(self.departures)
-        for key in ("distance", "telescoping"):
+        for key in ("distance", "identity", "telescoping"):
             out[key] = out[key].to_dict() if out[key] is not None else None
         return out

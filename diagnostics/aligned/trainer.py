@@ -14,8 +14,10 @@ import torch
 from scipy.sparse.linalg import svds
 from torch import nn
 
+import theory
+
 from ..engine import inputs as _inputs
-from ..engine import memory
+from ..engine import memory, precision
 from ..engine.jacobian import jacobian
 from ..engine.precision import default_residual_tol
 from ..errors import DiagnosticsError, UnsupportedModelError, renamed_argument
@@ -244,6 +246,7 @@ class AlignedTraining:
                 if solution.effective_residual <= self.residual_tol or frozen.random.width >= self.max_random_features:
                     break
                 width *= 2
+        d1 = theory.alignment_condition(solution.effective_residual, self.residual_tol)
         nu = {k: v for k, v in (("tangent", solution.nu_tangent), ("features", solution.nu_features))
               if v is not None}
         nu_norm_sq = solution.nu_norm_sq
@@ -260,7 +263,7 @@ class AlignedTraining:
         self._distance_scale = 1.0 if self.loss == "mse" else scale_for_loss(self.target_loss, self._m)
         omega_sq = float(sum((p.detach().double() ** 2).sum() for p in self._omega))
         self._trajectory = Trajectory(self.targets, omega_sq, nu_norm_sq, self._distance_scale)
-        self._last_distance_sq = self._distance_sq()
+        self._last_distance_sq, self._last_x = self._distance_sq(), self._flat_trained()
         self.switch_report = SwitchReport(
             iteration=self.iteration,
             feature_map=self.feature_map,
@@ -275,7 +278,7 @@ class AlignedTraining:
             residual=solution.residual,
             rounding=solution.rounding,
             residual_tol=self.residual_tol,
-            aligned=solution.effective_residual <= self.residual_tol,
+            aligned=d1.holds,
             enlargements=enlargements,
             random_features=frozen.random.width if frozen.random is not None else 0,
             omega_norm_sq=omega_sq,
@@ -284,6 +287,7 @@ class AlignedTraining:
             distance_target_loss=self._trajectory.distance_target_loss,
             check_seconds=time.perf_counter() - start,
             tangent_scale=frozen.tangent_scale,
+            verdict=d1,
         )
         return self.switch_report
 
@@ -327,36 +331,49 @@ class AlignedTraining:
             total += float(((p.detach().double() - c * self._nu[name]) ** 2).sum())
         return total
 
-    def _grad_sq(self) -> float:
-        grads = [p.grad for p in self._trained() if p.grad is not None]
-        return float(sum((g.detach().double() ** 2).sum() for g in grads))
+    def _flat_trained(self) -> torch.Tensor:
+        """``x = (ω, u)`` as one float64 vector (a copy)."""
+        return torch.cat([p.detach().double().reshape(-1) for p in self._trained()])
+
+    def _flat_grad(self) -> torch.Tensor:
+        """``∇_{ω,u}L`` as held in ``.grad`` now, one float64 vector (a copy; missing gradients are zero)."""
+        return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().double().reshape(-1)
+                          for p in self._trained()])
 
     def _common_lr(self) -> float:
         lrs = {float(self._group_of(p)["lr"]) for p in self._trained()}
         return lrs.pop() if len(lrs) == 1 else math.nan
 
     def _record_step(self, closure: Callable[[], torch.Tensor] | None, loss: float | None) -> float:
-        captured: dict[str, float] = {}
+        """Take (or follow) one step and record it with the update actually applied to ``(ω, u)``."""
+        captured: dict = {}
         if closure is not None:
-            before = self._distance_sq()
-            lr = self._common_lr()
+            before, x_before, lr = self._distance_sq(), self._flat_trained(), self._common_lr()
 
             def wrapped() -> torch.Tensor:
                 value = closure()
                 if not captured:
                     captured["loss"] = _as_float(value)
-                    captured["grad_sq"] = self._grad_sq()
+                    captured["grad"] = self._flat_grad()
                 return value
 
             self._optimizer.step(wrapped)
         else:
-            before, lr = self._last_distance_sq, self._common_lr()
-            captured = {"loss": math.nan if loss is None else _as_float(loss), "grad_sq": self._grad_sq()}
-        after = self._distance_sq()
+            before, x_before, lr = self._last_distance_sq, self._last_x, self._common_lr()
+            captured = {"loss": math.nan if loss is None else _as_float(loss), "grad": self._flat_grad()}
+        after, x_after = self._distance_sq(), self._flat_trained()
+        grad = captured["grad"]
+        step = -lr * grad if math.isfinite(lr) else torch.full_like(grad, math.nan)
+        eps = precision.eps(self._omega[0].dtype)
         records = self._trajectory.records
-        records.append(StepRecord(self.iteration, len(records), captured["loss"], captured["grad_sq"], lr,
-                                  before, after))
-        self._last_distance_sq = after
+        records.append(StepRecord(
+            self.iteration, len(records), captured["loss"], float(grad @ grad), lr, before, after,
+            update_error=float((x_after - x_before - step).norm()),
+            update_size=float(step.norm()),
+            rounding=2 * eps * (float(x_after.norm()) + float(step.norm())),
+            x_norm=float(x_after.norm()),
+        ))
+        self._last_distance_sq, self._last_x = after, x_after
         return captured["loss"]
 
     # -- verification ---------------------------------------------------------------------------
@@ -367,7 +384,11 @@ class AlignedTraining:
         return self._trajectory.history()
 
     def departures(self) -> list[str]:
-        """Plain statements of how this run departs from the §6 theorem (empty when it does not)."""
+        """Plain statements of how the optimiser's configuration departs from the §6 theorem.
+
+        What the recorded steps show (updates that are not ``−η∇_{ω,u}L``, the one-step identity, the step
+        condition) is judged by :meth:`guarantee`.
+        """
         if not self.switched:
             return ["the switch has not happened yet"]
         out = []
@@ -393,12 +414,7 @@ class AlignedTraining:
         """Check the §6 statements on the recorded steps (see :class:`GuaranteeReport`)."""
         if not self.switched:
             raise DiagnosticsError("no guarantee before the switch: nothing is recorded before τ")
-        departures = self.departures()
-        if not self.switch_report.aligned:
-            status = "no guarantee"
-        else:
-            status = "check" if departures else "theorem"
-        return self._trajectory.report(status, departures, self.full_batch)
+        return self._trajectory.report(self.switch_report.aligned, self.departures(), self.full_batch)
 
 
 def _as_float(value: object) -> float:

@@ -107,6 +107,26 @@ class Measurement:
             blocks.update(self._generic_blocks(rest))
         return columns(blocks, names, self.rows)
 
+    def contractions(self, vectors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``V[:, p] = J_p v_p``: the Jacobian of each parameter tensor ``p`` applied to ``vectors[p]``, ``(nm, P)``.
+
+        With ``v_p = θ_p`` this is ``⟨∂f/∂θ_p, θ_p⟩`` per tensor, the building block of the candidates
+        ``R = (c_p θ_p)_p`` of the common model structure (``theory/cms.md``). Computed from Jacobian
+        columns group by group within the memory budget (reverse mode only), never all of ``J`` at once.
+        """
+        names = self.fm.names
+        V = torch.empty(self.rows, len(names), dtype=self.fm.dtype, device=self.fm.device)
+        index = {k: i for i, k in enumerate(names)}
+        budget = max(self.budget // 2, self.rows * self.itemsize)
+        for group in groups(names, self.fm.params, self.rows * self.itemsize, budget):
+            J = self.jacobian_columns(group)
+            start = 0
+            for k in group:
+                size = self.fm.params[k].numel()
+                V[:, index[k]] = J[:, start : start + size] @ vectors[k].reshape(-1).to(J)
+                start += size
+        return V
+
     def _generic_blocks(self, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Per-parameter ``(nm, *shape)`` blocks by ``jacrev`` (per sample) or whole-batch ``vjp``."""
         sub = {k: self.fm.params[k] for k in names}

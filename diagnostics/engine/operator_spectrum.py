@@ -155,7 +155,7 @@ class OperatorSpectrum:
         g = self.op.rmatvec(q.detach().reshape(-1)).to(torch.float64)
         return float(g @ g)
 
-    def alignment_curve(self, q: torch.Tensor) -> np.ndarray:
+    def captured_fraction(self, q: torch.Tensor) -> np.ndarray:
         """Fraction of ``‖q‖²`` carried by the top-``k`` eigen-directions, ``k = 1..top_k``."""
         q = q.detach().reshape(-1).to(torch.float64).cpu()
         total = float(q @ q)
@@ -163,6 +163,27 @@ class OperatorSpectrum:
             raise ValueError("the target vector is zero")
         c = self._vectors.T @ q
         return (torch.cumsum(c**2, 0) / total).numpy()
+
+    def residual_curve(self, q: torch.Tensor) -> np.ndarray:
+        """``a(λ_k) = ‖(I − P_{≥λ_k})q‖/‖q‖`` for the top-``k`` directions only (``1 −`` the captured fraction)."""
+        return np.sqrt(np.clip(1.0 - self.captured_fraction(q), 0.0, None))
+
+    def energy_below(self, q: torch.Tensor, threshold: float) -> float:
+        """Energy of ``q`` in the directions with eigenvalue below ``threshold``; ``nan`` below the top eigenpairs."""
+        if threshold <= float(self.eigenvalues[-1]):
+            return math.nan
+        q = q.detach().reshape(-1).to(torch.float64).cpu()
+        c = self._vectors.T @ q
+        above = torch.as_tensor(self.eigenvalues >= threshold)
+        return max(float(q @ q) - float((c[above] ** 2).sum()), 0.0)
+
+    def outside_inner(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        """``⟨(I − P)a, (I − P)b⟩`` from the LSQR fits ``P v = J J⁺v``."""
+        parts = []
+        for v in (a, b):
+            _, fitted = self.least_norm_solution(v)
+            parts.append(v.detach().reshape(-1).to(torch.float64).cpu() - fitted)
+        return float(parts[0] @ parts[1])
 
     def kernel_target_alignment(self, q: torch.Tensor) -> float:
         """Not computed matrix-free (it needs ``‖K‖_F``): ``nan``."""

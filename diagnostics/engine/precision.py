@@ -28,6 +28,7 @@ __all__ = [
     "forwards_agree",
     "rank_rule",
     "structured_guard_rtol",
+    "verdict_dtype",
 ]
 
 
@@ -70,6 +71,22 @@ def rank_rule(rank_tol: float | None, lam_max: float, size: int, dtype: torch.dt
     if rank_tol is None:
         return default_rank_tol(lam_max, size, dtype), f"λ_max · nm · eps({dtype_name(dtype)})"
     return check_rank_tol(rank_tol), "user-supplied"
+
+
+def verdict_dtype(model: object) -> torch.dtype | None:
+    """Return the compute dtype of the checks when the user asks for none.
+
+    float64 on the CPU, where it costs about 1–2× float32 (``docs/benchmarks.md``) and gives the answer
+    double precision gives; on an accelerator the model's dtype, at least float32 (half-precision models
+    are never measured in half precision). ``None`` for something that is not a model with parameters
+    (the engine then refuses it with its own message).
+    """
+    first = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+    if first is None or not first.is_floating_point():
+        return None
+    if first.device.type == "cpu":
+        return torch.float64
+    return first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32
 
 
 def default_residual_tol(dtype: torch.dtype) -> float:

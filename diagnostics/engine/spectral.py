@@ -159,7 +159,7 @@ class Spectrum:
         lam = torch.as_tensor(np.clip(self.eigenvalues, 0, None), dtype=c.dtype, device=c.device)
         return float((c**2 * lam).sum())
 
-    def alignment_curve(self, q: torch.Tensor) -> np.ndarray:
+    def captured_fraction(self, q: torch.Tensor) -> np.ndarray:
         """Cumulative fraction of ``‖q‖²`` carried by the top-``k`` eigen-directions, ``k = 1..nm``.
 
         Entry ``k-1`` is the fraction carried by the directions with eigenvalue ``≥ λ_k``.
@@ -169,6 +169,33 @@ class Spectrum:
         if total == 0:
             raise ValueError("the target vector is zero")
         return (torch.cumsum(c**2, 0) / total).cpu().numpy()
+
+    def residual_curve(self, q: torch.Tensor) -> np.ndarray:
+        """``a(λ_k) = ‖(I − P_{≥λ_k})q‖/‖q‖`` for ``k = 1..nm``: the residual keeping the top-``k`` directions.
+
+        Summed over the discarded coefficients (not ``1 −`` the captured fraction), so residuals far below
+        ``sqrt(eps)`` are resolved; the last entry is 0.
+        """
+        c2 = self.coefficients(q) ** 2
+        total = float(c2.sum())
+        if total == 0:
+            raise ValueError("the target vector is zero")
+        tail = torch.flip(torch.cumsum(torch.flip(c2, (0,)), 0), (0,))  # tail[k] = Σ_{j ≥ k} c_j²
+        return torch.sqrt(torch.cat([tail[1:], tail.new_zeros(1)]) / total).cpu().numpy()
+
+    def energy_below(self, q: torch.Tensor, threshold: float) -> float:
+        """``Σ_{λ_k < threshold} (u_kᵀq)²``: the energy of ``q`` in the directions with eigenvalues below ``threshold``.
+
+        Summed over those coefficients, so tiny energies are resolved.
+        """
+        c = self.coefficients(q)
+        below = torch.as_tensor(self.eigenvalues < threshold, device=c.device)
+        return float((c[below] ** 2).sum())
+
+    def outside_inner(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        """``⟨(I − P)a, (I − P)b⟩``: the inner product of the parts of ``a`` and ``b`` outside ``Col J``."""
+        r = self.rank
+        return float(self.coefficients(a)[r:] @ self.coefficients(b)[r:])
 
     def kernel_target_alignment(self, q: torch.Tensor) -> float:
         """``qᵀKq / (‖K‖_F ‖q‖²)`` (Cristianini et al.), in ``[0, 1]`` for PSD ``K``."""

@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+import theory
+
 from .verification import verify_history
 
 __all__ = ["summarize"]
 
 
 def summarize(history: pd.DataFrame) -> str:
-    """Describe a tracker history in readable lines, with the verdicts of :mod:`diagnostics.verify`."""
+    """Describe a tracker history in readable lines, with the verdicts of :mod:`~diagnostics.tracking.verification`."""
     if history.empty:
         return "AlignmentTracker history: no records"
     h = history
@@ -31,8 +33,7 @@ def summarize(history: pd.DataFrame) -> str:
     lines += [
         trend("loss", "loss"),
         trend("grad_norm", "‖∇L‖"),
-        trend("residual", "alignment residual ‖(I−P)Q‖/‖Q‖", ".3e")
-        + f"; aligned at {int(h.aligned.sum())}/{len(h)} records",
+        trend("residual", "alignment residual ‖(I−P)Q‖/‖Q‖", ".3e") + "; D1 " + _d1_counts(h),
         trend("rank", "rank J", ".0f") + f" of min(nm, d) = {min(nm, d)}",
         trend("lambda_max", "λ_max"),
         trend("effective_rank", "effective rank", ".1f"),
@@ -56,13 +57,35 @@ def summarize(history: pd.DataFrame) -> str:
 
 
 def _verdict_line(statement: str, group: pd.DataFrame) -> str:
-    """How often one statement holds over the records, and the record where it has the least room."""
+    """One statement over the records: how many hold, are refuted, not established or not applicable.
+
+    The headline word is the strongest the evidence allows: *refuted* if any record refutes it, *holds*
+    if it holds at every record where it applies (and applies somewhere), *not established* otherwise;
+    sanity checks are labelled as such. The record with the least room (or the first refutation) follows.
+    """
     verdicts = list(group.verdict)
-    asserted = [v for v in verdicts if not v.vacuous]
-    held = sum(v.holds for v in verdicts)
-    line = (f"{statement:<13} {'holds' if held == len(verdicts) else 'FAILS'} at {held}/{len(verdicts)} "
-            f"records ({len(asserted)} asserted)")
-    worst = min(asserted, key=lambda v: v.margin + v.tolerance, default=None)
+    counts = {status: sum(v.status == status for v in verdicts) for status in theory.STATUSES}
+    decided = [v for v in verdicts if v.status in (theory.HOLDS, theory.REFUTED)]
+    if counts[theory.REFUTED]:
+        word = "REFUTED"
+    elif decided and counts[theory.NOT_ESTABLISHED] == 0:
+        word = "holds"
+    else:
+        word = "not established"
+    parts = [f"{counts[s]} {s}" for s in theory.STATUSES if counts[s]]
+    tag = " [sanity: checks the measurement]" if verdicts and verdicts[0].sanity else ""
+    line = f"{statement:<13} {word}{tag} over {len(verdicts)} records ({', '.join(parts)})"
+    refuted = [v for v in verdicts if v.refuted]
+    worst = refuted[0] if refuted else min(decided, key=lambda v: v.margin + v.tolerance, default=None)
     if worst is not None:
-        line += f"; least room at step {int(group.step.iloc[verdicts.index(worst)])}: {worst}"
+        label = "first refutation" if refuted else "least room"
+        line += f"; {label} at step {int(group.step.iloc[verdicts.index(worst)])}: {worst}"
     return line
+
+
+def _d1_counts(h: pd.DataFrame) -> str:
+    """Count the D1 verdicts of a history, e.g. ``holds at 7, not established at 2 of 9 records``."""
+    statuses = h["d1_status"] if "d1_status" in h else h["aligned"].map({True: theory.HOLDS, False: theory.REFUTED})
+    counts = statuses.value_counts()
+    return ", ".join(f"{s} at {int(counts[s])}" for s in theory.STATUSES if s in counts) + f" of {len(h)} records"
+

@@ -37,7 +37,7 @@ from ..alignment import alignment_from_gram
 from ..engine import inputs as _inputs
 from ..engine.functional import FunctionalModel, ParamSelector
 from ..engine.measurement import Measurement
-from ..engine.precision import dtype_name
+from ..engine.precision import dtype_name, verdict_dtype
 from ..errors import DiagnosticsError, renamed_argument
 from ..representation import capture_grams, cka_from_grams
 from ..store import write_torch
@@ -49,13 +49,15 @@ __all__ = ["COLUMNS", "TRAILING", "AlignmentTracker"]
 
 #: Columns of every record, in order (``cka_<module>`` columns follow ``param_movement``).
 COLUMNS = (
-    "step", "loss", "grad_norm", "residual", "aligned", "rank", "n_outputs", "n_params", "lambda_max",
-    "lambda_min_kept", "effective_rank", "certificate", "nu_norm", "bound", "bound_ratio",
-    "decomposition_gap", "output_residual", "loss_lower_bound", "target_loss", "kernel_movement_init",
+    "step", "loss", "grad_norm", "residual", "aligned", "d1_status", "rank", "n_outputs", "n_params", "lambda_max",
+    "lambda_min_kept", "effective_rank", "certificate", "nu_norm", "bound", "bound_ratio", "bound_truncation",
+    "decomposition_gap", "output_residual", "loss_lower_bound", "target_loss", "horizon_residual",
+    "horizon_loss_floor", "kernel_movement_init",
     "kernel_movement_prev", "param_movement",
 )
 #: Columns after the CKA columns: timing, then what makes a record self-describing for :mod:`.verify`.
-TRAILING = ("measure_seconds", "wall_time", "n_samples", "target_norm_sq", "loss_name", "dtype", "mode")
+TRAILING = ("measure_seconds", "wall_time", "n_samples", "target_norm_sq", "residual_tol", "loss_name", "dtype",
+            "mode")
 
 
 class AlignmentTracker:
@@ -80,7 +82,8 @@ class AlignmentTracker:
     params, mode, output, dtype, strategy
         As in :func:`diagnostics.jacobian`: the measured parameter subset, ``"eval"`` (running
         batch-norm statistics, per-sample Jacobians) or ``"batch"`` (the probe is one batch, as in
-        training), the output selector, the compute dtype and the Gram strategy.
+        training), the output selector, the compute dtype (default as in
+        :func:`~diagnostics.check_alignment`: float64 on the CPU) and the Gram strategy.
     probe_size, seed
         Size and seed of the probe subset (``None``: all of ``probe``).
     target
@@ -100,6 +103,11 @@ class AlignmentTracker:
         Show a tqdm progress bar over steps, with the latest record's numbers.
     rank_tol, residual_tol, memory_budget
         Rank tolerance, alignment threshold and memory budget, as in :func:`~diagnostics.check_alignment`.
+    horizon
+        ``(η, T)``: the training's step size (a number, or the optimiser, whose first parameter group's
+        ``lr`` is read at every record so that schedules are followed) and its total number of steps. Each
+        record then has the part of ``Q`` that the remaining ``T − step`` steps cannot fit,
+        ``horizon_residual``, and its loss floor ``horizon_loss_floor`` (``nan`` without a horizon).
     tol
         Former name of ``rank_tol`` (deprecated).
 
@@ -145,6 +153,7 @@ class AlignmentTracker:
         rank_tol: float | None = None,
         residual_tol: float | None = None,
         memory_budget: int | None = None,
+        horizon: tuple[float | torch.optim.Optimizer, int] | None = None,
         tol: float | None = None,
     ) -> None:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
@@ -157,8 +166,10 @@ class AlignmentTracker:
         if isinstance(representation, str):
             representation = [representation]
         self.representation = tuple(representation or ())
+        dtype = dtype or verdict_dtype(model)
         self._measure_args = {"params": params, "mode": mode, "output": output, "dtype": dtype,
                               "strategy": strategy, "memory_budget": memory_budget}
+        self._horizon = _check_tracker_horizon(horizon)
         self._rank_tol = renamed_argument(rank_tol, tol, "tol", "rank_tol")
         self._residual_tol = residual_tol
         self._x, self._y = _inputs.probe_data(probe, probe_size, seed)
@@ -239,7 +250,7 @@ class AlignmentTracker:
         outputs, K, theta, grams, (targets, n_params, dtype) = self._observe()
         report = alignment_from_gram(
             outputs, targets, K, n_params=n_params, source_dtype=dtype, rank_tol=self._rank_tol,
-            residual_tol=self._residual_tol,
+            residual_tol=self._residual_tol, horizon=self._horizon_at(step),
         )
         ref = self._reference
         record: dict[str, Any] = {
@@ -248,6 +259,7 @@ class AlignmentTracker:
             "grad_norm": report.grad_norm,
             "residual": report.residual,
             "aligned": report.aligned,
+            "d1_status": report.verdict.status,
             "rank": report.rank,
             "n_outputs": report.n_outputs,
             "n_params": report.n_params,
@@ -258,10 +270,13 @@ class AlignmentTracker:
             "nu_norm": report.nu_norm,
             "bound": report.bound,
             "bound_ratio": report.bound_ratio,
+            "bound_truncation": report.verdicts[-1].details.get("truncation", 0.0),
             "decomposition_gap": report.decomposition_gap,
             "output_residual": report.output_residual,
             "loss_lower_bound": report.loss_lower_bound,
             "target_loss": report.target_loss,
+            "horizon_residual": report.horizon_residual,
+            "horizon_loss_floor": report.horizon_loss_floor,
             "kernel_movement_init": _relative_distance(K, ref["K0"]),
             "kernel_movement_prev": math.nan if self._previous_K is None
             else _relative_distance(K, self._previous_K),
@@ -274,6 +289,7 @@ class AlignmentTracker:
             "wall_time": time.time(),
             "n_samples": report.n_samples,
             "target_norm_sq": float((targets.Q**2).sum()),
+            "residual_tol": report.residual_tol,
             "loss_name": self.loss,
             "dtype": dtype_name(dtype),
             "mode": self.mode,
@@ -304,6 +320,16 @@ class AlignmentTracker:
         self.close()
 
     # ------------------------------------------------------------------------------------------
+    def _horizon_at(self, step: int) -> tuple[float, int] | None:
+        """``(η, T − step)``: the step size now (read from the optimiser: schedules are followed), the steps left."""
+        if self._horizon is None:
+            return None
+        lr, total = self._horizon
+        if isinstance(lr, torch.optim.Optimizer):
+            lr = float(lr.param_groups[0]["lr"])
+        left = total - step
+        return (float(lr), left) if left > 0 and lr > 0 else None
+
     def _observe(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict, tuple]:
         """Measure outputs, Gram, flat measured parameters and activation Grams at the current ``θ``.
 
@@ -361,3 +387,21 @@ def _save_reference(path: Path, reference: dict) -> None:
 def _load_reference(path: Path, device: torch.device) -> dict:
     raw = torch.load(path, map_location=device, weights_only=True)
     return {"K0": raw["K0"], "theta0": raw["theta0"], "grams": dict(raw["grams"])}
+
+
+def _check_tracker_horizon(horizon: object) -> tuple[float | torch.optim.Optimizer, int] | None:
+    """Validate ``(learning rate or optimiser, total steps)``."""
+    if horizon is None:
+        return None
+    try:
+        lr, steps = horizon
+    except (TypeError, ValueError) as exc:
+        raise DiagnosticsError(
+            f"horizon must be a pair (learning rate or optimiser, total steps), got {horizon!r}"
+        ) from exc
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise DiagnosticsError(f"the horizon's total steps must be a positive integer, got {steps!r}")
+    numeric = isinstance(lr, int | float) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
+    if not (numeric or isinstance(lr, torch.optim.Optimizer)):
+        raise DiagnosticsError(f"the horizon's learning rate must be a positive number or an optimiser, got {lr!r}")
+    return lr, steps

@@ -10,15 +10,17 @@ function                    statement        on each record
 ==========================  ===============  =====================================================
 ``decomposition_verdicts``  I2 (mse)         ``L = (1/2n)‖Pr‖² + (1/2n)‖(I−P)Y‖²``
 ``lower_bound_verdicts``    I2.lower (mse)   ``L ≥ (1/2n)‖(I−P)Y‖²``
-``domination_verdicts``     I3 (mse)         ``L ≤ ½‖∇L‖B`` where aligned (bound ratio ≤ 1)
-``convex_bound_verdicts``   I4 (ce)          ``L − L(Q) ≤ ‖∇L‖‖J⁺(f_X − Q)‖`` where aligned
-``necessity_verdicts``      I2.necessity     ``L = 0 ⇒ Y ∈ Col J`` (vacuous where ``L > 0``)
-``counting_verdicts``       S1               ``rank J ≤ min(nm, d)``
+``domination_verdicts``     I3 (mse)         ``L ≤ ½‖∇L‖B``; not applicable where D1 fails
+``convex_bound_verdicts``   I4 (ce)          ``L − L(Q) ≤ ‖∇L‖‖J⁺(f_X − Q)‖``; not applicable where D1 fails
+``necessity_verdicts``      I2.necessity     ``a ≤ sqrt(2nL)/‖Y‖`` (so ``L = 0 ⇒ Y ∈ Col J``)
+``counting_verdicts``       S1 (sanity)      ``rank J ≤ min(nm, d)``: checks the measurement, not the theory
 ``verify_history``          all that apply   one long table
 ==========================  ===============  =====================================================
 
 ``‖Pr‖²`` is not stored; it is recovered from the stored parts of (I2):
-``‖Pr‖² = 2n(L − floor − gap)`` with ``floor = (1/2n)‖(I−P)Y‖²`` and the measured ``gap``.
+``‖Pr‖² = 2n(L − floor − gap)`` with ``floor = (1/2n)‖(I−P)Y‖²`` and the measured ``gap``. The premises
+come from the record too: D1 from ``d1_status`` (*not established* records leave it assumed), and the
+data-level condition ``f_X ∈ Col J`` from ``output_residual ≤ residual_tol``.
 """
 
 from __future__ import annotations
@@ -73,60 +75,60 @@ def lower_bound_verdicts(history: pd.DataFrame, rtol: float | None = None) -> pd
 
     def judge(row: pd.Series) -> Verdict:
         n = int(row.n_samples)
-        return tv.alignment_lower_bound(row.loss, 2 * n * row.loss_lower_bound, n, rtol=_rtol(row, rtol))
+        return tv.alignment_lower_bound(row.loss, 2 * n * row.loss_lower_bound, n, rtol=_rtol(row, rtol),
+                                        cms=_cms(row))
 
     return _per_record(history, "I2.lower", judge)
 
 
 def domination_verdicts(history: pd.DataFrame, rtol: float = 1e-6) -> pd.Series:
-    """(I3) ``L ≤ ½‖∇L‖·B`` at every aligned record (vacuous elsewhere); the bound ratio is in ``details``."""
-    _require(history, "mse", "loss", "grad_norm", "certificate", "aligned")
+    """(I3) ``L ≤ ½‖∇L‖·B`` at every record, judged to the truncation of the record's rank tolerance.
+
+    Not applicable at records where D1 fails; ``details['bound_ratio']`` is ``L/(½‖∇L‖B)``.
+    """
+    _require(history, "mse", "loss", "grad_norm", "certificate", "aligned", "decomposition_gap",
+             "loss_lower_bound")
     return _per_record(
         history,
         "I3",
         lambda row: tv.gradient_domination(
-            row.loss, row.grad_norm, row.certificate, bool(row.aligned), rtol=rtol
+            row.loss, row.grad_norm, row.certificate, _d1(row), rtol=rtol,
+            truncation=max(row.decomposition_gap + row.loss_lower_bound, 0.0), cms=_cms(row),
         ),
     )
 
 
 def convex_bound_verdicts(history: pd.DataFrame, rtol: float = 1e-6) -> pd.Series:
-    """(I4) ``L − L(Q) ≤ ‖∇L‖·‖J⁺(f_X − Q)‖`` at every aligned record of a cross-entropy history.
+    """(I4) ``L − L(Q) ≤ ‖∇L‖·‖J⁺(f_X − Q)‖`` at every record of a cross-entropy history.
 
-    ``Q`` is the best-scaled centred one-hot target chosen at each record (``target_loss`` is
-    ``L(Q)``, ``certificate`` the distance).
+    ``Q`` is the best-scaled centred one-hot target chosen at each record (``target_loss`` is ``L(Q)``,
+    ``certificate`` the distance); not applicable at records where D1 fails.
     """
     _require(history, "ce", "loss", "target_loss", "grad_norm", "certificate", "aligned")
     return _per_record(
         history,
         "I4",
         lambda row: tv.convex_loss_bound(
-            row.loss, row.target_loss, row.grad_norm, row.certificate, bool(row.aligned), rtol=rtol
+            row.loss, row.target_loss, row.grad_norm, row.certificate, _d1(row), rtol=rtol,
+            truncation=float(row.get("bound_truncation", 0.0)), cms=_cms(row),
         ),
     )
 
 
-def necessity_verdicts(
-    history: pd.DataFrame, loss_tol: float = 1e-10, residual_tol: float = 1e-6
-) -> pd.Series:
-    """(I2, consequence) At a record with ``L ≤ loss_tol`` the residual must be ``≤ residual_tol``.
-
-    Vacuous at records with a larger loss; ``details['residual_upper_bound']`` is the quantitative
-    form ``a ≤ sqrt(2nL)/‖Y‖``.
-    """
+def necessity_verdicts(history: pd.DataFrame, rtol: float = 1e-8) -> pd.Series:
+    """(I2, necessity) ``a ≤ sqrt(2nL)/‖Y‖`` at every record: a global minimum forces D1, quantitatively."""
     _require(history, "mse", "loss", "residual", "n_samples", "target_norm_sq")
     return _per_record(
         history,
         "I2.necessity",
         lambda row: tv.necessity_at_global_minimum(
-            row.loss, row.residual, loss_tol, residual_tol, n=int(row.n_samples),
-            target_norm_sq=row.target_norm_sq,
+            row.loss, row.residual, int(row.n_samples), row.target_norm_sq, rtol=rtol, cms=_cms(row)
         ),
     )
 
 
 def counting_verdicts(history: pd.DataFrame) -> pd.Series:
-    """(S1) ``rank J ≤ min(nm, d)``; ``details['underparameterised']`` flags ``d < nm``."""
+    """(S1) ``rank J ≤ min(nm, d)``, a sanity check; ``details['underparameterised']`` flags ``d < nm``."""
     _require(history, None, "rank", "n_outputs", "n_params")
     return _per_record(
         history, "S1", lambda row: tv.counting_bound(int(row["rank"]), int(row.n_outputs), int(row.n_params))
@@ -139,9 +141,10 @@ def verify_history(history: pd.DataFrame) -> pd.DataFrame:
     Returns
     -------
     pandas.DataFrame
-        One row per (record, statement): ``step``, ``statement``, ``holds``, ``vacuous``, ``lhs``,
-        ``rhs``, ``margin``, ``tolerance`` and the ``verdict`` object. ``frame.holds.all()`` says
-        whether the whole trajectory agrees with the theory.
+        One row per (record, statement): ``step``, ``statement``, ``status`` (*holds*, *refuted*,
+        *not established*, *not applicable*), ``sanity`` (a check of the measurement, not evidence),
+        ``lhs``, ``rhs``, ``margin``, ``tolerance`` and the ``verdict`` object.
+        ``(frame.status != "refuted").all()`` says whether nothing on the trajectory contradicts the theory.
     """
     checks: list[Callable[[pd.DataFrame], pd.Series]]
     if _loss_name(history) == "mse":
@@ -153,11 +156,11 @@ def verify_history(history: pd.DataFrame) -> pd.DataFrame:
     for check in checks:
         for step, verdict in check(history).items():
             rows.append({
-                "step": step, "statement": verdict.statement, "holds": verdict.holds,
-                "vacuous": verdict.vacuous, "lhs": verdict.lhs, "rhs": verdict.rhs,
-                "margin": verdict.margin, "tolerance": verdict.tolerance, "verdict": verdict,
+                "step": step, "statement": verdict.statement, "status": verdict.status, "sanity": verdict.sanity,
+                "lhs": verdict.lhs, "rhs": verdict.rhs, "margin": verdict.margin, "tolerance": verdict.tolerance,
+                "verdict": verdict,
             })
-    columns = ["step", "statement", "holds", "vacuous", "lhs", "rhs", "margin", "tolerance", "verdict"]
+    columns = ["step", "statement", "status", "sanity", "lhs", "rhs", "margin", "tolerance", "verdict"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -188,6 +191,21 @@ def _rtol(row: pd.Series, rtol: float | None) -> float:
     if rtol is not None:
         return rtol
     return decomposition_rtol(getattr(torch, str(row.get("dtype", "float64")), torch.float64))
+
+
+def _d1(row: pd.Series) -> bool | None:
+    """D1 at a record: measured (holds / refuted), or ``None`` when the record could not establish it."""
+    status = row.get("d1_status")
+    if status is None or (isinstance(status, float) and np.isnan(status)):
+        return bool(row.aligned)
+    return {tv.HOLDS: True, tv.REFUTED: False}.get(status)
+
+
+def _cms(row: pd.Series) -> bool | None:
+    """Return the data-level premise ``f_X ∈ Col J`` at a record: ``output_residual ≤ residual_tol``."""
+    if "output_residual" not in row or "residual_tol" not in row or pd.isna(row.residual_tol):
+        return None
+    return bool(row.output_residual <= row.residual_tol)
 
 
 def _per_record(history: pd.DataFrame, name: str, judge: Callable[[pd.Series], Verdict]) -> pd.Series:
