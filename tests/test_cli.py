@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import types
-from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -96,14 +95,3 @@ def test_forwarded_command_gets_its_arguments_unparsed(monkeypatch):
 def test_register_needs_run_or_forward():
     with pytest.raises(ValueError):
         cli.register("nothing", "no target")
-
-
-def test_console_script_entry_point():
-    try:
-        scripts = metadata.entry_points(group="console_scripts")
-    except metadata.PackageNotFoundError:  # pragma: no cover
-        pytest.skip("package not installed")
-    target = [ep.value for ep in scripts if ep.name == "diagnostics"]
-    if not target:
-        pytest.skip("package not installed (pip install -e .)")
-    assert target == ["diagnostics.cli:main"]

@@ -1,9 +1,10 @@
 """The README's example runs as written."""
 
 import re
-from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from helpers import ROOT
+
+README = ROOT / "README.md"
 
 
 def test_readme_example_runs(capsys):

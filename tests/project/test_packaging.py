@@ -1,11 +1,13 @@
-"""The conda environment and pyproject.toml declare the same dependencies."""
+"""Packaging: the conda environment and pyproject.toml declare the same dependencies, and the console
+script points at the command line."""
 
 import re
-from pathlib import Path
+from importlib import metadata
 
+import pytest
 import tomllib
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"pytorch": "torch"}  # conda name -> PyPI name
 CONDA_ONLY = {"python", "pip", "cpuonly", "jupyter"}
 
@@ -33,3 +35,14 @@ def test_environment_matches_pyproject():
     env = _environment_names()
     assert core <= env, f"missing from environment.yml: {sorted(core - env)}"
     assert env <= core | test, f"in environment.yml but not in pyproject.toml: {sorted(env - core - test)}"
+
+
+def test_console_script_entry_point():
+    try:
+        scripts = metadata.entry_points(group="console_scripts")
+    except metadata.PackageNotFoundError:  # pragma: no cover
+        pytest.skip("package not installed")
+    target = [ep.value for ep in scripts if ep.name == "diagnostics"]
+    if not target:
+        pytest.skip("package not installed (pip install -e .)")
+    assert target == ["diagnostics.cli:main"]
