@@ -1,8 +1,7 @@
-"""AlignmentTracker mechanics: records, non-mutation, history file, crash safety and resume, CKA."""
+"""AlignmentTracker mechanics: records, non-mutation, crash safety and resume."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -15,24 +14,14 @@ import numpy as np
 import pytest
 import torch
 from cases import CASES
+from helpers import ROOT
 from torch import nn
 
 from diagnostics.errors import DiagnosticsError
-from diagnostics.representation import capture_grams, centred_gram, cka_from_grams, linear_cka
 from diagnostics.tracking import AlignmentTracker
-from diagnostics.tracking.history import History, load_history
 from diagnostics.tracking.tracker import COLUMNS, TRAILING
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: MKL's threaded eigh is 10-100× slower on an oversubscribed machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _regression(n: int = 24, d_in: int = 5, m: int = 2):
@@ -54,7 +43,7 @@ def _gd_step(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, lr: float = 0.1
             p -= lr * g
 
 
-# -- records ------------------------------------------------------------------------------------
+# -- records -----------------------------------------------------------------------------------------
 
 
 def test_records_have_the_documented_columns_and_follow_every():
@@ -114,7 +103,7 @@ def test_progress_bar_and_summary(capsys):
         assert needle in text
 
 
-# -- the model and the random stream are never changed -----------------------------------------
+# -- the model and the random stream are never changed -----------------------------------------------
 
 
 class NoisyMLP(nn.Module):
@@ -176,45 +165,7 @@ def test_random_stream_is_restored_for_models_that_draw_random_numbers():
     _assert_same(before, _snapshot(model))
 
 
-# -- history file -------------------------------------------------------------------------------
-
-
-def test_history_ignores_and_truncates_a_torn_last_line(tmp_path):
-    path = tmp_path / "h.jsonl"
-    history = History(path, meta={"run": 1})
-    for step in range(3):
-        history.append({"step": step, "loss": 1.0 / (step + 1), "ok": True, "note": None, "x": math.nan})
-    with open(path, "ab") as fh:
-        fh.write(b'{"step": 3, "loss": 0.2')  # killed mid-write
-    frame = load_history(path)
-    assert frame.step.tolist() == [0, 1, 2] and math.isnan(frame.x.iloc[0])
-    assert frame.attrs["meta"]["run"] == 1
-    resumed = History(path, meta={"run": 2}, resume=True)
-    assert resumed.resumed and resumed.last_step == 2 and resumed.meta["run"] == 1
-    resumed.append({"step": 3, "loss": 0.25})
-    lines = path.read_bytes().split(b"\n")
-    assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])
-    assert load_history(path).step.tolist() == [0, 1, 2, 3]
-    with pytest.raises(DiagnosticsError, match="strictly increase"):
-        resumed.append({"step": 3})
-    with pytest.raises(DiagnosticsError, match="scalars"):
-        resumed.append({"step": 4, "vector": [1, 2]})
-    fresh = History(path, meta={"run": 3}, resume=False)
-    assert not fresh.resumed and load_history(path).empty
-
-
-def test_history_refuses_corrupt_and_foreign_files(tmp_path):
-    path = tmp_path / "h.jsonl"
-    History(path).append({"step": 0})
-    History(path).append({"step": 1})
-    text = path.read_text().splitlines()
-    path.write_text("\n".join([text[0], "{not json", text[2]]) + "\n")
-    with pytest.raises(DiagnosticsError, match="line 2"):
-        load_history(path)
-    foreign = tmp_path / "other.jsonl"
-    foreign.write_text('{"a": 1}\n')
-    with pytest.raises(DiagnosticsError, match="not a history file"):
-        History(foreign)
+# -- history file, crash safety and resume -----------------------------------------------------------
 
 
 def test_resume_refuses_other_settings_and_a_missing_reference(tmp_path):
@@ -251,11 +202,11 @@ def _tracked_run(path: Path | None, stop: int):
 def test_killed_run_keeps_every_finished_record_and_resumes_without_duplicates(tmp_path):
     path = tmp_path / "run.jsonl"
     script = (
-        f"import sys; sys.path.insert(0, {str(REPO / 'tests')!r}); from test_tracking import _tracked_run; "
-        f"_tracked_run({str(path)!r}, 10**6)"
+        f"import sys; sys.path.append({str(ROOT / 'tests')!r}); "
+        f"from tests.tracking.test_tracker import _tracked_run; _tracked_run({str(path)!r}, 10**6)"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
     try:
@@ -282,48 +233,6 @@ def test_killed_run_keeps_every_finished_record_and_resumes_without_duplicates(t
     assert math.isnan(resumed.kernel_movement_prev.iloc[len(killed)])
     for column in ("loss", "residual", "certificate", "kernel_movement_init", "param_movement", "cka_1"):
         np.testing.assert_allclose(resumed[column], whole[column], rtol=1e-7, atol=1e-12, err_msg=column)
-
-
-# -- representation summaries -------------------------------------------------------------------
-
-
-def test_linear_cka_matches_the_feature_formula_and_its_invariances():
-    gen = torch.Generator().manual_seed(3)
-    X = torch.randn(30, 7, generator=gen, dtype=torch.float64)
-    Y = X @ torch.randn(7, 4, generator=gen, dtype=torch.float64) + 0.3 * torch.randn(30, 4, generator=gen,
-                                                                                      dtype=torch.float64)
-    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
-    direct = float((Yc.T @ Xc).norm() ** 2 / ((Xc.T @ Xc).norm() * (Yc.T @ Yc).norm()))
-    assert linear_cka(X, Y) == pytest.approx(direct, rel=1e-12)
-    Q, _ = torch.linalg.qr(torch.randn(7, 7, generator=gen, dtype=torch.float64))
-    assert linear_cka(3.0 * X @ Q + 5.0, Y) == pytest.approx(direct, rel=1e-10)
-    assert linear_cka(X, X) == pytest.approx(1.0, rel=1e-14)
-    assert math.isnan(cka_from_grams(centred_gram(torch.ones(5, 3)), centred_gram(X[:5])))
-
-
-def test_capture_grams_removes_hooks_and_refuses_reused_or_unknown_modules():
-    model = CASES["reused-module"].model()
-    x = CASES["reused-module"].data(6)
-    with capture_grams(model, ["inp"]) as grams:
-        model(x)
-    assert set(grams) == {"inp"} and grams["inp"].shape == (6, 6)
-    with pytest.raises(DiagnosticsError, match="ran 2 times"), capture_grams(model, ["shared"]):
-        model(x)
-    with pytest.raises(DiagnosticsError, match="no module named 'nope'"), capture_grams(model, ["nope"]):
-        pass
-    with pytest.raises(RuntimeError, match="boom"), capture_grams(model, ["inp"]):
-        raise RuntimeError("boom")
-    assert all(not m._forward_hooks for m in model.modules())
-
-
-def test_cka_survives_in_place_operations_after_the_module():
-    model = CASES["resnet-bn"].model().eval()
-    x = CASES["resnet-bn"].data(8)
-    with capture_grams(model, ["bn0"]) as grams, torch.no_grad():
-        model(x)  # bn0's output goes through ReLU(inplace=True) afterwards
-    with torch.no_grad():
-        expected = centred_gram(model.bn0(model.stem(x)))
-    torch.testing.assert_close(grams["bn0"], expected)
 
 
 def test_load_reads_a_history_written_by_the_tracker(tmp_path):
