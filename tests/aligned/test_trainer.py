@@ -1,161 +1,28 @@
 """The §6 application: training that keeps D1 by construction (THEORY §6, theory/application.md).
 
-Exact answers where there are some (least-norm ν against lstsq, J_x u against the reference Jacobian,
-the one-step distance identity of gradient descent in float64), and the guarantee checked on real
-trajectories: full-batch gradient descent with a small step keeps every post-τ record under the bound.
+Exact answers where there are some (the one-step distance identity of gradient descent in float64), and
+the guarantee checked on real trajectories: full-batch gradient descent with a small step keeps every
+post-τ record under the bound. The linear algebra is in ``test_solve.py``, the augmented model in
+``test_features.py``.
 """
 
 import copy
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from cases import CASES
+from helpers import MAPS, aligned_closure, aligned_problem, train_aligned
 from torch import nn
 
-from diagnostics import DiagnosticsError, InsufficientMemoryError, UnsupportedModelError, reference_jacobian
-from diagnostics.aligned import AlignedTraining, AugmentedModel, solve_alignment
+from diagnostics import DiagnosticsError, InsufficientMemoryError, UnsupportedModelError
+from diagnostics.aligned import AlignedTraining
 
 F64 = torch.float64
-MAPS = [("penultimate", "full"), ("penultimate", "rank-one"), ("tangent", "full"), ("tangent", "rank-one")]
-
-
-def _problem(case="resnet-bn", n=30, seed=0):
-    c = CASES[case]
-    model = c.model()
-    X = c.data(n)
-    y = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(seed))
-    return model, X, y
-
-
-def _closure(trainer, X, y, loss):
-    Y = F.one_hot(y, 3).to(F64)
-
-    def closure():
-        trainer.optimizer.zero_grad()
-        out = trainer.model(X)
-        value = ((out - Y) ** 2).sum() / (2 * X.shape[0]) if loss == "mse" else F.cross_entropy(out, y)
-        value.backward()
-        return value
-
-    return closure
-
-
-def _train(feature_map, coefficients, loss="mse", steps=40, lr=0.02, case="resnet-bn", n=30, **kwargs):
-    model, X, y = _problem(case, n)
-    trainer = AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=lr), train_data=(X, y), loss=loss,
-                              switch_step=3, feature_map=feature_map, coefficients=coefficients,
-                              full_batch=True, **kwargs)
-    closure = _closure(trainer, X, y, loss)
-    for _ in range(steps):
-        trainer.step(closure)
-    return trainer
-
-
-# -- D1 for the frozen block: the linear algebra ------------------------------------------------------
-
-
-def test_single_blocks_give_the_least_norm_solution():
-    g = torch.Generator().manual_seed(0)
-    n, m, p, d = 12, 3, 7, 20
-    Phi = torch.randn(n, p, generator=g, dtype=F64)
-    Q = torch.randn(n, m, generator=g, dtype=F64)
-    sol = solve_alignment(Q, features=Phi)
-    expected = torch.linalg.pinv(Phi) @ Q
-    torch.testing.assert_close(sol.nu_features, expected.T, rtol=1e-9, atol=1e-12)
-    assert sol.residual == pytest.approx(float((Q - Phi @ expected).norm() / Q.norm()), rel=1e-9)
-    assert sol.rank == m * p and sol.residual > 0.1  # p < n: generic Q is not in Col(Φ)
-    J = torch.randn(n * m, d, generator=g, dtype=F64)  # d < nm: dual (d × d) Gram
-    sol = solve_alignment(Q, tangent=J)
-    torch.testing.assert_close(sol.nu_tangent, torch.linalg.pinv(J) @ Q.reshape(-1), rtol=1e-8, atol=1e-10)
-    wide = torch.randn(n * m, 3 * n * m, generator=g, dtype=F64)  # primal (nm × nm) Gram
-    sol = solve_alignment(Q, tangent=wide)
-    assert sol.residual < 1e-12 and sol.rank == n * m
-    torch.testing.assert_close(sol.nu_tangent, torch.linalg.pinv(wide) @ Q.reshape(-1), rtol=1e-8, atol=1e-10)
-
-
-@pytest.mark.parametrize("p", [5, 20])
-def test_two_blocks_give_an_exact_solution(p):
-    # Q ∈ Col([J, I ⊗ Φ]) by construction; neither block holds it alone when p < n.
-    g = torch.Generator().manual_seed(1)
-    n, m, d = 15, 2, 12
-    J = torch.randn(n * m, d, generator=g, dtype=F64)
-    Phi = torch.randn(n, p, generator=g, dtype=F64)
-    Q = (J @ torch.randn(d, generator=g, dtype=F64)).reshape(n, m) + Phi @ torch.randn(p, m, generator=g, dtype=F64)
-    sol = solve_alignment(Q, features=Phi, tangent=J)
-    fit = (J @ sol.nu_tangent).reshape(n, m) + Phi @ sol.nu_features.T
-    assert sol.residual < 1e-10
-    torch.testing.assert_close(fit, Q, rtol=0, atol=1e-9)
-    assert sol.rank == min(n * m, d + m * p) or p >= n
-    assert solve_alignment(Q, features=Phi).residual > 1e-3 or p >= n
-
-
-# -- the augmented model ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("feature_map,coefficients", MAPS)
-def test_augmented_model_equals_the_base_model_at_the_switch(feature_map, coefficients):
-    model, X, y = _problem()
-    reference = copy.deepcopy(model)
-    trainer = AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.1), train_data=(X, y),
-                              switch_step=0, feature_map=feature_map, coefficients=coefficients)
-    assert isinstance(trainer.model, AugmentedModel) and trainer.model.model is model
-    for mode in (True, False):  # batch statistics and running statistics
-        trainer.model.train(mode)
-        reference.train(mode)
-        with torch.no_grad():
-            assert torch.equal(trainer.model(X), reference(X))
-    assert trainer.model.features.training is False  # the frozen copy stays in eval mode
-
-
-def test_tangent_features_are_the_jacobian_of_the_frozen_copy():
-    model, X, y = _problem()
-    trainer = AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.1), train_data=(X, y),
-                              switch_step=0, feature_map="tangent")
-    frozen = trainer.model.features
-    u = torch.randn(sum(p.numel() for p in model.parameters()), dtype=F64)
-    J = reference_jacobian(frozen.frozen, X)
-    # α² = λ_max(ΦΦᵀ)/λ_max(JJᵀ), Φ the output layer's columns (the last ones in parameter order)
-    head = model.head.weight.numel() + model.head.bias.numel()
-    top = lambda A: float(torch.linalg.eigvalsh(A @ A.T)[-1])  # noqa: E731
-    alpha = math.sqrt(top(J[:, -head:]) / top(J))
-    assert frozen.tangent_scale == pytest.approx(alpha, rel=1e-9) and alpha < 1
-    assert trainer.switch_report.tangent_scale == frozen.tangent_scale
-    J = alpha * J
-    torch.testing.assert_close(frozen.tangent_product(u, X).reshape(-1), J @ u, rtol=1e-10, atol=1e-12)
-    coefficient = trainer.model.coefficients["tangent"]
-    coefficient.data.copy_(u)
-    out = trainer.model(X).sum()
-    out.backward()
-    torch.testing.assert_close(coefficient.grad, J.sum(0), rtol=1e-10, atol=1e-12)  # ∂/∂u Σ J_x u = Jᵀ1
-
-
-@pytest.mark.parametrize("feature_map,coefficients", MAPS)
-def test_the_frozen_copy_never_changes(feature_map, coefficients):
-    model, X, y = _problem()
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
-    trainer = AlignedTraining(model, opt, train_data=(X, y), switch_step=2, feature_map=feature_map,
-                              coefficients=coefficients)
-    closure = _closure(trainer, X, y, "ce")
-    for _ in range(3):
-        trainer.step(closure)
-    frozen = trainer.model.features.frozen
-    before = {k: v.clone() for k, v in [*frozen.named_parameters(), *frozen.named_buffers()]}
-    for _ in range(5):
-        trainer.step(closure)
-    trainer.model.train()
-    assert not frozen.training and not any(m.training for m in frozen.modules())
-    assert all(not p.requires_grad and p.grad is None for p in frozen.parameters())
-    for k, v in [*frozen.named_parameters(), *frozen.named_buffers()]:
-        assert torch.equal(v, before[k]), k
-    assert not torch.equal(model.head.weight, frozen.head.weight)  # while the live model did train
 
 
 def test_the_check_does_not_touch_the_original_model():
-    model, X, y = _problem()
+    model, X, y = aligned_problem()
     model.train()
     model.bn1.eval()  # a mixed state must come back exactly as it was
     modes = {k: m.training for k, m in model.named_modules()}
@@ -170,12 +37,12 @@ def test_the_check_does_not_touch_the_original_model():
             assert torch.equal(v, state[k]), k
 
 
-# -- the guarantee on its own trajectories ----------------------------------------------------------
+# -- the guarantee on its own trajectories -----------------------------------------------------------
 
 
 @pytest.mark.parametrize("feature_map,coefficients", MAPS)
 def test_full_batch_gd_squared_loss_keeps_every_record_under_the_bound(feature_map, coefficients):
-    trainer = _train(feature_map, coefficients, loss="mse")
+    trainer = train_aligned(feature_map, coefficients, loss="mse")
     report, guarantee, hist = trainer.switch_report, trainer.guarantee(), trainer.history()
     assert report.aligned and report.residual + report.rounding <= report.residual_tol
     assert guarantee.status == "theorem" and not guarantee.departures
@@ -192,7 +59,7 @@ def test_full_batch_gd_squared_loss_keeps_every_record_under_the_bound(feature_m
 
 @pytest.mark.parametrize("feature_map,coefficients", MAPS)
 def test_full_batch_gd_cross_entropy_keeps_every_record_under_the_convex_bound(feature_map, coefficients):
-    trainer = _train(feature_map, coefficients, loss="ce", lr=0.05)
+    trainer = train_aligned(feature_map, coefficients, loss="ce", lr=0.05)
     guarantee, hist = trainer.guarantee(), trainer.history()
     assert guarantee.status == "theorem" and guarantee.all_bounds_hold
     assert (hist.loss > trainer.switch_report.distance_target_loss).all()
@@ -205,13 +72,13 @@ def test_full_batch_gd_cross_entropy_keeps_every_record_under_the_convex_bound(f
 
 def test_the_identity_holds_whatever_the_body_does():
     # Correction 10: only (ω, u) need gradient steps; the body may use momentum.
-    model, X, y = _problem()
+    model, X, y = aligned_problem()
     head = [model.head.weight, model.head.bias]
     body = [p for p in model.parameters() if all(p is not q for q in head)]
     opt = torch.optim.SGD([{"params": body, "momentum": 0.9}, {"params": head}], lr=0.02)
     trainer = AlignedTraining(model, opt, train_data=(X, y), switch_step=3, feature_map="penultimate",
                               full_batch=True)
-    closure = _closure(trainer, X, y, "mse")
+    closure = aligned_closure(trainer, X, y, "mse")
     for _ in range(30):
         trainer.step(closure)
     hist = trainer.history()
@@ -221,7 +88,7 @@ def test_the_identity_holds_whatever_the_body_does():
 
 
 def test_a_step_too_large_is_caught_by_the_discrete_condition():
-    trainer = _train("penultimate", "full", loss="mse", steps=10, lr=2.0)
+    trainer = train_aligned("penultimate", "full", loss="mse", steps=10, lr=2.0)
     hist, guarantee = trainer.history(), trainer.guarantee()
     assert guarantee.status == "theorem"  # gradient descent, but the step condition fails
     assert not hist.step_ok.all() and guarantee.step_condition_failures > 0
@@ -235,9 +102,9 @@ def test_a_step_too_large_is_caught_by_the_discrete_condition():
     (lambda p: torch.optim.SGD(p, lr=0.01, weight_decay=1e-2), "weight_decay"),
 ])
 def test_momentum_adam_and_weight_decay_are_reported_as_checks(make, reason):
-    model, X, y = _problem()
+    model, X, y = aligned_problem()
     trainer = AlignedTraining(model, make, train_data=(X, y), switch_step=2, loss="ce")
-    closure = _closure(trainer, X, y, "ce")
+    closure = aligned_closure(trainer, X, y, "ce")
     for _ in range(6):
         trainer.step(closure)
     guarantee = trainer.guarantee()
@@ -249,10 +116,10 @@ def test_momentum_adam_and_weight_decay_are_reported_as_checks(make, reason):
 def test_recording_after_the_users_own_step_matches_the_closure():
     runs = []
     for use_closure in (True, False):
-        model, X, y = _problem()
+        model, X, y = aligned_problem()
         trainer = AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.02), train_data=(X, y),
                                   switch_step=2, full_batch=True)
-        closure = _closure(trainer, X, y, "mse")
+        closure = aligned_closure(trainer, X, y, "mse")
         for _ in range(8):
             if use_closure:
                 trainer.step(closure)
@@ -265,17 +132,17 @@ def test_recording_after_the_users_own_step_matches_the_closure():
     np.testing.assert_allclose(runs[0][pd_cols].to_numpy(), runs[1][pd_cols].to_numpy(), rtol=1e-12)
 
 
-# -- enlargement, refusals, optimisers ----------------------------------------------------------------
+# -- enlargement, refusals, optimisers ---------------------------------------------------------------
 
 
 def test_enlargement_records_the_residual_before_and_after():
-    trainer = _train("penultimate", "full", steps=4)
+    trainer = train_aligned("penultimate", "full", steps=4)
     report = trainer.switch_report
     assert report.residual_before > 0.1  # [h, 1] has 5 columns for 30 samples
     assert report.enlargements and report.random_features == report.enlargements[-1][0]
     assert report.aligned and report.residual < 1e-10
     assert "enlarged with random features" in str(report)
-    plain = _train("penultimate", "full", steps=4, enlarge=False)
+    plain = train_aligned("penultimate", "full", steps=4, enlarge=False)
     assert not plain.switch_report.aligned
     assert plain.switch_report.residual == pytest.approx(report.residual_before, rel=1e-9)
     assert plain.guarantee().status == "no guarantee"
@@ -283,7 +150,7 @@ def test_enlargement_records_the_residual_before_and_after():
 
 def test_tangent_map_with_fewer_parameters_than_rows_is_enlarged():
     # TinyCNN: d = 253 < nm = 360, and the random block alone is not full rank: both blocks are needed
-    trainer = _train("tangent", "full", case="cnn", n=120, steps=6, lr=0.005)
+    trainer = train_aligned("tangent", "full", case="cnn", n=120, steps=6, lr=0.005)
     report = trainer.switch_report
     assert report.residual_before > 0.01 and report.aligned
     assert report.random_features < 120
@@ -292,7 +159,7 @@ def test_tangent_map_with_fewer_parameters_than_rows_is_enlarged():
 
 def test_tangent_scale_changes_the_constant_not_the_column_space():
     # Ψ = αJ: same residual, ν ∝ 1/α (‖ν‖² ∝ 1/α²), tangent products ∝ α
-    model, X, y = _problem()
+    model, X, y = aligned_problem()
     runs = {a: AlignedTraining(copy.deepcopy(model), lambda p: torch.optim.SGD(p, lr=0.1), train_data=(X, y),
                                switch_step=0, feature_map="tangent", enlarge=False, tangent_scale=a)
             for a in (1.0, 0.25)}
@@ -309,18 +176,8 @@ def test_tangent_scale_changes_the_constant_not_the_column_space():
                             switch_step=0, feature_map="tangent", tangent_scale=bad)
 
 
-def test_reports_are_readable_and_serialisable():
-    trainer = _train("tangent", "full", steps=6)
-    report, guarantee = trainer.switch_report, trainer.guarantee()
-    assert "tangent features scaled by α" in str(report) and "THEOREM" in str(guarantee)
-    for obj in (report, guarantee):
-        d = obj.to_dict()
-        assert json.loads(json.dumps(d)) == d
-    assert d["distance"]["holds"] is True and d["status"] == "theorem"
-
-
 def test_rank_one_adds_one_parameter_with_the_same_constant():
-    full, rank_one = _train("tangent", "full", steps=4), _train("tangent", "rank-one", steps=4)
+    full, rank_one = train_aligned("tangent", "full", steps=4), train_aligned("tangent", "rank-one", steps=4)
     assert rank_one.switch_report.n_coefficients == 1
     assert full.switch_report.n_coefficients == sum(p.numel() for p in full.model.model.parameters())
     assert rank_one.switch_report.nu_norm_sq == pytest.approx(full.switch_report.nu_norm_sq, rel=1e-10)
@@ -328,7 +185,7 @@ def test_rank_one_adds_one_parameter_with_the_same_constant():
 
 
 def test_an_optimizer_factory_is_rebuilt_with_the_coefficients():
-    model, X, y = _problem()
+    model, X, y = aligned_problem()
     calls = []
 
     def factory(params):
@@ -336,7 +193,7 @@ def test_an_optimizer_factory_is_rebuilt_with_the_coefficients():
         return torch.optim.SGD(params, lr=0.01)
 
     trainer = AlignedTraining(model, factory, train_data=(X, y), switch_step=1)
-    trainer.step(_closure(trainer, X, y, "mse"))
+    trainer.step(aligned_closure(trainer, X, y, "mse"))
     n_params = len(list(model.parameters()))
     assert calls == [n_params, n_params + 1]
     assert any(p is trainer.model.coefficients["features"] for p in trainer.optimizer.param_groups[0]["params"])
@@ -357,14 +214,14 @@ def test_refusals_name_the_problem():
     model = _SoftmaxOut().double()
     with pytest.raises(UnsupportedModelError, match="affine output layer"):
         AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.1), train_data=(X, y), switch_step=1)
-    ok, _, _ = _problem()
+    ok, _, _ = aligned_problem()
     with pytest.raises(DiagnosticsError, match="output layer"):
-        AlignedTraining(ok, torch.optim.SGD(ok.stem.parameters(), lr=0.1), train_data=_problem()[1:],
+        AlignedTraining(ok, torch.optim.SGD(ok.stem.parameters(), lr=0.1), train_data=aligned_problem()[1:],
                         switch_step=1)
     with pytest.raises(DiagnosticsError, match="feature_map"):
-        AlignedTraining(ok, torch.optim.SGD(ok.parameters(), lr=0.1), train_data=_problem()[1:], switch_step=1,
+        AlignedTraining(ok, torch.optim.SGD(ok.parameters(), lr=0.1), train_data=aligned_problem()[1:], switch_step=1,
                         feature_map="kernel")
-    trainer = AlignedTraining(ok, torch.optim.SGD(ok.parameters(), lr=0.1), train_data=_problem()[1:],
+    trainer = AlignedTraining(ok, torch.optim.SGD(ok.parameters(), lr=0.1), train_data=aligned_problem()[1:],
                               switch_step=5)
     assert trainer.head == "head" and not trainer.switched
     with pytest.raises(DiagnosticsError, match="before the switch"):
@@ -372,7 +229,7 @@ def test_refusals_name_the_problem():
 
 
 def test_history_is_a_dataframe_with_the_documented_columns():
-    hist = _train("penultimate", "rank-one", steps=5).history()
+    hist = train_aligned("penultimate", "rank-one", steps=5).history()
     assert list(hist.columns) == ["iteration", "step", "loss", "grad_sq", "lr", "elapsed", "distance",
                                   "distance_next", "bound", "margin", "bound_ratio", "bound_holds",
                                   "step_margin", "step_ok"]
@@ -381,7 +238,7 @@ def test_history_is_a_dataframe_with_the_documented_columns():
 
 
 def test_a_check_that_would_not_fit_is_refused_before_the_switch():
-    model, X, y = _problem()
+    model, X, y = aligned_problem()
     state = copy.deepcopy(model.state_dict())
     for feature_map, what in (("tangent", "tangent block"), ("penultimate", "random features")):
         with pytest.raises(InsufficientMemoryError, match=f"{what}.*memory budget.*subset of the training set"):
