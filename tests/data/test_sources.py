@@ -1,4 +1,4 @@
-"""diagnostics.data: digits, file-based loaders on tiny fake files in the real formats, the synthetic task."""
+"""The data sources: digits, and the file-based loaders on tiny fake files in the real formats."""
 
 import gzip
 import pickle
@@ -9,7 +9,7 @@ import pytest
 import scipy.io
 import torch
 
-from diagnostics.data import DATASETS, DataSplit, load_dataset, probe_subset
+from diagnostics.data import DataSplit, load_dataset
 
 F64 = torch.float64
 
@@ -27,7 +27,7 @@ def _standardised(X: np.ndarray, train: np.ndarray) -> np.ndarray:
     return (X - mean) / std
 
 
-# --- digits -----------------------------------------------------------------------------------
+# -- digits ------------------------------------------------------------------------------------------
 
 
 def test_digits_shapes_classes_and_standardisation(digits):
@@ -110,7 +110,7 @@ def test_digits_subsets_are_stratified_seeded_and_leave_the_test_set(digits):
         assert len(hit) >= 1 and digits.y_train[hit[0]] == y
 
 
-# --- IDX (MNIST, KMNIST) -------------------------------------------------------------------------
+# -- IDX (MNIST, KMNIST) -----------------------------------------------------------------------------
 
 
 def _write_idx(path, arr: np.ndarray, gz: bool) -> None:
@@ -177,7 +177,7 @@ def test_idx_rejects_a_bad_magic_number(tmp_path):
         load_dataset("mnist", data_dir=tmp_path)
 
 
-# --- CIFAR ---------------------------------------------------------------------------------------
+# -- CIFAR -------------------------------------------------------------------------------------------
 
 
 def _pickle(path, obj) -> None:
@@ -225,7 +225,7 @@ def test_cifar100_uses_fine_labels(tmp_path):
     )
 
 
-# --- SVHN ----------------------------------------------------------------------------------------
+# -- SVHN --------------------------------------------------------------------------------------------
 
 
 def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path):
@@ -251,7 +251,7 @@ def test_svhn_reads_mat_files_and_maps_label_10_to_0(tmp_path):
     assert images["train"][4, 2, 0, 1] == raw[0, 1, 2, 4]
 
 
-# --- Semeion -------------------------------------------------------------------------------------
+# -- Semeion -----------------------------------------------------------------------------------------
 
 
 def test_semeion_text_and_fixed_stratified_split(tmp_path):
@@ -279,7 +279,8 @@ def test_semeion_text_and_fixed_stratified_split(tmp_path):
     assert torch.equal(again.X_test, d.X_test)
 
 
-# --- missing files ------------------------------------------------------------------------------
+# -- missing files -----------------------------------------------------------------------------------
+
 
 EXPECTED = {
     "mnist": [
@@ -294,6 +295,8 @@ EXPECTED = {
     "svhn": ["train_32x32.mat", "test_32x32.mat"],
     "semeion": ["semeion.data"],
 }
+
+
 SOURCES = {
     "mnist": "MNIST",
     "kmnist": "Kuzushiji",
@@ -326,105 +329,3 @@ def test_data_dir_defaults_to_environment(tmp_path, monkeypatch):
     _fake_idx(tmp_path / "mnist", gz=True)
     monkeypatch.setenv("DIAGNOSTICS_DATA", str(tmp_path))
     assert load_dataset("mnist").n_train == 12
-
-
-# --- teacher-student -----------------------------------------------------------------------------
-
-
-def test_teacher_student_is_deterministic_regression():
-    a = load_dataset("teacher-student")
-    b = load_dataset("teacher-student")
-    assert a.task == "regression" and a.n_classes is None and a.n_outputs == 3
-    assert a.X_train.shape == (256, 8) and a.y_train.shape == (256, 3) and a.X_test.shape == (256, 8)
-    assert a.y_train.dtype == torch.float32
-    for x, y in ((a.X_train, b.X_train), (a.y_train, b.y_train), (a.y_test, b.y_test)):
-        assert torch.equal(x, y)
-    assert a.y_train.std() > 0.1  # the teacher's outputs are of order one
-    c = load_dataset("teacher-student", seed=1)
-    assert not torch.equal(a.y_train, c.y_train)
-
-
-def test_teacher_student_options():
-    d = load_dataset("teacher_student", n_train=10, n_test=4, d_in=5, m=2, teacher_width=7, dtype=F64)
-    assert d.X_train.shape == (10, 5) and d.y_train.shape == (10, 2) and d.y_test.shape == (4, 2)
-    assert d.input_shape == (5,) and d.y_train.dtype == F64
-    noisy = load_dataset(
-        "teacher-student", n_train=10, n_test=4, d_in=5, m=2, teacher_width=7, dtype=F64, noise=0.1
-    )
-    assert torch.equal(noisy.X_train, d.X_train)
-    residual = (noisy.y_train - d.y_train).std().item()
-    assert 0.03 < residual < 0.3
-    with pytest.raises(ValueError, match="teacher_width"):
-        load_dataset("teacher-student", widht=3)
-    with pytest.raises(ValueError, match="d_in"):
-        load_dataset("teacher-student", d_in=0)
-
-
-# --- probe_subset ----------------------------------------------------------------------------------
-
-
-def test_probe_subset_stratified_and_deterministic():
-    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
-    X = torch.arange(100.0)[:, None]
-    Xs, ys = probe_subset(X, y, 10, seed=2)
-    assert torch.bincount(ys).tolist() == [5, 3, 2]
-    assert torch.equal(y[Xs[:, 0].long()], ys)  # rows stay paired
-    assert len(set(Xs[:, 0].tolist())) == 10
-    Xs2, ys2 = probe_subset(X, y, 10, seed=2)
-    assert torch.equal(Xs, Xs2) and torch.equal(ys, ys2)
-    assert not torch.equal(probe_subset(X, y, 10, seed=3)[0], Xs)
-    # largest remainders get the leftover places: 7 * (0.5, 0.3, 0.2) = (3.5, 2.1, 1.4) -> (4, 2, 1)
-    assert torch.bincount(probe_subset(X, y, 7)[1]).tolist() == [4, 2, 1]
-
-
-def test_probe_subset_regression_targets_and_global_rng():
-    X, y = torch.randn(40, 3), torch.randn(40, 2)
-    state = torch.get_rng_state()
-    Xs, ys = probe_subset(X, y, 15, seed=0)
-    assert torch.equal(torch.get_rng_state(), state)
-    assert Xs.shape == (15, 3) and ys.shape == (15, 2)
-    idx = [int((X == row).all(1).nonzero()) for row in Xs]
-    assert len(set(idx)) == 15 and torch.equal(y[idx], ys)
-    assert torch.equal(probe_subset(X, y, 40)[1].sort(0).values, y.sort(0).values)
-
-
-@pytest.mark.parametrize("size", [0, 41, -1, 2.5, True])
-def test_probe_subset_rejects_bad_sizes(size):
-    with pytest.raises(ValueError, match="size"):
-        probe_subset(torch.zeros(40, 2), torch.zeros(40, dtype=torch.long), size)
-
-
-def test_probe_subset_rejects_mismatched_lengths():
-    with pytest.raises(ValueError, match="samples"):
-        probe_subset(torch.zeros(40, 2), torch.zeros(39, dtype=torch.long), 5)
-
-
-# --- argument validation --------------------------------------------------------------------------
-
-
-def test_bad_arguments_raise():
-    with pytest.raises(ValueError, match="known: digits, mnist") as err:
-        load_dataset("imagenet")
-    for name in DATASETS:
-        assert name in str(err.value)
-    with pytest.raises(ValueError, match="n_train=2000 but digits has only 1297"):
-        load_dataset("digits", n_train=2000)
-    with pytest.raises(ValueError, match="n_test"):
-        load_dataset("digits", n_test=0)
-    with pytest.raises(ValueError, match="n_train"):
-        load_dataset("digits", n_train=10.0)
-    with pytest.raises(ValueError, match="dtype"):
-        load_dataset("digits", dtype=torch.int64)
-    with pytest.raises(ValueError, match="only to 'teacher-student'"):
-        load_dataset("digits", d_in=3)
-    with pytest.raises(ValueError, match="input_shape"):
-        DataSplit(
-            "x",
-            torch.zeros(3, 2),
-            torch.zeros(3),
-            torch.zeros(1, 2),
-            torch.zeros(1),
-            2,
-            (3,),
-            "classification",
-        )
