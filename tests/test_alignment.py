@@ -1,4 +1,4 @@
-"""check_alignment against exact answers (THEORY §3, §4)."""
+"""check_alignment against exact answers (THEORY §3, §4), and its matrix-free path against the dense one."""
 
 import math
 
@@ -157,3 +157,51 @@ def test_bad_data_is_refused():
         check_alignment(model, (torch.zeros(3, 4), torch.zeros(5, 2)))
     with pytest.raises(DiagnosticsError, match="no parameters"):
         check_alignment(nn.ReLU(), (torch.zeros(3, 4), torch.zeros(3, 4)))
+
+
+# -- the matrix-free path against the dense one ------------------------------------------------
+
+REPORT_FIELDS = ("residual", "nu_norm", "certificate", "grad_norm", "bound", "loss_lower_bound")
+
+
+@pytest.mark.parametrize(
+    ("cid", "loss"),
+    [("deep-linear", "mse"), ("deep-linear", "ce"), ("mlp", "mse"), ("cnn", "ce")],
+)
+def test_matrix_free_alignment_matches_dense(cid, loss):
+    if cid == "deep-linear":  # rank 15 < nm = 36 with an exact spectral gap: Q ∉ Col(J)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 3)).double()
+        x = torch.randn(12, 4, dtype=F64)
+    else:
+        case = CASES[cid]
+        model, x = case.model(), case.data(6)
+    with torch.no_grad():
+        m = model.eval()(x).shape[1]
+    gen = torch.Generator().manual_seed(3)
+    n = x.shape[0]
+    y = torch.randn(n, m, generator=gen, dtype=F64) if loss == "mse" else torch.arange(n) % m
+    dense = check_alignment(model, (x, y), loss=loss, probe_size=None, path="dense")
+    free = check_alignment(model, (x, y), loss=loss, probe_size=None, path="matrix-free")
+    assert (dense.path, free.path) == ("dense", "matrix-free")
+    assert free.aligned == dense.aligned
+    for name in REPORT_FIELDS:
+        torch.testing.assert_close(getattr(free, name), getattr(dense, name), rtol=1e-8, atol=1e-9, msg=name)
+    np.testing.assert_allclose(free.eigenvalues, dense.eigenvalues[: free.eigenvalues.size], rtol=1e-8)
+    top = free.alignment_curve.size
+    np.testing.assert_allclose(free.alignment_curve, dense.alignment_curve[:top], atol=1e-8)
+    assert free.rank == -1 and np.isnan(free.kernel_target_alignment)
+    assert "matrix-free" in str(free)
+
+
+def test_auto_path_goes_matrix_free_when_the_dense_gram_does_not_fit():
+    case = CASES["cnn"]
+    model, x = case.model(), case.data(8)
+    y = torch.arange(8) % 3
+    small = check_alignment(model, (x, y), loss="ce", probe_size=None)
+    assert small.path == "dense"
+    tight = check_alignment(model, (x, y), loss="ce", probe_size=None, memory_budget=24**2 * 8)
+    assert tight.path == "matrix-free"
+    torch.testing.assert_close(tight.nu_norm, small.nu_norm, rtol=1e-7, atol=0)
+    with pytest.raises(DiagnosticsError, match="path must be one of"):
+        check_alignment(model, (x, y), probe_size=None, path="sparse")

@@ -1,26 +1,18 @@
-"""The command line: subcommands, forwarding, option parsing, exit codes and messages."""
+"""The command line: the command registry, forwarding, exit codes and messages, ``python -m diagnostics``.
+
+The width-report command's own options are tested in ``tests/width/test_command.py``."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import types
-from importlib import metadata
-from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from diagnostics import cli
-from diagnostics.width import command as width_command
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def parse(*argv: str):
-    args = cli.build_parser().parse_args(["width-report", *argv])
-    return width_command.config_from(args)
 
 
 def test_help_lists_the_commands(capsys):
@@ -30,31 +22,6 @@ def test_help_lists_the_commands(capsys):
     out = capsys.readouterr().out
     assert "width-report" in out and "aligned-training" in out
     assert cli.main([]) == 2
-
-
-def test_width_report_help(capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli.main(["width-report", "--help"])
-    assert exc.value.code == 0
-    out = capsys.readouterr().out
-    for option in ("--dataset", "--data-dir", "--widths", "--executor", "--address", "--lr"):
-        assert option in out
-
-
-def test_options_build_the_config(tmp_path):
-    assert parse() == width_command.config_from(cli.build_parser().parse_args(["width-report"]))
-    config = parse("--widths", "mlp:2,4", "cnn:1", "--lr", "mf=2", "--seeds", "3,4", "--steps", "10",
-                   "--every", "5")
-    assert config.widths == {"mlp": (2, 4), "cnn": (1,)}
-    assert config.lr["mf"] == 2.0 and config.lr["ntk"] == 0.5
-    assert config.seeds == (3, 4) and config.steps == 10
-    assert parse("--widths", "4,8").widths == {"mlp": (4, 8), "cnn": (4, 8)}
-    teacher = parse("--dataset", "teacher-student", "--teacher", "d_in=4", "activation=relu")
-    assert teacher.families == ("mlp",) and teacher.teacher == {"d_in": 4, "activation": "relu"}
-    path = tmp_path / "config.json"
-    path.write_text(json.dumps({**config.to_dict(), "steps": 20}))
-    from_file = parse("--config", str(path), "--every", "10")
-    assert from_file.steps == 20 and from_file.every == 10 and from_file.widths == config.widths
 
 
 def test_missing_data_files_exit_2_with_the_loader_message(tmp_path, capsys):
@@ -98,12 +65,3 @@ def test_register_needs_run_or_forward():
         cli.register("nothing", "no target")
 
 
-def test_console_script_entry_point():
-    try:
-        scripts = metadata.entry_points(group="console_scripts")
-    except metadata.PackageNotFoundError:  # pragma: no cover
-        pytest.skip("package not installed")
-    target = [ep.value for ep in scripts if ep.name == "diagnostics"]
-    if not target:
-        pytest.skip("package not installed (pip install -e .)")
-    assert target == ["diagnostics.cli:main"]

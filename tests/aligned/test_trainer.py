@@ -1,0 +1,248 @@
+"""The §6 application: training that keeps D1 by construction (THEORY §6, theory/application.md).
+
+Exact answers where there are some (the one-step distance identity of gradient descent in float64), and
+the guarantee checked on real trajectories: full-batch gradient descent with a small step keeps every
+post-τ record under the bound. The linear algebra is in ``test_solve.py``, the augmented model in
+``test_features.py``.
+"""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import MAPS, aligned_closure, aligned_problem, train_aligned
+from torch import nn
+
+from diagnostics import DiagnosticsError, InsufficientMemoryError, UnsupportedModelError
+from diagnostics.aligned import AlignedTraining
+
+F64 = torch.float64
+
+
+def test_the_check_does_not_touch_the_original_model():
+    model, X, y = aligned_problem()
+    model.train()
+    model.bn1.eval()  # a mixed state must come back exactly as it was
+    modes = {k: m.training for k, m in model.named_modules()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {k: p.requires_grad for k, p in model.named_parameters()}
+    for feature_map in ("penultimate", "tangent"):
+        AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.1), train_data=(X, y), switch_step=0,
+                        feature_map=feature_map)
+        assert {k: m.training for k, m in model.named_modules()} == modes
+        assert {k: p.requires_grad for k, p in model.named_parameters()} == flags
+        for k, v in model.state_dict().items():  # running statistics and num_batches_tracked included
+            assert torch.equal(v, state[k]), k
+
+
+# -- the guarantee on its own trajectories -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("feature_map,coefficients", MAPS)
+def test_full_batch_gd_squared_loss_keeps_every_record_under_the_bound(feature_map, coefficients):
+    trainer = train_aligned(feature_map, coefficients, loss="mse")
+    report, guarantee, hist = trainer.switch_report, trainer.guarantee(), trainer.history()
+    assert report.aligned and report.residual + report.rounding <= report.residual_tol
+    assert guarantee.status == "theorem" and not guarantee.departures
+    assert guarantee.records == len(hist) - 1 > 30 and guarantee.all_bounds_hold
+    assert (hist.bound_ratio[1:] <= 1).all() and hist.step_ok.all()  # η‖∇_{ω,u}L‖² ≤ 4L at every step
+    assert guarantee.distance.holds and (np.diff(hist.distance) <= 0).all()
+    assert guarantee.telescoping.holds
+    # the exact one-step identity ‖x_{k+1} − x*‖² − ‖x_k − x*‖² = −4ηL_k + η²‖∇_{ω,u}L_k‖²
+    change = hist.distance_next**2 - hist.distance**2
+    predicted = -4 * hist.lr * hist.loss + hist.lr**2 * hist.grad_sq
+    np.testing.assert_allclose(change, predicted, rtol=1e-7, atol=1e-10 * hist.distance[0] ** 2)
+    assert report.omega_norm_sq + report.nu_norm_sq == pytest.approx(hist.distance[0] ** 2, rel=1e-10)
+
+
+@pytest.mark.parametrize("feature_map,coefficients", MAPS)
+def test_full_batch_gd_cross_entropy_keeps_every_record_under_the_convex_bound(feature_map, coefficients):
+    trainer = train_aligned(feature_map, coefficients, loss="ce", lr=0.05)
+    guarantee, hist = trainer.guarantee(), trainer.history()
+    assert guarantee.status == "theorem" and guarantee.all_bounds_hold
+    assert (hist.loss > trainer.switch_report.distance_target_loss).all()
+    # while L ≥ L(cQ₀) the convex one-step inequality makes the distance non-increasing
+    assert hist.step_ok.all() and guarantee.distance.holds
+    change = hist.distance_next**2 - hist.distance**2
+    bound = -2 * hist.lr * (hist.loss - trainer.switch_report.distance_target_loss) + hist.lr**2 * hist.grad_sq
+    assert (change <= bound + 1e-10).all()
+
+
+def test_the_identity_holds_whatever_the_body_does():
+    # Correction 10: only (ω, u) need gradient steps; the body may use momentum.
+    model, X, y = aligned_problem()
+    head = [model.head.weight, model.head.bias]
+    body = [p for p in model.parameters() if all(p is not q for q in head)]
+    opt = torch.optim.SGD([{"params": body, "momentum": 0.9}, {"params": head}], lr=0.02)
+    trainer = AlignedTraining(model, opt, train_data=(X, y), switch_step=3, feature_map="penultimate",
+                              full_batch=True)
+    closure = aligned_closure(trainer, X, y, "mse")
+    for _ in range(30):
+        trainer.step(closure)
+    hist = trainer.history()
+    assert trainer.guarantee().status == "theorem"
+    np.testing.assert_allclose(hist.distance_next**2 - hist.distance**2,
+                               -4 * hist.lr * hist.loss + hist.lr**2 * hist.grad_sq, rtol=1e-7, atol=1e-10)
+
+
+def test_a_step_too_large_is_caught_by_the_discrete_condition():
+    trainer = train_aligned("penultimate", "full", loss="mse", steps=10, lr=2.0)
+    hist, guarantee = trainer.history(), trainer.guarantee()
+    assert guarantee.status == "theorem"  # gradient descent, but the step condition fails
+    assert not hist.step_ok.all() and guarantee.step_condition_failures > 0
+    increased = hist.distance_next > hist.distance
+    assert (increased == ~hist.step_ok).all()  # the condition is exact for the squared loss
+
+
+@pytest.mark.parametrize("make,reason", [
+    (lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9), "momentum"),
+    (lambda p: torch.optim.Adam(p, lr=1e-3), "Adam"),
+    (lambda p: torch.optim.SGD(p, lr=0.01, weight_decay=1e-2), "weight_decay"),
+])
+def test_momentum_adam_and_weight_decay_are_reported_as_checks(make, reason):
+    model, X, y = aligned_problem()
+    trainer = AlignedTraining(model, make, train_data=(X, y), switch_step=2, loss="ce")
+    closure = aligned_closure(trainer, X, y, "ce")
+    for _ in range(6):
+        trainer.step(closure)
+    guarantee = trainer.guarantee()
+    assert guarantee.status == "check"
+    assert any(reason in d for d in guarantee.departures)
+    assert "CHECK ONLY" in str(guarantee)
+
+
+def test_recording_after_the_users_own_step_matches_the_closure():
+    runs = []
+    for use_closure in (True, False):
+        model, X, y = aligned_problem()
+        trainer = AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.02), train_data=(X, y),
+                                  switch_step=2, full_batch=True)
+        closure = aligned_closure(trainer, X, y, "mse")
+        for _ in range(8):
+            if use_closure:
+                trainer.step(closure)
+            else:
+                loss = closure()
+                trainer.optimizer.step()
+                trainer.step(loss=loss)
+        runs.append(trainer.history())
+    pd_cols = ["loss", "grad_sq", "distance", "distance_next", "bound"]
+    np.testing.assert_allclose(runs[0][pd_cols].to_numpy(), runs[1][pd_cols].to_numpy(), rtol=1e-12)
+
+
+# -- enlargement, refusals, optimisers ---------------------------------------------------------------
+
+
+def test_enlargement_records_the_residual_before_and_after():
+    trainer = train_aligned("penultimate", "full", steps=4)
+    report = trainer.switch_report
+    assert report.residual_before > 0.1  # [h, 1] has 5 columns for 30 samples
+    assert report.enlargements and report.random_features == report.enlargements[-1][0]
+    assert report.aligned and report.residual < 1e-10
+    assert "enlarged with random features" in str(report)
+    plain = train_aligned("penultimate", "full", steps=4, enlarge=False)
+    assert not plain.switch_report.aligned
+    assert plain.switch_report.residual == pytest.approx(report.residual_before, rel=1e-9)
+    assert plain.guarantee().status == "no guarantee"
+
+
+def test_tangent_map_with_fewer_parameters_than_rows_is_enlarged():
+    # TinyCNN: d = 253 < nm = 360, and the random block alone is not full rank: both blocks are needed
+    trainer = train_aligned("tangent", "full", case="cnn", n=120, steps=6, lr=0.005)
+    report = trainer.switch_report
+    assert report.residual_before > 0.01 and report.aligned
+    assert report.random_features < 120
+    assert trainer.guarantee().all_bounds_hold
+
+
+def test_tangent_scale_changes_the_constant_not_the_column_space():
+    # Ψ = αJ: same residual, ν ∝ 1/α (‖ν‖² ∝ 1/α²), tangent products ∝ α
+    model, X, y = aligned_problem()
+    runs = {a: AlignedTraining(copy.deepcopy(model), lambda p: torch.optim.SGD(p, lr=0.1), train_data=(X, y),
+                               switch_step=0, feature_map="tangent", enlarge=False, tangent_scale=a)
+            for a in (1.0, 0.25)}
+    raw, small = (runs[a].switch_report for a in (1.0, 0.25))
+    assert raw.tangent_scale == 1.0 and small.tangent_scale == 0.25
+    assert small.residual == pytest.approx(raw.residual, rel=1e-6, abs=1e-12)
+    assert small.nu_norm_sq == pytest.approx(16 * raw.nu_norm_sq, rel=1e-6)
+    u = torch.randn(sum(p.numel() for p in model.parameters()), dtype=F64)
+    torch.testing.assert_close(runs[0.25].model.features.tangent_product(u, X),
+                               0.25 * runs[1.0].model.features.tangent_product(u, X), rtol=1e-12, atol=1e-14)
+    for bad in (0, -1.0, "auto", True):
+        with pytest.raises(DiagnosticsError, match="tangent_scale"):
+            AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.1), train_data=(X, y),
+                            switch_step=0, feature_map="tangent", tangent_scale=bad)
+
+
+def test_rank_one_adds_one_parameter_with_the_same_constant():
+    full, rank_one = train_aligned("tangent", "full", steps=4), train_aligned("tangent", "rank-one", steps=4)
+    assert rank_one.switch_report.n_coefficients == 1
+    assert full.switch_report.n_coefficients == sum(p.numel() for p in full.model.model.parameters())
+    assert rank_one.switch_report.nu_norm_sq == pytest.approx(full.switch_report.nu_norm_sq, rel=1e-10)
+    assert len(rank_one.optimizer.param_groups[-1]["params"]) == 1
+
+
+def test_an_optimizer_factory_is_rebuilt_with_the_coefficients():
+    model, X, y = aligned_problem()
+    calls = []
+
+    def factory(params):
+        calls.append(len(params))
+        return torch.optim.SGD(params, lr=0.01)
+
+    trainer = AlignedTraining(model, factory, train_data=(X, y), switch_step=1)
+    trainer.step(aligned_closure(trainer, X, y, "mse"))
+    n_params = len(list(model.parameters()))
+    assert calls == [n_params, n_params + 1]
+    assert any(p is trainer.model.coefficients["features"] for p in trainer.optimizer.param_groups[0]["params"])
+
+
+class _SoftmaxOut(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(4, 5)
+        self.head = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return torch.softmax(self.head(torch.tanh(self.body(x))), 1)
+
+
+def test_refusals_name_the_problem():
+    X, y = torch.randn(10, 4, dtype=F64), torch.randint(0, 3, (10,))
+    model = _SoftmaxOut().double()
+    with pytest.raises(UnsupportedModelError, match="affine output layer"):
+        AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.1), train_data=(X, y), switch_step=1)
+    ok, _, _ = aligned_problem()
+    with pytest.raises(DiagnosticsError, match="output layer"):
+        AlignedTraining(ok, torch.optim.SGD(ok.stem.parameters(), lr=0.1), train_data=aligned_problem()[1:],
+                        switch_step=1)
+    with pytest.raises(DiagnosticsError, match="feature_map"):
+        AlignedTraining(ok, torch.optim.SGD(ok.parameters(), lr=0.1), train_data=aligned_problem()[1:], switch_step=1,
+                        feature_map="kernel")
+    trainer = AlignedTraining(ok, torch.optim.SGD(ok.parameters(), lr=0.1), train_data=aligned_problem()[1:],
+                              switch_step=5)
+    assert trainer.head == "head" and not trainer.switched
+    with pytest.raises(DiagnosticsError, match="before the switch"):
+        trainer.guarantee()
+
+
+def test_history_is_a_dataframe_with_the_documented_columns():
+    hist = train_aligned("penultimate", "rank-one", steps=5).history()
+    assert list(hist.columns) == ["iteration", "step", "loss", "grad_sq", "lr", "elapsed", "distance",
+                                  "distance_next", "bound", "margin", "bound_ratio", "bound_holds",
+                                  "step_margin", "step_ok"]
+    assert hist.step.tolist() == list(range(len(hist))) and hist.iteration[0] == 3
+    assert math.isinf(hist.bound[0]) and hist.elapsed.iloc[-1] == pytest.approx(0.02 * (len(hist) - 1))
+
+
+def test_a_check_that_would_not_fit_is_refused_before_the_switch():
+    model, X, y = aligned_problem()
+    state = copy.deepcopy(model.state_dict())
+    for feature_map, what in (("tangent", "tangent block"), ("penultimate", "random features")):
+        with pytest.raises(InsufficientMemoryError, match=f"{what}.*memory budget.*subset of the training set"):
+            AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.1), train_data=(X, y),
+                            switch_step=0, feature_map=feature_map, memory_budget=20_000)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k

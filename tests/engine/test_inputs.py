@@ -1,0 +1,134 @@
+"""Any inputs and outputs a user brings (issue 5): dict and tuple batches, output selectors, and bad
+inputs raising the documented error with a message naming the problem (THEORY §1).
+
+Every Jacobian and Gram here is held to ``diagnostics.reference`` in float64 at 1e-10.
+"""
+
+import dataclasses
+
+import pytest
+import torch
+from cases import CASES, IO_CASES
+from helpers import NO_VMAP_FALLBACK_WARNING, ONE_THREAD, assert_matches_reference
+from torch import nn
+
+from diagnostics import DiagnosticsError, jacobian
+
+F64 = torch.float64
+ATOL = 1e-10
+
+pytestmark = [ONE_THREAD, NO_VMAP_FALLBACK_WARNING]
+
+
+def test_transformer_with_dict_batch_matches_reference_for_every_strategy():
+    case = IO_CASES["transformer-dict"]
+    model, batch = case.model(), case.data(4)
+    assert batch["input_ids"].dtype == torch.int64 and (batch["attention_mask"] == 0).any()
+    J = assert_matches_reference(model, batch, output=case.output)
+    assert J.shape == (4 * 3, sum(p.numel() for p in model.parameters()))
+
+
+def test_per_token_outputs_are_flattened_in_c_order():
+    """Row ``i·m + t·C + c`` is ``∂ token_logits[i, t, c] / ∂θ``, checked against plain autograd."""
+    case = IO_CASES["transformer-dict"]
+    model, batch = case.model(), case.data(3)
+    select = lambda out: out["token_logits"]  # noqa: E731  (a callable selector)
+    J = jacobian(model, batch, output=select, strategy="jacrev")
+    T, C = batch["input_ids"].shape[1], 3
+    assert J.shape[0] == 3 * T * C
+    model.eval()
+    out = model(**batch)["token_logits"]
+    for i, t, c in [(0, 0, 0), (1, 2, 1), (2, T - 1, C - 1)]:
+        grads = torch.autograd.grad(out[i, t, c], list(model.parameters()), retain_graph=True)
+        row = torch.cat([g.reshape(-1) for g in grads])
+        torch.testing.assert_close(J[i * T * C + t * C + c], row, rtol=0, atol=ATOL)
+
+
+class PairModel(nn.Module):
+    """Takes two positional tensors and returns a tuple ``(logits, hidden)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(3, 4)
+        self.b = nn.Linear(2, 4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor):
+        h = torch.tanh(self.a(x) + self.b(z))
+        return self.head(h), h
+
+
+@dataclasses.dataclass
+class Output:
+    logits: torch.Tensor
+
+
+class ObjectOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return Output(self.lin(x))
+
+
+def test_tuple_inputs_and_tuple_outputs_with_an_index():
+    model = PairModel().double()
+    x = (torch.randn(5, 3, dtype=F64), torch.randn(5, 2, dtype=F64))
+    J = assert_matches_reference(model, x, output=0)
+    assert J.shape == (10, sum(p.numel() for p in model.parameters()))
+    J_hidden = jacobian(model, x, output=1)
+    assert J_hidden.shape[0] == 5 * 4
+
+
+def test_output_objects_need_a_selector_and_accept_an_attribute_name():
+    model, x = ObjectOutput().double(), torch.randn(4, 3, dtype=F64)
+    with pytest.raises(DiagnosticsError, match="output='logits'"):
+        jacobian(model, x)
+    torch.testing.assert_close(jacobian(model, x, output="logits"), jacobian(model.lin, x), rtol=0, atol=0)
+    with pytest.raises(DiagnosticsError, match="cannot select output 'scores'.*keys"):
+        jacobian(IO_CASES["transformer-dict"].model(), IO_CASES["transformer-dict"].data(2), output="scores")
+
+
+# -- bad inputs: the documented exception, with a message naming the problem -------------------------
+
+
+def _with_nan_weight():
+    model = CASES["mlp"].model()
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    return model
+
+
+class Log(nn.Module):
+    def forward(self, x):
+        return torch.log(x)
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda: (CASES["mlp"].model(), (torch.randn(4, 5, dtype=F64), torch.randn(3, 5, dtype=F64))),
+         DiagnosticsError, r"disagree on the batch size.*\[3, 4\]"),
+        (lambda: (CASES["mlp"].model(), torch.randn(4, 6, dtype=F64)),
+         DiagnosticsError, r"failed on these inputs in module '0' \(Linear\).*shapes cannot be multiplied"),
+        (lambda: (CASES["mlp"].model(), torch.full((3, 5), float("nan"), dtype=F64)),
+         DiagnosticsError, "inputs contain NaN or inf"),
+        (lambda: (_with_nan_weight(), torch.randn(3, 5, dtype=F64)),
+         DiagnosticsError, "parameter '0.weight' contains NaN or inf"),
+        (lambda: (nn.Sequential(nn.Linear(5, 2), Log()).double(), torch.randn(8, 5, dtype=F64)),
+         DiagnosticsError, "outputs contain NaN or inf"),
+        (lambda: (CASES["mlp"].model(), torch.zeros(0, 5, dtype=F64)), DiagnosticsError, "empty"),
+        (lambda: (CASES["mlp"].model(), {}), DiagnosticsError, "inputs are empty"),
+        (lambda: (nn.Sequential(nn.Tanh()), torch.randn(3, 5)), DiagnosticsError, "no parameters"),
+        (lambda: (CASES["mlp"].model(), torch.randn(3, 5, dtype=F64)),
+         DiagnosticsError, "selection is empty"),
+    ],
+    ids=["batch-sizes", "feature-size", "nan-input", "nan-parameter", "nan-output", "empty-batch",
+         "empty-dict", "no-parameters", "empty-selection"],
+)
+def test_bad_inputs_raise_a_documented_error_naming_the_problem(make, error, message):
+    model, x = make()
+    params = (lambda name, p: False) if "selection" in message else None  # selects nothing
+    with pytest.raises(error, match=message):
+        jacobian(model, x, params=params)

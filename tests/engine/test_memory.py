@@ -1,0 +1,38 @@
+"""Memory budgets: what would not fit is refused before any work; a small budget still gives the exact
+Gram, by chunks."""
+
+import pytest
+import torch
+from cases import CASES, IO_CASES
+from helpers import NO_VMAP_FALLBACK_WARNING, ONE_THREAD, assert_unchanged
+
+from diagnostics import InsufficientMemoryError, jacobian, ntk_gram
+
+
+def test_gram_refuses_what_would_not_fit():
+    case = CASES["mlp"]
+    model, x = case.model(), case.data(50)
+    with pytest.raises(InsufficientMemoryError, match=r"NTK Gram \(150 × 150.*probe_size"):
+        ntk_gram(model, x, memory_budget=10_000)
+    with pytest.raises(InsufficientMemoryError, match="Jacobian"):
+        jacobian(model, x, memory_budget=10_000)
+
+
+def test_small_budget_still_gives_the_exact_gram_by_chunks():
+    case = CASES["cnn"]
+    model, x = case.model(), case.data(12)
+    K_ref = ntk_gram(model, x, strategy="jacrev")
+    rows = 12 * 3
+    K = ntk_gram(model, x, strategy="jacrev", memory_budget=2 * rows * rows * 8 + 60_000)
+    torch.testing.assert_close(K, K_ref, rtol=0, atol=1e-10)
+
+
+@ONE_THREAD
+@NO_VMAP_FALLBACK_WARNING
+def test_a_gram_over_the_memory_budget_is_refused_before_any_work():
+    case = IO_CASES["transformer-dict"]
+    model, batch = case.model(), case.data(40)
+    with pytest.raises(InsufficientMemoryError, match=r"NTK Gram \(120 × 120.*memory budget of 1.0 KiB"):
+        assert_unchanged(model, lambda: ntk_gram(model, batch, output="logits", memory_budget=1024))
+    with pytest.raises(InsufficientMemoryError, match=r"the Jacobian \(120 × \d+\)"):
+        jacobian(model, batch, output="logits", memory_budget=1024)

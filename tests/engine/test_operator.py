@@ -1,0 +1,52 @@
+"""The matrix-free operator against the dense reference, in float64 (THEORY §7)."""
+
+import numpy as np
+import pytest
+import torch
+from cases import CASES
+
+from diagnostics import DiagnosticsError
+from diagnostics.engine import JacobianOperator, reference_jacobian
+
+F64 = torch.float64
+ATOL = 1e-10
+
+
+def _modes():
+    for cid, case in CASES.items():
+        yield pytest.param(cid, "eval", id=f"{cid}-eval")
+        if case.has_batch_norm:
+            yield pytest.param(cid, "batch", id=f"{cid}-batch")
+
+
+@pytest.mark.parametrize(("cid", "mode"), list(_modes()))
+def test_operator_products_match_reference(cid, mode):
+    case = CASES[cid]
+    model, x = case.model(), case.data(7)
+    J = reference_jacobian(model, x, mode=mode)
+    op = JacobianOperator(model, x, mode=mode, chunk_size=None if mode == "batch" else 3)
+    assert op.shape == tuple(J.shape)
+    gen = torch.Generator().manual_seed(0)
+    v = torch.randn(J.shape[1], generator=gen, dtype=F64)
+    u = torch.randn(J.shape[0], generator=gen, dtype=F64)
+    torch.testing.assert_close(op.matvec(v), J @ v, rtol=0, atol=ATOL)
+    torch.testing.assert_close(op.rmatvec(u), J.T @ u, rtol=0, atol=ATOL)
+    torch.testing.assert_close(op.gram_matvec(u), J @ (J.T @ u), rtol=0, atol=ATOL)
+    A, G = op.to_scipy(), op.to_scipy(gram=True)
+    np.testing.assert_allclose(A.matvec(v.numpy()), (J @ v).numpy(), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(A.rmatvec(u.numpy()), (J.T @ u).numpy(), rtol=0, atol=ATOL)
+    np.testing.assert_allclose(G.matvec(u.numpy()), (J @ (J.T @ u)).numpy(), rtol=0, atol=ATOL)
+
+
+def test_operator_refuses_chunks_in_batch_mode_and_leaves_the_model_alone():
+    case = CASES["resnet-bn"]
+    model, x = case.model(), case.data(6)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(DiagnosticsError, match="one chunk"):
+        JacobianOperator(model, x, mode="batch", chunk_size=2)
+    op = JacobianOperator(model, x, mode="batch")
+    op.gram_matvec(torch.ones(op.shape[0], dtype=F64))
+    assert model.training
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k

@@ -1,0 +1,245 @@
+"""AlignmentTracker mechanics: records, non-mutation, crash safety and resume."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cases import CASES
+from helpers import ROOT
+from torch import nn
+
+from diagnostics.errors import DiagnosticsError
+from diagnostics.tracking import AlignmentTracker
+from diagnostics.tracking.tracker import COLUMNS, TRAILING
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _regression(n: int = 24, d_in: int = 5, m: int = 2):
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(n, d_in, generator=gen, dtype=torch.float64)
+    return X, torch.randn(n, m, generator=gen, dtype=torch.float64)
+
+
+def _mlp(d_in: int = 5, width: int = 12, m: int = 2) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(d_in, width), nn.Tanh(), nn.Linear(width, m)).double()
+
+
+def _gd_step(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, lr: float = 0.1) -> None:
+    loss = ((model(X) - Y) ** 2).sum() / (2 * X.shape[0])
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    with torch.no_grad():
+        for p, g in zip(model.parameters(), grads, strict=True):
+            p -= lr * g
+
+
+# -- records -----------------------------------------------------------------------------------------
+
+
+def test_records_have_the_documented_columns_and_follow_every():
+    X, Y = _regression()
+    model = _mlp()
+    tracker = AlignmentTracker(model, (X, Y), every=3, representation=["1"], probe_size=None)
+    returned = []
+    for _ in range(7):
+        returned.append(tracker.step())
+        _gd_step(model, X, Y)
+    assert [r is not None for r in returned] == [True, False, False, True, False, False, True]
+    h = tracker.history
+    assert list(h.columns) == [*COLUMNS, "cka_1", *TRAILING]
+    assert h.step.tolist() == [0, 3, 6]
+    first = h.iloc[0]
+    assert first.kernel_movement_init == 0 and first.param_movement == 0
+    assert first.cka_1 == pytest.approx(1, abs=1e-14)
+    assert math.isnan(first.kernel_movement_prev)
+    assert (h.kernel_movement_init.iloc[1:] > 0).all() and (h.param_movement.iloc[1:] > 0).all()
+    assert (h.kernel_movement_prev.iloc[1:] > 0).all() and (h.cka_1.iloc[1:] < 1).all()
+    assert (h.n_samples == 24).all() and (h.n_outputs == 48).all() and (h.measure_seconds > 0).all()
+    assert tracker.last_step == 6
+    with pytest.raises(DiagnosticsError, match="not after"):
+        tracker.measure(6)
+    assert tracker.step(6) is None  # replaying a recorded step records nothing
+
+
+def test_movements_and_parameter_subset_match_direct_computation():
+    X, Y = _regression()
+    model = _mlp()
+    theta0 = torch.cat([p.detach().reshape(-1).clone() for p in model[2].parameters()])
+    from diagnostics import ntk_gram
+
+    K0 = ntk_gram(model, X, params=["2"])
+    tracker = AlignmentTracker(model, (X, Y), params=["2"], probe_size=None)
+    for _ in range(3):
+        _gd_step(model, X, Y, lr=0.3)
+    record = tracker.measure(3)
+    theta = torch.cat([p.detach().reshape(-1) for p in model[2].parameters()])
+    K = ntk_gram(model, X, params=["2"])
+    assert record["n_params"] == theta.numel()
+    movement = float((theta - theta0).norm() / theta0.norm())
+    assert record["param_movement"] == pytest.approx(movement, rel=1e-12)
+    assert record["kernel_movement_init"] == pytest.approx(float((K - K0).norm() / K0.norm()), rel=1e-10)
+
+
+def test_progress_bar_and_summary(capsys):
+    X, Y = _regression()
+    model = _mlp()
+    with AlignmentTracker(model, (X, Y), every=2, progress=True, probe_size=None) as tracker:
+        for _ in range(5):
+            tracker.step()
+            _gd_step(model, X, Y)
+    assert "AlignmentTracker" in capsys.readouterr().err
+    text = tracker.summary()
+    for needle in ("3 records", "alignment residual", "kernel movement", "I2 ", "I3 ", "S1 "):
+        assert needle in text
+
+
+# -- the model and the random stream are never changed -----------------------------------------------
+
+
+class NoisyMLP(nn.Module):
+    """Draws random numbers in forward (multiplied by zero): measuring must not shift the RNG."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Linear(5, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.body(x)) + 0 * torch.rand_like(x[:, :1])
+        return self.head(h)
+
+
+def _snapshot(model: nn.Module) -> dict:
+    return {
+        "params": {k: v.detach().clone() for k, v in model.named_parameters()},
+        "grads": {k: None if v.grad is None else v.grad.clone() for k, v in model.named_parameters()},
+        "requires_grad": {k: v.requires_grad for k, v in model.named_parameters()},
+        "buffers": {k: v.clone() for k, v in model.named_buffers()},
+        "training": {k: m.training for k, m in model.named_modules()},
+        "hooks": {k: (len(m._forward_hooks), len(m._forward_pre_hooks)) for k, m in model.named_modules()},
+        "rng": torch.random.get_rng_state(),
+    }
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    for key in ("params", "buffers"):
+        for k in a[key]:
+            assert torch.equal(a[key][k], b[key][k]), (key, k)
+    for k, g in a["grads"].items():
+        assert (g is None and b["grads"][k] is None) or torch.equal(g, b["grads"][k]), k
+    for key in ("requires_grad", "training", "hooks"):
+        assert a[key] == b[key], key
+    assert torch.equal(a["rng"], b["rng"])
+
+
+@pytest.mark.parametrize("mode", ["eval", "batch"])
+def test_measuring_never_mutates_the_model(mode):
+    model = CASES["resnet-bn"].model().train()
+    x = CASES["resnet-bn"].data(10)
+    y = torch.arange(10) % 3
+    model.stem.weight.requires_grad_(False)
+    model(x).sum().backward()  # .grad populated, as between backward() and optimizer.step()
+    model.bn1.eval()  # a mixed train/eval state must survive
+    before = _snapshot(model)
+    tracker = AlignmentTracker(model, (x, y), loss="ce", mode=mode, representation=["bn0"])
+    tracker.measure(0)
+    _assert_same(before, _snapshot(model))
+
+
+def test_random_stream_is_restored_for_models_that_draw_random_numbers():
+    torch.manual_seed(0)
+    model = NoisyMLP().double()
+    X, Y = _regression()
+    before = _snapshot(model)
+    AlignmentTracker(model, (X, Y), representation=["body"], probe_size=None).measure(0)
+    _assert_same(before, _snapshot(model))
+
+
+# -- history file, crash safety and resume -----------------------------------------------------------
+
+
+def test_resume_refuses_other_settings_and_a_missing_reference(tmp_path):
+    X, Y = _regression()
+    path = tmp_path / "run.jsonl"
+    tracker = AlignmentTracker(_mlp(), (X, Y), path=path, probe_size=None)
+    tracker.step()
+    with pytest.raises(DiagnosticsError, match="different settings.*probe_sha256"):
+        AlignmentTracker(_mlp(), (X, Y + 1), path=path, probe_size=None)
+    with pytest.raises(DiagnosticsError, match="loss"):
+        AlignmentTracker(_mlp(), (X, Y.argmax(1)), path=path, loss="ce", probe_size=None)
+    Path(f"{path}.ref.pt").unlink()
+    with pytest.raises(DiagnosticsError, match="reference file"):
+        AlignmentTracker(_mlp(), (X, Y), path=path, probe_size=None)
+    restarted = AlignmentTracker(_mlp(), (X, Y), path=path, probe_size=None, resume=False)
+    assert restarted.last_step is None and restarted.history.empty
+
+
+def _tracked_run(path: Path | None, stop: int):
+    """Momentum SGD on a regression task, tracked every step; replays from scratch when restarted."""
+    X, Y = _regression()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 2)).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.5)
+    tracker = AlignmentTracker(model, (X, Y), path=path, representation=["1"], probe_size=None)
+    for step in range(stop):  # recorded steps are skipped on a resumed run
+        tracker.step(step)
+        opt.zero_grad()
+        (((model(X) - Y) ** 2).sum() / 48).backward()
+        opt.step()
+    return tracker.history
+
+
+def test_killed_run_keeps_every_finished_record_and_resumes_without_duplicates(tmp_path):
+    path = tmp_path / "run.jsonl"
+    script = (
+        f"import sys; sys.path.append({str(ROOT / 'tests')!r}); "
+        f"from tests.tracking.test_tracker import _tracked_run; _tracked_run({str(path)!r}, 10**6)"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            if path.exists() and path.read_bytes().count(b"\n") >= 6:  # header + 5 records
+                break
+            time.sleep(0.02)
+        assert child.poll() is None, child.stderr.read().decode()
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    killed = AlignmentTracker.load(path)
+    assert len(killed) >= 5 and killed.step.tolist() == list(range(len(killed)))
+    assert killed.notna().drop(columns="kernel_movement_prev").all().all()
+
+    stop = int(killed.step.iloc[-1]) + 6
+    resumed = _tracked_run(path, stop)
+    assert resumed.step.tolist() == list(range(stop))  # continued after the last step, no duplicates
+    assert AlignmentTracker.load(path).equals(resumed)
+    assert resumed.iloc[: len(killed)].equals(killed)
+
+    # The resumed records equal an uninterrupted run's (the reference K_0, θ_0 was read back).
+    whole = _tracked_run(None, stop)
+    assert math.isnan(resumed.kernel_movement_prev.iloc[len(killed)])
+    for column in ("loss", "residual", "certificate", "kernel_movement_init", "param_movement", "cka_1"):
+        np.testing.assert_allclose(resumed[column], whole[column], rtol=1e-7, atol=1e-12, err_msg=column)
+
+
+def test_load_reads_a_history_written_by_the_tracker(tmp_path):
+    X, Y = _regression()
+    path = tmp_path / "run.jsonl"
+    tracker = AlignmentTracker(_mlp(), (X, Y), path=path, probe_size=None)
+    tracker.step()
+    loaded = AlignmentTracker.load(path)
+    assert loaded.equals(tracker.history)
+    assert loaded.attrs["meta"]["loss"] == "mse" and path.read_text().startswith('{"meta"')

@@ -1,0 +1,32 @@
+"""The width report folder: tables, figures, environment, HTML and markdown. The ``report`` fixture is in
+``tests/width/conftest.py``."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from diagnostics.width.figures import FIGURES
+
+
+def test_report_folder(report):
+    folder = report.folder
+    for name in ("report.html", "report.md", "records.csv", "runs.csv", "missing.csv", "config.json",
+                 "environment.json"):
+        assert (folder / name).is_file(), name
+    for name, *_ in FIGURES:
+        assert (folder / "figures" / f"{name}.png").stat().st_size > 1000
+        assert (folder / "figures" / f"{name}.svg").is_file()
+    runs, records = pd.read_csv(folder / "runs.csv"), pd.read_csv(folder / "records.csv")
+    assert len(runs) == 12 and len(records) == 12 * 3  # records at steps 0, 2, 4
+    assert {"step", "loss", "loss_lower_bound", "residual", "rank", "bound_ratio", "kernel_movement_init",
+            "family", "parameterization", "width", "seed"} <= set(records.columns)
+    env = json.loads((folder / "environment.json").read_text())
+    assert env["torch_threads_per_run"] == 1 and env["packages"]["torch"] and env["cpu"]
+    assert json.loads((folder / "config.json").read_text())["widths"] == {"mlp": [2, 8, 32]}
+    html = (folder / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == len(FIGURES)
+    markdown = (folder / "report.md").read_text()
+    assert "S1 (counting)" in markdown and "S4 (lazy versus rich)" in markdown
+    assert "figures/rank.png" in markdown
