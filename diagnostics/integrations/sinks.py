@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..alignment_report import AlignmentReport
@@ -72,6 +73,13 @@ def alignment_figure(report: AlignmentReport) -> Figure:
     ax.set_title(f"D1 {report.verdict.status}: a = {report.residual:.2e}", fontsize=9)
     ax.legend(fontsize=7)
     return fig
+
+
+def _pixels(fig: Figure) -> np.ndarray:
+    """Render ``fig`` to an ``(h, w, 3)`` uint8 array (no pyplot involved)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 def _log_eigenvalues(report: AlignmentReport) -> np.ndarray:
@@ -162,7 +170,7 @@ class WandbSink(Sink):
         row.update({f"{PREFIX}/{k}": record[k] for k in ("d1_status", "tier") if isinstance(record.get(k), str)})
         if report is not None:
             row[f"{PREFIX}/log10_eigenvalues"] = self._wandb.Histogram(_log_eigenvalues(report))
-            row[f"{PREFIX}/alignment_curve"] = self._wandb.Image(alignment_figure(report))
+            row[f"{PREFIX}/alignment_curve"] = self._wandb.Image(_pixels(alignment_figure(report)))
         self.run.log(row)
 
 
