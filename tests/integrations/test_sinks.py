@@ -35,8 +35,8 @@ def test_tensorboard_event_files_hold_every_scalar_the_histogram_and_the_figure(
     for record, report in tracked_records:
         sink.write(record, report)
     sink.close()
-    events = accumulator.EventAccumulator(str(tmp_path), size_guidance={accumulator.SCALARS: 0, accumulator.HISTOGRAMS: 0,
-                                                                   accumulator.IMAGES: 0})
+    everything = {accumulator.SCALARS: 0, accumulator.HISTOGRAMS: 0, accumulator.IMAGES: 0}
+    events = accumulator.EventAccumulator(str(tmp_path), size_guidance=everything)
     events.Reload()
     expected = _expected(tracked_records)
     assert set(events.Tags()["scalars"]) == set(expected)
@@ -98,6 +98,7 @@ def test_wandb_offline_run_holds_every_scalar_against_its_own_step(tmp_path, tra
         sink.write(record, report)
     run_dir = Path(run.dir).parent
     run.finish()
+    wandb.teardown()  # stops W&B's writer process: the run file is complete on disk after it
     rows = []
     for rec in _wandb_records(run_dir):
         if rec.WhichOneof("record_type") == "history":
