@@ -41,6 +41,7 @@ LAYERS = {
     "diagnostics.cms": 3,
     "diagnostics.tracking": 4,
     "diagnostics.aligned": 5,
+    "diagnostics.integrations": 5,  # the tracker inside Lightning / Hugging Face runs, and loggers as sinks
     "diagnostics.width": 6,
     "diagnostics.cli": 7,
     "diagnostics.__main__": 7,
