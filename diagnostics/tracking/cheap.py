@@ -115,6 +115,7 @@ class CheapTier:
         #: ``[ν_Q, ν_f]`` of the last record, ``(d, 2)`` on the model's device; ``None`` before the first.
         self.nu: torch.Tensor | None = None
         self._sketch: torch.Tensor | None = None
+        self._targets: Targets | None = None
         self._target_losses: np.ndarray | None = None
 
     def measure(self, model: nn.Module, x: _inputs.Inputs, y: torch.Tensor, *, loss: str, target: object,
@@ -126,7 +127,9 @@ class CheapTier:
         """
         op = JacobianOperator(model, x, **measure_args)
         n, m = op.n, op.m
-        targets = Targets.build(y, n, m, loss, target)
+        if self._targets is None or self._targets.Q.shape != (n, m):  # the probe is fixed: built once
+            self._targets = Targets.build(y, n, m, loss, target)
+        targets = self._targets
         f = op.outputs.detach().to(torch.float64).cpu()
         Q, g = targets.Q.cpu(), targets.loss_gradient(f)
         S = self._sketch_matrix(n * m)
