@@ -95,6 +95,29 @@ def overhead(build, X, y, n: int, args, device) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def cheap_variants(build, X, y, n: int, args, device) -> dict[str, float]:
+    """Median seconds of a training step and of cheap records with fewer columns or in float32."""
+    run = Run(build, X, y, args.batch_size, device)
+    variants = {
+        "default (float64 on CPU, sketch 2, 1 iteration)": {},
+        "sketch 0": {"sketch_size": 0},
+        "float32": {"dtype": torch.float32},
+        "float32, sketch 0": {"dtype": torch.float32, "sketch_size": 0},
+        "3 iterations": {"cheap_iterations": 3},
+    }
+    trackers = {k: AlignmentTracker(run.model, (X, y), loss="ce", probe_size=n, full_every=10**9, **v)
+                for k, v in variants.items()}
+    times: dict[str, list[float]] = {"step": [], **{k: [] for k in variants}}
+    for round_ in range(args.repeats + 1):
+        step_times = [_timed(run.step, device) for _ in range(5)]
+        record_times = {k: _timed(lambda t=t, r=round_: t.measure(r + 1), device) for k, t in trackers.items()}
+        if round_:
+            times["step"] += step_times
+            for k, v in record_times.items():
+                times[k].append(v)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def agreement(build, X, y, n: int, args, device) -> tuple[np.ndarray, np.ndarray]:
     """Witness and full residuals at the full records of a training run (every 20 steps, full every 5)."""
     run = Run(build, X, y, args.batch_size, device)
@@ -141,6 +164,15 @@ def main() -> None:
             print(f"| {name} | {d:,} | {n} | {10 * n:,} | {1e3 * t['step']:.2f} ms | {1e3 * t['full']:.0f} ms "
                   f"| {1e3 * t['cheap']:.1f} ms | {t['full'] / t['step']:.0f}× | {t['cheap'] / t['step']:.1f}× "
                   f"| {100 * amortised:.0f} % |", flush=True)
+    name, build = next(iter(MODELS.items()))
+    n = args.probe_sizes[0]
+    t = cheap_variants(build, X, y, n, args, device)
+    step = t.pop("step")
+    print(f"\ncheap record variants, {name}, probe {n} (training step {1e3 * step:.2f} ms in the same rounds)")
+    print("| cheap record | time | per training step |")
+    print("|---|---|---|")
+    for variant, seconds in t.items():
+        print(f"| {variant} | {1e3 * seconds:.1f} ms | {seconds / step:.1f}× |")
     if args.agreement:
         print(f"\nwitness residual (cheap tier) against the full record's residual, probe {args.probe_sizes[0]}, "
               f"{args.agreement_steps} steps, records every 20 steps, full every 5th")

@@ -63,13 +63,16 @@ class Snapshots(transformers.TrainerCallback):
         self._keep(state, model)
 
 
-def _train(folder, callback, report_to="none"):
+def _train(folder, callback, report_to="none", max_steps=STEPS, save_steps=None, resume=None):
+    """Train with a constant learning rate (a run stopped early follows the same schedule as a whole one)."""
     args = transformers.TrainingArguments(
-        output_dir=str(folder), max_steps=STEPS, per_device_train_batch_size=16, learning_rate=3e-3, use_cpu=True,
-        save_strategy="no", report_to=report_to, seed=0, disable_tqdm=True, logging_steps=1,
+        output_dir=str(folder), max_steps=max_steps, per_device_train_batch_size=16, learning_rate=3e-3,
+        lr_scheduler_type="constant", use_cpu=True, save_strategy="steps" if save_steps else "no",
+        save_steps=save_steps or 500, report_to=report_to, seed=0, disable_tqdm=True, logging_steps=1,
         dataloader_num_workers=0)
     model = _bert()
-    transformers.Trainer(model=model, args=args, train_dataset=DigitTokens(64), callbacks=[callback]).train()
+    trainer = transformers.Trainer(model=model, args=args, train_dataset=DigitTokens(64), callbacks=[callback])
+    trainer.train(resume_from_checkpoint=resume)
     return model
 
 
@@ -100,3 +103,14 @@ def test_train_records_what_the_plain_tracker_records_and_leaves_training_untouc
     events.Reload()
     assert [e.step for e in events.Scalars("alignment/loss")] == [0, 2, 4]
     assert [e.value for e in events.Scalars("alignment/loss")] == pytest.approx(history.loss.tolist(), rel=1e-6)
+
+    # stopped after a checkpoint at step 2, then resumed from it: the history continues where it was
+    first = AlignmentCallback(probe, **OPTIONS)
+    _train(tmp_path / "resumed", first, max_steps=2, save_steps=2)
+    second = AlignmentCallback(probe, **OPTIONS)
+    _train(tmp_path / "resumed", second, save_steps=2, resume=str(tmp_path / "resumed" / "checkpoint-2"))
+    resumed = second.history
+    assert resumed.step.tolist() == [0, 2, 4]
+    cold = ["kernel_movement_prev", "kernel_velocity_sketch", "witness_residual", "witness_certificate"]
+    kept = [c for c in columns if c not in cold]  # no previous Gram, sketch or warm start right after a resume
+    pd.testing.assert_frame_equal(resumed[kept], history[kept], check_exact=True)
