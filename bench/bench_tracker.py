@@ -3,8 +3,10 @@
 For the digits MLP, CNN and the ResNet of docs/application.md (``diagnostics.models``), trained with SGD
 and momentum on mini-batches, prints the median wall time of one training step (forward, backward,
 optimiser step) and of one record of each tier, for each probe size, measured side by side: training
-steps and records alternate in the same process, so both see the same load (a full record slower than
-``--max-full-seconds`` is timed in two rounds only).
+steps and records alternate in the same process, so both see the same load. On the CPU the times are the
+process's CPU time (``time.process_time``, one intra-op thread with ``--threads 1``), which other processes
+on a shared machine do not inflate; on an accelerator, wall time. A full record slower than
+``--max-full-seconds`` in the warm-up round is timed there only.
 
 - full record: ``AlignmentTracker.measure`` without a cheap tier (Gram on the probe set, float64
   eigen-decomposition, movements);
@@ -50,11 +52,14 @@ def _sync(device: torch.device) -> None:
 
 
 def _timed(fn, device: torch.device) -> float:
+    """Seconds of ``fn()``: CPU time of this process on the CPU (other processes on a shared machine do not
+    count), wall time with synchronisation on an accelerator."""
+    clock = time.process_time if device.type == "cpu" else time.perf_counter
     _sync(device)
-    start = time.perf_counter()
+    start = clock()
     fn()
     _sync(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 class Run:
@@ -80,13 +85,14 @@ def overhead(build, X, y, n: int, args, device) -> dict[str, float]:
     full = AlignmentTracker(run.model, (X, y), loss="ce", probe_size=n)
     cheap = AlignmentTracker(run.model, (X, y), loss="ce", probe_size=n, full_every=10**9)
     times: dict[str, list[float]] = {"step": [], "full": [], "cheap": []}
-    full_rounds = args.repeats
+    slow = False
     for round_ in range(args.repeats + 1):  # round 0 warms up
-        step_times = [_timed(run.step, device) for _ in range(5)]
-        full_s = _timed(lambda r=round_: full.measure(r + 1), device) if round_ <= full_rounds else None
+        step_times = [_timed(run.step, device) for _ in range(10)]
+        full_s = None if slow else _timed(lambda r=round_: full.measure(r + 1), device)
         cheap_s = _timed(lambda r=round_: cheap.measure(r + 1), device)
-        if round_ == 0 and full_s > args.max_full_seconds:  # a slow full record is timed twice only
-            full_rounds = 2
+        if round_ == 0 and full_s > args.max_full_seconds:  # timed once: its warm-up is a small part of it
+            slow = True
+            times["full"].append(full_s)
         if round_:
             times["step"] += step_times
             times["cheap"].append(cheap_s)
@@ -136,7 +142,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--max-full-seconds", type=float, default=10.0,
-                        help="a full record slower than this (in the warm-up round) is timed in 2 rounds only")
+                        help="a full record slower than this in the warm-up round is timed there only")
     parser.add_argument("--every", type=int, default=DEFAULT_EVERY)
     parser.add_argument("--full-every", type=int, default=DEFAULT_FULL_EVERY)
     parser.add_argument("--agreement", action="store_true", help="compare the witness with the full residual")
@@ -149,8 +155,10 @@ def main() -> None:
     device = torch.device(args.device)
     digits = load_dataset("digits")
     X, y = digits.X_train.to(device), digits.y_train.to(device)
+    clock = "CPU time of the process" if device.type == "cpu" else "wall time"
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads; training in float32, "
-          f"batch {args.batch_size}; records in the tracker's default dtype; median of {args.repeats} rounds; "
+          f"batch {args.batch_size}; records in the tracker's default dtype; {clock}, median of {args.repeats} rounds "
+          f"(training steps: 10 per round); "
           f"load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
     every, full_every = args.every, args.full_every
     print(f"| model | d | probe n | n·m | train step | full record | cheap record | full / step | cheap / step "

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 
 from ._optional import require
-from .session import DEFAULT_EVERY, DEFAULT_FULL_EVERY, HISTORY_NAME, TrackingSession, unwrap
+from .session import DEFAULT_EVERY, DEFAULT_FULL_EVERY, DEFAULT_PROBE_SIZE, HISTORY_NAME, TrackingSession, unwrap
 from .sinks import MLflowSink, Sink, TensorBoardSink, WandbSink
 
 pl = require("lightning.pytorch", "lightning")
@@ -39,9 +39,11 @@ class AlignmentCallback(pl.Callback):
     ----------
     probe
         Probe data, as for :class:`~diagnostics.tracking.AlignmentTracker`.
-    every, full_every
+    every, full_every, probe_size
         A record every ``every`` optimiser steps, a full one every ``full_every`` records (the others are
-        cheap; ``full_every=None``: every record is full).
+        cheap; ``full_every=None``: every record is full), on ``probe_size`` samples. The defaults cost
+        10–15 % of the training time on the digits models (``docs/benchmarks.md``); a larger probe or a
+        smaller ``every`` costs more.
     module
         Dotted name of the submodule to measure (``None``: the ``LightningModule``'s own forward).
     path
@@ -61,10 +63,12 @@ class AlignmentCallback(pl.Callback):
     """
 
     def __init__(self, probe: object, *, every: int = DEFAULT_EVERY, full_every: int | None = DEFAULT_FULL_EVERY,
-                 module: str | None = None, path: str | os.PathLike[str] | None = None, sinks: Sequence[Sink] = (),
-                 use_loggers: bool = True, **tracker_options: Any) -> None:
+                 probe_size: int | None = DEFAULT_PROBE_SIZE, module: str | None = None,
+                 path: str | os.PathLike[str] | None = None, sinks: Sequence[Sink] = (), use_loggers: bool = True,
+                 **tracker_options: Any) -> None:
         super().__init__()
-        self.session = TrackingSession(probe, sinks, {"every": every, "full_every": full_every, **tracker_options})
+        self.session = TrackingSession(
+            probe, sinks, {"every": every, "full_every": full_every, "probe_size": probe_size, **tracker_options})
         self.module = module
         self.path = path
         self.use_loggers = use_loggers

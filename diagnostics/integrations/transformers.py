@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from ._optional import require
-from .session import DEFAULT_EVERY, DEFAULT_FULL_EVERY, HISTORY_NAME, TrackingSession, unwrap
+from .session import DEFAULT_EVERY, DEFAULT_FULL_EVERY, DEFAULT_PROBE_SIZE, HISTORY_NAME, TrackingSession, unwrap
 from .sinks import MLflowSink, Sink, TensorBoardSink, WandbSink
 
 hf = require("transformers", "transformers")
@@ -41,8 +41,9 @@ class AlignmentCallback(hf.TrainerCallback):
     probe
         Probe data ``(inputs, labels)``, the inputs a tensor or a dict of tensors (``input_ids``,
         ``attention_mask``, ...), as for :class:`~diagnostics.tracking.AlignmentTracker`.
-    every, full_every
-        A record every ``every`` optimiser steps, a full one every ``full_every`` records.
+    every, full_every, probe_size
+        A record every ``every`` optimiser steps, a full one every ``full_every`` records, on ``probe_size``
+        samples (the defaults cost 10–15 % of the training time on the digits models, ``docs/benchmarks.md``).
     output
         The model output to measure (default ``"logits"``).
     module
@@ -63,10 +64,12 @@ class AlignmentCallback(hf.TrainerCallback):
     """
 
     def __init__(self, probe: object, *, every: int = DEFAULT_EVERY, full_every: int | None = DEFAULT_FULL_EVERY,
-                 output: object = "logits", module: str | None = None, path: str | os.PathLike[str] | None = None,
-                 sinks: Sequence[Sink] = (), use_report_to: bool = True, **tracker_options: Any) -> None:
+                 probe_size: int | None = DEFAULT_PROBE_SIZE, output: object = "logits", module: str | None = None,
+                 path: str | os.PathLike[str] | None = None, sinks: Sequence[Sink] = (), use_report_to: bool = True,
+                 **tracker_options: Any) -> None:
         self.session = TrackingSession(
-            probe, sinks, {"every": every, "full_every": full_every, "output": output, **tracker_options})
+            probe, sinks,
+            {"every": every, "full_every": full_every, "probe_size": probe_size, "output": output, **tracker_options})
         self.module = module
         self.path = path
         self.use_report_to = use_report_to

@@ -15,7 +15,7 @@ pass over the probe per iteration, every column at once):
       \|Q - J\nu\| \;\ge\; \|(I - P)Q\|, \qquad P \text{ the projector onto } \mathrm{Col}\,J,
 
   so the **witness residual** ``‖Q − Jν_Q‖/‖Q‖`` is an upper bound of the D1 residual
-  (``theory/alignment.md#the-alignment-condition``). D1 *holds* when the bound, plus a rounding allowance
+  (``theory/alignment.md#witness-bounds``). D1 *holds* when the bound, plus a rounding allowance
   ``nm · eps · σ_max(Jν-basis) ‖ν_Q‖ / ‖Q‖``, is below ``residual_tol``; otherwise it is *not
   established*: a truncated solve never refutes D1, the full record decides.
 - the **witness certificate** ``‖ν_r‖``, ``ν_r = ν_f − cν_Q`` the fit of ``r = f − cQ`` (``c = 1`` for the
