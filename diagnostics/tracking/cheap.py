@@ -149,6 +149,7 @@ class CheapTier:
             more, _ = _unit_columns(op.rmatmat(residuals))
             V, JV = torch.cat([V, more], dim=1), torch.cat([JV, op.matmat(more).to(torch.float64).cpu()], dim=1)
         self.nu = (V @ coef.to(V)).detach()
+        gram = (self.nu.T @ self.nu).to(torch.float64).cpu()  # [[ν_Q·ν_Q, ν_Q·ν_f], [ν_f·ν_Q, ν_f·ν_f]]
         q_norm = float(Q.norm())
         witness = float(residuals[:, 0].norm()) / q_norm
         return CheapMeasurement(
@@ -156,7 +157,7 @@ class CheapTier:
             grad_norm=grad_norm,
             verdict=self._verdict(witness, allowance / q_norm, residual_tol, op.dtype),
             witness_residual=witness,
-            witness_certificate=self._certificate(targets, f, g, grad_norm, coef, residuals),
+            witness_certificate=self._certificate(targets, g, grad_norm, gram, residuals),
             sketch=sketch,
             kernel_alignment=_sketched_alignment(qkq, q_norm**2, sketch),
             theta=op.fm.flatten(op.fm.params).detach().clone(),
@@ -186,20 +187,20 @@ class CheapTier:
         )
         return theory.alignment_condition(witness, tol, resolved, note)
 
-    def _certificate(self, targets: Targets, f: torch.Tensor, g: torch.Tensor, grad_norm: float,
-                     coef: torch.Tensor, residuals: torch.Tensor) -> float:
+    def _certificate(self, targets: Targets, g: torch.Tensor, grad_norm: float, gram: torch.Tensor,
+                     residuals: torch.Tensor) -> float:
         """``‖ν_f − cν_Q‖`` at ``c = 1`` (mse) or at the scale with the smallest bound (ce).
 
+        ``gram`` is the ``2 × 2`` Gram of ``[ν_Q, ν_f]``, so ``‖ν_f − cν_Q‖² = ν_f·ν_f − 2c ν_f·ν_Q + c² ν_Q·ν_Q``.
         For cross-entropy the bound at scale ``c`` is ``L(cQ) + ‖∇L‖‖ν_c‖ + |⟨g, e_c⟩|`` with ``e_c`` the
         fit's residual for ``f − cQ`` (convexity: ``L − L(cQ) ≤ ⟨g, f − cQ⟩ = ⟨Jᵀg, ν_c⟩ + ⟨g, e_c⟩``).
         """
-        nu_q, nu_f = coef[:, 0], coef[:, 1]
+        scales = torch.as_tensor([1.0] if targets.loss == "mse" else CE_SCALES, dtype=torch.float64)
+        distances = (gram[1, 1] - 2 * scales * gram[0, 1] + scales**2 * gram[0, 0]).clamp_min(0).sqrt()
         if targets.loss == "mse":
-            return float((nu_f - nu_q).norm())
+            return float(distances[0])
         if self._target_losses is None:  # the probe is fixed: L(cQ) is computed once
             self._target_losses = targets.scaled_target_losses(CE_SCALES)
-        scales = torch.as_tensor(CE_SCALES, dtype=torch.float64)
-        distances = (nu_f[None, :] - scales[:, None] * nu_q[None, :]).norm(dim=1)
         inner = (g.reshape(-1) @ residuals[:, 1]) - scales * (g.reshape(-1) @ residuals[:, 0])
         k = best_scale(self._target_losses, (grad_norm * distances + inner.abs()).numpy())
         return float(distances[k])

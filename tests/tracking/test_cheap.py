@@ -11,7 +11,7 @@ from helpers import assert_unchanged
 from torch import nn
 
 import theory
-from diagnostics import ntk_gram
+from diagnostics import check_alignment, ntk_gram
 from diagnostics.errors import DiagnosticsError
 from diagnostics.tracking import AlignmentTracker, verify_history
 from diagnostics.tracking.cheap import CheapTier
@@ -62,6 +62,9 @@ def test_iterations_grow_the_krylov_space_until_the_fit_is_exact():
         witnesses.append(cheap.witness_residual)
         assert cheap.verdict.status == (theory.HOLDS if iterations == 4 else theory.NOT_ESTABLISHED)
     assert witnesses[0] > witnesses[1] > witnesses[2] > 0.1 and witnesses[3] < 1e-10
+    # an exact fit by a witness in the row space is the least-norm one: its certificate is B = ‖J⁺r‖
+    assert cheap.witness_certificate == pytest.approx(check_alignment(model, (X, Y), probe_size=None).certificate,
+                                                      rel=1e-9)
 
 
 def test_the_witness_bounds_the_residual_and_never_refutes():
