@@ -44,6 +44,8 @@ def run(width: int, n: int, lr: float, steps: int, seed: int) -> dict:
         loss = 0.5 * ((model(X) - Y) ** 2).sum() / n
         loss.backward()
         optimizer.step()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"width {width}: gradient descent at η = {lr} diverged")
     end = check_alignment(model, (X, Y), probe_size=None, horizon=horizon)
     return {
         "width": width, "d": sum(p.numel() for p in model.parameters()), "final_loss": end.loss,
@@ -75,7 +77,7 @@ def table(rows: list[dict], n: int, lr: float, steps: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the widths, print the table (and write it to ``--output``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--widths", type=int, nargs="+", default=[16, 64, 256, 1024])
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128, 256])
     parser.add_argument("--n", type=int, default=150)
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--steps", type=int, default=3000)
@@ -84,7 +86,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     begin = time.perf_counter()
-    rows = [run(w, args.n, args.lr, args.steps, args.seed) for w in args.widths]
+    rows = []
+    for width in args.widths:
+        rows.append(run(width, args.n, args.lr, args.steps, args.seed))
+        print(f"width {width}: final loss {rows[-1]['final_loss']:.4f} ({time.perf_counter() - begin:.0f} s)",
+              flush=True)
     text = table(rows, args.n, args.lr, args.steps) + f"\n\n({time.perf_counter() - begin:.0f} s)\n"
     print(text)
     if args.output:
