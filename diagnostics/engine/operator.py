@@ -61,9 +61,9 @@ class JacobianOperator:
 
     Notes
     -----
-    .. math::
-        \mathrm{matvec}(v) = J v,\qquad \mathrm{rmatvec}(u) = J^\top u,\qquad
-        \mathrm{gram\_matvec}(v) = J J^\top v = K v.
+    ::
+
+        matvec(v) = J v,     rmatvec(u) = Jᵀ u,     gram_matvec(v) = J Jᵀ v = K v.
 
     Each product costs one pass over the data (``gram_matvec`` two); nothing is cached between
     calls, so the measurement mode is set and restored around each call.

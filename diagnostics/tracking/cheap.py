@@ -1,4 +1,4 @@
-r"""The cheap tier of the tracker: a record from a few products with ``J``, warm-started (``theory/alignment.md``).
+"""The cheap tier of the tracker: a record from a few products with ``J``, warm-started (``theory/alignment.md``).
 
 A full record forms the Gram ``K = JJᵀ`` (``nm × nm``) and decomposes it, which costs hundreds of training
 steps on a small network. A cheap record uses a handful of Jacobian products instead
@@ -9,10 +9,9 @@ pass over the probe per iteration, every column at once):
 - a **witness** ``ν`` for the target ``Q`` and the outputs ``f``: the least-squares fit of ``[Q, f]`` by
   ``J`` over the span of ``JᵀQ``, ``Jᵀg``, the previous record's ``ν_Q, ν_f`` (the warm start) and the
   sketch directions ``JᵀS``; each further iteration adds ``Jᵀ`` of the current residuals (a block Krylov
-  step). For *any* ``ν``,
+  step). For *any* ``ν``::
 
-  .. math::
-      \|Q - J\nu\| \;\ge\; \|(I - P)Q\|, \qquad P \text{ the projector onto } \mathrm{Col}\,J,
+      ‖Q − Jν‖ ≥ ‖(I − P)Q‖,    P the projector onto Col J,
 
   so the **witness residual** ``‖Q − Jν_Q‖/‖Q‖`` is an upper bound of the D1 residual
   (``theory/alignment.md#witness-bounds``). D1 *holds* when the bound, plus a rounding allowance
@@ -25,11 +24,9 @@ pass over the probe per iteration, every column at once):
   When the fit is exact (``e = 0``), ``‖ν_r‖ ≥ B``; otherwise it is the norm of a partial fit and can be
   smaller than ``B``: read it as a trend, not as ``B``;
 - a fixed Gaussian **sketch** ``S ∈ R^{nm×s}`` (drawn once per run): ``KS = J(JᵀS)``, and since
-  ``E‖Kz‖² = ‖K‖_F²`` for ``z ~ N(0, I)`` (Hutchinson),
+  ``E‖Kz‖² = ‖K‖_F²`` for ``z ~ N(0, I)`` (Hutchinson)::
 
-  .. math::
-      \widehat{\mathrm{KTA}} = \frac{Q^\top K Q}{\|Q\|^2 \sqrt{\|KS\|_F^2/s}}, \qquad
-      \widehat{\Delta}_K = \frac{\|K_t S - K_{t'} S\|_F}{\|K_{t'} S\|_F};
+      KTA ≈ QᵀKQ / (‖Q‖² sqrt(‖KS‖_F² / s)),    Δ_K ≈ ‖K_t S − K_t' S‖_F / ‖K_t' S‖_F;
 
   ``QᵀKQ = ‖JᵀQ‖²`` is exact, the norms are estimates whose relative spread is at most ``sqrt(2/s)`` (when
   one eigenvalue dominates ``K``); the same ``S`` at every record makes them comparable along the run.

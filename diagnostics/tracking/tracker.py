@@ -1,15 +1,12 @@
-r"""Per-iteration tracking of the alignment quantities during training (THEORY §3–§5).
+"""Per-iteration tracking of the alignment quantities during training (THEORY §3–§5).
 
 :class:`AlignmentTracker` attaches to any training loop with one call per step and, every
 ``every`` steps, measures on a fixed probe set everything :func:`~diagnostics.check_alignment`
 reports (loss, ``‖∇L‖``, alignment residual, rank and spectrum, certificate ``B``, the (I3)/(I4)
-bound ratio, the (I2) decomposition gap and loss floor) plus how far the representation has moved:
+bound ratio, the (I2) decomposition gap and loss floor) plus how far the representation has moved::
 
-.. math::
-
-    \Delta_K^{\mathrm{init}}(t) = \frac{\|K_t - K_0\|_F}{\|K_0\|_F}, \qquad
-    \Delta_K^{\mathrm{prev}}(t) = \frac{\|K_t - K_{t'}\|_F}{\|K_{t'}\|_F}, \qquad
-    \Delta_\theta(t) = \frac{\|\theta_t - \theta_0\|}{\|\theta_0\|},
+    Δ_K^init(t) = ‖K_t − K_0‖_F / ‖K_0‖_F,    Δ_K^prev(t) = ‖K_t − K_t'‖_F / ‖K_t'‖_F,
+    Δ_θ(t) = ‖θ_t − θ_0‖ / ‖θ_0‖,
 
 (``t'`` the previous record; THEORY §5, S4) and, for chosen modules, the linear CKA between their
 activations now and at the reference (:mod:`diagnostics.representation`).
@@ -108,6 +105,8 @@ class AlignmentTracker:
         ``lr`` is read at every record so that schedules are followed) and its total number of steps. Each
         record then has the part of ``Q`` that the remaining ``T − step`` steps cannot fit,
         ``horizon_residual``, and its loss floor ``horizon_loss_floor`` (``nan`` without a horizon).
+    tol
+        Former name of ``rank_tol`` (deprecated).
     full_every
         Turn on the cheap tier: every record is a cheap one (:mod:`~diagnostics.tracking.cheap`: loss,
         ``‖∇L‖``, an upper bound of the alignment residual and of the certificate from a few warm-started
