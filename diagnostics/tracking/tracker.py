@@ -11,6 +11,9 @@ bound ratio, the (I2) decomposition gap and loss floor) plus how far the represe
 (``t'`` the previous record; THEORY §5, S4) and, for chosen modules, the linear CKA between their
 activations now and at the reference (:mod:`diagnostics.representation`).
 
+With ``full_every=``, most records are cheap ones (:mod:`~diagnostics.tracking.cheap`: a few Jacobian
+products instead of the Gram and its spectrum) and every ``full_every``-th is full.
+
 Records go to a DataFrame (:attr:`AlignmentTracker.history`) and, with ``path=``, to an append-only
 JSON-lines file that survives a crash and resumes (:mod:`diagnostics.history`).
 """
