@@ -183,7 +183,7 @@ def check_cms(
         V_all = job.contractions(theta)
         K = job.gram()
         x_fresh = _inputs.take(job.x, slice(half, n))
-        manifest = MeasurementManifest.build(fm, job.x, strategy=job.strategy, structured=job.structured)
+        manifest = MeasurementManifest.of(job, job.error(K))
     with Measurement(model, _perturb(x_fresh, perturbation, seed), **settings) as noisy:
         with torch.no_grad():
             f_noisy = noisy.fm(noisy.fm.params, noisy.x)

@@ -95,9 +95,9 @@ REFUSALS = (
     ),
     (
         ("forward ad", "forward mode ad", "forward-mode", "jvp function"),
-        "an operation without a forward-mode derivative (check_cms uses torch.func.jvp)",
-        "implement the jvp staticmethod of the custom autograd.Function, or use check_alignment / "
-        "jacobian / ntk_gram, which need reverse mode only",
+        "an operation without a forward-mode derivative (torch.func.jvp)",
+        "the dense path (jacobian, ntk_gram, check_alignment, check_cms) needs reverse mode only; the "
+        "matrix-free JacobianOperator falls back to reverse mode with strategy='auto'",
     ),
     (
         ("batching rule",),
