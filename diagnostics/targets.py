@@ -116,7 +116,7 @@ class Targets:
 
 
 def _alignment_target(target: object, n: int, m: int) -> torch.Tensor:
-    """Return the user's target as an ``(n, m)`` float64 matrix, refusing any other shape (but ``(n,)`` for ``m = 1``)."""
+    """Return the user's target as an ``(n, m)`` float64 matrix; any other shape is refused (``(n,)`` if ``m = 1``)."""
     try:
         Q = torch.as_tensor(np.asarray(target) if not isinstance(target, torch.Tensor) else target)
     except (TypeError, ValueError) as exc:

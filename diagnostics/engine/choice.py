@@ -1,21 +1,24 @@
 r"""How ``strategy="auto"`` chooses: plans, the timed probe's cost model, and the per-model cache.
 
 A :class:`Plan` is one exact way to compute ``J`` and ``K`` (``theory/alignment.md#setup``): the structured
-path with the other parameters by per-sample ``vmap(jacrev)`` or by whole-batch ``vjp``, per-sample
-``vmap(jacrev)``, or whole-batch ``vjp``. ``auto`` keeps the plans that can run the model (samples
-that interact rule out the per-sample ones; a model ``vmap`` cannot run over samples rules out
-``vmap(jacrev)``) and, on problems large enough for the choice to matter, picks the fastest by a timed
-probe on two small slices of the samples, extrapolated to the whole batch by :func:`predict`:
+path with the other parameters by per-sample ``vmap(jacrev)`` or by ``vjp``; per-sample ``vmap(jacrev)``; or
+``vjp``, over the whole batch or chunk by chunk. ``auto`` keeps the plans that can run the model (samples
+that interact leave whole-batch ``vjp``; a model ``vmap`` cannot run over samples, such as a recurrent
+layer or a padding mask read in Python, leaves ``vjp`` by chunks) and, on problems large enough for the
+choice to matter, picks the fastest by a timed probe on small slices of the samples, extrapolated to the
+whole batch by :func:`predict`:
 
 .. math::
 
     t(n) = a + b\,n^e + \frac{\mathrm{FLOPs}_{\text{products}}(n)}{\text{matmul rate}},
 
 with ``a`` and ``b`` fitted to the probe's times less their products' share (``e = 1`` when ``J`` is
-formed sample by sample, ``e = 2`` when each row is pulled back through the whole batch), the product
-FLOPs counted exactly from the layer shapes, and the rate of one matrix product timed once per
-process. The choice is cached per model, input shapes, dtype, mode, parameters and result
-(:class:`ChoiceCache`), so a tracker or a benchmark pays for the probe once.
+formed sample by sample or chunk by chunk, ``e = 2`` when each row is pulled back through the whole
+batch), the product FLOPs counted exactly from the layer shapes, and the rate of one matrix product
+timed once per process. For ``vjp`` by chunks the slice *is* a chunk, so ``n/c`` times its time (less
+products) is the whole batch's: the probe doubles ``c`` while that improves. The choice is cached per
+model, input shapes, dtype, mode, parameters and result (:class:`ChoiceCache`), so a tracker or a
+benchmark pays for the probe once.
 """
 
 from __future__ import annotations
@@ -28,7 +31,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-__all__ = ["FALLBACK", "PLANS", "Choice", "ChoiceCache", "Plan", "matmul_rate", "predict", "synchronize"]
+from ..errors import UnsupportedModelError
+
+__all__ = [
+    "NO_VMAP", "PLANS", "Choice", "ChoiceCache", "PerSampleFailure", "Plan", "matmul_rate", "predict", "synchronize",
+]
+
+
+class PerSampleFailure(UnsupportedModelError):
+    """``vmap`` over samples cannot run the model (``strategy="auto"`` falls back to plans without it)."""
 
 
 @dataclass(frozen=True)
@@ -38,35 +49,46 @@ class Plan:
     Attributes
     ----------
     strategy
-        ``"structured"``, ``"jacrev"`` or ``"vjp"`` (what the manifest calls the strategy).
+        ``"structured"`` (layers with a rule from their inputs and cotangents), ``"jacrev"`` or ``"vjp"``.
     rest
-        How the parameters outside the structured layers are differentiated: ``"jacrev"`` (per sample)
-        or ``"vjp"`` (whole batch); equal to ``strategy`` for the other two.
+        How the parameters outside the structured layers are differentiated: ``"jacrev"`` (``vmap`` over
+        samples) or ``"vjp"``; equal to ``strategy`` for the other two.
+    chunk
+        For ``vjp``: ``0`` differentiates the whole batch at once (samples may interact); ``c > 0`` the
+        batch ``c`` samples at a time, each chunk's ``c·m`` rows pulled back through that chunk only (valid
+        when samples are independent; no ``vmap`` over samples, so it runs models ``vmap`` cannot).
     """
 
     strategy: str
     rest: str
+    chunk: int = 0
 
     @property
     def per_sample(self) -> bool:
-        """Whether the plan runs ``vmap`` over samples (invalid when samples interact)."""
+        """Whether the plan runs ``vmap`` over samples."""
         return self.rest == "jacrev"
 
     @property
     def label(self) -> str:
-        """Name in reports: the strategy, with the rest when it is not the strategy's default."""
-        return "structured+vjp" if self.strategy == "structured" and self.rest == "vjp" else self.strategy
+        """Name in reports: the strategy, joined by the rest when it is not the strategy's default."""
+        name = f"structured+{self.rest}" if self.strategy == "structured" and self.rest != "jacrev" else self.strategy
+        return f"{name} (chunks of {self.chunk} samples)" if self.chunk else name
 
     @property
     def exponent(self) -> int:
-        """How the time to form ``J`` grows with ``n``: 1 sample by sample, 2 through the whole batch."""
-        return 2 if self.rest == "vjp" else 1
+        """How the time to form ``J`` grows with ``n``: 1 by samples or chunks, 2 through the whole batch."""
+        return 2 if self.rest == "vjp" and not self.chunk else 1
+
+    def chunked(self, chunk: int) -> Plan:
+        """Return the same plan with its ``vjp`` taken ``chunk`` samples at a time."""
+        return Plan(self.strategy, "vjp", chunk)
 
 
 #: The plan of each strategy a user can ask for.
 PLANS = {"structured": Plan("structured", "jacrev"), "jacrev": Plan("jacrev", "jacrev"), "vjp": Plan("vjp", "vjp")}
-#: The structured path with the other parameters by whole-batch ``vjp``: for models ``vmap`` cannot run.
-FALLBACK = Plan("structured", "vjp")
+#: Plans without ``vmap`` over samples (for models it cannot run): the structured path with the rest by
+#: ``vjp``, and ``vjp``; the probe chooses their chunk size.
+NO_VMAP = (Plan("structured", "vjp"), Plan("vjp", "vjp"))
 
 
 @dataclass

@@ -25,9 +25,10 @@ Strategies (``strategy=``), all exact and held to the dense reference by the tes
     the samples interact; otherwise the plans that run, timed on two small slices and extrapolated to
     the whole batch (problems of fewer than 256 rows ``n·m`` take ``"structured"`` without timing), the
     choice cached per model and shapes; when ``vmap`` cannot run the model over samples (recurrent
-    layers, data-dependent control flow such as a padding mask) it falls back by itself to the
-    structured path with the other parameters by ``"vjp"`` (``"structured+vjp"``). The manifest says
-    what it chose and why (:mod:`~diagnostics.engine.choice`).
+    layers, data-dependent control flow such as a padding mask) it falls back by itself to plans
+    without it: the other parameters by ``vjp`` (``"structured+vjp"``, ``"vjp"``), over chunks of
+    samples whose size the probe chooses. The manifest says what it chose and why
+    (:mod:`~diagnostics.engine.choice`).
 
 Every strategy accumulates the Gram only on the tiles on and above its diagonal (about half the
 FLOPs) and mirrors them, so ``K`` is exactly symmetric. Memory is estimated before allocating: the

@@ -243,7 +243,7 @@ class MeasurementManifest:
             mode=fm.mode,
             mode_meaning=_MODE_MEANING[fm.mode],
             strategy=strategy,
-            strategy_meaning=_STRATEGY_MEANING.get(strategy, strategy),
+            strategy_meaning=_meaning(strategy),
             structured=None if structured is None else tuple(structured),
             interacting=_interacting(model, fm.mode),
             dropout=tuple(
@@ -306,6 +306,15 @@ class MeasurementManifest:
         if self.error is not None:
             lines.append(f"    floating-point error of this measurement {self.error}")
         return "\n".join(lines)
+
+
+def _meaning(strategy: str) -> str:
+    """Say what a strategy does; ``"… (chunks of c samples)"`` adds that ``vjp`` runs chunk by chunk."""
+    base, _, chunk = strategy.partition(" (chunks of ")
+    meaning = _STRATEGY_MEANING.get(base, base)
+    if chunk:
+        meaning += f"; vjp over chunks of {chunk.rstrip(')')}, each chunk's rows through that chunk only"
+    return meaning
 
 
 def _rate(mod: nn.Module) -> float:

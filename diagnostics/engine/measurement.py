@@ -11,46 +11,34 @@ every check built on them runs inside one.
 when the samples interact or in ``mode="batch"``; otherwise it times the plans that run on two small
 slices and takes the fastest (on problems of fewer than :data:`PROBE_MIN_ROWS` rows, where the choice
 cannot matter, the structured path without timing); and when ``vmap`` cannot run the model over
-samples it falls back by itself to the structured path with the other parameters by whole-batch
-``vjp``. The manifest says what it chose and why.
+samples it falls back by itself to plans without it (the other parameters by ``vjp``, over the whole
+batch or chunk by chunk). The manifest says what it chose and why.
 """
 
 from __future__ import annotations
 
-import copy
-import time
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from torch.func import jacrev, vjp, vmap
 
-from ..errors import DiagnosticsError, InsufficientMemoryError, UnsupportedModelError
+from ..errors import DiagnosticsError, InsufficientMemoryError
+from . import auto, memory
 from . import inputs as _inputs
-from . import memory
 from .accuracy import ErrorEstimate, gram_error
-from .choice import FALLBACK, PLANS, Choice, ChoiceCache, Plan, matmul_rate, predict, synchronize
+from .choice import Choice, PerSampleFailure, Plan
 from .functional import FunctionalModel, ParamSelector
 from .gram import GramTiles, columns, groups
 from .precision import dtype_name
 from .refusals import refusal
-from .structured import StructuredLayers, eligible_layers
+from .structured import StructuredLayers
 
-__all__ = ["CHOICES", "PROBE_MIN_ROWS", "RESULTS", "STRATEGIES", "Measurement", "PerSampleFailure"]
+__all__ = ["RESULTS", "STRATEGIES", "Measurement", "PerSampleFailure"]
 
 STRATEGIES = ("auto", "structured", "jacrev", "vjp")
 #: What a measurement is for: the Gram (and contractions) or the Jacobian; sizes the memory check and the probe.
 RESULTS = ("gram", "jacobian")
-#: ``auto`` times the plans only on problems of at least this many rows ``n·m``.
-PROBE_MIN_ROWS = 256
-#: Rows ``s·m`` of the smaller probe slice (the larger has twice as many samples).
-PROBE_ROWS = 64
-#: ``auto``'s choices, per model (see :class:`~diagnostics.engine.choice.ChoiceCache`).
-CHOICES = ChoiceCache()
-
-
-class PerSampleFailure(UnsupportedModelError):
-    """``vmap`` over samples cannot run the model (``strategy="auto"`` falls back to whole-batch ``vjp``)."""
 
 
 class Measurement:
@@ -115,6 +103,7 @@ class Measurement:
         self.itemsize = torch.empty((), dtype=self.fm.dtype).element_size()
         self.choice: Choice | None = None
         self.independent = False
+        self.probed: Measurement | None = None  # a slice measured by auto's probe
         self.structured: tuple[str, ...] | None = None  # parameters covered by the structured path
         self._stack = None
         self._layers: StructuredLayers | None = None
@@ -137,7 +126,7 @@ class Measurement:
             out = self.fm.check_forward(self.x, per_sample=self.requested in ("structured", "jacrev"))
             self.m = out.shape[1]
             self.rows = self.n * self.m
-            self.choice = self._choose(out)
+            self.choice = auto.choose(self, out)
         except BaseException:
             self._stack.__exit__(None, None, None)
             raise
@@ -176,115 +165,6 @@ class Measurement:
                 "or the matrix-free JacobianOperator.",
             )
 
-    # -- the plan ----------------------------------------------------------------------------------
-    def _choose(self, out: torch.Tensor) -> Choice:
-        """Return the plan: the one asked for, or ``auto``'s (cached per model and shapes)."""
-        if self.requested != "auto":
-            self.independent = self.requested != "vjp"  # the per-sample check of check_forward passed
-            return Choice(PLANS[self.requested], "asked for (strategy=)")
-        if self.fm.mode == "batch":
-            return Choice(PLANS["vjp"], "auto: in mode='batch' the samples interact, so the whole batch is "
-                                        "differentiated")
-        problem = self.fm.per_sample_problem(self.x, out)
-        if problem:
-            return Choice(PLANS["vjp"], "auto fell back to vjp over the whole batch: " + problem.split(". ")[0])
-        self.independent = True
-        key = self._cache_key()
-        cached = CHOICES.get(self.fm.module, key)
-        if cached is not None:
-            return Choice(cached.plan, cached.reason + "; cached for this model and shapes", cached.predicted)
-        if self.rows < PROBE_MIN_ROWS:
-            plan = PLANS["structured"] if self._has_structured_layers() else PLANS["jacrev"]
-            choice = Choice(plan, f"auto: {plan.label}, without timing (n·m = {self.rows} < {PROBE_MIN_ROWS}: "
-                                  "the choice cannot matter)")
-        else:
-            choice = self._probe()
-        CHOICES.put(self.fm.module, key, choice)
-        return choice
-
-    def _cache_key(self) -> tuple:
-        leaves = _inputs.leaves(self.x)
-        keys = tuple(self.x) if isinstance(self.x, dict) else ()
-        output = self.fm.output
-        selector = output if output is None or isinstance(output, (str, int)) else getattr(
-            output, "__qualname__", type(output).__name__)
-        return (keys, tuple((tuple(t.shape), t.dtype) for t in leaves), self.fm.dtype, self.fm.mode,
-                self.fm.names, selector, self.result, self.rows, str(self.fm.device))
-
-    def _has_structured_layers(self) -> bool:
-        return bool(eligible_layers(self.fm, self.fm.names))
-
-    def _probe(self) -> Choice:
-        """Time every plan that runs on two slices of the samples; choose the fastest predicted on the whole batch."""
-        s1 = min(self.n, max(1, -(-PROBE_ROWS // self.m)))
-        s2 = min(self.n, 2 * s1)
-        if s2 == s1:
-            s1 = max(1, s2 // 2)
-        structured = self._has_structured_layers()
-        plans = [PLANS["structured"]] if structured else []
-        plans += [PLANS["jacrev"], PLANS["vjp"]]
-        rate = matmul_rate(self.fm.dtype, self.fm.device)
-        predicted: dict[str, float] = {}
-        ruled_out: list[str] = []
-        per_sample_failure = None
-        for plan in plans + ([FALLBACK] if structured else []):
-            if plan is FALLBACK and per_sample_failure is None:
-                continue  # only needed when vmap cannot run the model
-            if plan.per_sample and per_sample_failure is not None:
-                continue
-            try:
-                warm = self._timed_slice(plan, s1)[0]
-                if predicted and warm > 2 * min(predicted.values()):
-                    ruled_out.append(f"{plan.label} (slower on {s1} samples than the best on all {self.n})")
-                    continue
-                (t1, p1), (t2, p2) = self._timed_slice(plan, s1), self._timed_slice(plan, s2)
-                pn = self._product_flops(plan, self.n)
-            except PerSampleFailure as exc:
-                per_sample_failure = exc
-                ruled_out.append(f"{plan.label} ({_first_sentence(exc)})")
-                continue
-            except (DiagnosticsError, RuntimeError, NotImplementedError) as exc:
-                ruled_out.append(f"{plan.label} ({type(exc).__name__}: {_first_sentence(exc)})")
-                continue
-            predicted[plan.label] = predict((t1, t2), (s1, s2), self.n, plan.exponent, (p1, p2, pn), rate)
-        if not predicted:
-            raise UnsupportedModelError("no strategy can measure this model; the attempts: " + "; ".join(ruled_out))
-        best = min(predicted, key=predicted.get)
-        plan = next(p for p in (*plans, FALLBACK) if p.label == best)
-        reason = f"auto: {best}, the fastest by a timed probe on {s1} and {s2} samples"
-        if ruled_out:
-            reason += "; ruled out: " + "; ".join(ruled_out)
-        return Choice(plan, reason, predicted)
-
-    def _timed_slice(self, plan: Plan, count: int) -> tuple[float, float]:
-        """Seconds to compute the result with ``plan`` on the first ``count`` samples, and its product FLOPs."""
-        part = copy.copy(self)
-        part.x, part.n, part.rows = _inputs.take(self.x, slice(0, count)), count, count * self.m
-        part.requested, part.choice, part._layers, part.structured = plan.strategy, Choice(plan, "probe"), None, None
-        synchronize(self.fm.device)
-        start = time.perf_counter()
-        if self.result == "gram":
-            part.gram()
-        else:
-            part.jacobian_columns(self.fm.names)
-        synchronize(self.fm.device)
-        elapsed = time.perf_counter() - start
-        self._probed = part  # its captured layers give the product FLOPs at other sizes
-        return elapsed, self._product_flops(plan, count)
-
-    def _product_flops(self, plan: Plan, n: int) -> float:
-        """FLOPs of the Gram's products on ``n`` samples (0 for a Jacobian), from the layers of the last probe."""
-        if self.result != "gram":
-            return 0.0
-        rows = n * self.m
-        flops, covered = 0.0, set()
-        layers = self._probed._layers if plan.strategy == "structured" else None
-        if layers is not None:
-            covered = layers.covered
-            flops += sum(min(layer.rule.gram_costs(layer, self.m, n).values()) for layer in layers.layers.values())
-        rest = sum(self.fm.params[k].numel() for k in self.fm.names if k not in covered)
-        return flops + GramTiles.upper_fraction(rows, self.m) * 2.0 * rows**2 * rest
-
     def _falling_back(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Run ``compute``; when ``auto``'s per-sample plan meets a model ``vmap`` cannot run, fall back and rerun."""
         try:
@@ -292,9 +172,7 @@ class Measurement:
         except PerSampleFailure as exc:
             if self.requested != "auto" or not self.plan.per_sample:
                 raise
-            plan = FALLBACK if self._has_structured_layers() else PLANS["vjp"]
-            self.choice = Choice(plan, f"auto fell back to {plan.label}: {_first_sentence(exc)}")
-            CHOICES.put(self.fm.module, self._cache_key(), self.choice)
+            self.choice = auto.fall_back(self, exc)
             return compute()
 
     # -- Jacobian columns and contractions ------------------------------------------------------------
@@ -320,26 +198,45 @@ class Measurement:
         the structured path contract their captured inputs and cotangents (``J_p`` never formed), the other
         parameters' Jacobian columns are formed group by group within the memory budget.
         """
+        return self._falling_back(lambda: self._compute(vectors, gram=False)[1])
 
-        def compute() -> torch.Tensor:
-            names = self.fm.names
-            V = torch.empty(self.rows, len(names), dtype=self.fm.dtype, device=self.fm.device)
-            index = {k: i for i, k in enumerate(names)}
-            done = self._structured_layers().contractions(vectors) if self.plan.strategy == "structured" else {}
-            for k, v in done.items():
-                V[:, index[k]] = v
-            rest = tuple(k for k in names if k not in done)
-            budget = max(self.budget // 2, self.rows * self.itemsize)
-            for group in groups(rest, self.fm.params, self.rows * self.itemsize, budget):
-                J = columns(self._generic_blocks(group), group, self.rows)
+    def gram_and_contractions(self, vectors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`gram` and :meth:`contractions` at once: each group of Jacobian columns is formed only once."""
+        return self._falling_back(lambda: self._compute(vectors, gram=True))
+
+    def _compute(self, vectors: dict[str, torch.Tensor] | None, gram: bool
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Compute the Gram (``gram``) and the contractions with ``vectors`` (unless ``None``), group by group."""
+        names = self.fm.names
+        K = GramTiles(self.rows, self.m, self.fm.dtype, self.fm.device) if gram else None
+        V = None if vectors is None else torch.empty(self.rows, len(names), dtype=self.fm.dtype, device=self.fm.device)
+        index = {k: i for i, k in enumerate(names)}
+        covered: set[str] = set()
+        if self.plan.strategy == "structured":
+            layers = self._structured_layers()
+            covered = layers.covered
+            self.structured = tuple(k for k in names if k in covered)
+            if K is not None:
+                layers.add_gram(K)
+            if V is not None:
+                for k, v in layers.contractions(vectors).items():
+                    V[:, index[k]] = v
+        rest = tuple(k for k in names if k not in covered)
+        reserved = 2 * self.rows**2 * self.itemsize if gram else self.budget // 2
+        free = max(self.budget - reserved, self.rows * self.itemsize)
+        for group in groups(rest, self.fm.params, self.rows * self.itemsize, free):
+            J = columns(self._generic_blocks(group), group, self.rows)
+            if K is not None:
+                K.add_products(J, J)
+            if V is not None:
                 start = 0
                 for k in group:
                     size = self.fm.params[k].numel()
                     V[:, index[k]] = J[:, start : start + size] @ vectors[k].reshape(-1).to(J)
                     start += size
-            return self._finite(V, "the contractions J_p θ_p")
-
-        return self._falling_back(compute)
+        K = None if K is None else self._finite(K.finish(), "the NTK Gram")
+        V = None if V is None else self._finite(V, "the contractions J_p θ_p")
+        return K, V
 
     def _structured_layers(self) -> StructuredLayers:
         """Return the structured layers of all measured parameters, captured once per measurement."""
@@ -348,13 +245,17 @@ class Measurement:
         return self._layers
 
     def _generic_blocks(self, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """Per-parameter ``(nm, *shape)`` blocks by ``jacrev`` (per sample) or whole-batch ``vjp``."""
+        """Per-parameter ``(nm, *shape)`` blocks by ``vmap(jacrev)`` or ``vjp`` (the whole batch, or by chunks)."""
         sub = {k: self.fm.params[k] for k in names}
         width = sum(v.numel() for v in sub.values())
         if self.plan.rest == "vjp":
-            out, pull = vjp(lambda p: self.fm(p, self.x).reshape(-1), sub)
-            eye = torch.eye(self.rows, dtype=out.dtype, device=out.device)
-            parts = [vmap(pull)(eye[rows])[0] for rows in self._chunks(self.rows, width, factor=2)]
+            size = self.plan.chunk or self.n
+            parts = []
+            for start in range(0, self.n, size):
+                x = _inputs.take(self.x, slice(start, min(self.n, start + size))) if size < self.n else self.x
+                out, pull = vjp(lambda p, x=x: self.fm(p, x).reshape(-1), sub)
+                eye = torch.eye(out.numel(), dtype=out.dtype, device=out.device)
+                parts += [vmap(pull)(eye[rows])[0] for rows in self._chunks(out.numel(), width, factor=2)]
             return {k: torch.cat([p[k] for p in parts]) for k in names}
 
         def single(p, xi):
@@ -394,23 +295,7 @@ class Measurement:
     # -- Gram ------------------------------------------------------------------------------------
     def gram(self) -> torch.Tensor:
         """``K = Σ_groups J_g J_gᵀ``, accumulated on the tiles on and above the diagonal, then mirrored."""
-
-        def compute() -> torch.Tensor:
-            K = GramTiles(self.rows, self.m, self.fm.dtype, self.fm.device)
-            covered: set[str] = set()
-            if self.plan.strategy == "structured":
-                layers = self._structured_layers()
-                layers.add_gram(K)
-                covered = layers.covered
-                self.structured = tuple(k for k in self.fm.names if k in covered)
-            rest = tuple(k for k in self.fm.names if k not in covered)
-            free = max(self.budget - 2 * self.rows**2 * self.itemsize, self.rows * self.itemsize)
-            for group in groups(rest, self.fm.params, self.rows * self.itemsize, free):
-                J = columns(self._generic_blocks(group), group, self.rows)
-                K.add_products(J, J)
-            return self._finite(K.finish(), "the NTK Gram")
-
-        return self._falling_back(compute)
+        return self._falling_back(lambda: self._compute(None, gram=True)[0])
 
     def error(self, K: torch.Tensor) -> ErrorEstimate:
         """Estimate the floating-point error of the Gram ``K`` this measurement computed (:mod:`.accuracy`)."""
@@ -426,8 +311,3 @@ class Measurement:
             "the model's derivatives are too large for this precision. Measure with dtype=torch.float64, or "
             "rescale the measured output (e.g. output=lambda o: o / 1e3)."
         )
-
-
-def _first_sentence(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text.split(". ")[0][:300]

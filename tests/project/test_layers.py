@@ -64,6 +64,7 @@ ENGINE = {
     "reference": 3,
     "structured": 4,
     "accuracy": 4,
+    "auto": 4,
     "measurement": 5,
     "jacobian": 6,
     "operator": 6,
