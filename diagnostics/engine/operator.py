@@ -144,7 +144,7 @@ class JacobianOperator:
             with self.fm.measuring():
                 jvp(lambda p: self.fm(p, few), (self.fm.params,), (tangent,))
         except Exception as exc:  # noqa: BLE001 - whatever forward mode cannot do, reverse mode is tried
-            first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            first = str(exc).strip().splitlines()[0].split(". What to do")[0] if str(exc).strip() else ""
             return "rows/vjp", (f"auto: forward mode failed ({type(exc).__name__}: {first}), so J v comes from rows "
                                 "of J in reverse mode")
         return "jvp/vjp", "auto: forward mode for J v, reverse mode for Jᵀ u"
@@ -193,8 +193,8 @@ class JacobianOperator:
     def rmatvec(self, u: torch.Tensor | np.ndarray) -> torch.Tensor:
         """``Jᵀ u`` for ``u ∈ R^{nm}`` (reverse mode, one pass over the data)."""
         u = self._vector(u, self.shape[0], "u").reshape(self.n, self.m)
-        total = torch.zeros(self.shape[1], dtype=self.dtype, device=self.fm.device)
         with self.fm.measuring():
+            total = torch.zeros(self.shape[1], dtype=self.dtype, device=self.fm.device)
             for rows, xc in self._chunks():
                 _, pull = vjp(lambda p, xc=xc: self.fm(p, xc), self.fm.params)
                 total += self.fm.flatten(pull(u[rows])[0]).detach()
