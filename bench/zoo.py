@@ -9,7 +9,8 @@ Gram ``K`` of the same inputs; reported are the median wall time of ``--repeats`
 warm-up call (which, for ``auto``, includes its timed probe: the choice is cached per model and shapes
 afterwards), the maximum relative difference to the per-output autograd loop in float64, what ``auto``
 chose, and ``auto``'s time over the fastest method that worked. A method that cannot run the model says
-why.
+why. Then the cost of ``check_cms`` against ``check_alignment`` on the same probe (both in float64, their
+CPU default).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from torch.func import functional_call, jacrev, vmap
 
 from bench.ntk import machine
-from diagnostics import ntk_gram, reference_gram
+from diagnostics import check_alignment, check_cms, ntk_gram, reference_gram
 from diagnostics.engine import Measurement
 from diagnostics.engine import inputs as _inputs
 
@@ -63,36 +64,49 @@ def _timed(fn, repeats: int) -> tuple[torch.Tensor, float]:
 def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     for key in args.models:
-        entry = REGISTRY[key]
-        missing = entry.available()
-        if missing:
-            rows.append({"model": key, "method": "—", "note": missing})
-            continue
-        model, x = entry.model(), entry.data(args.n)
-        kwargs = {"output": entry.output, "mode": entry.mode}
-        ref = reference_gram(model, x, dtype=torch.float64, **kwargs)
-        start = time.perf_counter()
-        with Measurement(model, x, **kwargs) as job:  # auto's choice, probe and fallback included (then cached)
-            job.gram()
-            chose, why = job.strategy, job.choice.reason
-        first = time.perf_counter() - start
-        methods = {f"ours: {s}": (lambda s=s: ntk_gram(model, x, strategy=s, **kwargs)) for s in STRATEGIES}
-        if entry.mode == "eval":
-            methods["torch.func recipe"] = lambda: torch_func_recipe(model, x, entry.output)
-        for name, fn in methods.items():
-            row = {"model": key, "method": name, "rows": ref.shape[0]}
-            try:
-                K, seconds = _timed(fn, args.repeats)
-            except Exception as exc:  # noqa: BLE001 - a method that cannot run the model is reported
-                row["note"] = f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:90]}"
-            else:
-                row["time_s"] = seconds
-                row["rel_diff"] = float((K.double() - ref).abs().max() / ref.abs().max())
-                if name == "ours: auto":
-                    row["note"] = f"auto chose {chose} (choosing took {first:.2f} s, once)"
-                    row["why"] = why
-            rows.append(row)
+        rows += _bench_model(key, args)
         print(f"  {key} done", file=sys.stderr, flush=True)
+    return rows
+
+
+def _bench_model(key: str, args: argparse.Namespace) -> list[dict]:
+    """Every method on one zoo model, then check_cms against check_alignment."""
+    entry = REGISTRY[key]
+    missing = entry.available()
+    if missing:
+        return [{"model": key, "method": "—", "note": missing}]
+    model, x = entry.model(), entry.data(args.n)
+    kwargs = {"output": entry.output, "mode": entry.mode}
+    ref = reference_gram(model, x, dtype=torch.float64, **kwargs)
+    start = time.perf_counter()
+    with Measurement(model, x, **kwargs) as job:  # auto's choice, probe and fallback included (then cached)
+        job.gram()
+        chose, why = job.strategy, job.choice.reason
+    first = time.perf_counter() - start
+    methods = {f"ours: {s}": (lambda s=s: ntk_gram(model, x, strategy=s, **kwargs)) for s in STRATEGIES}
+    if entry.mode == "eval":
+        methods["torch.func recipe"] = lambda: torch_func_recipe(model, x, entry.output)
+    rows = []
+    for name, fn in methods.items():
+        row = {"model": key, "method": name, "rows": ref.shape[0]}
+        try:
+            K, seconds = _timed(fn, args.repeats)
+        except Exception as exc:  # noqa: BLE001 - a method that cannot run the model is reported
+            row["note"] = f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:90]}"
+        else:
+            row["time_s"] = seconds
+            row["rel_diff"] = float((K.double() - ref).abs().max() / ref.abs().max())
+            if name == "ours: auto":
+                row["note"] = f"auto chose {chose} (choosing took {first:.2f} s, once)"
+                row["why"] = why
+        rows.append(row)
+    if args.checks:
+        n = _inputs.batch_size(_inputs.normalise_inputs(x))
+        data = (x, torch.arange(n) % 3)
+        _, align = _timed(lambda: check_alignment(model, data, loss="ce", probe_size=None, **kwargs), args.repeats)
+        _, cms = _timed(lambda: check_cms(model, x, **kwargs), args.repeats)
+        rows.append({"model": key, "method": "check_cms / check_alignment", "rows": ref.shape[0],
+                     "note": f"{cms:.3f} s / {align:.3f} s = {cms / align:.2f} (float64, same probe)"})
     return rows
 
 
@@ -119,6 +133,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             best = min(timed, key=lambda r: r["time_s"])
             lines.append(f"- {model}: auto {auto[model]:.3f} s, fastest {best['method']} {best['time_s']:.3f} s "
                          f"→ {auto[model] / best['time_s']:.2f}")
+    lines += ["", "Why auto chose what it chose (the manifest's words):"]
+    lines += [f"- {r['model']}: {r['why']}" for r in rows if "why" in r]
     lines += ["", "Command: `python -m bench.zoo " + " ".join(sys.argv[1:]) + "`"]
     return "\n".join(lines)
 
@@ -129,6 +145,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=32, help="samples per model")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="smoke run: two models, n = 4, one repeat")
+    parser.add_argument("--no-checks", dest="checks", action="store_false",
+                        help="skip timing check_cms against check_alignment")
     parser.add_argument("--output", help="also write the table to this file")
     args = parser.parse_args(argv)
     if args.quick:

@@ -256,7 +256,9 @@ def check_alignment(
     residual_tol
         Residual below which the condition is declared to hold; default ``sqrt(eps)``.
     params, mode, output, strategy, memory_budget
-        As in :func:`diagnostics.jacobian`.
+        As in :func:`diagnostics.jacobian` (on the matrix-free path ``strategy`` goes to the
+        :class:`~diagnostics.engine.operator.JacobianOperator`). The manifest says which strategy
+        ``"auto"`` chose, why, and the measurement's estimated floating-point error.
     dtype
         Compute dtype. Default: float64 on the CPU, where it costs about 1–2× float32 and gives the
         answer double precision gives; on an accelerator the model's dtype (at least float32), and when
