@@ -1,4 +1,4 @@
-"""The data-architecture alignment condition D1 and the results it gives (THEORY §3–§4).
+"""The data-architecture alignment condition D1 and the results it gives (theory/alignment.md#d1, theory/results.md).
 
 ``check_alignment(model, data)`` measures, at the current parameters ``θ`` and on a probe set:
 

@@ -101,7 +101,7 @@ def _forward(command: Command, argv: list[str]) -> int:
     return int(getattr(module, function)(argv) or 0)
 
 
-register("width-report", "width-scaling report (THEORY §5): train over widths and seeds, write figures and "
+register("width-report", "width-scaling report (theory/width.md): train over widths and seeds, write figures and "
          "report.html", configure=width_command.configure, run=width_command.run)
-register("aligned-training", "training that keeps the alignment condition by construction (THEORY §6); "
+register("aligned-training", "training that keeps the alignment condition by construction (theory/application.md); "
          "arguments are passed to diagnostics.aligned.command", forward="diagnostics.aligned.command:main")

@@ -1,4 +1,4 @@
-"""Targets: class indices, one-hot or real-valued, turned into the vectors of THEORY §3–§4.
+"""Targets: class indices, one-hot or real-valued, turned into the vectors of theory/alignment.md#d1, theory/results.md.
 
 For the squared loss the target is ``Y`` itself (class indices become one-hot rows). For
 cross-entropy the alignment target is the centred one-hot ``Q₀ = e_y − 1/m`` (membership in
@@ -20,7 +20,7 @@ __all__ = ["CE_SCALES", "LOSSES", "Targets", "best_scale"]
 
 LOSSES = ("mse", "ce")
 
-#: Scales ``c`` of the centred one-hot target ``cQ₀`` tried by the cross-entropy bounds (I4, §6).
+#: Scales ``c`` of the centred one-hot target ``cQ₀`` tried by the cross-entropy bounds (I4, APP).
 CE_SCALES = np.concatenate([[0.0], np.geomspace(1e-2, 1e3, 61)])
 
 
@@ -99,7 +99,7 @@ class Targets:
         return float(F.cross_entropy(f, self.labels.to(f.device)))
 
     def loss_gradient(self, f: torch.Tensor) -> torch.Tensor:
-        """``g = ∂L/∂f_X`` as an ``(n, m)`` matrix, so that ``∇_θ L = Jᵀ g`` (THEORY §1)."""
+        """``g = ∂L/∂f_X`` as an ``(n, m)`` matrix, so that ``∇_θ L = Jᵀ g`` (theory/setup.md)."""
         f = f.to(torch.float64)
         n = f.shape[0]
         if self.loss == "mse":
@@ -145,7 +145,7 @@ def _alignment_target(target: object, n: int, m: int) -> torch.Tensor:
 def best_scale(target_losses: np.ndarray, penalties: np.ndarray) -> int:
     """Index of the scale that minimises ``L(cQ) + penalty(c)``: the best bound over a grid of scales.
 
-    Used by the cross-entropy bound (I4, ``penalty = ‖∇L‖·‖J⁺(f_X − cQ)‖``) and by the §6 guarantee
+    Used by the cross-entropy bound (I4, ``penalty = ‖∇L‖·‖J⁺(f_X − cQ)‖``) and by the aligned-training guarantee
     (``penalty = (‖ω_τ‖² + c²‖ν‖²)/(2(t − τ))``); ties go to the first (smallest) scale.
     """
     totals = np.asarray(target_losses, dtype=np.float64) + np.asarray(penalties, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""§6: the augmented model that keeps D1 by construction, in continuous and discrete time (application.md)."""
+"""APP: the augmented model that keeps D1 by construction, in continuous and discrete time (application.md)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def frozen_d1_premise(aligned: bool | None) -> Premise:
 def application_bound(loss: float, omega_tau_sq: float, nu_tau_sq: float, elapsed: float,
                       convex: bool = False, target_loss: float = 0.0, rtol: float = 1e-6,
                       aligned: bool | None = None) -> Verdict:
-    r"""(§6) The augmented model's rate: ``L(t) ≤ (‖ω_τ‖² + ‖ν_τ‖²) / (4(t − τ))``.
+    r"""(APP, theory/application.md) The augmented model's rate: ``L(t) ≤ (‖ω_τ‖² + ‖ν_τ‖²) / (4(t − τ))``.
 
     For a convex loss and target ``Q = Ψ_X ν_Q``: ``L(t) − L(Q) ≤ (‖ω_τ‖² + ‖ν_Q‖²) / (2(t − τ))``.
     Gradient flow on all parameters of ``f̃ = f + Ψ u`` (``u_τ = 0``), see ``theory/application.md``.
@@ -81,7 +81,7 @@ def application_bound(loss: float, omega_tau_sq: float, nu_tau_sq: float, elapse
 
 def distance_non_increasing(distances: ArrayLike, atol_rel: float = 1e-6,
                             step_condition: bool | None = None) -> Verdict:
-    r"""(§6) The recorded distance ``‖(ω_k, u_k − ν)‖`` never increases.
+    r"""(APP, theory/application.md) The recorded distance ``‖(ω_k, u_k − ν)‖`` never increases.
 
     Gradient flow (squared loss): ``½ d/dt ‖(ω, u − ν)‖² = −2L ≤ 0``. Gradient descent: see
     :func:`gd_step_distance_condition`. Convex losses: non-increasing only while ``L ≥ L(Q)``.
@@ -115,7 +115,7 @@ def distance_non_increasing(distances: ArrayLike, atol_rel: float = 1e-6,
 
 def gd_step_distance_condition(step_size: float, grad_norm_sq: float, loss: float,
                                target_loss: float | None = None, rtol: float = 1e-6) -> Verdict:
-    r"""(§6, discrete) One gradient-descent step does not increase ``‖(ω, u − ν)‖`` iff ``η‖∇_{ω,u}L‖² ≤ 4L``.
+    r"""(APP, discrete) One gradient-descent step does not increase ``‖(ω, u − ν)‖`` iff ``η‖∇_{ω,u}L‖² ≤ 4L``.
 
     Exact identity for the squared loss (the body parameters may move in the same step):
     ``‖x_{k+1} − x*‖² = ‖x_k − x*‖² − 4ηL_k + η²‖∇_{ω,u}L_k‖²`` with ``x = (ω, u)``, ``x* = (0, ν)``.
@@ -163,7 +163,7 @@ def gd_step_distance_condition(step_size: float, grad_norm_sq: float, loss: floa
 def gd_distance_identity(distances_sq: ArrayLike, losses: ArrayLike, grad_norms_sq: ArrayLike,
                          step_sizes: ArrayLike, target_loss: float | None = None, rtol: float = 1e-9,
                          rounding: float | ArrayLike = 0.0, aligned: bool | None = None) -> Verdict:
-    r"""(§6, discrete) Every recorded step against the one-step identity of gradient descent on ``x = (ω, u)``.
+    r"""(APP, discrete) Every recorded step against the one-step identity of gradient descent on ``x = (ω, u)``.
 
     Squared loss (exact): ``‖x_{k+1} − x*‖² − ‖x_k − x*‖² = −4η_kL_k + η_k²‖∇_{ω,u}L_k‖²``. Convex loss with
     target ``Q`` (``target_loss = L(Q)``): ``‖x_{k+1} − x*‖² − ‖x_k − x*‖² ≤ −2η_k(L_k − L(Q)) + η_k²‖∇_{ω,u}L_k‖²``
@@ -231,7 +231,7 @@ def gd_distance_identity(distances_sq: ArrayLike, losses: ArrayLike, grad_norms_
 def gd_telescoping_bound(losses: ArrayLike, grad_norms_sq: ArrayLike, step_size: float, omega_tau_sq: float,
                          nu_tau_sq: float, final_distance_sq: float, target_loss: float | None = None,
                          rtol: float = 1e-6, aligned: bool | None = None) -> Verdict:
-    r"""(§6, discrete) The summed identity, with the recorded final distance, and the average-loss bound it gives.
+    r"""(APP, discrete) The summed identity, with the recorded final distance, and the average-loss bound it gives.
 
     Squared loss: ``Σ_{k<K} η(4L_k − η‖∇_{ω,u}L_k‖²) = ‖x_0 − x*‖² − ‖x_K − x*‖²`` with ``‖x_0 − x*‖² =
     ‖ω_τ‖² + ‖ν‖²`` (``u_τ = 0``). Convex loss: ``Σ_{k<K} η(2(L_k − L(Q)) − η‖∇_{ω,u}L_k‖²) ≤ ‖x_0 − x*‖² −

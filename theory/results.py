@@ -335,7 +335,7 @@ def best_convex_bound(loss: float, grad_norm: float, scales: ArrayLike, target_l
 
 
 def gradient_flow_rate(loss_T: float, certificate_bar: float, elapsed: float) -> float:
-    r"""Return the gradient-flow bound ``L(T + s) ≤ L_T / (1 + 4 L_T s / B̄²)`` (THEORY §4, I3).
+    r"""Return the gradient-flow bound ``L(T + s) ≤ L_T / (1 + 4 L_T s / B̄²)`` (theory/results.md#gradient-flow-rate).
 
     Valid when D1 holds on ``[T, T+s]`` with ``B(θ_t) ≤ B̄``: then ``dL/dt = −‖∇L‖² ≤ −4L²/B̄²``.
     It is at most ``B̄²/(4s)``.

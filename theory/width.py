@@ -52,7 +52,7 @@ def embedding(residual_narrow: float, residual_wide: float, atol: float = 1e-8) 
     r"""(S2) Embedding: at matched points, the wide network's alignment residual is ≤ the narrow one's.
 
     ``Col J_narrow ⊆ Col J_wide`` when the wide network contains the narrow one with zero outgoing
-    weights on the extra units (THEORY §5), so ``‖(I−P_wide)Q‖ ≤ ‖(I−P_narrow)Q‖``. Numerically the
+    weights on the extra units (theory/width.md), so ``‖(I−P_wide)Q‖ ≤ ‖(I−P_narrow)Q‖``. Numerically the
     two rank tolerances differ (``λ_max`` of the wide Gram is larger), hence ``atol``.
 
     Parameters
@@ -80,7 +80,7 @@ def deep_linear_rank_bound(rank: int, n_out: int, d_in: int, bias: bool = False,
     r"""(S3b) Deep linear networks: ``rank J ≤ m·d_x`` (``m·(d_x+1)`` with biases), at any width and depth.
 
     Every Jacobian column is ``(B x_i + c)_i`` for some ``B ∈ R^{m×d_x}`` (``c = 0`` without biases);
-    with ``n`` samples the bound is ``m·rank[X, 1] ≤ m·min(n, d_x + 1)`` (THEORY §5, ``theory/width.md``).
+    with ``n`` samples the bound is ``m·rank[X, 1] ≤ m·min(n, d_x + 1)`` (theory/width.md, ``theory/width.md``).
 
     Parameters
     ----------

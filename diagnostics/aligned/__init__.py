@@ -30,7 +30,7 @@ Feature maps (``feature_map=``)
     and a linear map; ``u = U`` has ``m(p + 1)`` entries. D1 needs about ``n`` features.
     Enlargement appends random Fourier features ``r(h(x; θ_τ))`` of the frozen penultimate features.
 Coefficients (``coefficients=``)
-    ``"full"``: ``u`` as above (THEORY §6).
+    ``"full"``: ``u`` as above (theory/application.md).
     ``"rank-one"``: ``Ψ(x)u`` restricted to the line of ``ν``: ``f̃ = f + s·ψ(x)`` with the frozen
     ``ψ = Ψν/‖ν‖`` and one trainable scalar ``s``. Same constant ``‖ω_τ‖² + ‖ν‖²``, a gradient block no
     larger than the full one, one extra parameter and no backward pass through the frozen copy

@@ -1,4 +1,4 @@
-"""``python -m diagnostics aligned-training``: base optimiser versus the §6 framework, over seeds.
+"""``python -m diagnostics aligned-training``: base optimiser versus aligned training, over seeds.
 
 Examples::
 
@@ -24,7 +24,7 @@ __all__ = ["main"]
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m diagnostics aligned-training",
-        description="Base optimiser versus training that keeps D1 by construction (THEORY §6), over seeds.",
+        description="Base optimiser versus training that keeps D1 by construction (theory/application.md), over seeds.",
     )
     d = ExperimentConfig()
     p.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS))

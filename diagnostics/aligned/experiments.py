@@ -1,4 +1,4 @@
-"""Base optimiser versus the §6 framework on a data set, over seeds: the table of ``docs/application.md``.
+"""Base optimiser versus aligned training on a data set, over seeds: the table of ``docs/application.md``.
 
 For every seed a residual network (convolutions, skip connections, batch norm; :class:`~diagnostics.models.ResNet`)
 is trained with the base optimiser up to the switch epoch. The state at ``τ`` (model, optimiser, data order)

@@ -71,7 +71,7 @@ class RandomFourierFeatures(nn.Module):
 
 
 class FrozenFeatures(nn.Module):
-    """The frozen feature map ``Ψ`` of THEORY §6: a deep copy of the model at ``τ``, never trained.
+    """The frozen feature map ``Ψ`` of theory/application.md: a deep copy of the model at ``τ``, never trained.
 
     The copy stays in eval mode (batch norm uses the running statistics of ``τ``; :meth:`train` cannot
     change that) and its parameters have ``requires_grad=False``. ``forward(coefficients, inputs)``
@@ -169,7 +169,7 @@ class FrozenFeatures(nn.Module):
 
 
 class AugmentedModel(nn.Module):
-    """``f̃(x) = f(x; θ) + Ψ(x) u`` (THEORY §6, step 3): call it for training after ``τ`` and for prediction.
+    """``f̃(x) = f(x; θ) + Ψ(x) u`` (theory/application.md#construction): for training after ``τ`` and prediction.
 
     ``model`` is the user's model itself (still trained); ``features`` the frozen map. With full
     coefficients ``u`` is the parameter dict ``coefficients`` (zero at the switch, so ``f̃ = f`` there);

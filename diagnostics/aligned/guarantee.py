@@ -1,4 +1,4 @@
-"""The steps after the switch and the §6 guarantee they are checked against (theory/application.md).
+"""The steps after the switch and the aligned-training guarantee they are checked against (theory/application.md).
 
 :class:`Trajectory` holds one :class:`StepRecord` per optimiser step after ``τ`` and the constants of
 the guarantee (``‖ω_τ‖²``, ``‖ν‖²``, the target scales for cross-entropy); it turns them into the
@@ -60,7 +60,7 @@ def scale_for_loss(target_loss: float, m: int) -> float:
 
 
 class Trajectory:
-    """The recorded steps after ``τ`` with the constants of the §6 guarantee.
+    """The recorded steps after ``τ`` with the constants of the aligned-training guarantee.
 
     Parameters
     ----------
@@ -91,7 +91,7 @@ class Trajectory:
         return 0.0 if self.loss == "mse" else float(self.targets.scaled_target_losses([c])[0])
 
     def bound(self, loss: float, elapsed: float) -> tuple[theory.Verdict, float]:
-        """Check the §6 bound at ``t − τ = elapsed`` (best target scale for ce); return it and ``L(Q)``."""
+        """Check the guarantee's bound at ``t − τ = elapsed`` (best target scale for ce); return it and ``L(Q)``."""
         if self.loss == "mse":
             return theory.application_bound(loss, self.omega_sq, self.nu_sq, elapsed), 0.0
         if elapsed > 0:
@@ -150,7 +150,7 @@ class Trajectory:
             aligned=aligned)
 
     def report(self, aligned: bool, departures: list[str], full_batch: bool) -> GuaranteeReport:
-        """Check the §6 statements on the recorded steps (see :class:`~diagnostics.aligned.reports.GuaranteeReport`).
+        """Check the guarantee on the recorded steps (see :class:`~diagnostics.aligned.reports.GuaranteeReport`).
 
         ``theorem`` is earned, not assumed: D1 for the frozen block, no departure of the optimiser's
         configuration, every applied update ``−η∇_{ω,u}L`` up to rounding, the one-step identity (inequality

@@ -1,4 +1,4 @@
-"""The affine output layer ``f = W h + b`` that §6 trains as ``ω`` (theory/application.md)."""
+"""The affine output layer ``f = W h + b`` that aligned training trains as ``ω`` (theory/application.md)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def find_head(model: nn.Module, probe: _inputs.Inputs, head: str | None, need_fe
         raise UnsupportedModelError(f"the output layer {name!r} is called more than once per forward pass")
     if not isinstance(out, torch.Tensor) or out.shape != z.shape or not torch.equal(out, z):
         raise UnsupportedModelError(
-            f"the model's output is not the output of {name!r}: §6 needs an affine output layer "
+            f"the model's output is not the output of {name!r}: aligned training needs an affine output layer "
             "f = W h + b with nothing after it (apply any softmax in the loss, not in the model)"
         )
     if need_features and h.ndim != 2:

@@ -88,7 +88,7 @@ class SwitchReport:
 
 @dataclass
 class GuaranteeReport:
-    """The §6 guarantee checked on the recorded trajectory after ``τ`` (``theory/application.md``).
+    """The aligned-training guarantee checked on the recorded trajectory after ``τ`` (``theory/application.md``).
 
     Attributes
     ----------

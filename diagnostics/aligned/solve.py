@@ -111,7 +111,7 @@ def solve_alignment(
     features
         ``Φ`` of shape ``(n, p)``: the block ``Ψ(x)u = U φ(x)`` (penultimate and random features).
     tangent
-        ``J`` of shape ``(n·m, d)`` (sample-major rows, THEORY §1): the block ``Ψ(x)u = J_x u``.
+        ``J`` of shape ``(n·m, d)`` (sample-major rows, theory/setup.md): the block ``Ψ(x)u = J_x u``.
     source_dtype
         Dtype the blocks were computed in (for the rounding allowance).
 
@@ -123,7 +123,7 @@ def solve_alignment(
     Notes
     -----
     The features are computed once in the model's dtype and are then exact numbers for the frozen map,
-    so the linear algebra is float64 with the float64 rank rule of THEORY §3 (``λ > λ̄ · nm · eps``), applied
+    so the linear algebra is float64 with the float64 rank rule (``λ > λ̄ · nm · eps``), applied
     with one absolute threshold to every sub-problem. The engine's rule for measured Jacobians,
     ``eps`` of the source dtype, would call ``Ψ_X`` rank-deficient at a relative eigenvalue of
     ``nm · eps(float32) ≈ 1.5·10⁻³`` for ``nm ≈ 13 000``; what the source dtype does matter for is the

@@ -384,7 +384,7 @@ class AlignedTraining:
         return self._trajectory.history()
 
     def departures(self) -> list[str]:
-        """Plain statements of how the optimiser's configuration departs from the §6 theorem.
+        """Plain statements of how the optimiser's configuration departs from the aligned-training theorem.
 
         What the recorded steps show (updates that are not ``−η∇_{ω,u}L``, the one-step identity, the step
         condition) is judged by :meth:`guarantee`.
@@ -411,7 +411,7 @@ class AlignedTraining:
         return list(dict.fromkeys(out))
 
     def guarantee(self) -> GuaranteeReport:
-        """Check the §6 statements on the recorded steps (see :class:`GuaranteeReport`)."""
+        """Check the guarantee's statements on the recorded steps (see :class:`GuaranteeReport`)."""
         if not self.switched:
             raise DiagnosticsError("no guarantee before the switch: nothing is recorded before τ")
         return self._trajectory.report(self.switch_report.aligned, self.departures(), self.full_batch)

@@ -1,7 +1,7 @@
 """Data sets as tensors: the paper's image benchmarks, scikit-learn's digits and a synthetic task.
 
 :func:`load_dataset` returns a :class:`DataSplit` of standardised inputs and labels. The image
-sets of THEORY §6 (MNIST, KMNIST, CIFAR-10, CIFAR-100, SVHN, Semeion) are read from the files
+sets of theory/application.md#in-the-paper (MNIST, KMNIST, CIFAR-10, CIFAR-100, SVHN, Semeion) are read from the files
 their publishers distribute, which must already be on disk: nothing is ever downloaded. The
 digits (8×8, 1,797 images) ship with scikit-learn, and ``"teacher-student"`` is a synthetic
 regression task whose targets a random teacher network produces, so both work anywhere.

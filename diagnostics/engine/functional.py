@@ -1,4 +1,4 @@
-"""The model as a pure function of its parameters: ``f(θ, X) ∈ R^{n×m}`` (THEORY §1, §7).
+"""The model as a pure function of its parameters: ``f(θ, X) ∈ R^{n×m}`` (theory/setup.md, theory/alignment.md#setup).
 
 :class:`FunctionalModel` is the one place where a user's ``nn.Module`` is turned into something
 ``torch.func`` can transform. It copies parameters and buffers (the model is never touched), chooses

@@ -1,4 +1,4 @@
-"""Jacobians and empirical NTK Grams of a model on a batch (THEORY §1, §7).
+"""Jacobians and empirical NTK Grams of a model on a batch (theory/setup.md, theory/alignment.md#setup).
 
 ``J(θ) = ∂f_X(θ)/∂θ ∈ R^{nm×d}`` with rows sample-major (row ``i*m + c`` is ``∂f_c(x_i)/∂θ``) and
 columns in ``named_parameters()`` order; ``K = J Jᵀ ∈ R^{nm×nm}``.
@@ -119,7 +119,7 @@ def ntk_gram(
 
     Same arguments as :func:`jacobian`. ``J`` is never materialised whole: the Gram is accumulated
     over parameter groups that fit the memory budget, with exact per-layer blocks
-    ``(A Aᵀ) ⊙ (G Gᵀ)`` for linear layers (THEORY §7).
+    ``(A Aᵀ) ⊙ (G Gᵀ)`` for linear layers (theory/alignment.md#setup).
     """
     with Measurement(model, inputs, params=params, mode=mode, output=output, dtype=dtype, strategy=strategy,
                      memory_budget=memory_budget) as job:

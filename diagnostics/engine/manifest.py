@@ -2,7 +2,7 @@
 
 Every report carries a :class:`MeasurementManifest`, so a reader can tell exactly which function was
 differentiated, with respect to which parameters, in which precision and under which tolerance rule
-(THEORY §1, §3, §7)::
+(theory/setup.md, theory/alignment.md#numerics)::
 
     report = check_alignment(model, (X, y))
     print(report.manifest)            # also printed at the end of print(report)

@@ -1,4 +1,4 @@
-"""The Jacobian as a matrix-free linear operator (THEORY §7).
+"""The Jacobian as a matrix-free linear operator (theory/alignment.md#setup).
 
 ``J = ∂f_X/∂θ ∈ R^{nm×d}`` is never formed whole: products with it are computed by automatic
 differentiation over chunks of samples,

@@ -1,4 +1,4 @@
-"""The alignment condition without the Gram matrix: LSQR and Lanczos on ``J`` (THEORY §3, §7).
+"""The alignment condition without the Gram matrix: LSQR and Lanczos on ``J`` (theory/alignment.md#matrix-free).
 
 For probe sets where the dense ``K ∈ R^{nm×nm}`` (and its float64 eigen-decomposition) would not
 fit in memory, the quantities of D1 are computed from products with the Jacobian operator

@@ -1,4 +1,4 @@
-"""The spectrum of the NTK Gram and the quantities of the alignment condition (THEORY §3).
+"""The spectrum of the NTK Gram and the quantities of the alignment condition (theory/alignment.md#d1).
 
 Everything here works on a Gram ``K = U Λ Uᵀ`` decomposed once in float64, whatever the dtype of
 the Jacobian it came from, and on vectors in ``R^{nm}``:

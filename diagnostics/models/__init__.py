@@ -1,11 +1,11 @@
 """Model families for the tests, the width-scaling report and the training framework.
 
 Every family ends in an affine output layer reachable as ``model.head``, so it satisfies the
-common model structure assumption A1 with ``R(θ)`` = the head's coordinates (THEORY §2), unless
+common model structure assumption A1 with ``R(θ)`` = the head's coordinates (theory/cms.md#a1), unless
 built with a non-linear ``output_activation`` (the deliberate violations). ``model.features(x)``
-returns the input of the head (the penultimate representation of THEORY §6).
+returns the input of the head (the penultimate representation of theory/application.md).
 
-Parameterisations (THEORY §5, S4), for :class:`MLP` and :class:`CNN` and the MLP-based families
+Parameterisations (theory/width.md#s4-lazy-versus-rich), for :class:`MLP` and :class:`CNN` and the MLP-based families
 :class:`DeepLinear` and :class:`BiasFreeReLUNet`:
 
 ``"standard"``

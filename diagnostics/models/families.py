@@ -97,8 +97,8 @@ class MLP(nn.Module):
 class DeepLinear(MLP):
     """Deep linear network ``f(x) = W_{depth+1} ⋯ W_1 x`` (biases optional).
 
-    Its Jacobian columns lie in ``{(A x_i + c)_i}`` at any width and depth (THEORY §5, S3b), so
-    width never raises its rank above ``m·(d_in + 1)``.
+    Its Jacobian columns lie in ``{(A x_i + c)_i}`` at any width and depth
+    (theory/width.md#s3b-deep-linear-networks), so width never raises its rank above ``m·(d_in + 1)``.
 
     Parameters
     ----------
@@ -137,7 +137,7 @@ class BiasFreeReLUNet(MLP):
     """Bias-free ReLU network, positively homogeneous of degree ``H = depth + 1`` in all of θ.
 
     No biases and no normalisation, so ``f(x, αθ) = α^H f(x, θ)`` for ``α > 0`` and Euler's identity
-    ``⟨∂f/∂θ, θ⟩ = H f`` holds: A1 with ``R(θ) = θ/H`` (THEORY §2). The constant multipliers of the
+    ``⟨∂f/∂θ, θ⟩ = H f`` holds: A1 with ``R(θ) = θ/H`` (theory/cms.md#a1). The constant multipliers of the
     ``"ntk"``/``"mf"`` parameterisations keep the degree.
 
     Parameters
@@ -243,7 +243,7 @@ class ResNet(nn.Module):
     """Small residual network: conv stem, residual blocks with batch norm, global average pool, head.
 
     ``stem (conv 3×3, BN, ReLU) → n_blocks × ResidualBlock → mean over H, W → head``. Standard
-    parameterisation only; the head makes it satisfy A1 (THEORY §2, affine output layer).
+    parameterisation only; the head makes it satisfy A1 (theory/cms.md#affine-output-layer).
 
     Parameters
     ----------

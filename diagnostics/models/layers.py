@@ -39,7 +39,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
 }
 
-#: Non-linearities after the head; each breaks A1 in general (THEORY §2, violations).
+#: Non-linearities after the head; each breaks A1 in general (theory/cms.md#violations).
 OUTPUT_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "sigmoid": nn.Sigmoid,
     "tanh": nn.Tanh,

@@ -1,4 +1,4 @@
-"""Per-iteration tracking of the alignment quantities during training (THEORY §3–§5).
+"""Per-iteration tracking of the alignment quantities during training (theory/results.md, theory/width.md).
 
 :class:`AlignmentTracker` attaches to any training loop with one call per step and, every
 ``every`` steps, measures on a fixed probe set everything :func:`~diagnostics.check_alignment`
@@ -8,7 +8,7 @@ bound ratio, the (I2) decomposition gap and loss floor) plus how far the represe
     Δ_K^init(t) = ‖K_t − K_0‖_F / ‖K_0‖_F,    Δ_K^prev(t) = ‖K_t − K_t'‖_F / ‖K_t'‖_F,
     Δ_θ(t) = ‖θ_t − θ_0‖ / ‖θ_0‖,
 
-(``t'`` the previous record; THEORY §5, S4) and, for chosen modules, the linear CKA between their
+(``t'`` the previous record; theory/width.md#s4-lazy-versus-rich) and, for chosen modules, the linear CKA between their
 activations now and at the reference (:mod:`diagnostics.representation`).
 
 With ``full_every=``, most records are cheap ones (:mod:`~diagnostics.tracking.cheap`: a few Jacobian
@@ -78,7 +78,7 @@ class AlignmentTracker:
     every
         Measure every ``every`` steps.
     loss
-        ``"mse"`` (THEORY I2, I3) or ``"ce"`` (cross-entropy on logits, I4).
+        ``"mse"`` (I2, I3 of theory/results.md) or ``"ce"`` (cross-entropy on logits, I4).
     params, mode, output, dtype, strategy
         As in :func:`diagnostics.jacobian`: the measured parameter subset, ``"eval"`` (running
         batch-norm statistics, per-sample Jacobians) or ``"batch"`` (the probe is one batch, as in

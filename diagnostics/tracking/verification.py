@@ -1,4 +1,4 @@
-"""The paper's results checked on a measured trajectory (THEORY §4–§5).
+"""The paper's results checked on a measured trajectory (theory/results.md, theory/width.md).
 
 Each function takes a tracker history (the DataFrame of :class:`~diagnostics.tracking.AlignmentTracker`
 or :func:`~diagnostics.history.load_history`) and returns one :class:`theory.verdicts.Verdict` per

@@ -1,1 +1,1 @@
-"""Width-scaling reports (THEORY §5): sweeps over widths and seeds, figures, and the report."""
+"""Width-scaling reports (theory/width.md): sweeps over widths and seeds, figures, and the report."""

@@ -1,4 +1,4 @@
-"""What a width sweep shows, computed from its tables (THEORY §5, S1–S4).
+"""What a width sweep shows, computed from its tables (theory/width.md).
 
 Pure functions of the :class:`~diagnostics.width.sweep.SweepResult` tables, shared by the figures and
 the report: the counting threshold ``d = n·m`` in units of width (S1), the log-log slopes of the

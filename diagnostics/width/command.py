@@ -31,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     d = SweepConfig()
     parser.description = (
         "Train model families over widths, parameterisations and seeds, track the alignment quantities "
-        "(THEORY §5: S1 counting threshold d = n·m, (I2) loss floor, (I3) bound ratio, S4 lazy versus rich) "
+        "(theory/width.md: S1 counting threshold d = n·m, (I2) loss floor, (I3) bound ratio, S4 lazy versus rich) "
         "and "
         "write a report folder: report.html, report.md, figures (PNG, SVG), CSV tables, config.json, "
         "environment.json. With no arguments: the bundled digits, MLP and CNN families, NTK and mean-field, "

@@ -224,7 +224,7 @@ def build_run_model(family: str, width: int, data: DataSplit, parameterization: 
 
 
 def default_widths(family: str, data: DataSplit, mlp_depth: int = 1) -> tuple[int, ...]:
-    """Widths spanning the counting threshold ``d = n·m`` of S1 (THEORY §5) for one family.
+    """Widths spanning the counting threshold ``d = n·m`` of S1 (theory/width.md) for one family.
 
     Powers of two: the three largest with ``d < n·m`` (as many as exist), the first with
     ``d ≥ n·m``, the first with ``d ≥ 30·n·m``, and the power of two nearest their geometric mean.

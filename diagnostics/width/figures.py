@@ -1,4 +1,4 @@
-"""Figures of a width-scaling report (THEORY §5), drawn with seaborn and saved as PNG and SVG.
+"""Figures of a width-scaling report (theory/width.md), drawn with seaborn and saved as PNG and SVG.
 
 Every figure has one column per model family; lines are the mean over seeds and bands one standard
 deviation; NTK and mean-field runs have one colour each; the counting threshold ``d = n·m`` of S1
@@ -306,7 +306,7 @@ def test_performance(runs: pd.DataFrame, records: pd.DataFrame) -> Figure:
 #: ``(name, title, function, caption)`` of every figure, in report order.
 FIGURES: list[tuple[str, str, Callable[[pd.DataFrame, pd.DataFrame], Figure], str]] = [
     ("residual_width", "Alignment residual against width", residual_width,
-     "Final alignment residual ‖(I−P)Y‖/‖Y‖ of D1 (THEORY §3); mean ± sd over seeds. The residual is 0 "
+     "Final alignment residual ‖(I−P)Y‖/‖Y‖ of D1 (theory/alignment.md#d1); mean ± sd over seeds. The residual is 0 "
      f"once rank J = n·m (drawn at {FLOOR:g})."),
     ("residual_training", "Alignment residual over training", residual_training,
      "Alignment residual at every record, one line per width (mean over seeds)."),

@@ -295,7 +295,7 @@ def _document(
     doc.paragraph(
         f"{len(sweep.runs)} of {len(sweep.runs) + len(sweep.missing)} runs finished "
         f"({sweep.executed} executed by this call, {env['executor']} executor, {seconds:.0f} s wall); "
-        f"created {env['created']}. THEORY.md §5 (S1–S4) states what is measured."
+        f"created {env['created']}. theory/width.md (S1–S4) states what is measured."
     )
     doc.heading(2, "What the figures show")
     doc.bullets(findings(sweep.runs, sweep.records, sweep.missing))
@@ -344,7 +344,8 @@ def _setup(config: SweepConfig, data: dict[str, Any], nm: int) -> list[str]:
         f"convolutions with max-pooling), widths {widths}; seeds {', '.join(map(str, config.seeds))}.",
         f"Training: {config.steps} steps of full-batch gradient descent on the squared loss "
         f"L = (1/2n)‖f_X − Y‖², measured every {config.every} steps by `AlignmentTracker`.",
-        f"Learning rates per parameterisation (THEORY §5, S4): {rules}. NTK keeps an O(1) step (its kernel "
+        f"Learning rates per parameterisation (theory/width.md#s4-lazy-versus-rich): {rules}. "
+        f"NTK keeps an O(1) step (its kernel "
         "has a width-independent limit); mean-field scales the step up by the width (its kernel shrinks like "
         "1/width), the maximal-update choice that keeps feature learning O(1).",
     ]

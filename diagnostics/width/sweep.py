@@ -1,4 +1,4 @@
-"""Width sweeps: train model families over widths, parameterisations and seeds (THEORY §5).
+"""Width sweeps: train model families over widths, parameterisations and seeds (theory/width.md).
 
 One *run* is a ``(family, parameterization, width, seed)``: a model built by
 :func:`~diagnostics.models.build_model`, trained by full-batch gradient descent on the squared loss

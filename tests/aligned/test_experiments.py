@@ -1,4 +1,4 @@
-"""Base optimiser versus the §6 framework on the real digits (diagnostics.experiments, docs/application.md).
+"""Base optimiser versus aligned training on the real digits (diagnostics.experiments, docs/application.md).
 
 A ResNet with convolutions, skip connections and batch norm, trained with minibatch SGD + momentum: the
 framework's test accuracy must be on par with the base optimiser's (within one standard deviation over

@@ -1,4 +1,4 @@
-"""The augmented model and its frozen features (THEORY §6, theory/application.md): equal to the base
+"""The augmented model and its frozen features (theory/application.md, theory/application.md): equal to the base
 model at the switch, tangent features that are the frozen copy's Jacobian, a copy that never changes."""
 
 import copy

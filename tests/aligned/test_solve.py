@@ -1,4 +1,4 @@
-"""D1 for the frozen block: the least-norm solution of the linear algebra (THEORY §6)."""
+"""D1 for the frozen block: the least-norm solution of the linear algebra (theory/application.md)."""
 
 import pytest
 import torch

@@ -1,5 +1,5 @@
 """The functional model of any model a user brings (issue 5): third-party-style models, dropout off in
-both modes, and the model left exactly as it was by every measurement (THEORY §1, §7).
+both modes, and the model left exactly as it was by every measurement (theory/setup.md, theory/alignment.md#setup).
 
 Every Jacobian and Gram here is held to ``diagnostics.reference`` in float64 at 1e-10.
 """

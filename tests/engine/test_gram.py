@@ -1,5 +1,5 @@
 """The tiled symmetric accumulation of the Gram: every strategy over several tiles, against the dense
-reference in float64 (THEORY §7). The ``small_tiles`` fixture is in ``tests/engine/conftest.py``."""
+reference in float64 (theory/alignment.md#setup). The ``small_tiles`` fixture is in ``tests/engine/conftest.py``."""
 
 import pytest
 import torch

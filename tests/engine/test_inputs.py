@@ -1,5 +1,5 @@
 """Any inputs and outputs a user brings (issue 5): dict and tuple batches, output selectors, and bad
-inputs raising the documented error with a message naming the problem (THEORY §1).
+inputs raising the documented error with a message naming the problem (theory/setup.md).
 
 Every Jacobian and Gram here is held to ``diagnostics.reference`` in float64 at 1e-10.
 """

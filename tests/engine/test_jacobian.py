@@ -1,4 +1,5 @@
-"""jacobian / ntk_gram against the naive autograd loop, and exact answers (THEORY §1, §5, §7)."""
+"""jacobian / ntk_gram against the naive autograd loop, and exact answers
+(theory/setup.md#jacobian-and-gram, theory/width.md, theory/alignment.md#setup)."""
 
 import pytest
 import torch

@@ -1,5 +1,5 @@
 """The measurement manifest (issue 5): inputs, output, included and excluded parameters, tied weights,
-dropout and batch norm, as every report states them (THEORY §7)."""
+dropout and batch norm, as every report states them (theory/alignment.md#setup)."""
 
 import dataclasses
 import json

@@ -1,4 +1,4 @@
-"""The matrix-free operator against the dense reference, in float64 (THEORY §7)."""
+"""The matrix-free operator against the dense reference, in float64 (theory/alignment.md#setup)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The precision policy (THEORY §7): float64 end to end on float32 models that are never cast, TF32 off
+"""The precision policy (theory/alignment.md#setup): float64 end to end on float32 models that are never cast, TF32 off
 while measuring, and every report stating the policy and its tolerances."""
 
 import copy

@@ -1,6 +1,6 @@
 """Clear refusals, never silent skipping (issue 5): what per-sample strategies cannot measure is refused
 with a message naming the module and what to do, the model is left alone, and float32 models are not
-refused by mistake (THEORY §7).
+refused by mistake (theory/alignment.md#setup).
 """
 
 import pytest

@@ -1,4 +1,4 @@
-"""Spectrum: a Gram that is not positive semi-definite warns, round-off does not (THEORY §7)."""
+"""Spectrum: a Gram that is not positive semi-definite warns, round-off does not (theory/alignment.md#setup)."""
 
 import contextlib
 import warnings

@@ -1,4 +1,4 @@
-"""The structured path against the dense reference, in float64 (THEORY §7): both exact Gram forms of
+"""The structured path against the dense reference, in float64 (theory/alignment.md#setup): both exact Gram forms of
 every per-layer rule, which layers it covers, the guard, and the positions form under a tight budget.
 
 No timing assertions: speed is measured by ``python -m bench.ntk`` (docs/benchmarks.md).

@@ -1,4 +1,4 @@
-"""Exact-answer tests of ``theory.application`` (§6). The ``rng`` fixture is in
+"""Exact-answer tests of ``theory.application`` (APP, theory/application.md). The ``rng`` fixture is in
 ``tests/theory/conftest.py``."""
 
 from __future__ import annotations

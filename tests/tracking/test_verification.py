@@ -1,4 +1,4 @@
-"""The paper's results (THEORY §4–§5) checked on real training trajectories on the digits, in float64."""
+"""The paper's results (theory/results.md, theory/width.md) on real training trajectories on the digits, in float64."""
 
 from __future__ import annotations
 
