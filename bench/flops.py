@@ -35,9 +35,10 @@ def forward_flops(model: nn.Module, x: torch.Tensor) -> float:
 
 
 def cheapest_flops(model: nn.Module, x: torch.Tensor) -> float:
-    """FLOPs of the structured derivatives: per layer the cheaper exact Gram form, using the symmetry
-    of ``K`` (``LayerRule.gram_costs``), plus one forward and ``m`` cotangent passes (each counted as
-    one forward)."""
+    """FLOPs the cheapest exact method must do: per layer the cheaper exact Gram form, using the symmetry
+    of ``K`` and counting each product once (``LayerRule.gram_costs``: for a linear layer on vectors the
+    bias joins the weight, ``2n²k + (nm)²o + (nm)²``), plus one forward and ``m`` cotangent passes (each
+    counted as one forward)."""
     with Measurement(model, x, strategy="structured") as job:
         layers = StructuredLayers(job, job.fm.names)
         if layers.covered != set(job.fm.names):

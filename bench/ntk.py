@@ -34,6 +34,7 @@ from bench.flops import cheapest_flops, matmul_peak
 from bench.methods import METHODS, NotApplicable, autograd_loop
 from bench.models import MODELS, M, build
 from diagnostics import ntk_gram
+from diagnostics.engine import Measurement
 
 PEERS = ("torch.func recipe", "autograd loop", "nngeometry", "curvlinops", "BackPACK")
 SMALL = 1000  # largest n·m for methods that apply at small sizes only
@@ -112,6 +113,9 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
                     (ref - loop).abs().max() / loop.abs().max()
                 )
             flops = cheapest_flops(model, x)
+            start = time.perf_counter()
+            with Measurement(model, x) as job:  # auto's choice (its timed probe), cached for the timed calls
+                chose = f"auto chose {job.strategy} (choosing took {time.perf_counter() - start:.2f} s, once)"
             for method in args.methods:
                 fn, large = METHODS[method]
                 row = Row(model_name, size, method)
@@ -136,6 +140,7 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
                 row.time_s, row.runs = statistics.median(times), len(times)
                 row.rel_diff = float((K.double() - ref).abs().max() / ref.abs().max())
                 row.rate = flops / row.time_s / info["peak"]
+                row.note = chose if method == "ours: auto" else row.note
                 previous[method] = (size, row.time_s)
                 if device != "cpu":
                     row.memory_mib = _gpu_peak(fn, model, x)

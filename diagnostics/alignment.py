@@ -25,6 +25,7 @@ import theory
 from .alignment_report import AlignmentReport
 from .engine import inputs as _inputs
 from .engine import memory, precision
+from .engine.accuracy import jacobian_error
 from .engine.functional import ParamSelector
 from .engine.manifest import MeasurementManifest
 from .engine.measurement import Measurement
@@ -255,7 +256,9 @@ def check_alignment(
     residual_tol
         Residual below which the condition is declared to hold; default ``sqrt(eps)``.
     params, mode, output, strategy, memory_budget
-        As in :func:`diagnostics.jacobian`.
+        As in :func:`diagnostics.jacobian` (on the matrix-free path ``strategy`` goes to the
+        :class:`~diagnostics.engine.operator.JacobianOperator`). The manifest says which strategy
+        ``"auto"`` chose, why, and the measurement's estimated floating-point error.
     dtype
         Compute dtype. Default: float64 on the CPU, where it costs about 1–2× float32 and gives the
         answer double precision gives; on an accelerator the model's dtype (at least float32), and when
@@ -318,14 +321,17 @@ def _measure(model: nn.Module, X: _inputs.Inputs, T: torch.Tensor, *, dtype: tor
              horizon: tuple[float, int] | None) -> AlignmentReport:
     """One measurement of :func:`check_alignment` in ``dtype``, on the dense or the matrix-free path."""
     path, op = choose_path(
-        path, model, X, params=params, mode=mode, output=output, dtype=dtype, memory_budget=memory_budget
+        path, model, X, params=params, mode=mode, output=output, dtype=dtype, memory_budget=memory_budget,
+        strategy=strategy,
     )
     if op is not None:
         report = alignment_from_operator(
             op, T, loss=loss, target=target, rank_tol=rank_tol, residual_tol=residual_tol, horizon=horizon
         )
-        report.mode, report.strategy = mode, "jvp/vjp"
-        report.manifest = MeasurementManifest.build(op.fm, op.x, strategy="jvp/vjp", n_outputs=op.m)
+        report.mode, report.strategy = mode, op.products
+        error = jacobian_error(op.fm, op.x, m=op.m, per_sample=False)
+        report.manifest = MeasurementManifest.build(op.fm, op.x, strategy=op.products, n_outputs=op.m,
+                                                    choice=op.choice, error=error)
         return report
     with Measurement(model, X, params=params, mode=mode, output=output, dtype=dtype, strategy=strategy,
                      memory_budget=memory_budget) as job:
@@ -333,12 +339,13 @@ def _measure(model: nn.Module, X: _inputs.Inputs, T: torch.Tensor, *, dtype: tor
         with torch.no_grad():
             outputs = job.fm(job.fm.params, job.x)
         K = job.gram()
+        error = job.error(K)
     report = alignment_from_gram(
         outputs, targets, K, n_params=job.fm.n_params, source_dtype=job.fm.dtype, rank_tol=rank_tol,
         residual_tol=residual_tol, horizon=horizon,
     )
     report.mode, report.strategy = mode, job.strategy
-    report.manifest = MeasurementManifest.build(job.fm, job.x, strategy=job.strategy, structured=job.structured)
+    report.manifest = MeasurementManifest.of(job, error)
     return report
 
 
@@ -362,6 +369,7 @@ def choose_path(
     dtype: torch.dtype | None = None,
     memory_budget: int | None = None,
     chunk_size: int | None = None,
+    strategy: str = "auto",
 ) -> tuple[str, JacobianOperator | None]:
     """Resolve ``path`` (one of :data:`PATHS`); the operator is returned when the path is matrix-free.
 
@@ -373,7 +381,8 @@ def choose_path(
     if path == "dense":
         return path, None
     op = JacobianOperator(
-        model, inputs, params=params, mode=mode, output=output, dtype=dtype, chunk_size=chunk_size
+        model, inputs, params=params, mode=mode, output=output, dtype=dtype, chunk_size=chunk_size,
+        strategy=strategy, memory_budget=memory_budget,
     )
     budget = memory.resolve_budget(memory_budget, op.fm.device)
     if path == "auto" and dense_alignment_bytes(op.shape[0], op.dtype) <= budget:

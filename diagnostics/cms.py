@@ -178,10 +178,9 @@ def check_cms(
         theta = fm.params
         with torch.no_grad():
             f_all = fm(theta, job.x)
-        V_all = job.contractions(theta)
-        K = job.gram()
+        K, V_all = job.gram_and_contractions(theta)
         x_fresh = _inputs.take(job.x, slice(half, n))
-        manifest = MeasurementManifest.build(fm, job.x, strategy=job.strategy, structured=job.structured)
+        manifest = MeasurementManifest.of(job, job.error(K))
     with Measurement(model, _perturb(x_fresh, perturbation, seed), **settings) as noisy:
         with torch.no_grad():
             f_noisy = noisy.fm(noisy.fm.params, noisy.x)

@@ -86,9 +86,7 @@ class Targets:
                 labels = Y.argmax(1)
         Q = Y - 1.0 / m if loss == "ce" else Y
         if target is not None:
-            Q = torch.as_tensor(target).detach().to(torch.float64).reshape(n, m)
-            if not torch.isfinite(Q).all():
-                raise DiagnosticsError("target contains NaN or inf values")
+            Q = _alignment_target(target, n, m)
         if not Q.abs().sum() > 0:
             raise DiagnosticsError("the alignment target Q is zero: membership in Col(J) is trivial")
         return cls(Y, Q, labels, loss)
@@ -115,6 +113,33 @@ class Targets:
         ``c = 0`` towards 0; for the squared loss it is ``(1/2n)‖cQ − Y‖²``.
         """
         return np.array([self.loss_value(c * self.Q) for c in scales], dtype=np.float64)
+
+
+def _alignment_target(target: object, n: int, m: int) -> torch.Tensor:
+    """Return the user's target as an ``(n, m)`` float64 matrix; any other shape is refused (``(n,)`` if ``m = 1``)."""
+    try:
+        Q = torch.as_tensor(np.asarray(target) if not isinstance(target, torch.Tensor) else target)
+    except (TypeError, ValueError) as exc:
+        raise DiagnosticsError(f"target must be a tensor or array of shape ({n}, {m}), got {type(target).__name__}"
+                               ) from exc
+    shape = tuple(Q.shape)
+    if shape == (n,) and m == 1:
+        Q = Q.reshape(n, 1)
+    if tuple(Q.shape) != (n, m):
+        hint = ""
+        if shape == (m, n):
+            hint = " It looks transposed: pass target.T."
+        elif Q.ndim >= 1 and shape[0] != n:
+            hint = (f" Its {shape[0]} rows do not match the {n} probe samples: the target must be that of the "
+                    "probe subset, so pass probe_size=None (all the data) with a target of every sample.")
+        raise DiagnosticsError(
+            f"target= must have shape ({n}, {m}): one row per probe sample, one column per output (flattened "
+            f"in C order); got {shape}.{hint}"
+        )
+    Q = Q.detach().to(torch.float64)
+    if not torch.isfinite(Q).all():
+        raise DiagnosticsError("target contains NaN or inf values")
+    return Q
 
 
 def best_scale(target_losses: np.ndarray, penalties: np.ndarray) -> int:

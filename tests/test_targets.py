@@ -27,3 +27,22 @@ def test_bad_data_and_targets_are_refused():
     for data, kwargs, message in cases:
         with pytest.raises(DiagnosticsError, match=message):
             assert_unchanged(model, lambda d=data, k=kwargs: check_alignment(model, d, probe_size=None, **k))
+
+
+def test_the_alignment_target_must_have_the_outputs_shape():
+    model, x = CASES["mlp"].model(), CASES["mlp"].data(6)
+    Y = torch.randn(6, 3, dtype=F64)
+    Q = torch.randn(6, 3, dtype=F64)
+    cases = [
+        (Q.T, r"target= must have shape \(6, 3\).*got \(3, 6\). It looks transposed: pass target.T"),
+        (torch.randn(256, 3), r"got \(256, 3\). Its 256 rows do not match the 6 probe samples.*probe_size=None"),
+        (torch.randn(18), r"target= must have shape \(6, 3\)"),
+        (Q.clone().fill_(float("nan")), "target contains NaN or inf"),
+    ]
+    for target, message in cases:
+        with pytest.raises(DiagnosticsError, match=message):
+            assert_unchanged(model, lambda t=target: check_alignment(model, (x, Y), target=t, probe_size=None))
+    report = check_alignment(model, (x, Y), target=Q, probe_size=None)
+    assert report.residual >= 0  # the exact shape is taken as it is
+    one = torch.nn.Linear(5, 1).double()  # m = 1: a vector of n values is the (n, 1) target
+    check_alignment(one, (x, torch.randn(6, dtype=F64)), target=torch.randn(6, dtype=F64), probe_size=None)

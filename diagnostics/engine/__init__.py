@@ -3,7 +3,9 @@
 Data flows one way through these modules: :mod:`~diagnostics.engine.inputs` normalises what users pass
 in, :mod:`~diagnostics.engine.functional` turns the model into ``f(θ, X)``,
 :mod:`~diagnostics.engine.measurement` computes Jacobian columns and the NTK Gram by a strategy
-(per-layer :mod:`~diagnostics.engine.rules` on the structured path, tiles of :mod:`~diagnostics.engine.gram`),
+(per-layer :mod:`~diagnostics.engine.rules` on the structured path, tiles of :mod:`~diagnostics.engine.gram`;
+``"auto"`` chosen by :mod:`~diagnostics.engine.auto` with the plans and cost model of
+:mod:`~diagnostics.engine.choice`; its floating-point error estimated by :mod:`~diagnostics.engine.accuracy`),
 :mod:`~diagnostics.engine.operator` offers ``J`` matrix-free, and :mod:`~diagnostics.engine.spectral` /
 :mod:`~diagnostics.engine.operator_spectrum` decompose ``K`` under the rules of
 :mod:`~diagnostics.engine.precision`. :mod:`~diagnostics.engine.manifest` says what was measured;

@@ -44,8 +44,11 @@ from . import inputs as _inputs
 from .precision import forwards_agree, tf32_off
 from .refusals import ModuleTrace, refusal
 
-ParamSelector = None | Sequence[str] | Callable[[str, torch.Tensor], bool]
+ParamSelector = None | str | Sequence[str] | Callable[[str, torch.Tensor], bool]
 MODES = ("eval", "batch")
+#: Why a parameter is held fixed, by how it was left out.
+FROZEN = "requires_grad=False: training does not move it (params='all' measures it)"
+UNSELECTED = "not selected by params="
 
 
 class FunctionalModel:
@@ -56,9 +59,10 @@ class FunctionalModel:
     model
         Any ``nn.Module``.
     params
-        Which parameters to differentiate: ``None`` (all), a sequence of parameter names or module
-        prefixes (``"head"`` selects ``head.weight`` and ``head.bias``), or a predicate
-        ``(name, tensor) -> bool``. The others are held fixed.
+        Which parameters to differentiate: ``None`` (the trainable ones, ``requires_grad=True``; all
+        of them when none is trainable, e.g. a frozen feature map), ``"all"``, a sequence of parameter
+        names or module prefixes (``"head"`` selects ``head.weight`` and ``head.bias``), or a predicate
+        ``(name, tensor) -> bool``. The others are held fixed (:attr:`excluded` says why).
     mode
         ``"eval"`` or ``"batch"`` (see module docstring).
     output
@@ -66,7 +70,13 @@ class FunctionalModel:
         or a callable.
     dtype
         Compute dtype (e.g. ``torch.float64`` for end-to-end double precision); default: the
-        dtype of the model's parameters. The model itself is never cast.
+        dtype of the model's parameters, at least float32 (a bfloat16 or float16 model is measured
+        in float32). The model itself is never cast.
+
+    Notes
+    -----
+    A call inside ``torch.inference_mode()`` works: the copies of parameters, buffers and inputs are
+    ordinary tensors, and measuring leaves inference mode for its duration.
     """
 
     def __init__(
@@ -87,23 +97,29 @@ class FunctionalModel:
             raise DiagnosticsError("the model has no parameters: there is no Jacobian to measure")
         first = next(iter(named.values()))
         self.device = first.device
-        self.dtype = dtype or first.dtype
+        self.dtype = dtype or default_dtype(first.dtype)
         if not self.dtype.is_floating_point:
             raise DiagnosticsError(f"dtype must be a floating dtype, got {self.dtype}")
         for name, p in named.items():
-            if not torch.isfinite(p).all():
+            if not torch.isfinite(p.detach()).all():
                 raise DiagnosticsError(f"parameter {name!r} contains NaN or inf values")
         self.module = model
         self.mode = mode
         self.output = output
-        self.names = _select(named, params)
-        copies = {k: v.detach().to(self.dtype) for k, v in named.items()}
+        self.names, self.selection = _select(named, params)
+        #: ``{name: why}`` for every parameter held fixed.
+        self.excluded = {
+            k: FROZEN if params is None and not v.requires_grad else UNSELECTED
+            for k, v in named.items() if k not in self.names
+        }
+        with torch.inference_mode(False):
+            copies = {k: _ordinary(v.detach(), self.dtype) for k, v in named.items()}
+            self.buffers = {
+                k: _ordinary(v.detach(), self.dtype if v.is_floating_point() else v.dtype, copy=True)
+                for k, v in model.named_buffers()
+            }
         self.params = {k: copies[k] for k in self.names}
         self.fixed = {k: v for k, v in copies.items() if k not in self.params}
-        self.buffers = {
-            k: v.detach().clone().to(self.dtype if v.is_floating_point() else v.dtype)
-            for k, v in model.named_buffers()
-        }
         self.shapes = {k: tuple(v.shape) for k, v in self.params.items()}
         self.n_params = sum(v.numel() for v in self.params.values())
         #: Per-sample shape of the selected output, recorded by :meth:`check_forward`.
@@ -126,7 +142,9 @@ class FunctionalModel:
         x = _inputs.normalise_inputs(inputs)
         self.inputs_moved = _inputs.moved_from_cpu(x, self.device)
         n = _inputs.batch_size(x)
-        return _inputs.to(x, self.device, self.dtype), n
+        with torch.inference_mode(False):
+            x = _inputs.map_inputs(lambda t: _ordinary(t, t.dtype), x)
+            return _inputs.to(x, self.device, self.dtype), n
 
     def __call__(self, params: dict[str, torch.Tensor], inputs: _inputs.Inputs) -> torch.Tensor:
         """``f(θ, X)`` as an ``(n, m)`` matrix; ``params`` may hold any subset of the measured ones."""
@@ -187,8 +205,25 @@ class FunctionalModel:
                     "Measurements with random masks are not reproducible, so they are refused; make "
                     "the forward deterministic in eval mode, or pass a fixed mask as an input."
                 )
-            if per_sample and n > 1:
-                halves = (slice(0, n // 2), slice(n // 2, n))
+            if per_sample:
+                problem = self.per_sample_problem(x, out)
+                if problem:
+                    raise UnsupportedModelError(problem)
+        return out
+
+    def per_sample_problem(self, x: _inputs.Inputs, out: torch.Tensor) -> str:
+        """Why a per-sample strategy cannot measure this model on ``x`` (``""`` when it can).
+
+        The two halves of the batch, run separately, must give the outputs ``out`` of the whole batch;
+        otherwise the samples interact (a normalisation over the batch dimension, batch norm without
+        running statistics) or the model cannot run on a sub-batch. Run inside :meth:`measuring`.
+        """
+        n = out.shape[0]
+        if n < 2:
+            return ""
+        halves = (slice(0, n // 2), slice(n // 2, n))
+        with torch.no_grad():
+            try:
                 apart = torch.cat([
                     _inputs.select_output(
                         self._forward_or_explain(_inputs.take(x, h), "a sub-batch", UnsupportedModelError),
@@ -197,16 +232,17 @@ class FunctionalModel:
                     )
                     for h in halves
                 ])
-                if not forwards_agree(apart, out):
-                    raise UnsupportedModelError(
-                        "the samples interact: the outputs of the two halves of the batch, run "
-                        "separately, differ from those of the whole batch (a normalisation over the "
-                        "batch dimension, or batch norm without running statistics). A per-sample "
-                        "strategy would measure a different function; use strategy='vjp', which "
-                        "differentiates the whole batch f_X(θ) as the model computes it (or "
-                        "mode='batch', whose default strategy it is)."
-                    )
-        return out
+            except UnsupportedModelError as exc:
+                return str(exc)
+        if forwards_agree(apart, out):
+            return ""
+        return (
+            "the samples interact: the outputs of the two halves of the batch, run "
+            "separately, differ from those of the whole batch (a normalisation over the "
+            "batch dimension, or batch norm without running statistics). A per-sample "
+            "strategy would measure a different function; use strategy='vjp' or 'auto', which "
+            "differentiate the whole batch f_X(θ) as the model computes it (as does mode='batch')."
+        )
 
     def _forward_or_explain(
         self, x: _inputs.Inputs, what: str, error: type[DiagnosticsError] = DiagnosticsError
@@ -224,9 +260,13 @@ class FunctionalModel:
                 else ""
             )
             raise error(
-                f"the model's forward failed on {what} in {self._trace.where()}: "
+                f"the model's forward failed on {what} in {self.running_module()}: "
                 f"{type(exc).__name__}: {exc}.{advice}"
             ) from exc
+
+    def running_module(self) -> str:
+        """Name the module whose forward is running right now (while measuring), in words."""
+        return self._trace.where()
 
     def flatten(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """Concatenate per-parameter tensors (in ``self.names`` order) into one vector/matrix.
@@ -273,11 +313,11 @@ class FunctionalModel:
                 for m, _ in norms:  # batch statistics, and no running-statistics update
                     m.train()
                     m.track_running_stats = False
-            with self._trace.attached():
+            with self._trace.attached(), torch.inference_mode(False):
                 try:
                     yield
                 except (RuntimeError, NotImplementedError) as exc:
-                    refused = refusal(exc, self._trace.where())
+                    refused = refusal(exc, self.running_module())
                     if refused is None:
                         raise
                     raise refused from exc
@@ -289,10 +329,30 @@ class FunctionalModel:
             restore.close()
 
 
-def _select(named: dict[str, torch.Tensor], params: ParamSelector) -> tuple[str, ...]:
+def default_dtype(model_dtype: torch.dtype) -> torch.dtype:
+    """Return the compute dtype when none is asked for: the model's, at least float32 (never half precision)."""
+    if model_dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return model_dtype
+
+
+def _ordinary(t: torch.Tensor, dtype: torch.dtype, copy: bool = False) -> torch.Tensor:
+    """``t`` in ``dtype`` as an ordinary tensor: an inference-mode tensor (or, with ``copy``, any) is copied."""
+    if t.is_inference() or copy:
+        return t.clone().to(dtype)
+    return t.to(dtype)
+
+
+def _select(named: dict[str, torch.Tensor], params: ParamSelector) -> tuple[tuple[str, ...], str]:
+    """Return the measured names in model order, and the selection in words (for the manifest)."""
     if params is None:
-        names = list(named)
-    elif callable(params):
+        names = [k for k, v in named.items() if v.requires_grad]
+        if names:
+            return tuple(names), "the trainable parameters (requires_grad=True)"
+        return tuple(named), "all parameters (none has requires_grad=True)"
+    if isinstance(params, str) and params == "all":
+        return tuple(named), "all parameters (params='all')"
+    if callable(params):
         names = [k for k, v in named.items() if params(k, v)]
     else:
         if isinstance(params, str):
@@ -308,15 +368,19 @@ def _select(named: dict[str, torch.Tensor], params: ParamSelector) -> tuple[str,
         names = [k for k in named if k in names]  # model order
     if not names:
         raise DiagnosticsError("the parameter selection is empty")
-    return tuple(names)
+    return tuple(names), "selected by params="
 
 
 def _tensor_attributes(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Plain tensor attributes of the modules (neither parameters nor buffers), by dotted path."""
+    """Plain tensor attributes of the modules (neither parameters nor buffers), by dotted path.
+
+    Inference-mode tensors are left out: they have no version counter, and outside inference mode (where
+    measurements run) an in-place update of one is an error anyway.
+    """
     found = {}
     for mod_name, mod in model.named_modules():
         for attr, value in vars(mod).items():
-            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and not value.is_inference():
                 found[f"{mod_name}.{attr}" if mod_name else attr] = value
     return found
 

@@ -32,9 +32,21 @@ class GramTiles:
     def __init__(self, N: int, m: int, dtype: torch.dtype, device: torch.device) -> None:
         self.K = torch.zeros(N, N, dtype=dtype, device=device)
         self.m = m
-        size = max(m, min(self.MAX_TILE, max(self.MIN_TILE, -(-N // 4))) // m * m)
-        self.bounds = [(a, min(N, a + size)) for a in range(0, N, size)]
+        self.bounds = self.tile_bounds(N, m)
+        size = self.bounds[0][1] - self.bounds[0][0]
         self._scratch = torch.empty(size * size, dtype=dtype, device=device)
+
+    @classmethod
+    def tile_bounds(cls, N: int, m: int) -> list[tuple[int, int]]:
+        """``[(start, stop)]`` of the tiles along one side of an ``N × N`` Gram of ``m`` outputs per sample."""
+        size = max(m, min(cls.MAX_TILE, max(cls.MIN_TILE, -(-N // 4))) // m * m)
+        return [(a, min(N, a + size)) for a in range(0, N, size)]
+
+    @classmethod
+    def upper_fraction(cls, N: int, m: int) -> float:
+        """Fraction of the ``N²`` entries that the tiles on and above the diagonal hold (the products' share)."""
+        sides = [b - a for a, b in cls.tile_bounds(N, m)]
+        return sum(x * y for i, x in enumerate(sides) for y in sides[i:]) / N**2
 
     def _tiles(self) -> Iterator[tuple[slice, slice]]:
         for i, (a0, a1) in enumerate(self.bounds):

@@ -11,7 +11,8 @@ Strategies (``strategy=``), all exact and held to the dense reference by the tes
     no per-sample gradients through the network). For a linear layer on ``(n, d_in)`` inputs the
     Gram block is ``K_l = (A Aᵀ + 1) ⊗ 1_{m×m} ⊙ G Gᵀ`` and its per-sample gradients are never
     formed; for convolutions and sequence inputs each layer takes the cheaper of two exact forms
-    (per-sample gradients, or pairs of positions; see :func:`layer_gram_costs`). Layers it cannot
+    (per-sample gradients, or pairs of positions; see
+    :meth:`~diagnostics.engine.rules.LayerRule.gram_costs`). Layers it cannot
     cover exactly (shared or tied weights, reused modules, other layer types) go to ``"jacrev"``;
     a random-cotangent check against autograd guards every covered layer.
 ``"jacrev"``
@@ -20,7 +21,14 @@ Strategies (``strategy=``), all exact and held to the dense reference by the tes
     ``vmap`` of the whole-batch ``vjp`` over one-hot cotangents: the exact Jacobian of ``f_X(θ)``
     when samples interact (``mode="batch"``); also valid in eval mode.
 ``"auto"``
-    ``"structured"`` in eval mode, ``"vjp"`` in batch mode.
+    Always works where one of the above does, and picks the fastest: ``"vjp"`` in batch mode or when
+    the samples interact; otherwise the plans that run, timed on two small slices and extrapolated to
+    the whole batch (problems of fewer than 256 rows ``n·m`` take ``"structured"`` without timing), the
+    choice cached per model and shapes; when ``vmap`` cannot run the model over samples (recurrent
+    layers, data-dependent control flow such as a padding mask) it falls back by itself to plans
+    without it: the other parameters by ``vjp`` (``"structured+vjp"``, ``"vjp"``), over chunks of
+    samples whose size the probe chooses. The manifest says what it chose and why
+    (:mod:`~diagnostics.engine.choice`).
 
 Every strategy accumulates the Gram only on the tiles on and above its diagonal (about half the
 FLOPs) and mirrors them, so ``K`` is exactly symmetric. Memory is estimated before allocating: the
@@ -35,7 +43,6 @@ import torch
 from torch import nn
 
 from . import inputs as _inputs
-from . import memory
 from .functional import ParamSelector
 from .measurement import STRATEGIES, Measurement
 
@@ -63,13 +70,15 @@ def jacobian(
         A tensor, a tuple of tensors (positional arguments) or a dict of tensors (keyword
         arguments), batched along dimension 0; numpy arrays are accepted.
     params
-        Parameter subset: ``None`` (all), names or module prefixes, or a predicate.
+        Parameter subset: ``None`` (the trainable ones, ``requires_grad=True``; all of them when none
+        is), ``"all"``, names or module prefixes, or a predicate.
     mode
         ``"eval"`` (per-sample, running statistics) or ``"batch"`` (batch norm uses batch statistics).
     output
         Output selector for models that return a dict, tuple or object.
     dtype
-        Compute dtype; ``torch.float64`` computes in double precision end to end.
+        Compute dtype; ``torch.float64`` computes in double precision end to end. Default: the model's,
+        at least float32 (half-precision models are measured in float32).
     strategy
         One of :data:`STRATEGIES`.
     memory_budget
@@ -79,16 +88,19 @@ def jacobian(
     -------
     torch.Tensor
         ``J`` with row ``i*m + c`` equal to ``∂f_c(x_i, θ)/∂θ`` and columns in parameter order.
+
+    Raises
+    ------
+    InsufficientMemoryError
+        ``J`` cannot fit ``memory_budget`` (checked from a forward on one or two samples, before any
+        forward on the whole batch).
+    DiagnosticsError
+        Bad inputs, a model the engine cannot differentiate exactly
+        (:class:`~diagnostics.errors.UnsupportedModelError`, naming the module), or entries that
+        overflow the compute dtype (advising ``dtype=torch.float64``).
     """
     with Measurement(model, inputs, params=params, mode=mode, output=output, dtype=dtype, strategy=strategy,
-                     memory_budget=memory_budget) as job:
-        memory.require(
-            job.rows * job.fm.n_params * job.itemsize,
-            job.budget,
-            f"the Jacobian ({job.rows} × {job.fm.n_params})",
-            "Use ntk_gram() (it never materialises J), a parameter subset (params=), fewer samples, "
-            "or the matrix-free JacobianOperator.",
-        )
+                     memory_budget=memory_budget, result="jacobian") as job:
         return job.jacobian_columns(job.fm.names)
 
 

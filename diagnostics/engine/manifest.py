@@ -30,7 +30,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.dropout import _DropoutNd
 
 from . import inputs as _inputs
+from .accuracy import ErrorEstimate
 from .functional import FunctionalModel
+from .measurement import Measurement
 from .precision import dtype_name
 
 __all__ = ["LayerNote", "MATRIX_FREE_POLICY", "MeasurementManifest", "PRECISION_POLICY"]
@@ -63,8 +65,12 @@ _STRATEGY_MEANING = {
     "structured": "per-sample; linear/conv/batch-norm layers from layer inputs and output cotangents, "
     "the other parameters by vmap(jacrev)",
     "jacrev": "per-sample, vmap(jacrev) over samples",
+    "structured+vjp": "linear/conv/batch-norm layers from layer inputs and output cotangents, the other "
+    "parameters by vmap of the whole-batch vjp over one-hot cotangents (no vmap over samples)",
     "vjp": "whole batch, vmap of vjp over one-hot cotangents",
     "jvp/vjp": "matrix-free: J v by forward mode and Jᵀ u by reverse mode, never forming J or K",
+    "rows/vjp": "matrix-free, reverse mode only: J v from rows of J formed chunk by chunk and Jᵀ u by vjp, "
+    "never forming all of J or K",
 }
 
 
@@ -109,6 +115,8 @@ class MeasurementManifest:
         How the output was selected, its per-sample shape and ``m`` (flattened in C order).
     n_samples, n_outputs
         ``n`` and ``m``: the Jacobian has ``n·m`` rows, row ``i·m + c`` for output ``c`` of sample ``i``.
+    parameters
+        Which parameters were measured, in words (by default the trainable ones).
     included
         ``(name, count)`` of every measured parameter tensor, in column order.
     excluded
@@ -122,6 +130,8 @@ class MeasurementManifest:
         ``"eval"`` or ``"batch"``, and what it means.
     strategy, strategy_meaning
         The strategy that computed ``J``/``K`` (``"auto"`` resolved), and what it does.
+    choice
+        Why that strategy: asked for, or what ``auto`` chose, how, and what it ruled out or fell back from.
     structured
         Parameters whose columns the structured path computed from layer inputs and output cotangents
         (``None``: not applicable, or not known for this computation).
@@ -134,6 +144,9 @@ class MeasurementManifest:
     precision
         The rest of the precision policy (:data:`PRECISION_POLICY`, or :data:`MATRIX_FREE_POLICY`):
         how ``K`` is decomposed and which rule decides its rank.
+    error
+        The measurement's own floating-point error (:class:`~diagnostics.engine.accuracy.ErrorEstimate`),
+        when estimated.
     """
 
     model: str
@@ -157,6 +170,9 @@ class MeasurementManifest:
     dropout: tuple[LayerNote, ...]
     tf32: str
     precision: tuple[str, ...] = PRECISION_POLICY
+    parameters: str = ""
+    choice: str = ""
+    error: ErrorEstimate | None = None
 
     @property
     def n_params(self) -> int:
@@ -172,6 +188,8 @@ class MeasurementManifest:
         strategy: str,
         structured: tuple[str, ...] | None = None,
         n_outputs: int | None = None,
+        choice: str = "",
+        error: ErrorEstimate | None = None,
     ) -> MeasurementManifest:
         """Describe a measurement of ``fm`` on ``inputs`` with ``strategy``.
 
@@ -190,6 +208,10 @@ class MeasurementManifest:
         n_outputs
             ``m``, needed only when :meth:`FunctionalModel.check_forward` has not recorded the
             per-sample output shape (the matrix-free path).
+        choice
+            Why the strategy was used (``Choice.describe()`` of the measurement).
+        error
+            The estimate of the measurement's floating-point error.
         """
         model = fm.module
         all_named = dict(model.named_parameters())
@@ -201,8 +223,7 @@ class MeasurementManifest:
         m = math.prod(shape) if shape is not None else int(n_outputs)
         seen = f"per-sample shape {shape}" if shape is not None else "per-sample outputs"
         output = f"{_inputs.describe_output(fm.output)}, {seen} flattened in C order → m = {m} (row i·m + c)"
-        reason = "not selected by params="
-        excluded = tuple((k, v.numel(), reason) for k, v in all_named.items() if k not in fm.params)
+        excluded = tuple((k, v.numel(), fm.excluded[k]) for k, v in all_named.items() if k not in fm.params)
         return cls(
             model=type(model).__name__,
             device=str(fm.device),
@@ -223,7 +244,7 @@ class MeasurementManifest:
             mode=fm.mode,
             mode_meaning=_MODE_MEANING[fm.mode],
             strategy=strategy,
-            strategy_meaning=_STRATEGY_MEANING.get(strategy, strategy),
+            strategy_meaning=_meaning(strategy),
             structured=None if structured is None else tuple(structured),
             interacting=_interacting(model, fm.mode),
             dropout=tuple(
@@ -232,8 +253,17 @@ class MeasurementManifest:
                 if isinstance(mod, _DropoutNd) or _rate(mod) > 0
             ),
             tf32=_tf32(fm.tf32_outside),
-            precision=MATRIX_FREE_POLICY if strategy == "jvp/vjp" else PRECISION_POLICY,
+            precision=MATRIX_FREE_POLICY if strategy in ("jvp/vjp", "rows/vjp") else PRECISION_POLICY,
+            parameters=fm.selection,
+            choice=choice,
+            error=error,
         )
+
+    @classmethod
+    def of(cls, job: Measurement, error: ErrorEstimate | None = None) -> MeasurementManifest:
+        """Describe the measurement ``job`` (inside or after its ``with`` block), with its error estimate."""
+        return cls.build(job.fm, job.x, strategy=job.strategy, structured=job.structured,
+                         choice=job.choice.describe(), error=error)
 
     def to_dict(self) -> dict:
         """Plain-Python dictionary (lists for tuples), ready for JSON."""
@@ -249,8 +279,8 @@ class MeasurementManifest:
             f"{self.compute_dtype}{cast}",
             f"  inputs: {self.inputs}",
             f"  output: {self.output}",
-            f"  parameters measured: {len(self.included)} tensors, d = {self.n_params:,}: "
-            f"{_listing(self.included)}",
+            f"  parameters measured ({self.parameters or 'as selected'}): {len(self.included)} tensors, "
+            f"d = {self.n_params:,}: {_listing(self.included)}",
         ]
         for why in dict.fromkeys(reason for _, _, reason in self.excluded):
             held = [(k, c) for k, c, reason in self.excluded if reason == why]
@@ -270,9 +300,22 @@ class MeasurementManifest:
         if self.structured is not None:
             strategy += f"; structured path covered {len(self.structured)} of {len(self.included)} tensors"
         lines.append(strategy)
+        if self.choice:
+            lines.append(f"    why: {self.choice}")
         lines.append(f"  precision: {self.tf32}")
         lines += [f"    {rule}" for rule in self.precision]
+        if self.error is not None:
+            lines.append(f"    floating-point error of this measurement {self.error}")
         return "\n".join(lines)
+
+
+def _meaning(strategy: str) -> str:
+    """Say what a strategy does; ``"… (chunks of c samples)"`` adds that ``vjp`` runs chunk by chunk."""
+    base, _, chunk = strategy.partition(" (chunks of ")
+    meaning = _STRATEGY_MEANING.get(base, base)
+    if chunk:
+        meaning += f"; vjp over chunks of {chunk.rstrip(')')}, each chunk's rows through that chunk only"
+    return meaning
 
 
 def _rate(mod: nn.Module) -> float:

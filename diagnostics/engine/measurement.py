@@ -1,43 +1,61 @@
 """One measurement of a model's Jacobian or NTK Gram: the engine's working unit.
 
 :class:`Measurement` turns a user's model and inputs into a validated functional model (copied
-parameters, chosen mode and dtype, memory budget) and computes Jacobian columns and the Gram by the
-chosen strategy (``theory/alignment.md#setup``). Every public function of the engine —
+parameters, chosen mode and dtype, memory budget), chooses how to differentiate it
+(:mod:`~diagnostics.engine.choice`) and computes Jacobian columns, the Gram and per-tensor contractions
+``J_p θ_p`` (``theory/alignment.md#setup``). Every public function of the engine —
 :func:`~diagnostics.engine.jacobian.jacobian`, :func:`~diagnostics.engine.jacobian.ntk_gram` — and
 every check built on them runs inside one.
+
+``strategy="auto"`` always works where some strategy does: it differentiates the whole batch (``vjp``)
+when the samples interact or in ``mode="batch"``; otherwise it times the plans that run on two small
+slices and takes the fastest (on problems of fewer than :data:`PROBE_MIN_ROWS` rows, where the choice
+cannot matter, the structured path without timing); and when ``vmap`` cannot run the model over
+samples it falls back by itself to plans without it (the other parameters by ``vjp``, over the whole
+batch or chunk by chunk). The manifest says what it chose and why.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from torch.func import jacrev, vjp, vmap
 
-from ..errors import DiagnosticsError
+from ..errors import DiagnosticsError, InsufficientMemoryError
+from . import auto, memory
 from . import inputs as _inputs
-from . import memory
+from .accuracy import ErrorEstimate, gram_error
+from .choice import Choice, PerSampleFailure, Plan
 from .functional import FunctionalModel, ParamSelector
 from .gram import GramTiles, columns, groups
+from .precision import dtype_name
+from .refusals import refusal
 from .structured import StructuredLayers
 
-__all__ = ["STRATEGIES", "Measurement"]
+__all__ = ["RESULTS", "STRATEGIES", "Measurement", "PerSampleFailure"]
 
 STRATEGIES = ("auto", "structured", "jacrev", "vjp")
+#: What a measurement is for: the Gram (and contractions) or the Jacobian; sizes the memory check and the probe.
+RESULTS = ("gram", "jacobian")
 
 
 class Measurement:
     """One Jacobian/Gram computation: validated inputs, measurement mode, strategy and memory budget.
 
-    Used as a context manager: entering sets the measurement mode (:meth:`FunctionalModel.measuring`)
-    and runs the validation forward (:meth:`FunctionalModel.check_forward`); inside, :meth:`gram` and
-    :meth:`jacobian_columns` compute; leaving restores the model's modes and the TF32 switches.
+    Used as a context manager: entering sets the measurement mode (:meth:`FunctionalModel.measuring`),
+    refuses a result that cannot fit the memory budget (from a forward on one or two samples, before
+    any forward on the whole batch), runs the validation forward (:meth:`FunctionalModel.check_forward`)
+    and chooses the plan; inside, :meth:`gram`, :meth:`jacobian_columns` and :meth:`contractions`
+    compute; leaving restores the model's modes and the TF32 switches.
 
     Parameters
     ----------
     model, inputs, params, mode, output, dtype, strategy, memory_budget
         As in :func:`diagnostics.jacobian`.
+    result
+        ``"gram"`` or ``"jacobian"`` (:data:`RESULTS`): what must fit the budget, and what the probe times.
 
     Attributes
     ----------
@@ -47,8 +65,10 @@ class Measurement:
         The prepared inputs and their number of samples.
     m, rows
         Outputs per sample and ``n·m`` (set on entering).
-    strategy
-        The resolved strategy (``"auto"`` replaced by what it chose).
+    choice
+        The plan and why it was chosen (set on entering; ``auto``'s fallback updates it).
+    independent
+        Whether the samples are known to be independent (a per-sample plan's check passed).
     structured
         Parameters whose Gram columns came from the structured path (after :meth:`gram`).
     """
@@ -64,88 +84,206 @@ class Measurement:
         dtype: torch.dtype | None = None,
         strategy: str = "auto",
         memory_budget: int | None = None,
+        result: str = "gram",
     ) -> None:
         if strategy not in STRATEGIES:
             raise DiagnosticsError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        if result not in RESULTS:
+            raise ValueError(f"result must be one of {RESULTS}, got {result!r}")
         self.fm = FunctionalModel(model, params=params, mode=mode, output=output, dtype=dtype)
         if mode == "batch" and strategy in ("structured", "jacrev"):
             raise DiagnosticsError(
                 f"strategy={strategy!r} needs independent samples; in mode='batch' samples interact "
                 "through batch statistics: use strategy='vjp' or 'auto'"
             )
-        self.strategy = strategy if strategy != "auto" else ("structured" if mode == "eval" else "vjp")
+        self.requested = strategy
+        self.result = result
         self.x, self.n = self.fm.prepare(inputs)
         self.budget = memory.resolve_budget(memory_budget, self.fm.device)
         self.itemsize = torch.empty((), dtype=self.fm.dtype).element_size()
-        self._stack = None
+        self.choice: Choice | None = None
+        self.independent = False
+        self.probed: Measurement | None = None  # a slice measured by auto's probe
         self.structured: tuple[str, ...] | None = None  # parameters covered by the structured path
+        self._stack = None
+        self._layers: StructuredLayers | None = None
+
+    @property
+    def plan(self) -> Plan:
+        """The plan in use (after entering)."""
+        return self.choice.plan
+
+    @property
+    def strategy(self) -> str:
+        """The strategy in use, as reports name it (``"auto"`` resolved; ``"structured+vjp"`` for the fallback)."""
+        return self.choice.plan.label if self.choice is not None else self.requested
 
     def __enter__(self) -> Measurement:
         self._stack = self.fm.measuring()
         self._stack.__enter__()
         try:
-            out = self.fm.check_forward(self.x, per_sample=self.strategy in ("structured", "jacrev"))
+            self._require_memory(self._outputs_per_sample())
+            out = self.fm.check_forward(self.x, per_sample=self.requested in ("structured", "jacrev"))
             self.m = out.shape[1]
             self.rows = self.n * self.m
+            self.choice = auto.choose(self, out)
         except BaseException:
             self._stack.__exit__(None, None, None)
             raise
         return self
 
     def __exit__(self, *exc) -> None:
+        self._layers = None
         self._stack.__exit__(*exc)
 
-    # -- Jacobian columns ----------------------------------------------------------------------
+    # -- before the whole batch: memory ----------------------------------------------------------
+    def _outputs_per_sample(self) -> int | None:
+        """``m`` from a forward on one or two samples; ``None`` if it fails (the validation forward says why)."""
+        few = min(self.n, 2)
+        try:
+            with torch.no_grad():
+                return self.fm(self.fm.params, _inputs.take(self.x, slice(0, few))).shape[1]
+        except Exception:  # noqa: BLE001 - the whole-batch validation forward names the problem
+            return None
+
+    def _require_memory(self, m: int | None) -> None:
+        """Refuse a Gram or Jacobian that cannot fit the budget, before any forward on the whole batch."""
+        if m is None:
+            return
+        rows = self.n * m
+        if self.result == "gram":
+            memory.require(
+                2 * rows**2 * self.itemsize, self.budget,
+                f"the NTK Gram ({rows} × {rows}, with its working copy)",
+                "Use fewer samples (probe_size=) or the matrix-free path (diagnostics.JacobianOperator).",
+            )
+        else:
+            memory.require(
+                rows * self.fm.n_params * self.itemsize, self.budget,
+                f"the Jacobian ({rows} × {self.fm.n_params})",
+                "Use ntk_gram() (it never materialises J), a parameter subset (params=), fewer samples, "
+                "or the matrix-free JacobianOperator.",
+            )
+
+    def _falling_back(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run ``compute``; when ``auto``'s per-sample plan meets a model ``vmap`` cannot run, fall back and rerun."""
+        try:
+            return compute()
+        except PerSampleFailure as exc:
+            if self.requested != "auto" or not self.plan.per_sample:
+                raise
+            self.choice = auto.fall_back(self, exc)
+            return compute()
+
+    # -- Jacobian columns and contractions ------------------------------------------------------------
     def jacobian_columns(self, names: tuple[str, ...]) -> torch.Tensor:
         """``J`` restricted to ``names`` (``(nm, d_names)``), from the structured path where it applies."""
-        blocks: dict[str, torch.Tensor] = {}
-        if self.strategy == "structured":
-            layers = StructuredLayers(self, names)
-            blocks.update(layers.jacobian_blocks())
-        rest = tuple(k for k in names if k not in blocks)
-        if rest:
-            blocks.update(self._generic_blocks(rest))
-        return columns(blocks, names, self.rows)
+
+        def compute() -> torch.Tensor:
+            blocks: dict[str, torch.Tensor] = {}
+            if self.plan.strategy == "structured":
+                blocks.update(self._structured_layers().jacobian_blocks(names))
+            rest = tuple(k for k in names if k not in blocks)
+            if rest:
+                blocks.update(self._generic_blocks(rest))
+            return self._finite(columns(blocks, names, self.rows), "the Jacobian")
+
+        return self._falling_back(compute)
 
     def contractions(self, vectors: dict[str, torch.Tensor]) -> torch.Tensor:
         """``V[:, p] = J_p v_p``: the Jacobian of each parameter tensor ``p`` applied to ``vectors[p]``, ``(nm, P)``.
 
         With ``v_p = θ_p`` this is ``⟨∂f/∂θ_p, θ_p⟩`` per tensor, the building block of the candidates
-        ``R = (c_p θ_p)_p`` of the common model structure (``theory/cms.md``). Computed from Jacobian
-        columns group by group within the memory budget (reverse mode only), never all of ``J`` at once.
+        ``R = (c_p θ_p)_p`` of the common model structure (``theory/cms.md``). Reverse mode only: layers of
+        the structured path contract their captured inputs and cotangents (``J_p`` never formed), the other
+        parameters' Jacobian columns are formed group by group within the memory budget.
         """
+        return self._falling_back(lambda: self._compute(vectors, gram=False)[1])
+
+    def gram_and_contractions(self, vectors: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`gram` and :meth:`contractions` at once: each group of Jacobian columns is formed only once."""
+        return self._falling_back(lambda: self._compute(vectors, gram=True))
+
+    def _compute(self, vectors: dict[str, torch.Tensor] | None, gram: bool
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Compute the Gram (``gram``) and the contractions with ``vectors`` (unless ``None``), group by group."""
         names = self.fm.names
-        V = torch.empty(self.rows, len(names), dtype=self.fm.dtype, device=self.fm.device)
+        K = GramTiles(self.rows, self.m, self.fm.dtype, self.fm.device) if gram else None
+        V = None if vectors is None else torch.empty(self.rows, len(names), dtype=self.fm.dtype, device=self.fm.device)
         index = {k: i for i, k in enumerate(names)}
-        budget = max(self.budget // 2, self.rows * self.itemsize)
-        for group in groups(names, self.fm.params, self.rows * self.itemsize, budget):
-            J = self.jacobian_columns(group)
-            start = 0
-            for k in group:
-                size = self.fm.params[k].numel()
-                V[:, index[k]] = J[:, start : start + size] @ vectors[k].reshape(-1).to(J)
-                start += size
-        return V
+        covered: set[str] = set()
+        if self.plan.strategy == "structured":
+            layers = self._structured_layers()
+            covered = layers.covered
+            self.structured = tuple(k for k in names if k in covered)
+            if K is not None:
+                layers.add_gram(K)
+            if V is not None:
+                for k, v in layers.contractions(vectors).items():
+                    V[:, index[k]] = v
+        rest = tuple(k for k in names if k not in covered)
+        reserved = 2 * self.rows**2 * self.itemsize if gram else self.budget // 2
+        free = max(self.budget - reserved, self.rows * self.itemsize)
+        for group in groups(rest, self.fm.params, self.rows * self.itemsize, free):
+            J = columns(self._generic_blocks(group), group, self.rows)
+            if K is not None:
+                K.add_products(J, J)
+            if V is not None:
+                start = 0
+                for k in group:
+                    size = self.fm.params[k].numel()
+                    V[:, index[k]] = J[:, start : start + size] @ vectors[k].reshape(-1).to(J)
+                    start += size
+        K = None if K is None else self._finite(K.finish(), "the NTK Gram")
+        V = None if V is None else self._finite(V, "the contractions J_p θ_p")
+        return K, V
+
+    def _structured_layers(self) -> StructuredLayers:
+        """Return the structured layers of all measured parameters, captured once per measurement."""
+        if self._layers is None:
+            self._layers = StructuredLayers(self, self.fm.names)
+        return self._layers
 
     def _generic_blocks(self, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
-        """Per-parameter ``(nm, *shape)`` blocks by ``jacrev`` (per sample) or whole-batch ``vjp``."""
+        """Per-parameter ``(nm, *shape)`` blocks by ``vmap(jacrev)`` or ``vjp`` (the whole batch, or by chunks)."""
         sub = {k: self.fm.params[k] for k in names}
         width = sum(v.numel() for v in sub.values())
-        if self.strategy == "vjp":
-            out, pull = vjp(lambda p: self.fm(p, self.x).reshape(-1), sub)
-            eye = torch.eye(self.rows, dtype=out.dtype, device=out.device)
-            parts = [vmap(pull)(eye[rows])[0] for rows in self._chunks(self.rows, width, factor=2)]
+        if self.plan.rest == "vjp":
+            size = self.plan.chunk or self.n
+            parts = []
+            for start in range(0, self.n, size):
+                x = _inputs.take(self.x, slice(start, min(self.n, start + size))) if size < self.n else self.x
+                out, pull = vjp(lambda p, x=x: self.fm(p, x).reshape(-1), sub)
+                eye = torch.eye(out.numel(), dtype=out.dtype, device=out.device)
+                parts += [vmap(pull)(eye[rows])[0] for rows in self._chunks(out.numel(), width, factor=2)]
             return {k: torch.cat([p[k] for p in parts]) for k in names}
 
         def single(p, xi):
             return self.fm(p, _inputs.map_inputs(lambda t: t.unsqueeze(0), xi))[0]
 
         per_sample = vmap(jacrev(single), in_dims=(None, 0))
-        parts = [
-            per_sample(sub, _inputs.take(self.x, rows))
-            for rows in self._chunks(self.n, width * self.m, factor=3)
-        ]
+        try:
+            parts = [
+                per_sample(sub, _inputs.take(self.x, rows))
+                for rows in self._chunks(self.n, width * self.m, factor=3)
+            ]
+        except (DiagnosticsError, InsufficientMemoryError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            raise self._per_sample_failure(exc) from exc
         return {k: torch.cat([p[k] for p in parts]).reshape(self.rows, *sub[k].shape) for k in names}
+
+    def _per_sample_failure(self, exc: Exception) -> PerSampleFailure:
+        """Build the error of a ``vmap`` over samples that failed: what it means, where, and what to do."""
+        where = self.fm.running_module()
+        refused = refusal(exc, where)
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        text = str(refused) if refused is not None else (
+            f"cannot measure this model one sample at a time: vmap over samples failed in {where} "
+            f"({type(exc).__name__}: {first}). What to do: use strategy='vjp' (the whole batch, no vmap over "
+            "the forward)"
+        )
+        return PerSampleFailure(text + "; strategy='auto' falls back to it by itself")
 
     def _chunks(self, total: int, width: int, factor: int) -> Iterator[slice]:
         """Row slices whose ``width``-wide blocks (times a working-memory factor) fit the budget."""
@@ -157,22 +295,19 @@ class Measurement:
     # -- Gram ------------------------------------------------------------------------------------
     def gram(self) -> torch.Tensor:
         """``K = Σ_groups J_g J_gᵀ``, accumulated on the tiles on and above the diagonal, then mirrored."""
-        memory.require(
-            2 * self.rows**2 * self.itemsize,
-            self.budget,
-            f"the NTK Gram ({self.rows} × {self.rows}, with its working copy)",
-            "Use fewer samples (probe_size=) or the matrix-free path (diagnostics.JacobianOperator).",
+        return self._falling_back(lambda: self._compute(None, gram=True)[0])
+
+    def error(self, K: torch.Tensor) -> ErrorEstimate:
+        """Estimate the floating-point error of the Gram ``K`` this measurement computed (:mod:`.accuracy`)."""
+        return gram_error(self.fm, self.x, K, m=self.m, per_sample=self.independent)
+
+    def _finite(self, result: torch.Tensor, what: str) -> torch.Tensor:
+        """Return ``result``, refusing one with inf or NaN entries (an overflow of the compute dtype)."""
+        if torch.isfinite(result.sum()) or torch.isfinite(result).all():  # the sum: one fast pass, usually enough
+            return result
+        name = dtype_name(self.fm.dtype)
+        raise DiagnosticsError(
+            f"{what} overflowed in {name} (entries beyond ±{torch.finfo(self.fm.dtype).max:.1e} became inf or NaN): "
+            "the model's derivatives are too large for this precision. Measure with dtype=torch.float64, or "
+            "rescale the measured output (e.g. output=lambda o: o / 1e3)."
         )
-        K = GramTiles(self.rows, self.m, self.fm.dtype, self.fm.device)
-        covered: set[str] = set()
-        if self.strategy == "structured":
-            layers = StructuredLayers(self, self.fm.names)
-            layers.add_gram(K)
-            covered = layers.covered
-            self.structured = tuple(k for k in self.fm.names if k in covered)
-        rest = tuple(k for k in self.fm.names if k not in covered)
-        free = max(self.budget - 2 * self.rows**2 * self.itemsize, self.rows * self.itemsize)
-        for group in groups(rest, self.fm.params, self.rows * self.itemsize, free):
-            J = columns(self._generic_blocks(group), group, self.rows)
-            K.add_products(J, J)
-        return K.finish()

@@ -1,16 +1,19 @@
 """The Jacobian as a matrix-free linear operator (THEORY §7).
 
-``J = ∂f_X/∂θ ∈ R^{nm×d}`` is never formed: products with it are computed by automatic
+``J = ∂f_X/∂θ ∈ R^{nm×d}`` is never formed whole: products with it are computed by automatic
 differentiation over chunks of samples,
 
-- ``J v`` by forward mode (``torch.func.jvp``),
-- ``Jᵀ u`` by reverse mode (``torch.func.vjp``),
+- ``J v`` by forward mode (``torch.func.jvp``), or, for models with an operation that has no
+  forward-mode derivative (``scaled_dot_product_attention`` on the CPU, ``weight_norm``) or when a
+  strategy other than ``"auto"`` is asked for, in reverse mode from the rows of ``J`` for one chunk of
+  samples at a time, formed by the dense engine with that strategy (:func:`~diagnostics.jacobian`);
+- ``Jᵀ u`` by reverse mode (``torch.func.vjp``);
 - ``K v = J (Jᵀ v)``, the empirical NTK Gram applied to a vector,
 - ``J V`` and ``Jᵀ U`` for a block of vectors at once (``torch.vmap`` over the products: one forward
   pass per chunk serves every column),
 
-so the memory is ``O(nm + d)`` plus the activations of one chunk. This is how the alignment
-condition is checked on probe sets too large for the dense Gram (:mod:`diagnostics.matrix_free`).
+so the memory is ``O(nm + d)`` plus one chunk's activations (and, in reverse mode, one chunk's rows
+of ``J``). This is how the alignment condition is checked on probe sets too large for the dense Gram.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from torch.func import jvp, vjp, vmap
 
 from ..errors import DiagnosticsError
 from . import inputs as _inputs
+from . import memory
 from .functional import FunctionalModel, ParamSelector
+from .jacobian import jacobian
+from .measurement import STRATEGIES
 
 __all__ = ["JacobianOperator"]
 
@@ -45,8 +51,12 @@ class JacobianOperator:
         Any ``nn.Module``; parameters and buffers are copied, the model is never modified.
     inputs
         A tensor, tuple or dict of tensors batched along dimension 0.
-    params, mode, output, dtype
+    params, mode, output, dtype, memory_budget
         As in :func:`diagnostics.jacobian`.
+    strategy
+        One of :data:`~diagnostics.engine.jacobian.STRATEGIES`: ``"auto"`` computes ``J v`` by forward mode
+        when the model supports it and in reverse mode otherwise; another strategy computes ``J v`` in
+        reverse mode, from the rows of ``J`` for one chunk at a time formed with that strategy.
     chunk_size
         Samples per forward pass (default :data:`DEFAULT_CHUNK` in eval mode). In
         ``mode="batch"`` samples interact through batch statistics, so the whole batch is one
@@ -58,6 +68,11 @@ class JacobianOperator:
         ``(n·m, d)``.
     outputs
         ``f_X(θ)`` as an ``(n, m)`` tensor.
+    products
+        How the products are computed: ``"jvp/vjp"`` (forward and reverse mode) or ``"rows/vjp"``
+        (reverse mode only).
+    choice
+        Why, in words.
 
     Notes
     -----
@@ -65,8 +80,9 @@ class JacobianOperator:
 
         matvec(v) = J v,     rmatvec(u) = Jᵀ u,     gram_matvec(v) = J Jᵀ v = K v.
 
-    Each product costs one pass over the data (``gram_matvec`` two); nothing is cached between
-    calls, so the measurement mode is set and restored around each call.
+    Each product costs one pass over the data (``gram_matvec`` two; ``J v`` in reverse mode ``m``
+    backward passes per chunk); nothing is cached between calls, so the measurement mode is set and
+    restored around each call. Inside ``torch.inference_mode()`` the products still work.
     """
 
     def __init__(
@@ -79,8 +95,14 @@ class JacobianOperator:
         output: _inputs.OutputSelector = None,
         dtype: torch.dtype | None = None,
         chunk_size: int | None = None,
+        strategy: str = "auto",
+        memory_budget: int | None = None,
     ) -> None:
+        if strategy not in STRATEGIES:
+            raise DiagnosticsError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
         self.fm = FunctionalModel(model, params=params, mode=mode, output=output, dtype=dtype)
+        self.strategy = strategy
+        self.budget = memory.resolve_budget(memory_budget, self.fm.device)
         self.x, self.n = self.fm.prepare(inputs)
         if chunk_size is not None and chunk_size < 1:
             raise DiagnosticsError(f"chunk_size must be a positive integer, got {chunk_size}")
@@ -99,6 +121,46 @@ class JacobianOperator:
         self.m = self.outputs.shape[1]
         self.shape = (self.n * self.m, self.fm.n_params)
         self.dtype = self.fm.dtype
+        self._products: tuple[str, str] | None = None
+
+    @property
+    def products(self) -> str:
+        """``"jvp/vjp"`` or ``"rows/vjp"``: how ``J v`` and ``Jᵀ u`` are computed (decided on first use)."""
+        if self._products is None:
+            self._products = self._choose_products()
+        return self._products[0]
+
+    @property
+    def choice(self) -> str:
+        """Why :attr:`products`, in words."""
+        self.products  # noqa: B018 - decides them
+        return self._products[1]
+
+    def _choose_products(self) -> tuple[str, str]:
+        """Choose forward mode for ``J v`` when ``auto`` and the model supports it (tried on two samples)."""
+        if self.strategy != "auto":
+            return "rows/vjp", f"strategy={self.strategy!r}: J v from rows of J formed with it (reverse mode only)"
+        few = _inputs.take(self.x, slice(0, min(self.n, 2) if self.fm.mode == "eval" else self.n))
+        tangent = {k: torch.zeros_like(v) for k, v in self.fm.params.items()}
+        try:
+            with self.fm.measuring():
+                jvp(lambda p: self.fm(p, few), (self.fm.params,), (tangent,))
+        except Exception as exc:  # noqa: BLE001 - whatever forward mode cannot do, reverse mode is tried
+            first = str(exc).strip().splitlines()[0].split(". What to do")[0] if str(exc).strip() else ""
+            return "rows/vjp", (f"auto: forward mode failed ({type(exc).__name__}: {first}), so J v comes from rows "
+                                "of J in reverse mode")
+        return "jvp/vjp", "auto: forward mode for J v, reverse mode for Jᵀ u"
+
+    def _row_chunks(self) -> Iterator[tuple[slice, _inputs.Inputs]]:
+        """Chunks whose rows of ``J`` (times a working factor of 3) fit the budget; the whole batch in batch mode."""
+        if self.fm.mode == "batch":
+            yield slice(0, self.n), self.x
+            return
+        per_sample = 3 * self.m * self.fm.n_params * torch.empty((), dtype=self.dtype).element_size()
+        size = max(1, min(self.chunk_size, self.budget // max(per_sample, 1)))
+        for start in range(0, self.n, size):
+            rows = slice(start, min(self.n, start + size))
+            yield rows, _inputs.take(self.x, rows)
 
     def _chunks(self) -> Iterator[tuple[slice, _inputs.Inputs]]:
         for start in range(0, self.n, self.chunk_size):
@@ -106,14 +168,18 @@ class JacobianOperator:
             yield rows, _inputs.take(self.x, rows)
 
     def _vector(self, v: torch.Tensor | np.ndarray, length: int, name: str) -> torch.Tensor:
-        v = torch.as_tensor(v).reshape(-1)
-        if v.shape[0] != length:
-            raise DiagnosticsError(f"{name} must have length {length}, got {v.shape[0]}")
-        return v.to(device=self.fm.device, dtype=self.dtype)
+        with torch.inference_mode(False):
+            v = torch.as_tensor(v).reshape(-1)
+            if v.shape[0] != length:
+                raise DiagnosticsError(f"{name} must have length {length}, got {v.shape[0]}")
+            return (v.clone() if v.is_inference() else v).to(device=self.fm.device, dtype=self.dtype)
 
     def matvec(self, v: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """``J v`` for ``v ∈ R^d`` (forward mode, one pass over the data)."""
-        tangent = self.fm.unflatten(self._vector(v, self.shape[1], "v"))
+        """``J v`` for ``v ∈ R^d`` (forward mode: one pass over the data; reverse mode: ``m`` passes per chunk)."""
+        vector = self._vector(v, self.shape[1], "v")
+        if self.products == "rows/vjp":
+            return torch.cat([self._rows(xc) @ vector for _, xc in self._row_chunks()])
+        tangent = self.fm.unflatten(vector)
         parts = []
         with self.fm.measuring():
             for _, xc in self._chunks():
@@ -121,11 +187,16 @@ class JacobianOperator:
                 parts.append(out.reshape(-1))
         return torch.cat(parts).detach()
 
+    def _rows(self, xc: _inputs.Inputs) -> torch.Tensor:
+        """Compute the rows of ``J`` for the samples ``xc`` by the dense engine with the operator's strategy."""
+        return jacobian(self.fm.module, xc, params=list(self.fm.names), mode=self.fm.mode, output=self.fm.output,
+                        dtype=self.dtype, strategy=self.strategy, memory_budget=self.budget).detach()
+
     def rmatvec(self, u: torch.Tensor | np.ndarray) -> torch.Tensor:
         """``Jᵀ u`` for ``u ∈ R^{nm}`` (reverse mode, one pass over the data)."""
         u = self._vector(u, self.shape[0], "u").reshape(self.n, self.m)
-        total = torch.zeros(self.shape[1], dtype=self.dtype, device=self.fm.device)
         with self.fm.measuring():
+            total = torch.zeros(self.shape[1], dtype=self.dtype, device=self.fm.device)
             for rows, xc in self._chunks():
                 _, pull = vjp(lambda p, xc=xc: self.fm(p, xc), self.fm.params)
                 total += self.fm.flatten(pull(u[rows])[0]).detach()

@@ -95,10 +95,9 @@ REFUSALS = (
     ),
     (
         ("forward ad", "forward mode ad", "forward-mode", "jvp function"),
-        "an operation without a forward-mode derivative (the matrix-free JacobianOperator computes J v by "
-        "torch.func.jvp)",
-        "use the dense path (check_alignment(..., path='dense'), jacobian, ntk_gram, check_cms need reverse "
-        "mode only), or implement the jvp staticmethod of the custom autograd.Function",
+        "an operation without a forward-mode derivative (torch.func.jvp)",
+        "the dense path (jacobian, ntk_gram, check_alignment, check_cms) needs reverse mode only; the "
+        "matrix-free JacobianOperator falls back to reverse mode with strategy='auto'",
     ),
     (
         ("batching rule",),

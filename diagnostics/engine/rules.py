@@ -8,9 +8,10 @@ the patches ``(n, P, k)`` and ``G`` the output cotangents ``(n, m, P, o)``::
     ∂f_c(x_i)/∂W = Σ_p G_icp ⊗ A_ip,
     K_l[(i,c), (j,c')] = Σ_{p,q} (A_ip · A_jq + 1) (G_icp · G_jc'q)      (theory/alignment.md#the-gram-without-j).
 
-The Gram block is formed either from the per-sample gradients (``"per-sample"``: ``2(nm)²ok``
-FLOPs) or from the pairs of positions (``"positions"``: ``P(P+1)/2 · 2(nm)²o`` FLOPs, using the
-symmetry of ``K``), whichever is cheaper for the layer's shapes (:meth:`LayerRule.gram_costs`).
+The Gram block is formed either from the per-sample gradients (``"per-sample"``: about ``(nm)²ok``
+FLOPs using the symmetry of ``K``) or from the ``P²`` pairs of positions (``"positions"``: about
+``P²(nm)²o``), whichever is cheaper for the layer's shapes (:meth:`LayerRule.gram_costs`).
+:meth:`LayerRule.contract` gives ``J_l θ_l`` from the same captured tensors, without forming ``J_l``.
 
 One :class:`LayerRule` per layer type, chosen through the map :data:`RULES` by the module's exact
 type (:func:`rule_for`). Adding a layer type is one new rule here and one case in the tests that
@@ -130,12 +131,19 @@ class LayerRule:
         """
         raise NotImplementedError
 
-    def gram_costs(self, layer: Layer, m: int) -> dict[str, float]:
-        """FLOPs of the exact forms of the layer's Gram block (``"per-sample"``, ``"positions"``)."""
+    def gram_costs(self, layer: Layer, m: int, n: int | None = None) -> dict[str, float]:
+        """FLOPs of the exact forms of the layer's Gram block (``"per-sample"``, ``"positions"``) on ``n`` samples.
+
+        ``n`` defaults to the captured batch's; another value predicts the cost on a larger batch.
+        """
         raise NotImplementedError
 
     def add_positions_gram(self, layer: Layer, K: GramTiles) -> None:
         """``K += K_l`` from pairs of positions (only called when that form is the cheaper one)."""
+        raise NotImplementedError
+
+    def contract(self, layer: Layer, vectors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``J_p v_p`` for each measured parameter ``p`` of the layer, ``(n, m)`` each, without forming ``J_p``."""
         raise NotImplementedError
 
 
@@ -160,15 +168,16 @@ class _AffineRule(LayerRule):
         shape = layer.module.weight.shape
         return (w.reshape(*w.shape[: w.ndim - 2], *shape) if w is not None else None), b
 
-    def gram_costs(self, layer: Layer, m: int) -> dict[str, float]:
-        """FLOPs of the two exact forms, using the symmetry of ``K``.
+    def gram_costs(self, layer: Layer, m: int, n: int | None = None) -> dict[str, float]:
+        """FLOPs of the two exact forms, using the symmetry of ``K`` (``n``: samples, default the captured batch's).
 
-        ``per-sample``: form ``∂f_c(x_i)/∂θ_l`` (``2nmPok``) and multiply (``(nm)²(ok + o)``, half of
-        ``2(nm)²(ok + o)``); ``positions``: ``P²`` ordered pairs of positions, each a Gram of patches
-        (``2n²k``), half a Gram of cotangents (``(nm)²o``) and half a fused multiply-add (``(nm)²``),
-        plus the bias from the cotangents summed over positions (``(nm)²o``).
+        ``per-sample``: form ``∂f_c(x_i)/∂θ_l`` (``2nmPo(k + 1)``) and multiply (``(nm)²o(k + 1)``, half of
+        ``2(nm)²o(k + 1)``). ``positions``: with one position (``P = 1``) the bias joins the weight and the
+        block is ``((A Aᵀ + 1) ⊗ 1) ⊙ (G Gᵀ)``: a Gram of inputs (``2n²k``), half a Gram of cotangents
+        (``(nm)²o``) and half a fused multiply-add (``(nm)²``), once. With ``P > 1``: ``P²`` ordered pairs
+        of positions, each that much, plus the bias from the cotangents summed over positions (``(nm)²o``).
         """
-        n = layer.inputs.shape[0]
+        n = layer.inputs.shape[0] if n is None else n
         rows = n * m
         A, _ = self.patches(layer, layer.cotangents)
         P, k = A.shape[1], A.shape[2]
@@ -176,9 +185,13 @@ class _AffineRule(LayerRule):
         kw = k if layer.weight is not None else 0
         kb = 1 if layer.bias is not None else 0
         per_sample = 2.0 * rows * P * o * (kw + kb) + rows**2 * o * (kw + kb)
-        positions = kb * rows**2 * o
-        if kw:
-            positions += P * P * (2.0 * n * n * k + rows**2 * o + rows**2)
+        pair = 2.0 * n * n * k + rows**2 * o + rows**2
+        if not kw:
+            positions = float(rows**2 * o)
+        elif P == 1:
+            positions = pair
+        else:
+            positions = P * P * pair + kb * rows**2 * o
         return {"per-sample": per_sample, "positions": positions}
 
     def add_positions_gram(self, layer: Layer, K: GramTiles) -> None:
@@ -205,6 +218,18 @@ class _AffineRule(LayerRule):
         if layer.bias is not None:
             gb = G.sum(2).reshape(rows, -1)
             K.add_products(gb, gb)
+
+
+    def contract(self, layer: Layer, vectors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """See :meth:`LayerRule.contract`: ``Σ_p G_icp · (V a_ip)`` for the weight, ``Σ_p G_icp · v`` for the bias."""
+        A, G = self.patches(layer, layer.cotangents)
+        out = {}
+        if layer.weight is not None:
+            V = vectors[layer.weight].reshape(G.shape[-1], -1).to(A.dtype)
+            out[layer.weight] = torch.einsum("ncpo,npo->nc", G, A @ V.T)
+        if layer.bias is not None:
+            out[layer.bias] = torch.einsum("ncpo,o->nc", G, vectors[layer.bias].to(G.dtype))
+        return out
 
 
 class LinearRule(_AffineRule):
@@ -255,9 +280,21 @@ class BatchNormRule(LayerRule):
         b = b if b is None or per_sample else b.sum((0, 1))
         return w, b
 
-    def gram_costs(self, layer: Layer, m: int) -> dict[str, float]:
+    def contract(self, layer: Layer, vectors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """See :meth:`LayerRule.contract`: ``Σ_p G_icop x̂_iop v_o`` for ``γ``, ``Σ_p G_icop v_o`` for ``β``."""
+        G = layer.cotangents
+        G = G.reshape(G.shape[0], G.shape[1], G.shape[2], -1)
+        out = {}
+        if layer.weight is not None:
+            v = vectors[layer.weight].to(G.dtype)
+            out[layer.weight] = torch.einsum("ncop,nop->nc", G, _normalised_input(layer) * v[:, None])
+        if layer.bias is not None:
+            out[layer.bias] = torch.einsum("ncop,o->nc", G, vectors[layer.bias].to(G.dtype))
+        return out
+
+    def gram_costs(self, layer: Layer, m: int, n: int | None = None) -> dict[str, float]:
         """Only the per-sample form: ``2nm·P·C`` to form the derivatives, ``(nm)²C`` to multiply."""
-        rows = layer.inputs.shape[0] * m
+        rows = (layer.inputs.shape[0] if n is None else n) * m
         width = len(layer.names) * layer.module.num_features
         positions_per_sample = layer.inputs[0].numel() // layer.module.num_features
         return {"per-sample": 2.0 * rows * positions_per_sample * width + rows**2 * width, "positions": math.inf}

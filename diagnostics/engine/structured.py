@@ -86,16 +86,26 @@ class StructuredLayers:
             else:
                 layer.refuse("its derivatives from inputs and cotangents differ from autograd's")
 
-    def jacobian_blocks(self) -> dict[str, torch.Tensor]:
-        """Per-parameter ``(nm, *shape)`` Jacobian blocks of the covered layers."""
+    def jacobian_blocks(self, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Per-parameter ``(nm, *shape)`` Jacobian blocks of the covered layers that hold one of ``names``."""
         blocks = {}
+        wanted = set(names)
         for layer in self.layers.values():
+            if wanted.isdisjoint(layer.names):
+                continue
             w, b = layer.rule.grads(layer, layer.cotangents, per_sample=True)
             if layer.weight is not None:
                 blocks[layer.weight] = w.reshape(self.job.rows, *self.job.fm.shapes[layer.weight])
             if layer.bias is not None:
                 blocks[layer.bias] = b.reshape(self.job.rows, -1)
-        return blocks
+        return {k: v for k, v in blocks.items() if k in wanted}
+
+    def contractions(self, vectors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``J_p v_p`` (``(nm,)``) for every covered parameter ``p`` from inputs and cotangents (no ``J_p`` formed)."""
+        out = {}
+        for layer in self.layers.values():
+            out.update({k: v.reshape(-1) for k, v in layer.rule.contract(layer, vectors).items()})
+        return out
 
     def add_gram(self, K: GramTiles) -> None:
         """``K += Σ_l K_l`` over the covered layers, each by its cheaper exact form.

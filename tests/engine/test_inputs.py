@@ -9,10 +9,10 @@ import dataclasses
 import pytest
 import torch
 from cases import CASES, IO_CASES
-from helpers import NO_VMAP_FALLBACK_WARNING, ONE_THREAD, assert_matches_reference
+from helpers import NO_VMAP_FALLBACK_WARNING, ONE_THREAD, assert_matches_reference, assert_unchanged
 from torch import nn
 
-from diagnostics import DiagnosticsError, jacobian
+from diagnostics import DiagnosticsError, jacobian, ntk_gram, reference_gram
 
 F64 = torch.float64
 ATOL = 1e-10
@@ -132,3 +132,66 @@ def test_bad_inputs_raise_a_documented_error_naming_the_problem(make, error, mes
     params = (lambda name, p: False) if "selection" in message else None  # selects nothing
     with pytest.raises(error, match=message):
         jacobian(model, x, params=params)
+
+
+# -- inference mode, half precision, overflow -------------------------------------------------------------
+
+
+def test_every_measurement_works_inside_inference_mode_and_gives_the_same_numbers():
+    from diagnostics import AlignmentTracker, JacobianOperator, check_alignment, check_cms
+
+    case = CASES["resnet-bn"]
+    model, x = case.model(), case.data(6)
+    y = torch.arange(6) % 3
+    K = ntk_gram(model, x)
+    with torch.inference_mode():
+        x_inference = x.clone()  # an inference tensor
+        assert x_inference.is_inference()
+        torch.testing.assert_close(jacobian(model, x_inference), jacobian(model, x), rtol=0, atol=0)
+        torch.testing.assert_close(ntk_gram(model, x_inference), K, rtol=0, atol=0)
+        report = check_alignment(model, (x_inference, y), loss="ce", probe_size=None)
+        check_cms(model, x_inference)
+        op = JacobianOperator(model, x_inference)
+        Kv = op.gram_matvec(torch.ones(op.shape[0], dtype=F64))
+        AlignmentTracker(model, (x_inference, y), loss="ce", probe_size=None).measure(0)
+    torch.testing.assert_close(Kv, K @ torch.ones(K.shape[0], dtype=F64), rtol=1e-10, atol=1e-10)
+    assert report.residual == check_alignment(model, (x, y), loss="ce", probe_size=None).residual
+    with torch.inference_mode():
+        created = nn.Linear(5, 2)  # parameters created in inference mode
+    x5 = CASES["mlp"].data(6, torch.float32)
+    torch.testing.assert_close(ntk_gram(created, x5), reference_gram(created, x5), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_precision_models_are_measured_in_float32_by_default(half):
+    from diagnostics import check_alignment
+
+    model = CASES["mlp"].model(half)
+    x = CASES["mlp"].data(6, torch.float32).to(half)
+    K = ntk_gram(model, x)
+    assert K.dtype == torch.float32
+    K_ref = reference_gram(model, x, dtype=F64)  # the same bfloat16/float16 values, differentiated in float64
+    assert (K.double() - K_ref).abs().max() <= 1e-5 * K_ref.abs().max()
+    man = check_alignment(model, (x, torch.arange(6) % 3), loss="ce", probe_size=None).manifest
+    assert man.model_dtype == str(half).replace("torch.", "") and man.compute_dtype == "float64"
+
+
+class Huge(nn.Module):
+    """Outputs of order 1e25: their squared derivatives overflow float32."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(5, 2)
+
+    def forward(self, x):
+        return self.lin(x) * 1e25
+
+
+def test_a_gram_that_overflows_is_refused_with_advice_and_float64_measures_it():
+    model, x = Huge(), torch.randn(4, 5)
+    assert torch.isfinite(jacobian(model, x)).all()  # J (≈ 1e25) fits float32; J Jᵀ (≈ 1e50) does not
+    for strategy in ("auto", "jacrev", "vjp"):
+        with pytest.raises(DiagnosticsError, match=r"NTK Gram overflowed in float32.*dtype=torch.float64"):
+            assert_unchanged(model, lambda s=strategy: ntk_gram(model, x, strategy=s))
+    K = ntk_gram(model, x, dtype=F64)
+    assert torch.isfinite(K).all() and K.abs().max() > 1e49

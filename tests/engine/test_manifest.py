@@ -11,6 +11,7 @@ from helpers import NO_VMAP_FALLBACK_WARNING, ONE_THREAD, assert_unchanged
 
 from diagnostics import MeasurementManifest, check_alignment, check_cms
 from diagnostics.engine import FunctionalModel
+from diagnostics.engine.functional import FROZEN
 
 F64 = torch.float64
 
@@ -54,13 +55,34 @@ def test_manifest_reports_tied_weights_once_and_frozen_parameters():
     model, x = case.model(), case.data(6)
     model.mix.bias.requires_grad_(False)
     Y = torch.randn(6, 9, dtype=F64)
-    report = assert_unchanged(model, lambda: check_alignment(model, (x, Y), probe_size=None))
+    report = assert_unchanged(model, lambda: check_alignment(model, (x, Y), probe_size=None, params="all"))
     man = report.manifest
     assert man.aliases == (("out.weight", "embed.weight"),)
     assert "out.weight" not in dict(man.included)
     assert man.n_params == sum(p.numel() for p in model.parameters())  # the shared tensor counted once
     assert any("mix.bias has requires_grad=False but was measured" in note for note in man.notes)
     assert "tied: out.weight is embed.weight" in str(report)
+    assert "all parameters (params='all')" in str(man)
+
+
+def test_frozen_parameters_are_excluded_by_default_and_the_manifest_says_why():
+    case = CASES["tied-embedding"]
+    model, x = case.model(), case.data(6)
+    model.mix.bias.requires_grad_(False)
+    Y = torch.randn(6, 9, dtype=F64)
+    man = check_alignment(model, (x, Y), probe_size=None).manifest
+    frozen = model.mix.bias.numel()
+    assert man.n_params == sum(p.numel() for p in model.parameters()) - frozen
+    assert man.excluded == (("mix.bias", frozen, FROZEN),) and not man.notes
+    assert "parameters excluded (requires_grad=False: training does not move it (params='all' measures it))" in str(
+        man)
+    assert "the trainable parameters (requires_grad=True)" in str(man)
+    # a model with no trainable parameter (a frozen feature map) is measured whole, and says so
+    for p in model.parameters():
+        p.requires_grad_(False)
+    man = check_alignment(model, (x, Y), probe_size=None).manifest
+    assert man.n_params == sum(p.numel() for p in model.parameters()) and man.excluded == ()
+    assert "all parameters (none has requires_grad=True)" in str(man)
 
 
 @pytest.mark.parametrize("mode", ["eval", "batch"])

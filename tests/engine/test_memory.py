@@ -5,6 +5,7 @@ import pytest
 import torch
 from cases import CASES, IO_CASES
 from helpers import NO_VMAP_FALLBACK_WARNING, ONE_THREAD, assert_unchanged
+from torch import nn
 
 from diagnostics import InsufficientMemoryError, jacobian, ntk_gram
 
@@ -36,3 +37,26 @@ def test_a_gram_over_the_memory_budget_is_refused_before_any_work():
         assert_unchanged(model, lambda: ntk_gram(model, batch, output="logits", memory_budget=1024))
     with pytest.raises(InsufficientMemoryError, match=r"the Jacobian \(120 × \d+\)"):
         jacobian(model, batch, output="logits", memory_budget=1024)
+
+
+class CountingSamples(nn.Module):
+    """An MLP that counts the samples its forward has seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 10))
+        self.seen = 0
+
+    def forward(self, x):
+        self.seen += x.shape[0]
+        return self.net(x)
+
+
+def test_a_gram_or_jacobian_that_cannot_fit_is_refused_before_any_forward_on_the_whole_batch():
+    model = CountingSamples().double()
+    x = torch.randn(4000, 5, dtype=torch.float64)
+    for fn, what in ((ntk_gram, r"NTK Gram \(40000 × 40000"), (jacobian, r"Jacobian \(40000 × 138\)")):
+        model.seen = 0
+        with pytest.raises(InsufficientMemoryError, match=what):
+            fn(model, x, memory_budget=10**7)
+        assert model.seen <= 2  # one forward on at most two samples gave m

@@ -63,3 +63,28 @@ def test_operator_refuses_chunks_in_batch_mode_and_leaves_the_model_alone():
     assert model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_every_strategy_gives_the_same_products_in_reverse_mode():
+    case = CASES["resnet-bn"]
+    model, x = case.model(), case.data(5)
+    J = reference_jacobian(model, x)
+    v = torch.randn(J.shape[1], generator=torch.Generator().manual_seed(1), dtype=F64)
+    for strategy in ("auto", "structured", "jacrev", "vjp"):
+        op = JacobianOperator(model, x, strategy=strategy, chunk_size=2)
+        assert op.products == ("jvp/vjp" if strategy == "auto" else "rows/vjp")
+        torch.testing.assert_close(op.matvec(v), J @ v, rtol=0, atol=ATOL)
+    with pytest.raises(DiagnosticsError, match="strategy must be one of"):
+        JacobianOperator(model, x, strategy="fast")
+
+
+def test_auto_falls_back_to_reverse_mode_for_operations_without_a_forward_derivative():
+    torch.manual_seed(0)
+    head = torch.nn.utils.parametrizations.weight_norm(torch.nn.Linear(4, 3))  # no forward-mode derivative
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh(), head).double()
+    x = torch.randn(6, 5, dtype=F64)
+    J = reference_jacobian(model, x)
+    op = JacobianOperator(model, x)
+    v = torch.randn(J.shape[1], dtype=F64)
+    torch.testing.assert_close(op.matvec(v), J @ v, rtol=0, atol=ATOL)
+    assert op.products == "rows/vjp" and "forward mode failed" in op.choice and "(_WeightNorm)" in op.choice

@@ -43,7 +43,16 @@ def test_reading_a_tensor_value_is_refused_per_sample_naming_the_module_and_vjp_
     for strategy in ("jacrev", "structured"):
         with pytest.raises(UnsupportedModelError, match=r"module 'trim' \(TrimPadding\).*strategy='vjp'"):
             assert_unchanged(model, lambda s=strategy: ntk_gram(model, batch, strategy=s))
-    assert_matches_reference(model, batch, strategies=("vjp",))
+    assert_matches_reference(model, batch, strategies=("vjp", "auto"))  # auto falls back by itself
+
+
+def test_auto_falls_back_from_vmap_and_says_so_in_the_manifest():
+    model, batch = PaddedPool().double(), IO_CASES["transformer-dict"].data(4)
+    report = assert_unchanged(model, lambda: check_alignment(model, (batch, torch.randn(4, 2, dtype=F64))))
+    man = report.manifest
+    assert man.strategy == "structured+vjp" and man.structured == ("head.weight", "head.bias")
+    assert "auto fell back to structured+vjp" in man.choice and "module 'trim' (TrimPadding)" in man.choice
+    assert "why: auto fell back" in str(man)
 
 
 class CountingBuffer(nn.Module):
@@ -123,9 +132,9 @@ def test_custom_autograd_functions_are_refused_naming_the_module():
     with pytest.raises(UnsupportedModelError, match=r"without vmap support, in module '1.1' \(Custom\)"):
         jacobian(model, x, strategy="jacrev")
     # check_cms needs reverse mode only: the function without vmap or forward-mode support is measured
-    report = assert_unchanged(model, lambda: check_cms(model, x))
+    report = assert_unchanged(model, lambda: check_cms(model, x))  # auto falls back from vmap
     assert report.holds and report.kind == "linear-in"
-    assert_matches_reference(model, x, strategies=("vjp",))  # no vmap over its forward: exact
+    assert_matches_reference(model, x, strategies=("vjp", "auto"))  # no vmap over its forward: exact
 
 
 class BatchCentred(nn.Module):
@@ -149,14 +158,14 @@ class BatchCentred(nn.Module):
     ],
     ids=["centred-by-hand", "batch-norm-without-running-stats"],
 )
-def test_samples_that_interact_in_eval_mode_are_refused_per_sample(model):
+def test_samples_that_interact_in_eval_mode_are_refused_per_sample_and_auto_falls_back(model):
     model, x = model.double(), torch.randn(6, 3, dtype=F64)
-    for strategy in (*PER_SAMPLE, "auto"):
+    for strategy in PER_SAMPLE:
         with pytest.raises(UnsupportedModelError, match="samples interact.*strategy='vjp'"):
             jacobian(model, x, strategy=strategy)
-    with pytest.raises(UnsupportedModelError, match="samples interact"):
-        check_alignment(model, (x, torch.randn(6, 2, dtype=F64)))
-    assert_matches_reference(model, x, strategies=("vjp",))  # the whole batch, as the model computes it
+    man = check_alignment(model, (x, torch.randn(6, 2, dtype=F64))).manifest
+    assert man.strategy == "vjp" and "auto fell back to vjp over the whole batch: the samples interact" in man.choice
+    assert_matches_reference(model, x, strategies=("vjp", "auto"))  # the whole batch, as the model computes it
 
 
 class FixedBatch(nn.Module):

@@ -49,9 +49,10 @@ LAYERS = {
 }
 
 #: Inside ``diagnostics.engine``, bottom → top, as the modules import each other: the numerical policy,
-#: memory budgets and refusal messages; the inputs; the functional model; Gram tiles and the per-layer
-#: rules; the structured path; the measurement; what is built on it; the matrix-free spectrum; and the
-#: engine's own ``__init__`` (key ``""``) on top.
+#: memory budgets and refusal messages; the inputs; the functional model; Gram tiles, the per-layer
+#: rules, ``auto``'s plans and the autograd reference; the structured path and the error estimates; the
+#: measurement; what is built on it; the matrix-free spectrum; and the engine's own ``__init__`` (key
+#: ``""``) on top.
 ENGINE = {
     "precision": 0,
     "memory": 0,
@@ -60,13 +61,16 @@ ENGINE = {
     "functional": 2,
     "gram": 3,
     "rules": 3,
+    "choice": 3,
+    "reference": 3,
     "structured": 4,
+    "accuracy": 4,
+    "auto": 4,
     "measurement": 5,
     "jacobian": 6,
     "operator": 6,
     "spectral": 6,
     "manifest": 6,
-    "reference": 6,
     "operator_spectrum": 7,
     "": 8,
 }

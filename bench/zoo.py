@@ -1,0 +1,166 @@
+"""The zoo benchmark: ``auto`` against every strategy and the torch.func recipe, same process (docs/benchmarks.md).
+
+    python -m bench.zoo                          # every zoo model that imports here, n = 32
+    python -m bench.zoo --models hf-bert-padding gru-classifier --n 64
+    python -m bench.zoo --quick                  # smoke run: two models, n = 4, one repeat
+
+For each model of ``tests/zoo/registry.py`` (float32, as users have them), every method computes the
+Gram ``K`` of the same inputs; reported are the median wall time of ``--repeats`` calls after one
+warm-up call (which, for ``auto``, includes its timed probe: the choice is cached per model and shapes
+afterwards), the maximum relative difference to the per-output autograd loop in float64, what ``auto``
+chose, and ``auto``'s time over the fastest method that worked. A method that cannot run the model says
+why. Then the cost of ``check_cms`` against ``check_alignment`` on the same probe (both in float64, their
+CPU default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.func import functional_call, jacrev, vmap
+
+from bench.ntk import machine
+from diagnostics import check_alignment, check_cms, ntk_gram, reference_gram
+from diagnostics.engine import Measurement
+from diagnostics.engine import inputs as _inputs
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "tests"))
+from zoo.registry import REGISTRY  # noqa: E402
+
+STRATEGIES = ("auto", "structured", "jacrev", "vjp")
+
+
+def torch_func_recipe(model, x, output):
+    """The PyTorch tutorial's empirical NTK (``vmap(jacrev)`` per sample, einsum per parameter), for any inputs."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def single(p, xi):
+        batch = _inputs.map_inputs(lambda t: t.unsqueeze(0), xi)
+        out = _inputs.call(lambda *a, **k: functional_call(model, (p, buffers), a, k), batch)
+        return _inputs.select_output(out, output, 1)[0]
+
+    jac = vmap(jacrev(single), (None, 0))(params, x)
+    n, m = next(iter(jac.values())).shape[:2]
+    blocks = [j.flatten(2) for j in jac.values()]
+    return torch.stack([torch.einsum("Naf,Mbf->NaMb", j, j) for j in blocks]).sum(0).reshape(n * m, n * m)
+
+
+def _timed(fn, repeats: int) -> tuple[torch.Tensor, float]:
+    K = fn()  # warm-up (auto's probe)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        K = fn()
+        times.append(time.perf_counter() - start)
+    return K, statistics.median(times)
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    rows = []
+    for key in args.models:
+        rows += _bench_model(key, args)
+        print(f"  {key} done", file=sys.stderr, flush=True)
+    return rows
+
+
+def _bench_model(key: str, args: argparse.Namespace) -> list[dict]:
+    """Every method on one zoo model, then check_cms against check_alignment."""
+    entry = REGISTRY[key]
+    missing = entry.available()
+    if missing:
+        return [{"model": key, "method": "—", "note": missing}]
+    model, x = entry.model(), entry.data(args.n)
+    kwargs = {"output": entry.output, "mode": entry.mode}
+    ref = reference_gram(model, x, dtype=torch.float64, **kwargs)
+    start = time.perf_counter()
+    with Measurement(model, x, **kwargs) as job:  # auto's choice, probe and fallback included (then cached)
+        job.gram()
+        chose, why = job.strategy, job.choice.reason
+    first = time.perf_counter() - start
+    methods = {f"ours: {s}": (lambda s=s: ntk_gram(model, x, strategy=s, **kwargs)) for s in STRATEGIES}
+    if entry.mode == "eval":
+        methods["torch.func recipe"] = lambda: torch_func_recipe(model, x, entry.output)
+    rows = []
+    for name, fn in methods.items():
+        row = {"model": key, "method": name, "rows": ref.shape[0]}
+        try:
+            K, seconds = _timed(fn, args.repeats)
+        except Exception as exc:  # noqa: BLE001 - a method that cannot run the model is reported
+            row["note"] = f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:90]}"
+        else:
+            row["time_s"] = seconds
+            row["rel_diff"] = float((K.double() - ref).abs().max() / ref.abs().max())
+            if name == "ours: auto":
+                row["note"] = f"auto chose {chose} (choosing took {first:.2f} s, once)"
+                row["why"] = why
+        rows.append(row)
+    if args.checks:
+        n = _inputs.batch_size(_inputs.normalise_inputs(x))
+        data = (x, torch.arange(n) % 3)
+        _, align = _timed(lambda: check_alignment(model, data, loss="ce", probe_size=None, **kwargs), args.repeats)
+        _, cms = _timed(lambda: check_cms(model, x, **kwargs), args.repeats)
+        rows.append({"model": key, "method": "check_cms / check_alignment", "rows": ref.shape[0],
+                     "note": f"{cms:.3f} s / {align:.3f} s = {cms / align:.2f} (float64, same probe)"})
+    return rows
+
+
+def table(rows: list[dict], args: argparse.Namespace) -> str:
+    """The markdown table and the summary of ``auto`` against the fastest method that worked."""
+    lines = [
+        f"Machine: {machine()}; float32, n = {args.n} samples per model, median of {args.repeats} after a warm-up.",
+        "",
+        "| model | n·m | method | median time (s) | auto / this | max rel. diff to float64 loop | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    auto = {r["model"]: r.get("time_s") for r in rows if r["method"] == "ours: auto"}
+    for r in rows:
+        t, a = r.get("time_s"), auto.get(r["model"])
+        ratio = f"{a / t:.2f}" if t and a else "—"
+        time_s = f"{t:.3f}" if t is not None else "—"
+        diff = f"{r['rel_diff']:.1e}" if "rel_diff" in r else "—"
+        lines.append(f"| {r['model']} | {r.get('rows', '—')} | {r['method']} | {time_s} | {ratio} | {diff} | "
+                     f"{r.get('note', '')} |")
+    lines += ["", "auto against the fastest method that worked (1.00 = as fast; above 1 = slower):"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        timed = [r for r in rows if r["model"] == model and r.get("time_s")]
+        if auto.get(model) and timed:
+            best = min(timed, key=lambda r: r["time_s"])
+            lines.append(f"- {model}: auto {auto[model]:.3f} s, fastest {best['method']} {best['time_s']:.3f} s "
+                         f"→ {auto[model] / best['time_s']:.2f}")
+    lines += ["", "Why auto chose what it chose (the manifest's words):"]
+    lines += [f"- {r['model']}: {r['why']}" for r in rows if "why" in r]
+    lines += ["", "Command: `python -m bench.zoo " + " ".join(sys.argv[1:]) + "`"]
+    return "\n".join(lines)
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(REGISTRY), choices=list(REGISTRY))
+    parser.add_argument("--n", type=int, default=32, help="samples per model")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="smoke run: two models, n = 4, one repeat")
+    parser.add_argument("--no-checks", dest="checks", action="store_false",
+                        help="skip timing check_cms against check_alignment")
+    parser.add_argument("--output", help="also write the table to this file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.models, args.n, args.repeats = ["gru-classifier", "functional-head"], 4, 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse(argv)
+    text = table(run(args), args)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,191 @@
+r"""How ``strategy="auto"`` chooses: plans, the timed probe's cost model, and the per-model cache.
+
+A :class:`Plan` is one exact way to compute ``J`` and ``K`` (``theory/alignment.md#setup``): the structured
+path with the other parameters by per-sample ``vmap(jacrev)`` or by ``vjp``; per-sample ``vmap(jacrev)``; or
+``vjp``, over the whole batch or chunk by chunk. ``auto`` keeps the plans that can run the model (samples
+that interact leave whole-batch ``vjp``; a model ``vmap`` cannot run over samples, such as a recurrent
+layer or a padding mask read in Python, leaves ``vjp`` by chunks) and, on problems large enough for the
+choice to matter, picks the fastest by a timed probe on small slices of the samples, extrapolated to the
+whole batch by :func:`predict`:
+
+.. math::
+
+    t(n) = a + b\,n^e + \frac{\mathrm{FLOPs}_{\text{products}}(n)}{\text{matmul rate}},
+
+with ``a`` and ``b`` fitted to the probe's times less their products' share (``e = 1`` when ``J`` is
+formed sample by sample or chunk by chunk, ``e = 2`` when each row is pulled back through the whole
+batch), the product FLOPs counted exactly from the layer shapes, and the rate of one matrix product
+timed once per process. For ``vjp`` by chunks the slice *is* a chunk, so ``n/c`` times its time (less
+products) is the whole batch's: the probe doubles ``c`` while that improves. The choice is cached per
+model, input shapes, dtype, mode, parameters and result (:class:`ChoiceCache`), so a tracker or a
+benchmark pays for the probe once.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedModelError
+
+__all__ = [
+    "NO_VMAP", "PLANS", "Choice", "ChoiceCache", "PerSampleFailure", "Plan", "matmul_rate", "predict", "synchronize",
+]
+
+
+class PerSampleFailure(UnsupportedModelError):
+    """``vmap`` over samples cannot run the model (``strategy="auto"`` falls back to plans without it)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One exact way to compute the Jacobian and the Gram.
+
+    Attributes
+    ----------
+    strategy
+        ``"structured"`` (layers with a rule from their inputs and cotangents), ``"jacrev"`` or ``"vjp"``.
+    rest
+        How the parameters outside the structured layers are differentiated: ``"jacrev"`` (``vmap`` over
+        samples) or ``"vjp"``; equal to ``strategy`` for the other two.
+    chunk
+        For ``vjp``: ``0`` differentiates the whole batch at once (samples may interact); ``c > 0`` the
+        batch ``c`` samples at a time, each chunk's ``c·m`` rows pulled back through that chunk only (valid
+        when samples are independent; no ``vmap`` over samples, so it runs models ``vmap`` cannot).
+    """
+
+    strategy: str
+    rest: str
+    chunk: int = 0
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether the plan runs ``vmap`` over samples."""
+        return self.rest == "jacrev"
+
+    @property
+    def label(self) -> str:
+        """Name in reports: the strategy, joined by the rest when it is not the strategy's default."""
+        name = f"structured+{self.rest}" if self.strategy == "structured" and self.rest != "jacrev" else self.strategy
+        return f"{name} (chunks of {self.chunk} samples)" if self.chunk else name
+
+    @property
+    def exponent(self) -> int:
+        """How the time to form ``J`` grows with ``n``: 1 by samples or chunks, 2 through the whole batch."""
+        return 2 if self.rest == "vjp" and not self.chunk else 1
+
+    def chunked(self, chunk: int) -> Plan:
+        """Return the same plan with its ``vjp`` taken ``chunk`` samples at a time."""
+        return Plan(self.strategy, "vjp", chunk)
+
+
+#: The plan of each strategy a user can ask for.
+PLANS = {"structured": Plan("structured", "jacrev"), "jacrev": Plan("jacrev", "jacrev"), "vjp": Plan("vjp", "vjp")}
+#: Plans without ``vmap`` over samples (for models it cannot run): the structured path with the rest by
+#: ``vjp``, and ``vjp``; the probe chooses their chunk size.
+NO_VMAP = (Plan("structured", "vjp"), Plan("vjp", "vjp"))
+
+
+@dataclass
+class Choice:
+    """What ``auto`` chose and why, for the manifest.
+
+    Attributes
+    ----------
+    plan
+        The chosen plan.
+    reason
+        Why, in words: how it was chosen and what was ruled out.
+    predicted
+        Predicted seconds per plan label from the timed probe (empty when there was none).
+    """
+
+    plan: Plan
+    reason: str
+    predicted: dict[str, float] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line for the manifest."""
+        if not self.predicted:
+            return self.reason
+        times = ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in sorted(self.predicted.items(), key=lambda kv: kv[1]))
+        return f"{self.reason} (predicted for the whole batch: {times})"
+
+
+def predict(times: tuple[float, float], sizes: tuple[int, int], n: int, exponent: int,
+            products: tuple[float, float, float], rate: float) -> float:
+    """Seconds a plan will take on ``n`` samples, from its times on two slices.
+
+    Parameters
+    ----------
+    times, sizes
+        Seconds measured on slices of ``sizes[0] < sizes[1]`` samples.
+    n
+        Samples of the whole batch.
+    exponent
+        ``e``: the time to form ``J`` grows as ``n^e`` (:attr:`Plan.exponent`).
+    products
+        FLOPs of the Gram's matrix products on the two slices and on the whole batch (0 for a Jacobian).
+    rate
+        FLOP/s of the matrix products (:func:`matmul_rate`).
+
+    Returns
+    -------
+    float
+        ``a + b n^e + products(n)/rate``, with ``a, b ≥ 0`` fitted to the slices' times less their products.
+    """
+    (s1, s2), (p1, p2, pn) = sizes, products
+    f1 = max(times[0] - p1 / rate, 0.0)
+    f2 = max(times[1] - p2 / rate, 0.0)
+    b = max((f2 - f1) / (s2**exponent - s1**exponent), 0.0)
+    a = max(f2 - b * s2**exponent, 0.0)
+    return a + b * n**exponent + pn / rate
+
+
+_RATES: dict[tuple[str, torch.dtype], float] = {}
+
+
+def matmul_rate(dtype: torch.dtype, device: torch.device) -> float:
+    """Return the FLOP/s of a ``(512 × 256) · (256 × 512)`` product in ``dtype`` (best of 3, once per process)."""
+    key = (str(device), dtype)
+    if key not in _RATES:
+        a = torch.randn(512, 256, dtype=dtype, device=device)
+        best = float("inf")
+        for _ in range(4):
+            synchronize(device)
+            start = time.perf_counter()
+            a @ a.T
+            synchronize(device)
+            best = min(best, time.perf_counter() - start)
+        _RATES[key] = 2.0 * 512 * 512 * 256 / max(best, 1e-9)
+    return _RATES[key]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ChoiceCache:
+    """``auto``'s choices per model (weakly referenced: the cache never keeps a model alive) and key."""
+
+    def __init__(self) -> None:
+        self._choices: weakref.WeakKeyDictionary[nn.Module, dict[Hashable, Choice]] = weakref.WeakKeyDictionary()
+
+    def get(self, model: nn.Module, key: Hashable) -> Choice | None:
+        """Return the cached choice, or ``None``."""
+        return self._choices.get(model, {}).get(key)
+
+    def put(self, model: nn.Module, key: Hashable, choice: Choice) -> None:
+        """Remember ``choice`` for ``model`` and ``key``."""
+        self._choices.setdefault(model, {})[key] = choice
+
+    def clear(self) -> None:
+        """Forget every choice."""
+        self._choices.clear()
