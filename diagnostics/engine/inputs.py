@@ -79,6 +79,11 @@ def batch_size(inputs: Inputs) -> int:
     if n == 0:
         raise DiagnosticsError("inputs are empty (batch size 0): at least one sample is needed")
     for t in tensors:
+        if t.device.type == "meta":
+            raise DiagnosticsError(
+                "the inputs are on meta, a device that holds shapes but no values: put real data on the "
+                "model's device (or on the CPU, from where it is copied)"
+            )
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise DiagnosticsError("inputs contain NaN or inf values; clean the data before measuring")
     return n
