@@ -129,11 +129,11 @@ def _assert_same(before: dict, after: dict) -> None:
 MAPS = [("penultimate", "full"), ("penultimate", "rank-one"), ("tangent", "full"), ("tangent", "rank-one")]
 
 
-def aligned_problem(case="resnet-bn", n=30, seed=0):
+def aligned_problem(case="resnet-bn", n=30, seed=0, device="cpu"):
     c = CASES[case]
-    model = c.model()
-    X = c.data(n)
-    y = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(seed))
+    model = c.model().to(device)
+    X = c.data(n).to(device)
+    y = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(seed)).to(device)
     return model, X, y
 
 
@@ -150,8 +150,9 @@ def aligned_closure(trainer, X, y, loss):
     return closure
 
 
-def train_aligned(feature_map, coefficients, loss="mse", steps=40, lr=0.02, case="resnet-bn", n=30, **kwargs):
-    model, X, y = aligned_problem(case, n)
+def train_aligned(feature_map, coefficients, loss="mse", steps=40, lr=0.02, case="resnet-bn", n=30, device="cpu",
+                  **kwargs):
+    model, X, y = aligned_problem(case, n, device=device)
     trainer = AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=lr), train_data=(X, y), loss=loss,
                               switch_step=3, feature_map=feature_map, coefficients=coefficients,
                               full_batch=True, **kwargs)
