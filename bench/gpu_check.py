@@ -70,11 +70,11 @@ def steps(quick: bool) -> list[Step]:
                                                             "--n-train", "100", "--n-test", "100"), 60, "table.md"),
         ]
     return [
-        Step("CUDA test cases", tests, 150),
+        Step("CUDA test cases", tests, 140),
         Step("NTK benchmark", ("bench.ntk", "--device", "{device}", "--sizes", "1000", "10000", "--repeats", "3",
                                "--max-seconds", "5", "--output", "{out}"), 120),
         Step("ResNet-18 NTK against neural-tangents", ("bench.resnet18", "--device", "{device}", "--output", "{out}"),
-             90),
+             100),
         Step("Tracker overhead", ("bench.bench_tracker", "--device", "{device}", "--probe-sizes", "128", "512",
                                   "--repeats", "3"), 45),
         Step("Aligned training on the digits", _aligned("{device}", "--width", "16", "--epochs", "3"), 45,

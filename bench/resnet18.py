@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 
 import torch
 from torch import nn
 
+from bench.ntk import _timed
 from diagnostics import ntk_gram, reference_gram
 from diagnostics.engine import Measurement
 
@@ -81,22 +81,6 @@ class ResNet18(nn.Module):
         return self.fc(h.mean((2, 3)))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_seconds(fn, device: torch.device, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def measure(n: int, m: int, size: int, device: torch.device, repeats: int,
             strategies: tuple[str, ...] = STRATEGIES) -> list[str]:
     """Table rows for ``n`` samples × ``m`` logits at ``size × size``, one per strategy, against the reference."""
@@ -116,7 +100,8 @@ def measure(n: int, m: int, size: int, device: torch.device, repeats: int,
             torch.cuda.reset_peak_memory_stats(device)
         K = ntk_gram(model, x, strategy=strategy)  # warm-up
         peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-        seconds = _median_seconds(lambda s=strategy: ntk_gram(model, x, strategy=s), device, repeats)
+        fn = lambda model, x, s=strategy: ntk_gram(model, x, strategy=s)  # noqa: E731
+        seconds = statistics.median(_timed(fn, model, x, str(device))[1] for _ in range(repeats))
         diff = "—" if K_ref is None else f"{float((K.double() - K_ref).abs().max() / K_ref.abs().max()):.1e}"
         versus = f"{reference * 1e3:.1f} ms ({reference / seconds:.2f}× ours)" if reference else "—"
         memory = f"{peak:.1f}" if peak is not None else "—"
