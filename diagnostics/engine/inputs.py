@@ -128,7 +128,7 @@ def moved_from_cpu(inputs: Inputs, device: torch.device) -> bool:
         if t.device.type != "cpu":
             raise DiagnosticsError(
                 f"the inputs are on {t.device} but the model is on {device}: put them on one device "
-                f"(model.to(device) and inputs.to(device)); inputs on the CPU are copied to the model's "
+                "(model.to(device) and inputs.to(device)); inputs on the CPU are copied to the model's "
                 "device, inputs on another device are not moved"
             )
         moved = True

@@ -64,9 +64,14 @@ def test_a_gram_or_jacobian_that_cannot_fit_is_refused_before_any_forward_on_the
 
 
 def test_the_default_budget_is_half_the_memory_free_on_the_models_device(device):
-    """On a GPU the guard reads the free memory of the GPU (``torch.cuda.mem_get_info``), not the host's."""
+    """On a GPU the guard reads the GPU's free memory (``torch.cuda.mem_get_info``, not the host's), counting the
+    blocks PyTorch's caching allocator keeps for this process but no tensor uses."""
     if device.type == "cuda":
-        free, rtol = torch.cuda.mem_get_info(device)[0], 0.01  # only this process allocates there
+        block = torch.empty(2**28, dtype=torch.uint8, device=device)  # 256 MiB, then cached when freed
+        del block
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        assert cached >= 2**28
+        free, rtol = torch.cuda.mem_get_info(device)[0] + cached, 0.01  # only this process allocates there
     else:
         free, rtol = available_bytes(device), 0.1  # the host's memory moves with other processes
     budget = resolve_budget(None, device)
