@@ -36,7 +36,7 @@ def test_jacobian_and_gram_match_autograd_loop(cid, mode, strategy, device):
     torch.testing.assert_close(K, K.T, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("cid", ["mlp", "cnn", "resnet-bn"])
+@pytest.mark.parametrize("cid", ["mlp", "resnet-bn"])
 def test_float32_gram_of_every_strategy_is_float32_accurate_with_tf32_switched_on_by_the_user(cid, device):
     """TF32 (a 10-bit mantissa, relative error ~5e-4) would miss this bound by an order of magnitude: the
     engine turns it off while measuring, whatever the user's switches say."""
