@@ -203,8 +203,12 @@ def _findings(sweep: SweepResult) -> Iterator[str]:
         parts = []
         for (family, param), group in runs.groupby(["family", "parameterization"]):
             parts.append(f"{family}/{param}: {status_counts(group['rate_status'])} runs")
-        yield ("**(I3) gradient-descent rate** L_k ≤ L_0/(1 + 4L_0τ_k/B̄²) (theory/results.md#gradient-descent-rate; "
-               "not applicable where D1 fails at a record or a step raises the loss): " + "; ".join(parts) + ".")
+        rising = runs.loc[runs["rate_status"] != "not applicable", "rate_rising_steps"]
+        rises = "" if rising.empty else (
+            f" In {int((rising > 0).sum())} of the {len(rising)} runs where it applies some steps raised the loss "
+            f"(at most {int(rising.max())} steps in one run; their rise ρ is accounted exactly).")
+        yield ("**(I3) gradient-descent rate** 1/L_k ≥ 1/L_0 + 4τ_k/B̄² − ρ_k (theory/results.md#gradient-descent-rate; "
+               "not applicable where D1 fails at a record): " + "; ".join(parts) + "." + rises)
     for column, name in (("final_kernel_movement_init", "kernel"), ("final_param_movement", "parameter")):
         slopes = movement_slopes(runs, column)
         if slopes.empty:

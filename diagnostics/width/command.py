@@ -132,20 +132,30 @@ def config_from(args: argparse.Namespace) -> SweepConfig:
         families = values.get("families", SweepConfig().families)
         values["widths"] = _widths(args.widths, tuple(families))
     if args.steps:
-        values["steps"] = _steps(args.steps, values.get("steps", {}))
+        values["steps"] = _override(values.get("steps", {}), _steps(args.steps))
     if args.lr:
-        values["lr"] = {**values.get("lr", {}), **_key_values(args.lr, "--lr", float)}
+        values["lr"] = _override(values.get("lr", {}), _key_values(args.lr, "--lr", float))
     if args.teacher:
         values["teacher"] = _key_values(args.teacher, "--teacher", _literal)
     return SweepConfig.from_dict(values)
 
 
-def _steps(items: list[str], current: dict | int) -> dict[str, int] | int:
-    """Parse ``--steps 300`` (every run) or ``--steps ntk=600 mf=300`` (merged into the current budgets)."""
+def _steps(items: list[str]) -> dict[str, int]:
+    """Parse ``--steps 300`` (every run) or ``--steps ntk=600 mf=300``."""
     if len(items) == 1 and "=" not in items[0]:
-        return int(items[0])
-    base = current if isinstance(current, dict) else {}
-    return {**base, **_key_values(items, "--steps", int)}
+        return {"*": int(items[0])}
+    return _key_values(items, "--steps", int)
+
+
+def _override(current: dict | int, given: dict) -> dict | int:
+    """Merge option values into a config's table: a parameterisation key replaces its ``"family/…"`` entries."""
+    if "*" in given:
+        return given["*"]
+    base = dict(current) if isinstance(current, dict) else {}
+    for key in given:
+        if "/" not in key:
+            base = {k: v for k, v in base.items() if k.rpartition("/")[2] != key}
+    return {**base, **given}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,13 +6,13 @@ kernel freezes as the width grows) and ``lr₀ · width`` for ``"mf"`` (the NTK 
 ``1/width``; scaling the step up by the width is the maximal-update choice that keeps feature
 learning ``O(1)``).
 
-Comparable points. Every run of one parameterisation trains for the same number of steps, and the
-base rates ``lr₀`` and step budgets of :data:`DEFAULT_LR` and :data:`DEFAULT_STEPS` were chosen by
-``width-report --lr-sweep`` (``docs/width.md``): on the smallest over-parameterised width of each family, the
-largest ``lr₀`` of the grid whose training loss decreases at every step (the premise of the gradient-descent
-rate, ``theory/results.md#gradient-descent-rate``) and never diverges at any width, and per parameterisation
-the step budget at which that width reaches the loss level :data:`LOSS_LEVEL`. Both parameterisations are
-thereby compared at the same training loss on the reference width, not at the same step count.
+Comparable points. The base rates ``lr₀`` and step budgets of :data:`DEFAULT_LR` and :data:`DEFAULT_STEPS` were
+chosen per family and parameterisation by the rule of :mod:`diagnostics.width.lr_sweep` (``--lr-sweep``,
+``docs/width.md``): the largest ``lr₀`` of the grid whose training loss rises in no step at any width in a short
+run (so no run starts in the catapult regime, where the kernel moves by ``O(1)`` early at every width and hides
+the lazy regime), and the number of steps at which the smallest over-parameterised width reaches the loss level
+:data:`LOSS_LEVEL` with it. Both parameterisations are thereby compared at the same training loss on the
+reference width, not at the same step count.
 """
 
 from __future__ import annotations
@@ -34,12 +34,20 @@ __all__ = [
     "load_data", "record_steps",
 ]
 
-#: Base learning rates ``lr₀`` per parameterisation, or per ``"family/parameterization"`` (which wins).
-DEFAULT_LR: dict[str, float] = {"standard": 1.0, "ntk": 0.5, "mf": 1.0}
-#: Full-batch gradient steps per parameterisation (or ``"family/parameterization"``).
-DEFAULT_STEPS: dict[str, int] = {"standard": 300, "ntk": 300, "mf": 300}
+#: Base learning rates ``lr₀``, per ``"family/parameterization"`` (chosen by ``--lr-sweep``, see the module
+#: docstring) and per parameterisation for the other families.
+DEFAULT_LR: dict[str, float] = {
+    "standard": 1.0, "ntk": 0.5, "mf": 1.0,
+    "mlp/ntk": 4.0, "mlp/mf": 1.0, "cnn/ntk": 1.0, "cnn/mf": 0.25,
+}
+#: Full-batch gradient steps, per ``"family/parameterization"`` (the steps at which the reference width reaches
+#: :data:`LOSS_LEVEL` at the chosen ``lr₀``) and per parameterisation for the other families.
+DEFAULT_STEPS: dict[str, int] = {
+    "standard": 300, "ntk": 300, "mf": 300,
+    "mlp/ntk": 481, "mlp/mf": 258, "cnn/ntk": 1448, "cnn/mf": 1359,
+}
 #: The training loss at which the step budgets were matched (``--lr-sweep``).
-LOSS_LEVEL = 0.02
+LOSS_LEVEL = 0.05
 #: The learning-rate grid of ``--lr-sweep``: ``lr₀`` from 1/4 to 16 in factors of 2.
 LR_GRID: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 _MLP_FAMILIES = ("mlp", "deep-linear", "bias-free-relu")
@@ -100,19 +108,22 @@ class SweepConfig:
         Test samples for the test accuracy (default: the whole test split).
     steps : int or dict
         Full-batch gradient steps: one number for every run, or per parameterisation (keys ``"ntk"``, ...,
-        or ``"family/parameterization"``, which wins); missing keys take :data:`DEFAULT_STEPS`.
+        or ``"family/parameterization"``, which wins); what is not given takes :data:`DEFAULT_STEPS`. Stored
+        per ``"family/parameterization"``.
     records : int
         Measurements after step 0, log-spaced over ``[1, steps]`` (:func:`record_steps`); the last is at
         ``steps``.
     lr : dict
-        ``lr₀`` per parameterisation (or ``"family/parameterization"``); the step is
-        ``lr₀ · learning_rate_multiplier(p, width)``. Missing keys take :data:`DEFAULT_LR`.
+        ``lr₀`` per parameterisation (or ``"family/parameterization"``, which wins); the step is
+        ``lr₀ · learning_rate_multiplier(p, width)``. What is not given takes :data:`DEFAULT_LR`. Stored per
+        ``"family/parameterization"``.
     dtype : str, optional
         ``"float32"`` or ``"float64"``: the dtype of the measurements (default float64 on the CPU, as every
         check of the toolkit; the certificate ``B`` depends on the smallest eigenvalues of ``K``, which
         float32 does not resolve near the counting threshold).
     mlp_depth : int
-        Hidden layers of the MLP families (1: the two-layer networks of the S4 derivation).
+        Hidden layers of the MLP families (1: the two-layer networks of the S4 derivation; 0: an affine model,
+        whose kernel never moves).
     data_seed : int
         Seed of the training and test subsets (and of the teacher-student task).
     teacher : dict
@@ -145,9 +156,8 @@ class SweepConfig:
         self.widths = {k: tuple(int(w) for w in v) for k, v in dict(self.widths).items()}
         if isinstance(self.steps, int) and not isinstance(self.steps, bool):
             self.steps = {p: self.steps for p in self.parameterizations}
-        self.steps = {**{p: DEFAULT_STEPS[p] for p in self.parameterizations if p in DEFAULT_STEPS},
-                      **dict(self.steps)}
-        self.lr = {**{p: DEFAULT_LR[p] for p in self.parameterizations if p in DEFAULT_LR}, **dict(self.lr)}
+        self.steps = _per_run(dict(self.steps), DEFAULT_STEPS, self.families, self.parameterizations)
+        self.lr = _per_run(dict(self.lr), DEFAULT_LR, self.families, self.parameterizations)
         self.lr_grid = tuple(float(x) for x in self.lr_grid)
         self.teacher = dict(self.teacher)
         _check_known("family", self.families, FAMILIES)
@@ -160,23 +170,24 @@ class SweepConfig:
                 raise ValueError(f"{name} must be a non-empty list without repeats, got {list(values)}")
         if any(w < 1 for v in self.widths.values() for w in v):
             raise ValueError(f"widths must be positive, got {self.widths}")
-        for name in ("n_train", "records", "mlp_depth"):
+        for name in ("n_train", "records"):
             _check_count(name, getattr(self, name))
+        if isinstance(self.mlp_depth, bool) or not isinstance(self.mlp_depth, int) or self.mlp_depth < 0:
+            raise ValueError(f"mlp_depth must be a non-negative integer, got {self.mlp_depth!r}")
         if self.dtype is not None and self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES} or None, got {self.dtype!r}")
         if not self.lr_grid or any(not x > 0 for x in self.lr_grid):
             raise ValueError(f"lr_grid must hold positive learning rates, got {list(self.lr_grid)}")
-        for family in self.families:
-            for p in self.parameterizations:
-                _check_count(f"steps for {family}/{p}", _setting(self.steps, family, p))
-                lr = _setting(self.lr, family, p)
-                if not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0):
-                    raise ValueError(f"lr needs a positive base learning rate for {family}/{p}, got {lr!r}")
+        for key in self.steps:
+            _check_count(f"steps for {key}", self.steps[key])
+        for key, lr in self.lr.items():
+            if not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0):
+                raise ValueError(f"lr needs a positive base learning rate for {key}, got {lr!r}")
 
     # -- per run -----------------------------------------------------------------------------------
     def base_lr(self, family: str, parameterization: str) -> float:
-        """``lr₀`` of a family and parameterisation (a ``"family/parameterization"`` key wins)."""
-        return float(_setting(self.lr, family, parameterization))
+        """Return ``lr₀`` of a family and parameterisation."""
+        return float(self.lr[f"{family}/{parameterization}"])
 
     def step_size(self, spec: RunSpec) -> float:
         """Return the learning rate of a run, ``lr₀ · learning_rate_multiplier(parameterization, width)``."""
@@ -185,7 +196,7 @@ class SweepConfig:
 
     def steps_for(self, family: str, parameterization: str) -> int:
         """Return the number of gradient steps of a family and parameterisation."""
-        return int(_setting(self.steps, family, parameterization))
+        return int(self.steps[f"{family}/{parameterization}"])
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -241,15 +252,33 @@ def record_steps(steps: int, records: int) -> tuple[int, ...]:
     """Step 0 and ``records`` steps log-spaced over ``[1, steps]`` (rounded, without repeats), ending at ``steps``.
 
     Log spacing resolves the early phase of training, where the kernel moves fastest, with as many records
-    as the late phase; e.g. ``record_steps(300, 6) == (0, 3, 7, 17, 44, 114, 300)``.
+    as the late phase; e.g. ``record_steps(300, 6) == (0, 3, 7, 17, 45, 116, 300)``.
     """
     points = {0, steps} | {round(steps ** (i / records)) for i in range(1, records + 1)}
     return tuple(sorted(points))
 
 
-def _setting(table: dict[str, Any], family: str, parameterization: str) -> Any:
-    """``table["family/parameterization"]`` if present, else ``table[parameterization]`` (``None`` if neither)."""
-    return table.get(f"{family}/{parameterization}", table.get(parameterization))
+def _per_run(given: dict[str, Any], defaults: dict[str, Any], families: tuple[str, ...],
+             parameterizations: tuple[str, ...]) -> dict[str, Any]:
+    """Return one value per ``"family/parameterization"`` of the config.
+
+    Given for the pair, else given for the parameterisation, else the default for the pair, else the default for
+    the parameterisation (else ``None``, which the checks refuse). Pairs of other families are dropped.
+    """
+    unknown = [k for k in given if k not in PARAMETERIZATIONS and k.partition("/")[0] not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown keys {unknown}: use a parameterisation or 'family/parameterization'")
+    out = {}
+    for family in families:
+        for p in parameterizations:
+            pair = f"{family}/{p}"
+            for table, key in ((given, pair), (given, p), (defaults, pair), (defaults, p)):
+                if key in table:
+                    out[pair] = table[key]
+                    break
+            else:
+                out[pair] = None
+    return out
 
 
 def _check_count(name: str, value: object) -> None:
@@ -310,9 +339,12 @@ def default_widths(family: str, data: DataSplit, mlp_depth: int = 1) -> tuple[in
     """
     nm = data.n_train * data.n_outputs
     below, above = [], []
-    width = 1
+    width, previous = 1, 0
     while True:
         d = count_parameters(build_run_model(family, width, data, "ntk", 0, mlp_depth))
+        if d == previous:
+            raise ValueError(f"the parameter count of {family} does not grow with the width: give its widths")
+        previous = d
         if d < nm:
             below.append(width)
         else:

@@ -284,14 +284,14 @@ FIGURES: list[tuple[str, str, Callable[[SweepResult], Figure], str]] = [
     ("coordinate_check", "Coordinate check: layer outputs against width at steps 0–3", coordinate_check,
      "Mean |z_t| of every layer's output (rows 1 and 3) and mean |z_t − z_0| (rows 2 and 4) in the training "
      "forward pass of steps t = 0…3, against width, per parameterisation; flat in width when the "
-     "parameterisation keeps every coordinate of order one. Mean ± sd over seeds."),
+     "parameterisation keeps every coordinate of order one. Mean over seeds."),
     ("kernel_dynamics", "Kernel velocity, distance to the end kernel and kernel–target alignment", kernel_dynamics,
      "Over training (log-spaced records, symmetric-log step axis), one line per width (mean over seeds): the "
      "relative change of K per step since the previous record, the relative distance to the final K, and "
      "the kernel–target alignment QᵀKQ/(‖K‖_F‖Q‖²)."),
     ("layer_alignment", "Per-layer alignment at the start and the end", layer_alignment,
      "K = Σ_g K_g over layers g: each layer's share of QᵀKQ (top) and the residual of Q outside the column "
-     "space of its own Gram (bottom), at initialisation (dashed) and the end of training (solid); mean ± sd over "
+     "space of its own Gram (bottom), at initialisation (dashed) and the end of training (solid); mean over "
      "seeds."),
     ("test_performance", "Test performance against width", test_performance,
      "Test accuracy (classification) or test loss (regression) at the end of training; mean ± sd over "

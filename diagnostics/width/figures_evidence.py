@@ -48,7 +48,7 @@ def coordinate_check(sweep: SweepResult) -> Figure:
             if quantity == "mean_abs_change":
                 sub = sub[sub["step"] > 0]
             sns.lineplot(data=sub.assign(value=at_floor(sub[quantity])), x="width", y="value", hue="step",
-                         palette="crest", estimator="mean", errorbar="sd", marker="o", markersize=4, ax=ax,
+                         palette="crest", estimator="mean", errorbar=None, marker="o", markersize=4, ax=ax,
                          legend=i in (0, 1) and j == len(columns) - 1)
             threshold_line(ax, thresholds.get(family), label=False)
             ax.set_yscale("log")
@@ -103,7 +103,7 @@ def layer_alignment(sweep: SweepResult) -> Figure:
             ax = axes[i, j]
             values = sub.assign(value=at_floor(sub[column]) if column == "residual" else sub[column])
             sns.lineplot(data=values, x="width", y="value", hue="layer", style="stage", style_order=["end", "start"],
-                         estimator="mean", errorbar="sd", marker="o", markersize=4, ax=ax, legend=True)
+                         estimator="mean", errorbar=None, marker="o", markersize=4, ax=ax, legend=True)
             threshold_line(ax, thresholds.get(family), label=False)
             if column == "residual":
                 ax.set_yscale("log")

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engine.jacobian import ntk_gram
+from ..engine.measurement import Measurement
+from ..engine.precision import rank_rule
 from ..engine.spectral import Spectrum
 
 __all__ = ["horizon_floor", "kernel_path", "layer_alignment", "layer_groups", "linearised_loss"]
@@ -101,7 +102,12 @@ def layer_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
 
 def layer_alignment(model: nn.Module, X: torch.Tensor, q: torch.Tensor, dtype: torch.dtype,
                     groups: dict[str, tuple[str, ...]] | None = None) -> list[dict[str, float | str]]:
-    """Share of ``QᵀKQ`` and own residual ``‖(I − P_{K_g})Q‖/‖Q‖`` of every layer's Gram ``K_g``.
+    """Share of ``QᵀKQ`` and own residual ``‖(I − P_{K_g})Q‖/‖Q‖`` of every layer's Gram ``K_g = J_gJ_gᵀ``.
+
+    ``Col K_g = Col J_g`` keeps the eigenvalues of ``K_g`` above the rank rule of
+    :func:`~diagnostics.engine.precision.rank_rule`; a layer with fewer parameters ``d_g`` than ``nm`` rows is
+    decomposed through the SVD of its ``nm × d_g`` Jacobian block (the same rule on the squared singular values),
+    which costs ``nm·d_g²`` instead of ``(nm)³``.
 
     Parameters
     ----------
@@ -112,7 +118,7 @@ def layer_alignment(model: nn.Module, X: torch.Tensor, q: torch.Tensor, dtype: t
     q
         The alignment target ``Q``, ``(n, m)`` or stacked.
     dtype
-        Compute dtype of the Grams.
+        Compute dtype of the Jacobian blocks and Grams.
     groups
         Parameter names per layer (default :func:`layer_groups`).
 
@@ -122,16 +128,27 @@ def layer_alignment(model: nn.Module, X: torch.Tensor, q: torch.Tensor, dtype: t
         ``layer``, ``share``, ``residual``, ``rank`` per group; the shares sum to 1.
     """
     groups = groups if groups is not None else layer_groups(model)
-    grams = {layer: ntk_gram(model, X, params=list(names), dtype=dtype) for layer, names in groups.items()}
-    total = sum(float(_vector(q, K) @ K.to(torch.float64) @ _vector(q, K)) for K in grams.values())
     rows = []
-    for layer, K in grams.items():
-        q64 = _vector(q, K)
-        spectrum = Spectrum.of(K, source_dtype=dtype)
-        rows.append({
-            "layer": layer,
-            "share": float(q64 @ K.to(torch.float64) @ q64) / total if total > 0 else math.nan,
-            "residual": math.sqrt(spectrum.outside_norm_sq(q64) / float(q64 @ q64)),
-            "rank": spectrum.rank,
-        })
-    return rows
+    for layer, names in groups.items():
+        with Measurement(model, X, params=list(names), dtype=dtype) as job:
+            q64 = q.detach().reshape(-1).to(device=job.fm.device, dtype=torch.float64)
+            if job.fm.n_params < job.rows:
+                quadratic, outside, rank = _thin_layer(job.jacobian_columns(job.fm.names), q64, dtype)
+            else:
+                K = job.gram()
+                spectrum = Spectrum.of(K, source_dtype=dtype)
+                quadratic, outside, rank = spectrum.quadratic(q64), spectrum.outside_norm_sq(q64), spectrum.rank
+        rows.append({"layer": layer, "quadratic": quadratic,
+                     "residual": math.sqrt(outside / float(q64 @ q64)), "rank": rank})
+    total = sum(row["quadratic"] for row in rows)
+    return [{"layer": r["layer"], "share": r.pop("quadratic") / total if total > 0 else math.nan, **r} for r in rows]
+
+
+def _thin_layer(J: torch.Tensor, q: torch.Tensor, dtype: torch.dtype) -> tuple[float, float, int]:
+    """``qᵀJJᵀq``, ``‖(I − P)q‖²`` and ``rank J`` of a Jacobian block with fewer columns than rows, by its SVD."""
+    J64 = J.to(torch.float64)
+    U, s, _ = torch.linalg.svd(J64, full_matrices=False)
+    tol, _ = rank_rule(None, float(s[0] ** 2) if s.numel() else 0.0, J.shape[0], dtype)
+    kept = U[:, s**2 > tol]
+    outside = q - kept @ (kept.T @ q)
+    return float((J64.T @ q).pow(2).sum()), float(outside @ outside), int(kept.shape[1])

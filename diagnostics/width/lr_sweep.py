@@ -6,11 +6,11 @@ for the config's step budget. Drawn against ``lr₀`` with one line per width, t
 transfer plot of maximal-update parameterisation (Yang et al. 2021): under a parameterisation whose
 training dynamics have a width limit, the best ``lr₀`` does not move with the width.
 
-:func:`choose_settings` states the rule the defaults of :mod:`diagnostics.width.config` were chosen by: on
-the *reference width* (the smallest width of a family with ``d ≥ n·m``), the largest ``lr₀`` whose loss
-never rises by more than round-off in any step (the premise of the gradient-descent rate,
-``theory/results.md#gradient-descent-rate``) and which diverges at no width; and the first step at which that
-run reaches :data:`~diagnostics.width.config.LOSS_LEVEL`.
+:func:`choose_settings` states the rule the defaults of :mod:`diagnostics.width.config` were chosen by: the
+largest ``lr₀`` whose loss rises by more than round-off in no step at any width and which diverges at no width
+(no run in the catapult or edge-of-stability regime during the search); and the first step at which the
+*reference width* (the smallest width of a family with ``d ≥ n·m``) reaches
+:data:`~diagnostics.width.config.LOSS_LEVEL` with that ``lr₀``.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def choose_settings(table: pd.DataFrame) -> pd.DataFrame:
         reference = int(over["width"].min()) if not over.empty else int(group["width"].max())
         at_ref = group[group["width"] == reference]
         never_diverges = ~group.groupby("lr0")["diverged"].any()
-        monotone = at_ref.groupby("lr0")["largest_rise"].max() <= RATE_RTOL
+        monotone = group.groupby("lr0")["largest_rise"].max() <= RATE_RTOL
         stable = sorted(lr0 for lr0 in monotone.index if monotone[lr0] and never_diverges.get(lr0, False))
         row = {"family": family, "parameterization": param, "reference_width": reference, "lr0": math.nan,
                "final_loss": math.nan, "steps_to_level": None, "stable_lr0": ", ".join(f"{x:g}" for x in stable)}

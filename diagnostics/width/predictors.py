@@ -9,7 +9,8 @@ Each run of a sweep carries five numbers that speak of its final loss ``L_T`` (:
 - the horizon floor of the final kernel ``K_T`` for the same ``(η, T)``;
 - the loss of the dynamics linearised at ``K_0`` after ``T`` steps (the lazy prediction);
 - the gradient-descent rate bound ``L_0/(1 + 4L_0τ_T/B̄²)`` (``theory/results.md#gradient-descent-rate``), an
-  upper bound.
+  upper bound; used only on runs where it applies (D1 at every record) and no step raised the loss (where steps
+  rise, the bound follows the loss through them and predicts nothing).
 
 A predictor's *error* on a run is ``|log₁₀(L_T / prediction)|`` (decades; ``inf`` for a prediction of 0 when
 ``L_T > 0``); per family, parameterisation and side of the counting threshold the best predictor is the one
@@ -61,17 +62,22 @@ def predictor_errors(runs: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     for key, group in _with_side(runs).groupby(_KEYS):
-        loss = group["final_loss"].to_numpy(float)
         for column, name in PREDICTORS.items():
             if column not in group:
                 continue
-            prediction = group[column].to_numpy(float)
+            usable = group[column].notna()
+            if column == "rate_bound" and "rate_rising_steps" in group:  # a bound that follows rises predicts nothing
+                usable &= group["rate_rising_steps"] == 0
+            if not usable.any():
+                continue
+            loss = group.loc[usable, "final_loss"].to_numpy(float)
+            prediction = group.loc[usable, column].to_numpy(float)
             with np.errstate(divide="ignore", invalid="ignore"):
                 ratios = loss / prediction
             rows.append({**dict(zip(_KEYS, key, strict=True)), "predictor": column, "name": name,
                          "ratio": float(np.median(ratios)), "low": float(np.min(ratios)),
                          "high": float(np.max(ratios)), "error": float(np.median(_error(loss, prediction))),
-                         "runs": len(group)})
+                         "runs": len(loss)})
     return pd.DataFrame(rows, columns=[*_KEYS, "predictor", "name", "ratio", "low", "high", "error", "runs"])
 
 
