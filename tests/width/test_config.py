@@ -1,4 +1,4 @@
-"""SweepConfig: default widths across the counting threshold, settings per run, validation, round trip and fingerprints."""
+"""SweepConfig: default widths across the counting threshold, settings per run, validation, round trip, fingerprints."""
 
 from __future__ import annotations
 

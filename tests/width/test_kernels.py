@@ -63,7 +63,8 @@ def test_layer_alignment_splits_the_gram_by_layer():
     assert [r["layer"] for r in rows] == list(groups) == ["conv1", "conv2", "head"]
     assert sum(r["share"] for r in rows) == pytest.approx(1.0, abs=1e-12)
     q64 = q.reshape(-1)
-    jacobians = {layer: reference_jacobian(model, digits_like, params=list(p), dtype=F64) for layer, p in groups.items()}
+    jacobians = {layer: reference_jacobian(model, digits_like, params=list(p), dtype=F64)
+                 for layer, p in groups.items()}
     total = sum(float(q64 @ J @ J.T @ q64) for J in jacobians.values())
     for row in rows:
         J = jacobians[row["layer"]]
