@@ -2,21 +2,23 @@
 
 Every ``(family, parameterization, width, seed)`` of the config is trained (no measurement, so a trial
 costs only its gradient steps) once per ``lr₀`` of :attr:`~diagnostics.width.config.SweepConfig.lr_grid`,
-for the config's step budget. Drawn against ``lr₀`` with one line per width, this is the hyper-parameter
-transfer plot of maximal-update parameterisation (Yang et al. 2021): under a parameterisation whose
-training dynamics have a width limit, the best ``lr₀`` does not move with the width.
+for the config's step budget, and the largest eigenvalue of its initial Gram ``K_0`` is measured once. Drawn
+against ``lr₀`` with one line per width, this is the hyper-parameter transfer plot of maximal-update
+parameterisation (Yang et al. 2021): under a parameterisation whose training dynamics have a width limit, the
+best ``lr₀`` does not move with the width.
 
 :func:`choose_settings` states the rule the defaults of :mod:`diagnostics.width.config` were chosen by: the
-largest ``lr₀`` whose loss rises by more than round-off in no step at any width and which diverges at no width
-(no run in the catapult or edge-of-stability regime during the search); and the first step at which the
+largest ``lr₀`` of the grid that keeps the dynamics linearised at ``K_0`` convergent at every width with
+``d ≥ n·m`` (``ηλ_max(K_0)/n < 2``, so the lazy prediction exists and no wide run starts in the catapult regime),
+and that at every width lets the loss rise by more than round-off in no step of the search and never diverges;
+and the first step at which the
 *reference width* (the smallest width of a family with ``d ≥ n·m``) reaches
-:data:`~diagnostics.width.config.LOSS_LEVEL` with that ``lr₀``.
+:data:`~diagnostics.width.config.LOSS_LEVEL` with that ``lr₀`` (the largest over seeds).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -25,63 +27,55 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data import DataSplit
-from ..models import learning_rate_multiplier
+from ..engine.jacobian import ntk_gram
+from ..models import count_parameters, learning_rate_multiplier
 from ..targets import Targets
-from .config import LOSS_LEVEL, SweepConfig, build_run_model, load_data
+from .config import LOSS_LEVEL, RunSpec, SweepConfig, build_run_model, load_data
 from .executors import EXECUTORS
 from .run import RATE_RTOL
 from .training import gradient_descent
 
-__all__ = ["LrTrial", "choose_settings", "lr_sweep"]
+__all__ = ["choose_settings", "lr_sweep"]
 
 
-@dataclass(frozen=True, order=True)
-class LrTrial:
-    """One training of the learning-rate sweep."""
-
-    family: str
-    parameterization: str
-    width: int
-    seed: int
-    lr0: float
-
-    @property
-    def run_id(self) -> str:
-        """Identifier, e.g. ``"mlp_ntk_w32_s0_lr0.5"``."""
-        return f"{self.family}_{self.parameterization}_w{self.width}_s{self.seed}_lr{self.lr0:g}"
-
-
-def _trial(config: dict[str, Any], trial: LrTrial, data: DataSplit) -> dict[str, Any]:
-    """Train one trial; never raises (a diverged run is a result, any other error is reported)."""
+def _at_every_rate(config: dict[str, Any], spec: RunSpec, data: DataSplit) -> dict[str, Any]:
+    """Train one run at every ``lr₀`` of the grid and measure ``λ_max(K_0)``; never raises (errors are rows)."""
     cfg = SweepConfig.from_dict(config)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = build_run_model(trial.family, trial.width, data, trial.parameterization, trial.seed, cfg.mlp_depth)
         n = data.X_train.shape[0]
         Y = Targets.build(data.y_train, n, data.n_outputs, "mse").Y.to(data.X_train.dtype)
-        lr = trial.lr0 * learning_rate_multiplier(trial.parameterization, trial.width)
-        steps = cfg.steps_for(trial.family, trial.parameterization)
-        losses, diverged = [], False
-        try:
-            losses = [loss for _, loss, _ in gradient_descent(model, data.X_train, Y, lr, steps)]
-        except FloatingPointError:
-            diverged = True
-        return {"status": "ok", "summary": _summary(trial, model, losses, diverged, lr, steps, n * data.n_outputs)}
-    except Exception as exc:  # noqa: BLE001 - a failed trial is data for the table
-        return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        steps = cfg.steps_for(spec.family, spec.parameterization)
+        multiplier = learning_rate_multiplier(spec.parameterization, spec.width)
+        rows = []
+        for lr0 in cfg.lr_grid:
+            model = build_run_model(spec.family, spec.width, data, spec.parameterization, spec.seed, cfg.mlp_depth)
+            if not rows:  # the same initialisation for every lr₀: one kernel
+                K = ntk_gram(model, data.X_train, dtype=torch.float32)
+                lam = float(torch.linalg.eigvalsh(K.double())[-1])
+            losses, diverged = [], False
+            try:
+                losses = [loss for _, loss, _ in gradient_descent(model, data.X_train, Y, lr0 * multiplier, steps)]
+            except FloatingPointError:
+                diverged = True
+            rows.append({**spec.to_dict(), "lr0": lr0, "run_id": f"{spec.run_id}_lr{lr0:g}", "lr": lr0 * multiplier,
+                         "steps": steps, "n_params": count_parameters(model), "n_outputs": n * data.n_outputs,
+                         "lambda_max": lam, "edge_lr0": 2 * n / (lam * multiplier),
+                         **_losses(losses, diverged)})
+        return {"status": "ok", "rows": rows}
+    except Exception as exc:  # noqa: BLE001 - a failed run is data for the table
+        return {"status": "failed", "rows": [{**spec.to_dict(), "run_id": spec.run_id,
+                                              "error": f"{type(exc).__name__}: {exc}"}]}
     finally:
         torch.set_num_threads(threads)
 
 
-def _summary(trial: LrTrial, model, losses: list[float], diverged: bool, lr: float, steps: int,
-             n_outputs: int) -> dict[str, Any]:
+def _losses(losses: list[float], diverged: bool) -> dict[str, Any]:
     loss = np.asarray(losses, dtype=float)
     rises = (loss[1:] - loss[:-1]) / np.maximum(loss[:-1], 1e-300) if loss.size > 1 else np.zeros(0)
     reached = np.flatnonzero(loss <= LOSS_LEVEL)
     return {
-        **asdict(trial), "run_id": trial.run_id, "lr": lr, "steps": steps,
-        "n_params": sum(p.numel() for p in model.parameters()), "n_outputs": n_outputs,
         "initial_loss": float(loss[0]) if loss.size else math.nan,
         "final_loss": math.inf if diverged else float(loss[-1]),
         "diverged": diverged or bool(loss[-1] > loss[0]),
@@ -92,28 +86,28 @@ def _summary(trial: LrTrial, model, losses: list[float], diverged: bool, lr: flo
 
 def lr_sweep(config: SweepConfig, *, data: DataSplit | None = None, jobs: int = 1,
              progress: bool = True) -> pd.DataFrame:
-    """Train every run of ``config`` at every ``lr₀`` of its grid; return one row per trial.
+    """Train every run of ``config`` at every ``lr₀`` of its grid; return one row per run and ``lr₀``.
 
     Returns
     -------
     pandas.DataFrame
         ``family``, ``parameterization``, ``width``, ``seed``, ``lr0``, ``run_id``, ``lr``, ``steps``,
-        ``n_params``, ``n_outputs``, ``initial_loss``, ``final_loss`` (``inf`` when the loss overflowed),
-        ``diverged`` (overflowed, or ended above where it started), ``largest_rise`` (largest relative
-        increase of the loss in one step), ``steps_to_level`` (first step with loss ≤ ``LOSS_LEVEL``, or
-        ``None``), ``error`` (failed trials).
+        ``n_params``, ``n_outputs``, ``lambda_max`` (of the initial Gram ``K_0``), ``edge_lr0`` (the ``lr₀`` at
+        which ``ηλ_max(K_0)/n = 2``: above it the dynamics linearised at ``K_0`` diverge), ``initial_loss``,
+        ``final_loss`` (``inf`` when the loss overflowed), ``diverged`` (overflowed, or ended above where it
+        started), ``largest_rise`` (largest relative increase of the loss in one step), ``steps_to_level``
+        (first step with loss ≤ ``LOSS_LEVEL``, or ``None``), ``error`` (runs that failed).
     """
     data = data if data is not None else load_data(config)
     config = config.resolve(data)
-    trials = [LrTrial(s.family, s.parameterization, s.width, s.seed, lr0) for s in config.runs()
-              for lr0 in config.lr_grid]
+    specs = config.runs()
     rows = []
-    with tqdm(total=len(trials), desc="learning-rate sweep", unit="run", disable=not progress) as bar:
-        for trial, outcome in EXECUTORS["local"](_trial, config.to_dict(), trials, data, jobs, None):
+    with tqdm(total=len(specs), desc="learning-rate sweep", unit="run", disable=not progress) as bar:
+        for spec, outcome in EXECUTORS["local"](_at_every_rate, config.to_dict(), specs, data, jobs, None):
             if isinstance(outcome, BaseException):
-                outcome = {"status": "failed", "error": f"{type(outcome).__name__}: {outcome}"}
-            rows.append(outcome.get("summary") or {**asdict(trial), "run_id": trial.run_id,
-                                                    "error": outcome["error"]})
+                outcome = {"rows": [{**spec.to_dict(), "run_id": spec.run_id,
+                                     "error": f"{type(outcome).__name__}: {outcome}"}]}
+            rows += outcome["rows"]
             bar.update()
     table = pd.DataFrame(rows)
     return table.sort_values(["family", "parameterization", "width", "seed", "lr0"]).reset_index(drop=True)
@@ -135,9 +129,11 @@ def choose_settings(table: pd.DataFrame) -> pd.DataFrame:
         over = group[group["n_params"] >= group["n_outputs"]]
         reference = int(over["width"].min()) if not over.empty else int(group["width"].max())
         at_ref = group[group["width"] == reference]
-        never_diverges = ~group.groupby("lr0")["diverged"].any()
-        monotone = group.groupby("lr0")["largest_rise"].max() <= RATE_RTOL
-        stable = sorted(lr0 for lr0 in monotone.index if monotone[lr0] and never_diverges.get(lr0, False))
+        by_rate = group.groupby("lr0")
+        edge = (over if not over.empty else group)["edge_lr0"].min()
+        calm = ~by_rate["diverged"].any() & (by_rate["largest_rise"].max() <= RATE_RTOL)
+        qualifies = calm & (by_rate["lr0"].first() < edge)
+        stable = sorted(lr0 for lr0, ok in qualifies.items() if ok)
         row = {"family": family, "parameterization": param, "reference_width": reference, "lr0": math.nan,
                "final_loss": math.nan, "steps_to_level": None, "stable_lr0": ", ".join(f"{x:g}" for x in stable)}
         if stable:

@@ -36,7 +36,7 @@ def test_options_build_the_config(tmp_path):
     assert config.dtype == "float32"
     per = parse("--steps", "ntk=600", "mlp/mf=20")
     assert per.steps_for("cnn", "ntk") == 600 and per.steps_for("mlp", "mf") == 20
-    assert per.steps_for("cnn", "mf") == 1359
+    assert per.steps_for("cnn", "mf") == 1384
     assert parse("--widths", "4,8").widths == {"mlp": (4, 8), "cnn": (4, 8)}
     teacher = parse("--dataset", "teacher-student", "--teacher", "d_in=4", "activation=relu")
     assert teacher.families == ("mlp",) and teacher.teacher == {"d_in": 4, "activation": "relu"}

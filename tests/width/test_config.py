@@ -17,7 +17,7 @@ def test_default_widths_span_the_counting_threshold():
     assert default_widths("cnn", digits) == (2, 4, 8, 16, 32, 64)
     config = SweepConfig().resolve(digits)
     assert len(config.runs()) == 2 * (7 + 6) * 3
-    full = SweepConfig(**FULL).resolve(digits)  # at least four widths above d = n·m = 1280 per family
+    full = SweepConfig(**FULL).resolve(digits)  # at least five widths above d = n·m = 1280 per family
     for family, widths in full.widths.items():
         above = [w for w in widths if sum(p.numel() for p in _model(family, w, digits).parameters()) >= 1280]
         assert len(above) >= 5, family
@@ -38,8 +38,8 @@ def test_record_steps_are_log_spaced_and_end_at_the_last_step():
 def test_learning_rates_and_steps_per_run():
     config = SweepConfig(lr={"mf": 2.0, "cnn/ntk": 3.0}, steps={"ntk": 50})
     assert config.base_lr("mlp", "mf") == config.base_lr("cnn", "mf") == 2.0  # given for the parameterisation
-    assert config.base_lr("cnn", "ntk") == 3.0 and config.base_lr("mlp", "ntk") == 4.0  # given pair, default pair
-    assert config.steps_for("mlp", "ntk") == 50 and config.steps_for("cnn", "mf") == 1359
+    assert config.base_lr("cnn", "ntk") == 3.0 and config.base_lr("mlp", "ntk") == 2.0  # given pair, default pair
+    assert config.steps_for("mlp", "ntk") == 50 and config.steps_for("cnn", "mf") == 1384
     assert config.step_size(RunSpec("mlp", "mf", 64, 0)) == 128.0  # lr₀ · width under mean-field
     assert SweepConfig(steps=7).steps == {"mlp/ntk": 7, "mlp/mf": 7, "cnn/ntk": 7, "cnn/mf": 7}
     assert SweepConfig(families=("deep-linear",)).base_lr("deep-linear", "ntk") == 0.5  # per-parameterisation default

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pytest
 from helpers import tiny
 
 from diagnostics.width.lr_sweep import choose_settings, lr_sweep
@@ -19,11 +20,15 @@ def test_lr_sweep_trains_every_width_at_every_rate():
     assert (calm["final_loss"] < calm["initial_loss"]).all() and not calm["diverged"].any()
     assert wild["diverged"].all() and (wild["final_loss"] == math.inf).all()  # the loss overflowed
     assert set(table["n_outputs"]) == {240} and table.loc[table["width"] == 32, "n_params"].iloc[0] == 2410
+    # λ_max(K_0) is measured once per run; the edge of the linearised dynamics is 2n/(λ_max·multiplier)
+    for _, run in table.groupby("width"):
+        assert run["lambda_max"].nunique() == 1
+        assert run["edge_lr0"].iloc[0] == pytest.approx(2 * 24 / run["lambda_max"].iloc[0])
 
 
-def trial(width, lr0, rise, diverged=False, final=0.1, reached=None, seed=0, d=None):
+def trial(width, lr0, rise, diverged=False, final=0.1, reached=None, seed=0, edge=100.0):
     return {"family": "mlp", "parameterization": "ntk", "width": width, "seed": seed, "lr0": lr0,
-            "n_params": d if d is not None else width * 100, "n_outputs": 1000, "largest_rise": rise,
+            "n_params": width * 100, "n_outputs": 1000, "largest_rise": rise, "edge_lr0": edge,
             "diverged": diverged, "initial_loss": 0.5, "final_loss": final, "steps_to_level": reached}
 
 
@@ -40,3 +45,7 @@ def test_the_rule_takes_the_largest_rate_that_never_rises_nor_diverges():
     assert settings["final_loss"] == 0.05 and settings["steps_to_level"] == 60  # the slower seed
     table.loc[5, "steps_to_level"] = None
     assert choose_settings(table).iloc[0]["steps_to_level"] is None  # a seed that never reached the level
+    table.loc[0, "edge_lr0"] = 0.5  # width 4 (d < n·m) does not count for the edge of the linearised dynamics
+    assert choose_settings(table).iloc[0]["lr0"] == 2.0
+    table.loc[8, "edge_lr0"] = 1.5  # at width 64 the linearised dynamics diverge above lr₀ = 1.5
+    assert choose_settings(table).iloc[0]["lr0"] == 1.0
