@@ -259,8 +259,9 @@ def check_alignment(
     dtype
         Compute dtype. Default: float64 on the CPU, where it costs about 1–2× float32 and gives the
         answer double precision gives; on an accelerator the model's dtype (at least float32), and when
-        that cannot decide D1 the measurement is repeated in float64 (the report's ``precision_note``
-        says so), falling back to *not established* when float64 would not fit ``memory_budget``.
+        that cannot decide D1 the dense measurement is repeated in float64 (the report's
+        ``precision_note`` says so), falling back to *not established* when float64 would not fit
+        ``memory_budget``; on the matrix-free path the report says *not established* and how to re-run.
     probe_size, seed
         Size and seed of the probe subset (``None``: all the data).
     path
@@ -295,7 +296,8 @@ def check_alignment(
                 "memory_budget": memory_budget, "path": path, "horizon": horizon}
     dtype = dtype or precision.verdict_dtype(model)
     report = _measure(model, X, T, dtype=dtype, **settings)
-    if report.verdict.status == theory.NOT_ESTABLISHED and dtype != torch.float64 and rank_tol is None:
+    if (report.verdict.status == theory.NOT_ESTABLISHED and dtype != torch.float64 and rank_tol is None
+            and report.path == "dense"):  # matrix-free in float64 can take many LSQR iterations: the user decides
         try:
             again = _measure(model, X, T, dtype=torch.float64, **settings)
         except InsufficientMemoryError:

@@ -130,8 +130,6 @@ class CMSReport:
                      f"(necessary: a residual above {details['data_tol']:.1e} refutes A1)")
         note = "conclusive" if self.transfer_conclusive else "inconclusive: rank J_A < rank [J_A; J_B]"
         lines.append(f"  test 3, least-norm R fitted on half, error on the other = {self.transfer_error:.2e} ({note})")
-        if "note" in details:
-            lines.append(f"  note: {details['note']}")
         if self.manifest is not None:
             lines.append(str(self.manifest))
         return "\n".join(lines)

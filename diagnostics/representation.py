@@ -1,15 +1,11 @@
-r"""Hidden-layer representations: linear CKA between activations (THEORY §1, "Representation").
+"""Hidden-layer representations: linear CKA between activations (``theory/setup.md#representation``).
 
 The tangent features ``φ_θ(x) = ∂f(x,θ)/∂θ`` are the representation the paper studies; the
 activations ``h_l(x)`` of hidden layers are the familiar one. Their movement during training is
 summarised by the linear centred kernel alignment (Kornblith et al., 2019) between the activations
-of a layer now and at a reference point (initialisation), on the same inputs:
+of a layer now and at a reference point (initialisation), on the same inputs::
 
-.. math::
-
-    \mathrm{CKA}(X, Y) = \frac{\langle H X X^\top H,\, H Y Y^\top H \rangle_F}
-                              {\|H X X^\top H\|_F\, \|H Y Y^\top H\|_F},
-    \qquad H = I - \tfrac{1}{n} \mathbf{1}\mathbf{1}^\top,
+    CKA(X, Y) = ⟨H X Xᵀ H, H Y Yᵀ H⟩_F / (‖H X Xᵀ H‖_F ‖H Y Yᵀ H‖_F),     H = I − (1/n) 𝟙𝟙ᵀ,
 
 for ``X ∈ R^{n×p}``, ``Y ∈ R^{n×q}`` (per-sample activations flattened). It lies in ``[0, 1]``, is
 ``1`` for identical representations and is invariant to orthogonal transformations and isotropic

@@ -24,9 +24,10 @@ def cms_assessment(candidate_error: float | None, data_residual: float, transfer
     - **not established** otherwise: no candidate was found (or none passed), and nothing refutes A1,
       since some other ``R`` may work.
 
-    When a candidate passes while test 2 exceeds its tolerance, the witnessed identity wins: the data-level
-    residual is then the rank tolerance discarding directions that carry part of ``f_X``, recorded in
-    ``details['note']``.
+    When a candidate passes *and* a test refutes, the evidence contradicts itself (in exact arithmetic a
+    witnessed ``f = J R`` forces tests 2 and 3 to pass): the verdict is *not established*, and the reason
+    says which tests disagree. In practice this is a rank tolerance that discards directions carrying part
+    of ``f_X`` (a float32 measurement): re-measure in float64.
 
     Parameters
     ----------
@@ -75,21 +76,27 @@ def cms_assessment(candidate_error: float | None, data_residual: float, transfer
     else:
         details["transfer"] = "failed (conclusive)" if conclusive else "failed (inconclusive)"
     lhs = math.nan if e1 is None else e1
-    if e1 is not None and e1 <= tol:
+    witnessed = e1 is not None and e1 <= tol
+    refuters = []
+    if e2 > data_tol:
+        refuters.append(("test 2: f_X ∉ Col J, so no R gives f_X = J R", e2, data_tol))
+    if details["transfer"] == "failed (conclusive)":
+        refuters.append(("test 3: the least-norm R fitted on one half fails on the other, and rank J_A = "
+                         "rank [J_A; J_B]", e3, tol))
+    if witnessed and not refuters:
         status, margin = HOLDS, tol - e1
-        if e2 > data_tol:
-            details["note"] = (f"test 2 residual {e2:.2e} > {data_tol:.1e} although f = J R is witnessed: the rank "
-                               "tolerance discards directions that carry part of f_X")
-    elif e2 > data_tol:
-        status, margin, lhs, tol = REFUTED, data_tol - e2, e2, data_tol
-        details["refuted_by"] = "test 2: f_X ∉ Col J, so no R gives f_X = J R"
-    elif details["transfer"] == "failed (conclusive)":
-        status, margin, lhs = REFUTED, tol - e3, e3
-        details["refuted_by"] = "test 3: the least-norm R fitted on one half fails on the other, and rank J_A = " \
-                                "rank [J_A; J_B]"
+    elif refuters and not witnessed:
+        (why, error, threshold), status = refuters[0], REFUTED
+        margin, lhs, tol = threshold - error, error, threshold
+        details["refuted_by"] = why
     else:
         status, margin = NOT_ESTABLISHED, (math.nan if e1 is None else tol - e1)
-        details["reason"] = ("no candidate R was found" if e1 is None else
-                             "no candidate R reproduces f, and no test refutes A1 (another R may work)")
+        if witnessed:
+            details["reason"] = (f"the tests disagree: a candidate reproduces f (error {e1:.1e}) but "
+                                 f"{refuters[0][0].split(':')[0]} refutes A1 — the rank tolerance may discard "
+                                 "directions that carry f_X; re-measure in float64")
+        else:
+            details["reason"] = ("no candidate R was found" if e1 is None else
+                                 "no candidate R reproduces f, and no test refutes A1 (another R may work)")
     details["status"] = status
     return Verdict("A1", "common model structure", status, lhs, tol, margin, 0.0, details, "error", "tol")

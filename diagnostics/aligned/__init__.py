@@ -1,10 +1,8 @@
-r"""Training that keeps the alignment condition D1 by construction (THEORY §6).
+"""Training that keeps the alignment condition D1 by construction (``theory/application.md``).
 
-Train with any optimiser up to a switch iteration ``τ``; from ``τ`` on the model is the augmented model
+Train with any optimiser up to a switch iteration ``τ``; from ``τ`` on the model is the augmented model::
 
-.. math::
-
-    \\tilde f(x; θ, u) = f(x; θ) + Ψ(x)\\,u, \\qquad u_τ = 0,
+    f̃(x; θ, u) = f(x; θ) + Ψ(x) u,     u_τ = 0,
 
 where ``Ψ`` is a *frozen feature map* fixed at ``τ`` (a deep copy of the model, batch norm in eval
 mode, parameters never trained) whose training-set matrix contains the target, ``Q ∈ Col(Ψ_X)``
@@ -12,11 +10,9 @@ mode, parameters never trained) whose training-set matrix contains the target, `
 appended and widened until the residual ``‖Q − Ψ_X ν‖/‖Q‖`` is at most ``residual_tol`` (both residuals are
 recorded). For a model with an affine output layer ``f = W h(x) + b`` and ``ω = (W, b)``, with
 ``Ψ_X ν = Q`` and ``x = (ω, u)``, ``x* = (0, ν)``, every gradient step on ``x`` satisfies exactly
-(``theory/application.md``, whatever the body parameters do in the same step)
+(``theory/application.md#gradient-descent``, whatever the body parameters do in the same step)::
 
-.. math::
-
-    ‖x_{k+1} − x^*‖^2 = ‖x_k − x^*‖^2 − 4ηL_k + η^2‖∇_{ω,u}L_k‖^2   \\quad\\text{(squared loss)},
+    ‖x_{k+1} − x*‖² = ‖x_k − x*‖² − 4ηL_k + η²‖∇_{ω,u}L_k‖²     (squared loss),
 
 so the distance never increases while ``η‖∇_{ω,u}L_k‖² ≤ 4L_k``, and under gradient flow
 ``L(t) ≤ (‖ω_τ‖² + ‖ν‖²)/(4(t − τ))`` (``(…)/(2(t − τ))`` for ``L − L(Q)`` with cross-entropy).

@@ -6,6 +6,8 @@ differentiation over chunks of samples,
 - ``J v`` by forward mode (``torch.func.jvp``),
 - ``Jᵀ u`` by reverse mode (``torch.func.vjp``),
 - ``K v = J (Jᵀ v)``, the empirical NTK Gram applied to a vector,
+- ``J V`` and ``Jᵀ U`` for a block of vectors at once (``torch.vmap`` over the products: one forward
+  pass per chunk serves every column),
 
 so the memory is ``O(nm + d)`` plus the activations of one chunk. This is how the alignment
 condition is checked on probe sets too large for the dense Gram (:mod:`diagnostics.matrix_free`).
@@ -19,7 +21,7 @@ import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator
 from torch import nn
-from torch.func import jvp, vjp
+from torch.func import jvp, vjp, vmap
 
 from ..errors import DiagnosticsError
 from . import inputs as _inputs
@@ -59,9 +61,9 @@ class JacobianOperator:
 
     Notes
     -----
-    .. math::
-        \mathrm{matvec}(v) = J v,\qquad \mathrm{rmatvec}(u) = J^\top u,\qquad
-        \mathrm{gram\_matvec}(v) = J J^\top v = K v.
+    ::
+
+        matvec(v) = J v,     rmatvec(u) = Jᵀ u,     gram_matvec(v) = J Jᵀ v = K v.
 
     Each product costs one pass over the data (``gram_matvec`` two); nothing is cached between
     calls, so the measurement mode is set and restored around each call.
@@ -128,6 +130,45 @@ class JacobianOperator:
                 _, pull = vjp(lambda p, xc=xc: self.fm(p, xc), self.fm.params)
                 total += self.fm.flatten(pull(u[rows])[0]).detach()
         return total
+
+    def matmat(self, V: torch.Tensor) -> torch.Tensor:
+        """``J V`` for ``V ∈ R^{d×p}`` (forward mode, one pass over the data for all ``p`` columns)."""
+        V = self._block(V, self.shape[1], "V")
+        tangents = {k: t.movedim(-1, 0) for k, t in self._split(V).items()}
+        parts = []
+        with self.fm.measuring():
+            for _, xc in self._chunks():
+                def column(t, xc=xc):
+                    return jvp(lambda p: self.fm(p, xc), (self.fm.params,), (t,))[1]
+
+                parts.append(vmap(column)(tangents))  # (p, chunk, m)
+        return torch.cat(parts, dim=1).reshape(V.shape[1], -1).T.detach()
+
+    def rmatmat(self, U: torch.Tensor) -> torch.Tensor:
+        """``Jᵀ U`` for ``U ∈ R^{nm×p}`` (reverse mode, one pass over the data for all ``p`` columns)."""
+        U = self._block(U, self.shape[0], "U").T.reshape(-1, self.n, self.m)
+        total = torch.zeros(U.shape[0], self.shape[1], dtype=self.dtype, device=self.fm.device)
+        with self.fm.measuring():
+            for rows, xc in self._chunks():
+                _, pull = vjp(lambda p, xc=xc: self.fm(p, xc), self.fm.params)
+                total += self.fm.flatten(vmap(pull)(U[:, rows])[0]).detach()
+        return total.T
+
+    def _block(self, M: torch.Tensor | np.ndarray, length: int, name: str) -> torch.Tensor:
+        M = torch.as_tensor(M)
+        if M.ndim != 2 or M.shape[0] != length or M.shape[1] == 0:
+            raise DiagnosticsError(f"{name} must be a matrix with {length} rows and at least one column, "
+                                   f"got shape {tuple(M.shape)}")
+        return M.to(device=self.fm.device, dtype=self.dtype)
+
+    def _split(self, M: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split the rows of a ``(d, p)`` block into per-parameter ``(*shape, p)`` blocks."""
+        out, start = {}, 0
+        for k in self.fm.names:
+            size = self.fm.params[k].numel()
+            out[k] = M[start : start + size].reshape(*self.fm.shapes[k], M.shape[1])
+            start += size
+        return out
 
     def gram_matvec(self, v: torch.Tensor | np.ndarray) -> torch.Tensor:
         """``K v = J (Jᵀ v)`` for ``v ∈ R^{nm}`` (two passes over the data)."""

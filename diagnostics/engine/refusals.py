@@ -95,9 +95,10 @@ REFUSALS = (
     ),
     (
         ("forward ad", "forward mode ad", "forward-mode", "jvp function"),
-        "an operation without a forward-mode derivative (check_cms uses torch.func.jvp)",
-        "implement the jvp staticmethod of the custom autograd.Function, or use check_alignment / "
-        "jacobian / ntk_gram, which need reverse mode only",
+        "an operation without a forward-mode derivative (the matrix-free JacobianOperator computes J v by "
+        "torch.func.jvp)",
+        "use the dense path (check_alignment(..., path='dense'), jacobian, ntk_gram, check_cms need reverse "
+        "mode only), or implement the jvp staticmethod of the custom autograd.Function",
     ),
     (
         ("batching rule",),

@@ -1,14 +1,12 @@
-r"""Per-layer rules of the structured engine: exact derivatives from layer inputs and output cotangents.
+"""Per-layer rules of the structured engine: exact derivatives from layer inputs and output cotangents.
 
 A covered layer is written as ``z_p = W a_p + b`` over positions ``p`` (one position for a linear
 layer on ``(n, d_in)`` inputs, tokens for a linear layer on sequences, output pixels of a convolution
 with the unfolded patches as ``a_p``), or as ``z = γ ⊙ x̂ + β`` (batch norm in eval mode). With ``A``
-the patches ``(n, P, k)`` and ``G`` the output cotangents ``(n, m, P, o)``,
+the patches ``(n, P, k)`` and ``G`` the output cotangents ``(n, m, P, o)``::
 
-.. math::
-
-    \frac{\partial f_c(x_i)}{\partial W} = \sum_p G_{icp} \otimes A_{ip}, \qquad
-    K_l[(i,c),(j,c')] = \sum_{p,q} (A_{ip} \cdot A_{jq} + 1)\,(G_{icp} \cdot G_{jc'q}).
+    ∂f_c(x_i)/∂W = Σ_p G_icp ⊗ A_ip,
+    K_l[(i,c), (j,c')] = Σ_{p,q} (A_ip · A_jq + 1) (G_icp · G_jc'q)      (theory/alignment.md#the-gram-without-j).
 
 The Gram block is formed either from the per-sample gradients (``"per-sample"``: ``2(nm)²ok``
 FLOPs) or from the pairs of positions (``"positions"``: ``P(P+1)/2 · 2(nm)²o`` FLOPs, using the

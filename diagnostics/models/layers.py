@@ -47,7 +47,29 @@ OUTPUT_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 }
 
 
-class ScaledLinear(nn.Linear):
+class _Scaled:
+    """A layer whose parameters are ``N(0, 1)`` and whose output is multiplied by a constant ``c``.
+
+    The constant is a python float (neither parameter nor buffer), so the parameters stay ordinary
+    ``weight``/``bias`` tensors.
+    """
+
+    multiplier: float
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    def reset_parameters(self) -> None:
+        """Draw every parameter from ``N(0, 1)``; the multiplier carries the scale."""
+        for p in (self.weight, self.bias):
+            if p is not None:
+                nn.init.normal_(p)
+
+    def extra_repr(self) -> str:
+        """Describe the layer, multiplier included."""
+        return f"{super().extra_repr()}, multiplier={self.multiplier:.4g}"
+
+
+class ScaledLinear(_Scaled, nn.Linear):
     """Affine layer with a constant multiplier: ``y = c·(x Wᵀ + b)``, parameters ``N(0, 1)``.
 
     Parameters
@@ -64,22 +86,12 @@ class ScaledLinear(nn.Linear):
         super().__init__(in_features, out_features, bias)
         self.multiplier = float(multiplier)
 
-    def reset_parameters(self) -> None:
-        """Draw every parameter from ``N(0, 1)``; the multiplier carries the scale."""
-        for p in (self.weight, self.bias):
-            if p is not None:
-                nn.init.normal_(p)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``c·(x Wᵀ + b)``."""
         return self.multiplier * F.linear(x, self.weight, self.bias)
 
-    def extra_repr(self) -> str:
-        """Describe the layer, multiplier included."""
-        return f"{super().extra_repr()}, multiplier={self.multiplier:.4g}"
 
-
-class ScaledConv2d(nn.Conv2d):
+class ScaledConv2d(_Scaled, nn.Conv2d):
     """2-D convolution with a constant multiplier: ``y = c·(W ⋆ x + b)``, parameters ``N(0, 1)``.
 
     Takes the arguments of :class:`torch.nn.Conv2d` and the keyword ``multiplier`` (a python float).
@@ -89,19 +101,9 @@ class ScaledConv2d(nn.Conv2d):
         super().__init__(*args, **kwargs)
         self.multiplier = float(multiplier)
 
-    def reset_parameters(self) -> None:
-        """Draw every parameter from ``N(0, 1)``; the multiplier carries the scale."""
-        for p in (self.weight, self.bias):
-            if p is not None:
-                nn.init.normal_(p)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return ``c·(W ⋆ x + b)``."""
         return self.multiplier * self._conv_forward(x, self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        """Describe the layer, multiplier included."""
-        return f"{super().extra_repr()}, multiplier={self.multiplier:.4g}"
 
 
 def _multiplier(parameterization: str, fan_in: int, output: bool) -> float:

@@ -7,7 +7,7 @@ import pandas as pd
 
 import theory
 
-from .verification import verify_history
+from .verification import full_records, verify_history
 
 __all__ = ["summarize"]
 
@@ -16,33 +16,44 @@ def summarize(history: pd.DataFrame) -> str:
     """Describe a tracker history in readable lines, with the verdicts of :mod:`~diagnostics.tracking.verification`."""
     if history.empty:
         return "AlignmentTracker history: no records"
-    h = history
-    first, last = h.iloc[0], h.iloc[-1]
+    first, last = history.iloc[0], history.iloc[-1]
+    h = full_records(history)
     n, nm, d = int(last.n_samples), int(last.n_outputs), int(last.n_params)
     lines = [
-        f"AlignmentTracker history: {len(h)} records, steps {int(first.step)}..{int(last.step)}; "
+        f"AlignmentTracker history: {len(history)} records{_tiers(history)}, "
+        f"steps {int(first.step)}..{int(last.step)}; "
         f"{last.loss_name} loss; probe n={n} × m={nm // n} = {nm} rows; d={d:,} parameters; "
         f"mode={last['mode']}, {last['dtype']}",
     ]
 
-    def trend(column: str, label: str, fmt: str = ".4g") -> str:
-        values = h[column].to_numpy(dtype=float)
+    def trend(column: str, label: str, fmt: str = ".4g", frame: pd.DataFrame = h) -> str:
+        values = frame[column].to_numpy(dtype=float)
         return (f"  {label:<34} {values[0]:{fmt}} → {values[-1]:{fmt}}   "
                 f"(min {np.nanmin(values):{fmt}}, max {np.nanmax(values):{fmt}})")
 
-    lines += [
-        trend("loss", "loss"),
-        trend("grad_norm", "‖∇L‖"),
-        trend("residual", "alignment residual ‖(I−P)Q‖/‖Q‖", ".3e") + "; D1 " + _d1_counts(h),
-        trend("rank", "rank J", ".0f") + f" of min(nm, d) = {min(nm, d)}",
-        trend("lambda_max", "λ_max"),
-        trend("effective_rank", "effective rank", ".1f"),
-        trend("certificate", "certificate B"),
-        trend("kernel_movement_init", "kernel movement ‖K_t−K_0‖/‖K_0‖", ".3f"),
-        trend("param_movement", "parameter movement ‖θ_t−θ_0‖/‖θ_0‖", ".3f"),
-    ]
-    for column in [c for c in h.columns if c.startswith("cka_")]:
-        lines.append(trend(column, f"CKA to reference, {column[4:]}", ".3f"))
+    lines += [trend("loss", "loss", frame=history), trend("grad_norm", "‖∇L‖", frame=history)]
+    if h.empty:
+        lines.append("  no full record yet")
+    else:
+        lines += [
+            trend("residual", "alignment residual ‖(I−P)Q‖/‖Q‖", ".3e") + "; D1 " + _d1_counts(h),
+            trend("rank", "rank J", ".0f") + f" of min(nm, d) = {min(nm, d)}",
+            trend("lambda_max", "λ_max"),
+            trend("effective_rank", "effective rank", ".1f"),
+            trend("certificate", "certificate B"),
+            trend("kernel_movement_init", "kernel movement ‖K_t−K_0‖/‖K_0‖", ".3f"),
+        ]
+        lines += [trend(c, f"CKA to reference, {c[4:]}", ".3f") for c in h.columns if c.startswith("cka_")]
+    lines.append(trend("param_movement", "parameter movement ‖θ_t−θ_0‖/‖θ_0‖", ".3f", history))
+    if "tier" in history.columns:
+        lines += [
+            "  the cheap tier, at every record:",
+            trend("witness_residual", "witness residual ‖Q−Jν‖/‖Q‖ (≥ a)", ".3e", history)
+            + "; D1 " + _d1_counts(history[history["tier"] == "cheap"]) + " (cheap)",
+            trend("witness_certificate", "witness certificate ‖ν_r‖ (≥ B)", ".4g", history),
+            trend("kernel_alignment_sketch", "kernel-target alignment (sketch)", ".3f", history),
+            trend("kernel_movement_sketch", "kernel movement (sketch)", ".3f", history),
+        ]
     lines.append("  the paper's statements on this trajectory (theory.verdicts):")
     try:
         table = verify_history(h)
@@ -51,7 +62,7 @@ def summarize(history: pd.DataFrame) -> str:
     else:
         for statement, group in table.groupby("statement", sort=False):
             lines.append("    " + _verdict_line(statement, group))
-    seconds = h.measure_seconds.to_numpy(dtype=float)
+    seconds = history.measure_seconds.to_numpy(dtype=float)
     lines.append(f"  timing: {np.median(seconds):.3g} s per record (median), {seconds.sum():.3g} s in total")
     return "\n".join(lines)
 
@@ -81,6 +92,14 @@ def _verdict_line(statement: str, group: pd.DataFrame) -> str:
         label = "first refutation" if refuted else "least room"
         line += f"; {label} at step {int(group.step.iloc[verdicts.index(worst)])}: {worst}"
     return line
+
+
+def _tiers(history: pd.DataFrame) -> str:
+    """`` (3 full, 27 cheap)`` for a history with a cheap tier, else nothing."""
+    if "tier" not in history.columns:
+        return ""
+    counts = history["tier"].value_counts()
+    return f" ({int(counts.get('full', 0))} full, {int(counts.get('cheap', 0))} cheap)"
 
 
 def _d1_counts(h: pd.DataFrame) -> str:

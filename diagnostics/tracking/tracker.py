@@ -1,18 +1,18 @@
-r"""Per-iteration tracking of the alignment quantities during training (THEORY §3–§5).
+"""Per-iteration tracking of the alignment quantities during training (THEORY §3–§5).
 
 :class:`AlignmentTracker` attaches to any training loop with one call per step and, every
 ``every`` steps, measures on a fixed probe set everything :func:`~diagnostics.check_alignment`
 reports (loss, ``‖∇L‖``, alignment residual, rank and spectrum, certificate ``B``, the (I3)/(I4)
-bound ratio, the (I2) decomposition gap and loss floor) plus how far the representation has moved:
+bound ratio, the (I2) decomposition gap and loss floor) plus how far the representation has moved::
 
-.. math::
-
-    \Delta_K^{\mathrm{init}}(t) = \frac{\|K_t - K_0\|_F}{\|K_0\|_F}, \qquad
-    \Delta_K^{\mathrm{prev}}(t) = \frac{\|K_t - K_{t'}\|_F}{\|K_{t'}\|_F}, \qquad
-    \Delta_\theta(t) = \frac{\|\theta_t - \theta_0\|}{\|\theta_0\|},
+    Δ_K^init(t) = ‖K_t − K_0‖_F / ‖K_0‖_F,    Δ_K^prev(t) = ‖K_t − K_t'‖_F / ‖K_t'‖_F,
+    Δ_θ(t) = ‖θ_t − θ_0‖ / ‖θ_0‖,
 
 (``t'`` the previous record; THEORY §5, S4) and, for chosen modules, the linear CKA between their
 activations now and at the reference (:mod:`diagnostics.representation`).
+
+With ``full_every=``, most records are cheap ones (:mod:`~diagnostics.tracking.cheap`: a few Jacobian
+products instead of the Gram and its spectrum) and every ``full_every``-th is full.
 
 Records go to a DataFrame (:attr:`AlignmentTracker.history`) and, with ``path=``, to an append-only
 JSON-lines file that survives a crash and resumes (:mod:`diagnostics.history`).
@@ -20,11 +20,11 @@ JSON-lines file that survives a crash and resumes (:mod:`diagnostics.history`).
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,32 +33,32 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..alignment import alignment_from_gram
+from ..alignment import alignment_from_spectrum
+from ..alignment_report import AlignmentReport
 from ..engine import inputs as _inputs
 from ..engine.functional import FunctionalModel, ParamSelector
 from ..engine.measurement import Measurement
+from ..engine.operator import JacobianOperator
 from ..engine.precision import dtype_name, verdict_dtype
+from ..engine.spectral import Spectrum
 from ..errors import DiagnosticsError, renamed_argument
 from ..representation import capture_grams, cka_from_grams
-from ..store import write_torch
 from ..targets import Targets
+from . import reference as _ref
+from .cheap import CheapMeasurement, CheapTier
 from .history import History, load_history
+from .records import (
+    CHEAP_COLUMNS,
+    COLUMNS,
+    TRAILING,
+    cheap_record_columns,
+    report_columns,
+    tier_columns,
+    trailing_columns,
+)
 from .summary import summarize
 
-__all__ = ["COLUMNS", "TRAILING", "AlignmentTracker"]
-
-#: Columns of every record, in order (``cka_<module>`` columns follow ``param_movement``).
-COLUMNS = (
-    "step", "loss", "grad_norm", "residual", "aligned", "d1_status", "rank", "n_outputs", "n_params", "lambda_max",
-    "lambda_min_kept", "effective_rank", "certificate", "nu_norm", "bound", "bound_ratio", "bound_truncation",
-    "decomposition_gap", "output_residual", "loss_lower_bound", "target_loss", "horizon_residual",
-    "horizon_loss_floor", "kernel_movement_init",
-    "kernel_movement_prev", "param_movement",
-)
-#: Columns after the CKA columns: timing, then what makes a record self-describing for :mod:`.verify`.
-TRAILING = ("measure_seconds", "wall_time", "n_samples", "target_norm_sq", "residual_tol", "loss_name", "dtype",
-            "mode")
-
+__all__ = ["CHEAP_COLUMNS", "COLUMNS", "TRAILING", "AlignmentTracker"]
 
 class AlignmentTracker:
     r"""Measure the alignment quantities on a fixed probe set during training.
@@ -110,6 +110,15 @@ class AlignmentTracker:
         ``horizon_residual``, and its loss floor ``horizon_loss_floor`` (``nan`` without a horizon).
     tol
         Former name of ``rank_tol`` (deprecated).
+    full_every
+        Turn on the cheap tier: every record is a cheap one (:mod:`~diagnostics.tracking.cheap`: loss,
+        ``‖∇L‖``, an upper bound of the alignment residual and of the certificate from a few warm-started
+        Jacobian products, sketched kernel-target alignment and kernel velocity), and every
+        ``full_every``-th record (steps that are multiples of ``every · full_every``) is also a full one.
+        Records then have the columns :data:`CHEAP_COLUMNS` too (``tier`` is ``"full"`` or ``"cheap"``);
+        the full-record columns of a cheap record are ``nan``. ``None`` (default): every record is full.
+    sketch_size, cheap_iterations
+        Columns of the cheap tier's Gaussian sketch, and its reverse/forward pass pairs per record.
 
     Notes
     -----
@@ -117,7 +126,13 @@ class AlignmentTracker:
     the compute dtype on the model's device (``n = probe_size``, ``m`` outputs; e.g. 210 MB each for
     ``n = 512``, ``m = 10`` in float64), plus one copy of the measured parameters (``θ_0``) and an
     ``n × n`` Gram per ``representation`` module. A record costs one Gram (the engine's
-    ``ntk_gram``), one float64 eigen-decomposition of it and one extra forward pass.
+    ``ntk_gram``), one float64 eigen-decomposition of it and one extra forward pass. A cheap record
+    costs ``cheap_iterations`` reverse and forward passes over the probe (``2 + s`` and ``4 + s`` columns
+    in the first) and holds ``[ν_Q, ν_f]``, two parameter vectors, for the next; ``bench/bench_tracker.py``
+    measures both tiers against a training step.
+
+    Measuring never runs under autocast (it is switched off around each record) and restores the random
+    state afterwards; ``kernel_movement_prev`` compares with the previous *full* record.
 
     The loss and ``‖∇L‖`` are those of the probe set in the measurement mode (``mode="eval"``: with
     running statistics), which differ from the training loss of a mini-batch in train mode.
@@ -155,9 +170,16 @@ class AlignmentTracker:
         memory_budget: int | None = None,
         horizon: tuple[float | torch.optim.Optimizer, int] | None = None,
         tol: float | None = None,
+        full_every: int | None = None,
+        sketch_size: int = 2,
+        cheap_iterations: int = 1,
     ) -> None:
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise DiagnosticsError(f"every must be a positive integer, got {every!r}")
+        for name, value in (("every", every), ("full_every", 1 if full_every is None else full_every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise DiagnosticsError(f"{name} must be a positive integer, got {value!r}")
+        self.full_every = full_every
+        self._cheap = None if full_every is None else CheapTier(sketch_size=sketch_size, iterations=cheap_iterations,
+                                                                 seed=seed)
         self.model = model
         self.every = every
         self.loss = loss
@@ -169,7 +191,7 @@ class AlignmentTracker:
         dtype = dtype or verdict_dtype(model)
         self._measure_args = {"params": params, "mode": mode, "output": output, "dtype": dtype,
                               "strategy": strategy, "memory_budget": memory_budget}
-        self._horizon = _check_tracker_horizon(horizon)
+        self._horizon = _ref.check_horizon(horizon)
         self._rank_tol = renamed_argument(rank_tol, tol, "tol", "rank_tol")
         self._residual_tol = residual_tol
         self._x, self._y = _inputs.probe_data(probe, probe_size, seed)
@@ -178,13 +200,15 @@ class AlignmentTracker:
             "loss": loss, "mode": mode, "dtype": dtype_name(fm.dtype), "params": list(fm.names),
             "n_params": fm.n_params, "representation": list(self.representation), "every": every,
             "probe_size": probe_size, "seed": seed, "strategy": strategy,
-            "probe_sha256": _fingerprint(self._x, self._y, target), "created": time.time(),
+            "probe_sha256": _ref.fingerprint(self._x, self._y, target), "created": time.time(),
         }
+        if full_every is not None:
+            meta.update(full_every=full_every, sketch_size=sketch_size, cheap_iterations=cheap_iterations)
         self._ref_path = Path(f"{path}.ref.pt") if path is not None else None
         self._history = History(path, meta=meta, resume=resume)
         if self._history.resumed and self._ref_path.exists():
-            _check_compatible(self._history.meta, meta, path)
-            self._reference = _load_reference(self._ref_path, fm.device)
+            _ref.check_compatible(self._history.meta, meta, path)
+            self._reference = _ref.load_reference(self._ref_path, fm.device)
         elif self._history.resumed and self._history.records:
             raise DiagnosticsError(
                 f"{path} holds {len(self._history.records)} records but its reference file {self._ref_path} "
@@ -193,11 +217,17 @@ class AlignmentTracker:
         else:
             if self._history.resumed:  # a header without records: start again
                 self._history = History(path, meta=meta, resume=False)
-            _, K, theta, grams, _ = self._observe()
-            self._reference = {"K0": K, "theta0": theta, "grams": grams}
+            with self._quiet():
+                _, K, theta, grams, _ = self._observe()
+                cheap = self._measure_cheap() if self._cheap is not None else None
+            self._reference = {"K0": K, "theta0": theta, "grams": grams,
+                               "KS0": None if cheap is None else cheap.sketch}
             if self._ref_path is not None:
-                _save_reference(self._ref_path, self._reference)
+                _ref.save_reference(self._ref_path, self._reference)
         self._previous_K: torch.Tensor | None = None
+        self._previous_sketch: torch.Tensor | None = None
+        #: The report of the last full record (its spectrum and alignment curve feed the sinks).
+        self.last_report: AlignmentReport | None = None
         last = self._history.last_step
         self._next_step = 0 if last is None else last + 1
         self._bar = tqdm(desc="AlignmentTracker", unit="step", initial=self._next_step) if progress else None
@@ -247,66 +277,67 @@ class AlignmentTracker:
         return self.measure(current)
 
     def measure(self, step: int) -> dict[str, Any]:
-        """Measure now and append the record for ``step`` (which must follow the last record)."""
+        """Measure now and append the record for ``step`` (which must follow the last record).
+
+        With a cheap tier, the record is full when ``step`` is a multiple of ``every · full_every``.
+        """
         step = int(step)
         if self.last_step is not None and step <= self.last_step:
             raise DiagnosticsError(f"step {step} is not after the last recorded step {self.last_step}")
         start = time.perf_counter()
+        full = self._cheap is None or step % (self.every * self.full_every) == 0
+        with self._quiet():
+            cheap = self._measure_cheap() if self._cheap is not None else None
+            if full:
+                record = self._full_record(step)
+            else:
+                record = cheap_record_columns(step, cheap, self.representation, self.loss, self.mode)
+                record["param_movement"] = _ref.relative_distance(cheap.theta, self._reference["theta0"])
+        record.update({"measure_seconds": time.perf_counter() - start, "wall_time": time.time()})
+        if cheap is not None:
+            record.update(tier_columns(cheap, full, self._previous_sketch, self._reference.get("KS0")))
+            self._previous_sketch = cheap.sketch
+        self._history.append(record)
+        if self._bar is not None:
+            residual = record["residual"] if full else record["witness_residual"]
+            self._bar.set_postfix(loss=f"{record['loss']:.3g}", residual=f"{residual:.2e}", refresh=True)
+        return dict(self._history.records[-1])
+
+    def _full_record(self, step: int) -> dict[str, Any]:
+        """Measure the full record: the Gram, its spectrum and every quantity of the alignment report."""
         outputs, K, theta, grams, (targets, n_params, dtype) = self._observe()
-        report = alignment_from_gram(
-            outputs, targets, K, n_params=n_params, source_dtype=dtype, rank_tol=self._rank_tol,
-            residual_tol=self._residual_tol, horizon=self._horizon_at(step),
+        spectrum = Spectrum.of(K, source_dtype=dtype, rank_tol=self._rank_tol)
+        report = alignment_from_spectrum(
+            outputs, targets, spectrum, n_params=n_params, source_dtype=dtype, residual_tol=self._residual_tol,
+            horizon=self._horizon_at(step),
         )
+        self.last_report = report
         ref = self._reference
-        record: dict[str, Any] = {
-            "step": step,
-            "loss": report.loss,
-            "grad_norm": report.grad_norm,
-            "residual": report.residual,
-            "aligned": report.aligned,
-            "d1_status": report.verdict.status,
-            "rank": report.rank,
-            "n_outputs": report.n_outputs,
-            "n_params": report.n_params,
-            "lambda_max": float(report.eigenvalues[0]),
-            "lambda_min_kept": report.smallest_kept_eigenvalue,
-            "effective_rank": report.effective_rank,
-            "certificate": report.certificate,
-            "nu_norm": report.nu_norm,
-            "bound": report.bound,
-            "bound_ratio": report.bound_ratio,
-            "bound_truncation": report.verdicts[-1].details.get("truncation", 0.0),
-            "decomposition_gap": report.decomposition_gap,
-            "output_residual": report.output_residual,
-            "loss_lower_bound": report.loss_lower_bound,
-            "target_loss": report.target_loss,
-            "horizon_residual": report.horizon_residual,
-            "horizon_loss_floor": report.horizon_loss_floor,
-            "kernel_movement_init": _relative_distance(K, ref["K0"]),
+        record = {"step": step, **report_columns(report)}
+        record.update({
+            "kernel_movement_init": _ref.relative_distance(K, ref["K0"]),
             "kernel_movement_prev": math.nan if self._previous_K is None
-            else _relative_distance(K, self._previous_K),
-            "param_movement": _relative_distance(theta, ref["theta0"]),
-        }
+            else _ref.relative_distance(K, self._previous_K),
+            "param_movement": _ref.relative_distance(theta, ref["theta0"]),
+        })
         for name in self.representation:
             record[f"cka_{name}"] = cka_from_grams(grams[name], ref["grams"][name])
-        record.update({
-            "measure_seconds": time.perf_counter() - start,
-            "wall_time": time.time(),
-            "n_samples": report.n_samples,
-            "target_norm_sq": float((targets.Q**2).sum()),
-            "residual_tol": report.residual_tol,
-            "loss_name": self.loss,
-            "dtype": dtype_name(dtype),
-            "mode": self.mode,
-        })
-        self._history.append(record)
+        record.update(trailing_columns(report.n_samples, float((targets.Q**2).sum()), report.residual_tol, dtype,
+                                       self.loss, self.mode))
         self._previous_K = K
-        if self._bar is not None:
-            self._bar.set_postfix(
-                loss=f"{report.loss:.3g}", residual=f"{report.residual:.2e}",
-                dK=f"{record['kernel_movement_init']:.2f}", refresh=True,
-            )
-        return dict(self._history.records[-1])
+        if self._cheap is not None:  # warm-start the next cheap record from the least-norm ν = Jᵀ K⁺ [Q, f]
+            rhs = torch.stack([targets.Q.reshape(-1), outputs.detach().to(torch.float64).cpu().reshape(-1)], 1)
+            alpha = torch.stack([spectrum.pinv_apply(v).cpu() for v in rhs.T], dim=1)
+            self._cheap.adopt(JacobianOperator(self.model, self._x, **self._operator_args).rmatmat(alpha))
+        return record
+
+    def _measure_cheap(self) -> CheapMeasurement:
+        return self._cheap.measure(self.model, self._x, self._y, loss=self.loss, target=self.target,
+                                   residual_tol=self._residual_tol, **self._operator_args)
+
+    @property
+    def _operator_args(self) -> dict[str, Any]:
+        return {k: self._measure_args[k] for k in ("params", "mode", "output", "dtype")}
 
     def summary(self) -> str:
         """Describe the history so far in readable text (see :func:`summarize`)."""
@@ -335,78 +366,25 @@ class AlignmentTracker:
         left = total - step
         return (float(lr), left) if left > 0 and lr > 0 else None
 
-    def _observe(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict, tuple]:
-        """Measure outputs, Gram, flat measured parameters and activation Grams at the current ``θ``.
+    @contextlib.contextmanager
+    def _quiet(self) -> Iterator[None]:
+        """Measure outside autocast and restore the random state afterwards.
 
-        The random state is restored afterwards, so a model that draws random numbers in its forward
-        pass (noise layers) does not shift the training run's random stream.
+        Under mixed precision (a training step inside ``torch.autocast``) the measurement still runs in
+        its own dtype; a model that draws random numbers in its forward pass (noise layers) does not
+        shift the training run's random stream.
         """
         device = next(self.model.parameters()).device
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            with Measurement(self.model, self._x, **self._measure_args) as job:
-                targets = Targets.build(self._y, job.n, job.m, self.loss, self.target)
-                with capture_grams(job.fm.module, self.representation) as grams, torch.no_grad():
-                    outputs = job.fm(job.fm.params, job.x)
-                K = job.gram()
-                theta = job.fm.flatten(job.fm.params).detach().clone()
+            with torch.autocast(device.type, enabled=False):
+                yield
+
+    def _observe(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict, tuple]:
+        """Measure outputs, Gram, flat measured parameters and activation Grams at the current ``θ``."""
+        with Measurement(self.model, self._x, **self._measure_args) as job:
+            targets = Targets.build(self._y, job.n, job.m, self.loss, self.target)
+            with capture_grams(job.fm.module, self.representation) as grams, torch.no_grad():
+                outputs = job.fm(job.fm.params, job.x)
+            K = job.gram()
+            theta = job.fm.flatten(job.fm.params).detach().clone()
         return outputs, K, theta, grams, (targets, job.fm.n_params, job.fm.dtype)
-
-
-def _relative_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Return ``‖a − b‖ / ‖b‖`` (Frobenius for matrices) in float64; ``nan`` when ``b = 0``."""
-    a64, b64 = a.to(torch.float64), b.to(a.device, torch.float64)
-    denom = float(b64.norm())
-    return float((a64 - b64).norm()) / denom if denom > 0 else math.nan
-
-
-def _fingerprint(x: _inputs.Inputs, y: torch.Tensor, target: object) -> str:
-    """SHA-256 of the probe inputs, targets and alignment target, to refuse resuming on other data."""
-    digest = hashlib.sha256()
-    tensors = _inputs.leaves(x) + [y] + ([torch.as_tensor(target)] if target is not None else [])
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _check_compatible(old: dict, new: dict, path: object) -> None:
-    keys = ("loss", "mode", "dtype", "params", "n_params", "representation", "probe_sha256")
-    changed = [k for k in keys if old.get(k) != new.get(k)]
-    if changed:
-        detail = "; ".join(f"{k}: {old.get(k)!r} → {new.get(k)!r}" for k in changed if k != "params")
-        raise DiagnosticsError(
-            f"cannot resume {path}: it was recorded with different settings ({', '.join(changed)}"
-            f"{'; ' + detail if detail else ''}); pass resume=False or another path"
-        )
-
-
-def _save_reference(path: Path, reference: dict) -> None:
-    """Write the reference atomically: a temporary file, fsynced, then renamed over ``path``."""
-    write_torch(path, {
-        "K0": reference["K0"].cpu(), "theta0": reference["theta0"].cpu(),
-        "grams": {k: v.cpu() for k, v in reference["grams"].items()},
-    })
-
-
-def _load_reference(path: Path, device: torch.device) -> dict:
-    raw = torch.load(path, map_location=device, weights_only=True)
-    return {"K0": raw["K0"], "theta0": raw["theta0"], "grams": dict(raw["grams"])}
-
-
-def _check_tracker_horizon(horizon: object) -> tuple[float | torch.optim.Optimizer, int] | None:
-    """Validate ``(learning rate or optimiser, total steps)``."""
-    if horizon is None:
-        return None
-    try:
-        lr, steps = horizon
-    except (TypeError, ValueError) as exc:
-        raise DiagnosticsError(
-            f"horizon must be a pair (learning rate or optimiser, total steps), got {horizon!r}"
-        ) from exc
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise DiagnosticsError(f"the horizon's total steps must be a positive integer, got {steps!r}")
-    numeric = isinstance(lr, int | float) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
-    if not (numeric or isinstance(lr, torch.optim.Optimizer)):
-        raise DiagnosticsError(f"the horizon's learning rate must be a positive number or an optimiser, got {lr!r}")
-    return lr, steps

@@ -17,6 +17,9 @@ function                    statement        on each record
 ``verify_history``          all that apply   one long table
 ==========================  ===============  =====================================================
 
+Only full records are judged: the cheap records of a tracker with a cheap tier (``tier == "cheap"``)
+measure no spectrum, so the statements have nothing to rest on there (:func:`full_records`).
+
 ``‖Pr‖²`` is not stored; it is recovered from the stored parts of (I2):
 ``‖Pr‖² = 2n(L − floor − gap)`` with ``floor = (1/2n)‖(I−P)Y‖²`` and the measured ``gap``. The premises
 come from the record too: D1 from ``d1_status`` (*not established* records leave it assumed), and the
@@ -44,6 +47,7 @@ __all__ = [
     "convex_bound_verdicts",
     "necessity_verdicts",
     "counting_verdicts",
+    "full_records",
     "verify_history",
 ]
 
@@ -208,6 +212,12 @@ def _cms(row: pd.Series) -> bool | None:
     return bool(row.output_residual <= row.residual_tol)
 
 
+def full_records(history: pd.DataFrame) -> pd.DataFrame:
+    """Return the full records of a history (all of them when it has no ``tier`` column)."""
+    return history if "tier" not in history.columns else history[history["tier"] != "cheap"]
+
+
 def _per_record(history: pd.DataFrame, name: str, judge: Callable[[pd.Series], Verdict]) -> pd.Series:
+    history = full_records(history)
     verdicts = [judge(row) for _, row in history.iterrows()]
     return pd.Series(verdicts, index=np.asarray(history["step"]), name=name, dtype=object)

@@ -146,14 +146,7 @@ def build_report(
 
 def environment(**extra: Any) -> dict[str, Any]:
     """Versions, CPU and thread settings of this process, plus ``extra`` (executor, jobs, ...)."""
-    versions = {}
-    for name in _PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    from .. import __version__
-
+    versions = {name: _installed_version(name) for name in _PACKAGES}
     return {
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
@@ -165,11 +158,18 @@ def environment(**extra: Any) -> dict[str, Any]:
         "cpus_available": len(os.sched_getaffinity(0)),
         "torch_threads_driver": torch.get_num_threads(),
         "torch_threads_per_run": 1,
-        "diagnostics": __version__,
+        "diagnostics": _installed_version("alignment-diagnostics"),
         "git_commit": _git_commit(),
         "packages": versions,
         **extra,
     }
+
+
+def _installed_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def _cpu_model() -> str:

@@ -1,4 +1,4 @@
-"""The §6 application: training that keeps D1 by construction (THEORY §6, theory/application.md).
+"""The application: training that keeps D1 by construction (``theory/application.md``).
 
 Exact answers where there are some (the one-step distance identity of gradient descent in float64), and
 the guarantee checked on real trajectories: full-batch gradient descent with a small step keeps every
@@ -49,7 +49,9 @@ def test_full_batch_gd_squared_loss_keeps_every_record_under_the_bound(feature_m
     assert guarantee.records == len(hist) - 1 > 30 and guarantee.all_bounds_hold
     assert (hist.bound_ratio[1:] <= 1).all() and hist.step_ok.all()  # η‖∇_{ω,u}L‖² ≤ 4L at every step
     assert guarantee.distance.holds and (np.diff(hist.distance) <= 0).all()
-    assert guarantee.telescoping.holds
+    assert guarantee.telescoping.holds and guarantee.identity.holds
+    assert guarantee.identity.details["first_failure"] is None
+    assert hist.update_ok.all() and (hist.update_error < 1e-5).all()  # the applied update was −η∇L
     # the exact one-step identity ‖x_{k+1} − x*‖² − ‖x_k − x*‖² = −4ηL_k + η²‖∇_{ω,u}L_k‖²
     change = hist.distance_next**2 - hist.distance**2
     predicted = -4 * hist.lr * hist.loss + hist.lr**2 * hist.grad_sq
@@ -90,10 +92,47 @@ def test_the_identity_holds_whatever_the_body_does():
 def test_a_step_too_large_is_caught_by_the_discrete_condition():
     trainer = train_aligned("penultimate", "full", loss="mse", steps=10, lr=2.0)
     hist, guarantee = trainer.history(), trainer.guarantee()
-    assert guarantee.status == "theorem"  # gradient descent, but the step condition fails
+    # plain gradient steps and the identity holds, but the step condition fails: the theorem is not earned
+    assert guarantee.status == "check" and guarantee.identity.holds
+    assert any("step condition" in d and "first at step" in d for d in guarantee.departures)
     assert not hist.step_ok.all() and guarantee.step_condition_failures > 0
     increased = hist.distance_next > hist.distance
     assert (increased == ~hist.step_ok).all()  # the condition is exact for the squared loss
+    assert guarantee.distance.status == "not applicable"  # monotonicity needs the step condition
+
+
+def test_gradient_clipping_is_named_and_the_identity_refuted():
+    model, X, y = aligned_problem()
+    trainer = AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.02), train_data=(X, y),
+                              switch_step=3, full_batch=True)
+    plain = aligned_closure(trainer, X, y, "mse")
+
+    def clipped():
+        value = plain()
+        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), max_norm=0.05)
+        return value
+
+    for _ in range(12):
+        trainer.step(clipped)
+    guarantee = trainer.guarantee()
+    assert guarantee.status == "check" and guarantee.identity.refuted
+    assert any("gradient clipping" in d for d in guarantee.departures)
+    assert "CHECK ONLY" in str(guarantee) and "gradient clipping" in str(guarantee)
+
+
+def test_an_update_that_is_not_the_gradient_step_is_named_with_its_step():
+    model, X, y = aligned_problem()
+    trainer = AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.02), train_data=(X, y),
+                              switch_step=3, full_batch=True)
+    closure = aligned_closure(trainer, X, y, "mse")
+    for k in range(8):
+        trainer.step(closure)
+        if k == 5:  # something outside the optimiser moves the output layer after the step
+            with torch.no_grad():
+                trainer.model.model.head.weight.mul_(1.01)
+    guarantee = trainer.guarantee()
+    assert guarantee.status == "check"
+    assert any("differs from −η∇L at step" in d for d in guarantee.departures) or guarantee.identity.refuted
 
 
 @pytest.mark.parametrize("make,reason", [
@@ -232,7 +271,7 @@ def test_history_is_a_dataframe_with_the_documented_columns():
     hist = train_aligned("penultimate", "rank-one", steps=5).history()
     assert list(hist.columns) == ["iteration", "step", "loss", "grad_sq", "lr", "elapsed", "distance",
                                   "distance_next", "bound", "margin", "bound_ratio", "bound_holds",
-                                  "step_margin", "step_ok"]
+                                  "step_margin", "step_ok", "update_error", "update_ok"]
     assert hist.step.tolist() == list(range(len(hist))) and hist.iteration[0] == 3
     assert math.isinf(hist.bound[0]) and hist.elapsed.iloc[-1] == pytest.approx(0.02 * (len(hist) - 1))
 

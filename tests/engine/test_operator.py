@@ -36,6 +36,19 @@ def test_operator_products_match_reference(cid, mode):
     np.testing.assert_allclose(A.matvec(v.numpy()), (J @ v).numpy(), rtol=0, atol=ATOL)
     np.testing.assert_allclose(A.rmatvec(u.numpy()), (J.T @ u).numpy(), rtol=0, atol=ATOL)
     np.testing.assert_allclose(G.matvec(u.numpy()), (J @ (J.T @ u)).numpy(), rtol=0, atol=ATOL)
+    V = torch.randn(J.shape[1], 3, generator=gen, dtype=F64)
+    U = torch.randn(J.shape[0], 2, generator=gen, dtype=F64)
+    torch.testing.assert_close(op.matmat(V), J @ V, rtol=0, atol=ATOL)
+    torch.testing.assert_close(op.rmatmat(U), J.T @ U, rtol=0, atol=ATOL)
+
+
+def test_block_products_refuse_blocks_of_the_wrong_shape():
+    case = CASES[next(iter(CASES))]
+    op = JacobianOperator(case.model(), case.data(4))
+    with pytest.raises(DiagnosticsError, match="must be a matrix with"):
+        op.matmat(torch.ones(op.shape[1]))
+    with pytest.raises(DiagnosticsError, match="must be a matrix with"):
+        op.rmatmat(torch.ones(op.shape[0] + 1, 2))
 
 
 def test_operator_refuses_chunks_in_batch_mode_and_leaves_the_model_alone():

@@ -63,7 +63,8 @@ def test_tf32_is_off_while_measuring_and_the_users_switches_come_back():
 def test_every_report_states_the_precision_policy_and_tolerance():
     case = CASES["mlp"]
     model, x = case.model(torch.float32), case.data(8, torch.float32)
-    report = check_alignment(model, (x, torch.randint(0, 3, (8,))), loss="ce")
+    report = check_alignment(model, (x, torch.randint(0, 3, (8,))), loss="ce", dtype=torch.float32)
+    assert report.dtype == "float32" and not report.precision_note  # float32 decides it here: no re-measurement
     text = str(report)
     for phrase in ("TF32 off while measuring", "decomposed in float64", "λ_max · nm · eps(float32)",
                    "λ_min", "RuntimeWarning when λ_min < −rank_tol", "computed in float32"):
@@ -71,3 +72,7 @@ def test_every_report_states_the_precision_policy_and_tolerance():
     assert report.to_dict()["manifest"]["precision"] == list(report.manifest.precision)
     cms_text = str(check_cms(model, x))
     assert "Measurement manifest" in cms_text and "TF32 off while measuring" in cms_text
+    # without dtype=, the checks compute in float64 on the CPU (the model itself is never cast)
+    default = check_alignment(model, (x, torch.randint(0, 3, (8,))), loss="ce")
+    assert default.dtype == "float64" and "computed in float64 (the model itself is not cast)" in str(default)
+    assert next(model.parameters()).dtype == torch.float32

@@ -49,10 +49,16 @@ def test_gd_step_condition_hand_numbers():
 
 
 def test_gd_telescoping_hand_numbers():
-    v = theory.gd_telescoping_bound([1.0, 0.5], [2.0, 1.0], 0.1, 1.0, 1.0)
-    assert v.lhs == pytest.approx(0.57) and v.rhs == 2.0 and v.margin == pytest.approx(1.43) and v.holds
+    # Σ η(4L − η‖∇‖²) = 0.1·3.8 + 0.1·1.9 = 0.57 must equal ‖x_0 − x*‖² − ‖x_K − x*‖² = 2 − 1.43
+    v = theory.gd_telescoping_bound([1.0, 0.5], [2.0, 1.0], 0.1, 1.0, 1.0, 1.43)
+    assert v.lhs == pytest.approx(0.57) and v.rhs == pytest.approx(0.57) and v.holds
     assert v.details["gamma"] == pytest.approx(0.05)
     assert v.details["average_loss_bound"] == pytest.approx(2 / (4 * 0.95 * 0.1 * 2))
+    # the bound Σ ≤ ‖ω_τ‖² + ‖ν‖² alone would hold here; the recorded final distance refutes the identity
+    assert theory.gd_telescoping_bound([1.0, 0.5], [2.0, 1.0], 0.1, 1.0, 1.0, 1.9).refuted
+    convex = theory.gd_telescoping_bound([1.0, 0.5], [2.0, 1.0], 0.1, 1.0, 1.0, 1.8, target_loss=0.25)
+    assert convex.holds and convex.relation == "≤"  # 0.1(1.5 − 0.2) + 0.1(0.5 − 0.1) = 0.17 ≤ 2 − 1.8
+    assert theory.gd_telescoping_bound([1.0, 0.5], [2.0, 1.0], 0.1, 1.0, 1.0, 1.9, target_loss=0.25).refuted
 
 
 def test_application_gradient_flow_exact_solution(rng):
@@ -113,8 +119,10 @@ def test_application_gradient_descent_with_a_moving_body(rng):
         dists.append(math.sqrt(after))
     assert sq(ga) > 0  # the body did move
     assert theory.distance_non_increasing(dists, atol_rel=1e-12).holds
-    tele = theory.gd_telescoping_bound(losses, block_g2, eta, omega_sq, nu_sq, rtol=1e-9)
-    assert tele.holds and tele.margin == pytest.approx(dists[-1] ** 2, rel=1e-8)
+    tele = theory.gd_telescoping_bound(losses, block_g2, eta, omega_sq, nu_sq, dists[-1] ** 2, rtol=1e-9)
+    assert tele.holds and tele.rhs == pytest.approx(omega_sq + nu_sq - dists[-1] ** 2, rel=1e-12)
+    identity = theory.gd_distance_identity(np.square(dists), losses, block_g2, [eta] * len(losses))
+    assert identity.holds and identity.details["first_failure"] is None
     assert tele.details["gamma"] < 1
     assert tele.details["average_loss"] <= tele.details["average_loss_bound"]
     assert theory.application_bound(losses[-1], omega_sq, nu_sq, eta * len(losses)).holds
@@ -134,3 +142,68 @@ def test_gd_step_with_too_large_a_step_increases_the_distance(rng):
     change = sq(u - eta * g - nu) - sq(u - nu)
     assert change == pytest.approx(step.details["squared_distance_change"], rel=1e-10)
     assert change == pytest.approx(4 * eta * loss, rel=1e-10) and change > 0  # −4ηL + η·8L
+
+
+def _descent(rng, clip: float | None = None, steps: int = 60):
+    """GD on ``x = (ω, u)`` of ``f̃ = Φω + Ψu`` for the squared loss; ``clip`` rescales each gradient to that norm."""
+    n, p, q = 8, 3, 8
+    Phi, Psi = rng.standard_normal((n, p)), np.tanh(rng.standard_normal((n, q)))
+    Y = rng.standard_normal(n)
+    nu = np.linalg.solve(Psi, Y)
+    x = np.concatenate([rng.standard_normal(p), np.zeros(q)])
+    target = np.concatenate([np.zeros(p), nu])
+    A = np.hstack([Phi, Psi])
+    eta = 0.5 * n / np.linalg.eigvalsh(A @ A.T).max()
+    d2, losses, g2 = [sq(x - target)], [], []
+    for _ in range(steps):
+        r = A @ x - Y
+        g = A.T @ r / n
+        losses.append(sq(r) / (2 * n))
+        if clip is not None and np.linalg.norm(g) > clip:
+            g = g * clip / np.linalg.norm(g)
+        g2.append(sq(g))
+        x = x - eta * g
+        d2.append(sq(x - target))
+    return np.array(d2), np.array(losses), np.array(g2), eta
+
+
+def test_the_one_step_identity_holds_for_gradient_steps_and_fails_under_clipping(rng):
+    d2, losses, g2, eta = _descent(rng)
+    assert theory.gd_distance_identity(d2, losses, g2, [eta] * len(losses)).holds
+    d2, losses, g2, eta = _descent(rng, clip=0.05)  # the applied gradient is not ∇L: clipped
+    v = theory.gd_distance_identity(d2, losses, g2, [eta] * len(losses))
+    assert v.refuted and v.details["first_failure"] == 0 and v.details["max_relative_error"] > 0.1
+
+
+def test_the_convex_one_step_inequality_on_cross_entropy(rng):
+    # ℓ = cross-entropy of logits f̃ = Φω + Ψu; x* = (0, ν) with Ψν = cQ₀ (centred one-hot, scaled)
+    n, m, p = 6, 3, 4
+    labels = rng.integers(0, m, n)
+    Q0 = np.eye(m)[labels] - 1.0 / m
+    c = 3.0
+    Psi = rng.standard_normal((n, n))
+    nu = np.linalg.solve(Psi, c * Q0)  # (n, m): Ψν = cQ₀
+    Phi = rng.standard_normal((n, p))
+    W, U = rng.standard_normal((p, m)) * 0.3, np.zeros((n, m))
+
+    def loss_and_grads(W, U):
+        logits = Phi @ W + Psi @ U
+        prob = np.exp(logits - logits.max(1, keepdims=True))
+        prob /= prob.sum(1, keepdims=True)
+        loss = -np.mean(np.log(prob[np.arange(n), labels]))
+        G = (prob - np.eye(m)[labels]) / n
+        return loss, Phi.T @ G, Psi.T @ G
+
+    lq = float(np.log(1 + (m - 1) * np.exp(-c)))  # L(cQ₀) for every sample
+    eta = 0.5
+    d2, losses, g2 = [np.sum(W**2) + np.sum((U - nu) ** 2)], [], []
+    for _ in range(40):
+        loss, gW, gU = loss_and_grads(W, U)
+        losses.append(loss)
+        g2.append(np.sum(gW**2) + np.sum(gU**2))
+        W, U = W - eta * gW, U - eta * gU
+        d2.append(np.sum(W**2) + np.sum((U - nu) ** 2))
+    v = theory.gd_distance_identity(d2, losses, g2, [eta] * 40, target_loss=lq)
+    assert v.holds and v.relation == "≤"
+    # reversing the recorded distances (the iterates moving away) refutes the inequality
+    assert theory.gd_distance_identity(d2[::-1], losses, g2, [eta] * 40, target_loss=lq).refuted

@@ -12,12 +12,17 @@ import theory
 def test_cms_assessment_hand_numbers():
     ok = theory.cms_assessment(1e-9, 1e-10, 0.5, rank_fit=4, rank_union=6)
     assert ok.holds and ok.details["transfer"] == "failed (inconclusive)" and ok.lhs == 1e-9
-    bad = theory.cms_assessment(1e-9, 1e-10, 0.5, rank_fit=6, rank_union=6)
-    assert not bad.holds and bad.details["transfer"] == "failed (conclusive)" and bad.lhs == 0.5
-    assert ok.details["status"] == "established" and bad.details["status"] == "refuted"
+    bad = theory.cms_assessment(0.3, 1e-10, 0.5, rank_fit=6, rank_union=6)
+    assert bad.refuted and bad.details["transfer"] == "failed (conclusive)" and bad.lhs == 0.5
+    assert bad.details["refuted_by"].startswith("test 3")
     unknown = theory.cms_assessment(0.1, 1e-10)
-    assert not unknown.holds and unknown.details["status"] == "not established"
-    assert theory.cms_assessment(1e-9, 0.2).details["status"] == "refuted"
+    assert unknown.status == "not established" and "another R" in unknown.details["reason"]
+    refuted = theory.cms_assessment(0.4, 0.2)
+    assert refuted.refuted and refuted.details["refuted_by"].startswith("test 2")
+    # a witnessed identity and a refutation contradict each other: not established, the reason says why
+    torn = theory.cms_assessment(1e-9, 1e-10, 0.5, rank_fit=6, rank_union=6)
+    assert torn.status == "not established" and "disagree" in torn.details["reason"]
+    assert theory.cms_assessment(1e-9, 0.2).status == "not established"
     assert theory.cms_assessment(1e-9, 1e-10).details["transfer"] == "not run"
     with pytest.raises(ValueError):
         theory.cms_assessment(1e-9, 1e-10, 0.5, rank_fit=7, rank_union=6)
@@ -48,5 +53,5 @@ def test_transfer_test_is_conclusive_when_the_fit_rows_span_the_union(rng):
     P = projector(J)
     data_residual = np.linalg.norm(g - P @ g) / np.linalg.norm(g)
     assert data_residual > 0.01  # test 2 fails as well: 10 rows, rank 4
-    v = theory.cms_assessment(0.0, data_residual, err, rank_fit=4, rank_union=4)
-    assert not v.holds and v.details["transfer"] == "failed (conclusive)"
+    v = theory.cms_assessment(None, data_residual, err, rank_fit=4, rank_union=4)
+    assert v.refuted and v.details["transfer"] == "failed (conclusive)"

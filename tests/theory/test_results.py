@@ -39,16 +39,12 @@ def test_alignment_lower_bound_hand_numbers():
 
 
 def test_necessity_at_global_minimum():
-    v = theory.necessity_at_global_minimum(0.0, 0.0)
-    assert v.holds and not v.vacuous and v.margin == 1e-6
-    w = theory.necessity_at_global_minimum(0.0, 0.1, residual_tol=1e-3)
-    assert not w.holds and w.margin == pytest.approx(-0.099)
-    vac = theory.necessity_at_global_minimum(1.0, 0.9, n=2, target_norm_sq=4.0)
-    assert vac.holds and vac.vacuous and vac.margin == math.inf
-    assert vac.details["asserted"] is False and "not a global minimum" in vac.details["reason"]
-    assert vac.details["residual_upper_bound"] == 1.0  # sqrt(2·2·1/4)
-    with pytest.raises(ValueError):
-        theory.necessity_at_global_minimum(0.0, 0.0, n=2)
+    v = theory.necessity_at_global_minimum(0.0, 0.0, n=2, target_norm_sq=4.0)
+    assert v.holds and v.rhs == 0.0 and v.margin == 0.0
+    w = theory.necessity_at_global_minimum(0.0, 0.1, n=2, target_norm_sq=4.0)  # L = 0 forces a = 0
+    assert w.refuted and w.margin == pytest.approx(-0.1)
+    at = theory.necessity_at_global_minimum(1.0, 0.9, n=2, target_norm_sq=4.0)
+    assert at.holds and at.rhs == 1.0 and at.margin == pytest.approx(0.1)  # sqrt(2·2·1/4)
 
 
 # -- (I2), (I3) on a least-squares model with f = J R ------------------------------------------------
@@ -71,7 +67,7 @@ def test_decomposition_and_domination_on_a_linear_model(rng):
     assert theory.alignment_lower_bound(loss, sq(Y - P @ Y), n).holds
     grad = J.T @ r / n
     B = float(np.linalg.norm(np.linalg.pinv(J) @ r))
-    assert theory.gradient_domination(loss, np.linalg.norm(grad), B, aligned=False).vacuous
+    assert theory.gradient_domination(loss, np.linalg.norm(grad), B, aligned=False).status == "not applicable"
     # the excess loss above the floor is always gradient-dominated
     assert theory.excess_gradient_domination(sq(P @ r), n, np.linalg.norm(grad), B).holds
 
@@ -84,7 +80,7 @@ def test_decomposition_and_domination_on_a_linear_model(rng):
     floor = theory.alignment_lower_bound(loss_star, sq(Y - P @ Y), n, rtol=1e-12)
     assert floor.holds and floor.details["floor_fraction"] == pytest.approx(1.0, abs=1e-12)
     # claiming alignment here would be refuted by (I3): L > 0 = ½‖∇L‖B
-    assert not theory.gradient_domination(loss_star, g_star, 0.0, aligned=True).holds
+    assert theory.gradient_domination(loss_star, g_star, 0.0, aligned=True).refuted
 
     # aligned target Y = J ν: the identity 2L = ⟨∇L, R − ν⟩ is exact and the bound holds
     nu = rng.standard_normal(d)
@@ -120,7 +116,10 @@ def test_gradient_domination_is_tight_for_an_eigenvector_residual(rng):
 
 def test_gradient_domination_hand_numbers():
     v = theory.gradient_domination(1.0, 1.0, 1.0, aligned=True)
-    assert not v.holds and v.rhs == 0.5 and v.margin == -0.5 and v.details["bound_ratio"] == 2.0
+    assert v.refuted and v.rhs == 0.5 and v.margin == -0.5 and v.details["bound_ratio"] == 2.0
+    # the part of r discarded by the rank tolerance, ‖(I−P)r‖²/2n, is the bound's allowance
+    assert theory.gradient_domination(1.0, 1.0, 1.0, aligned=True, truncation=0.5).holds
+    assert theory.gradient_domination(1.0, 1.0, 1.0, aligned=True, truncation=0.4).refuted
     z = theory.gradient_domination(0.0, 0.0, 0.0, aligned=True)
     assert z.holds and z.margin == 0.0 and z.details["bound_ratio"] == 0.0
 
@@ -133,7 +132,10 @@ def test_convex_loss_bound_hand_numbers():
     assert v.holds and (v.lhs, v.rhs, v.margin) == (0.75, 1.0, 0.25)
     w = theory.convex_loss_bound(1.0, 0.25, 0.1, 2.0, aligned=True)
     assert not w.holds and w.margin == pytest.approx(-0.55)
-    assert theory.convex_loss_bound(1.0, 0.25, 0.1, 2.0, aligned=False).vacuous
+    assert theory.convex_loss_bound(1.0, 0.25, 0.1, 2.0, aligned=False).status == "not applicable"
+    # the truncation of the rank tolerance is added to the tolerance, and only that much
+    assert theory.convex_loss_bound(1.0, 0.25, 0.1, 2.0, aligned=True, truncation=0.56).holds
+    assert theory.convex_loss_bound(1.0, 0.25, 0.1, 2.0, aligned=True, truncation=0.54).refuted
 
 
 def test_best_convex_bound_picks_the_smallest():

@@ -90,6 +90,29 @@ def test_movements_and_parameter_subset_match_direct_computation():
     assert record["kernel_movement_init"] == pytest.approx(float((K - K0).norm() / K0.norm()), rel=1e-10)
 
 
+def test_the_horizon_follows_the_optimiser_and_the_steps_left():
+    from diagnostics import check_alignment
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+    X, Y = torch.randn(12, 4, dtype=torch.float64), torch.randn(12, 2, dtype=torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    start = check_alignment(model, (X, Y), probe_size=None, horizon=(0.05, 10))
+    tracker = AlignmentTracker(model, (X, Y), every=5, probe_size=None, horizon=(opt, 10))
+    for step in range(11):
+        tracker.step(step)
+        opt.zero_grad()
+        (((model(X) - Y) ** 2).sum() / 24).backward()
+        opt.step()
+    h = tracker.history
+    assert h.horizon_residual.iloc[0] == pytest.approx(start.horizon_residual, rel=1e-10)
+    assert h.horizon_loss_floor.iloc[0] == pytest.approx(start.horizon_loss_floor, rel=1e-10)
+    assert np.isfinite(h.horizon_residual.iloc[1]) and math.isnan(h.horizon_residual.iloc[2])  # no step left
+    assert set(h.d1_status) <= {"holds", "refuted", "not established"}
+    with pytest.raises(DiagnosticsError, match="horizon"):
+        AlignmentTracker(model, (X, Y), probe_size=None, horizon=(opt, 0))
+
+
 def test_progress_bar_and_summary(capsys):
     X, Y = _regression()
     model = _mlp()
@@ -220,7 +243,8 @@ def test_killed_run_keeps_every_finished_record_and_resumes_without_duplicates(t
         child.wait()
     killed = AlignmentTracker.load(path)
     assert len(killed) >= 5 and killed.step.tolist() == list(range(len(killed)))
-    assert killed.notna().drop(columns="kernel_movement_prev").all().all()
+    no_horizon = ["kernel_movement_prev", "horizon_residual", "horizon_loss_floor"]  # nan: no horizon given
+    assert killed.notna().drop(columns=no_horizon).all().all()
 
     stop = int(killed.step.iloc[-1]) + 6
     resumed = _tracked_run(path, stop)

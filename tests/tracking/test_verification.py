@@ -65,8 +65,9 @@ def test_gradient_descent_on_digits_follows_i2_and_i3(digits):
     assert (h.loss >= h.loss_lower_bound).all()
     assert (h.kernel_movement_init.iloc[1:] > 0).all() and (h["cka_layers.0"].iloc[1:] < 1).all()
     checks = verify_history(h)
-    assert checks.holds.all()
-    assert not checks[checks.statement == "I3"].vacuous.any()  # I3 asserted at every record
+    assert (checks.status == "holds").all()
+    assert (checks[checks.statement == "I3"].status == "holds").all()  # I3 applicable and checked at every record
+    assert checks[checks.statement == "S1"].sanity.all() and not checks[checks.statement != "S1"].sanity.any()
 
     # With the head's parameters only, P projects onto a proper subspace: (I2) is exact and not trivial.
     g = head.history
@@ -74,7 +75,7 @@ def test_gradient_descent_on_digits_follows_i2_and_i3(digits):
     assert (g.decomposition_gap.abs() < 1e-8).all()
     assert (g.loss >= g.loss_lower_bound).all() and (g.loss_lower_bound > 0.05).all()
     assert _all_hold(decomposition_verdicts(g)) and _all_hold(lower_bound_verdicts(g))
-    assert domination_verdicts(g).map(lambda v: v.vacuous).all()  # not aligned: nothing asserted
+    assert domination_verdicts(g).map(lambda v: v.status == "not applicable").all()  # D1 refuted: premise fails
 
 
 def test_fewer_parameters_than_nm_never_interpolate(digits):
@@ -89,19 +90,22 @@ def test_fewer_parameters_than_nm_never_interpolate(digits):
     assert (h.loss > h.loss_lower_bound).all() and (h.loss_lower_bound > 0).all()
     assert (h.decomposition_gap.abs() < 1e-8).all()
     counting = counting_verdicts(h)
-    assert _all_hold(counting) and all(v.details["underparameterised"] for v in counting)
-    assert verify_history(h).holds.all()
+    assert _all_hold(counting) and all(v.details["underparameterised"] and v.sanity for v in counting)
+    checks = verify_history(h)
+    assert (checks.status != "refuted").all()
+    assert (checks[checks.statement == "I3"].status == "not applicable").all()  # D1 fails: I3 asserts nothing
 
 
 def test_sigmoid_head_violates_cms_and_shows_a_decomposition_gap(digits):
     X, Y = digits.X_train, F.one_hot(digits.y_train, 10).double()
     model = _mlp(7, output_activation="sigmoid")  # d < nm, so Col J is a proper subspace
-    assert not check_cms(model, X[:40]).holds
+    cms = check_cms(model, X[:40])
+    assert cms.status == "refuted" and cms.verdict.details["refuted_by"].startswith("test 2")
     tracker = AlignmentTracker(model, (X, Y), every=5, probe_size=None)
     _full_batch_gd(model, X, Y, [tracker], steps=10, lr=0.5)
     h = tracker.history
     assert (h.decomposition_gap.abs() > 1e-6).all()
-    assert not any(v.holds for v in decomposition_verdicts(h))
+    assert all(v.refuted for v in decomposition_verdicts(h))  # the gap refutes f_X ∈ Col J at every record
 
 
 def test_cross_entropy_on_digits_reports_and_satisfies_i4(digits):
@@ -114,8 +118,8 @@ def test_cross_entropy_on_digits_reports_and_satisfies_i4(digits):
     assert np.isfinite(h[["bound", "bound_ratio", "target_loss", "certificate"]].to_numpy()).all()
     assert h.aligned.all() and (h.bound >= h.loss).all() and (h.bound_ratio <= 1).all()
     verdicts = convex_bound_verdicts(h)
-    assert _all_hold(verdicts) and not any(v.vacuous for v in verdicts)
-    assert verify_history(h).holds.all()
+    assert _all_hold(verdicts)
+    assert (verify_history(h).status == "holds").all()
     with pytest.raises(DiagnosticsError, match="'mse' loss"):
         decomposition_verdicts(h)
 
@@ -145,8 +149,8 @@ def test_resnet_with_batch_norm_tracked_in_eval_and_batch_mode():
     for h in (eval_mode.history, batch_mode.history):
         assert h.step.tolist() == [0, 4, 8]
         assert (h.kernel_movement_init.iloc[1:] > 0).all() and (h.cka_bn.iloc[1:] < 1).all()
-        assert verify_history(h).holds.all()
-        assert not any(v.vacuous for v in convex_bound_verdicts(h))
+        assert (verify_history(h).status == "holds").all()
+        assert _all_hold(convex_bound_verdicts(h))
     assert not np.allclose(eval_mode.history.loss, batch_mode.history.loss)  # running vs batch statistics
 
     # f_X = W h_X + b with batch statistics too, so (I2) is exact for the batch Jacobian of the head.

@@ -1,0 +1,102 @@
+"""Which number predicts where full-batch gradient descent's loss levels off: the exact D1 floor or the horizon floor?
+
+On the digits (``n`` training images, one-hot targets, the squared loss ``(1/2n)‖f − Y‖²``), a one-hidden-layer
+tanh MLP is trained by full-batch gradient descent at step ``η`` for ``T`` steps, for several widths. For each
+run the table gives the measured final loss and three predictions of it:
+
+- the exact D1 floor ``(1/2n)‖(I − P)Y‖²`` of the final kernel (the loss no training of the coefficients can
+  remove at that Jacobian; ``theory/results.md#alignment-lower-bound``),
+- the horizon floor ``(1/2n)‖(I − P_T)Y‖²`` of the *initial* kernel: the part of ``Y`` in eigen-directions that
+  gradient descent with step ``η`` cannot fit in ``T`` steps (``ηλT/n < 1``; ``theory/alignment.md``), and
+- the same horizon floor of the *final* kernel.
+
+The gap between the two horizon predictions is the representation learning the paper is about: the kernel
+moved towards the target.
+
+    python -m bench.horizon --output horizon.md      # a few minutes on 2 CPU cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from diagnostics import check_alignment
+from diagnostics.data import load_dataset
+from diagnostics.models import build_model
+
+
+def run(width: int, n: int, lr: float, steps: int, seed: int) -> dict:
+    """Train one width and measure the predictions at the start and the end."""
+    data = load_dataset("digits", n_train=n, seed=seed, flatten=True)
+    X, y = data.X_train, data.y_train
+    Y = F.one_hot(y, 10).to(X.dtype)
+    model = build_model("mlp", width, input_shape=(X.shape[1],), n_out=10, seed=seed, depth=1, activation="tanh")
+    horizon = (lr, steps)
+    start = check_alignment(model, (X, Y), probe_size=None, horizon=horizon)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = 0.5 * ((model(X) - Y) ** 2).sum() / n
+        loss.backward()
+        optimizer.step()
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"width {width}: gradient descent at η = {lr} diverged")
+    end = check_alignment(model, (X, Y), probe_size=None, horizon=horizon)
+    return {
+        "width": width, "d": sum(p.numel() for p in model.parameters()), "final_loss": end.loss,
+        "d1": end.verdict.status, "exact_floor": end.loss_lower_bound, "residual": end.residual,
+        "horizon_initial": start.horizon_loss_floor, "horizon_final": end.horizon_loss_floor,
+        "initial_loss": start.loss,
+    }
+
+
+def table(rows: list[dict], n: int, lr: float, steps: int) -> str:
+    """The markdown table, with how far each prediction is from the measured final loss (× the loss)."""
+    lines = [
+        f"n = {n} digits, m = 10 outputs (n·m = {10 * n}), tanh MLP with one hidden layer, full-batch GD, "
+        f"η = {lr}, T = {steps} steps, float64 measurements:",
+        "",
+        "| width | d | final loss | D1 (final kernel) | exact floor | horizon floor, initial kernel | "
+        "horizon floor, final kernel |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['width']} | {r['d']:,} | {r['final_loss']:.4f} | {r['d1']} | {r['exact_floor']:.2e} | "
+            f"{r['horizon_initial']:.4f} ({r['horizon_initial'] / r['final_loss']:.2f}×) | "
+            f"{r['horizon_final']:.4f} ({r['horizon_final'] / r['final_loss']:.2f}×) |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the widths, print the table (and write it to ``--output``)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64, 128, 256])
+    parser.add_argument("--n", type=int, default=150)
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+    torch.manual_seed(args.seed)
+    begin = time.perf_counter()
+    rows = []
+    for width in args.widths:
+        rows.append(run(width, args.n, args.lr, args.steps, args.seed))
+        print(f"width {width}: final loss {rows[-1]['final_loss']:.4f} ({time.perf_counter() - begin:.0f} s)",
+              flush=True)
+    text = table(rows, args.n, args.lr, args.steps) + f"\n\n({time.perf_counter() - begin:.0f} s)\n"
+    print(text)
+    if args.output:
+        args.output.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

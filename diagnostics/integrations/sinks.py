@@ -1,0 +1,193 @@
+"""Where tracker records go besides the tracker's own history: TensorBoard, MLflow, Weights & Biases, JSON lines.
+
+A :class:`Sink` receives every record (:class:`~diagnostics.tracking.AlignmentTracker` columns) and, for
+full records, the alignment report with the spectrum of ``K``. Each writes
+
+- the numeric columns as scalars ``alignment/<column>`` at the record's step (``aligned`` as 1/0; text
+  columns such as ``d1_status`` and ``tier`` where the backend takes text, else left out);
+- for full records, the spectrum as a histogram of ``log10 λ`` and the alignment curve
+  ``a(λ_k) = ‖(I − P_{≥λ_k})Q‖/‖Q‖`` as a figure (``theory/alignment.md``), where the backend supports them.
+
+The tracker's own JSON-lines history (``path=``) is always written; :class:`JsonLinesSink` writes the
+same records to another history file. Sinks built around a logger that a trainer owns never close it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..alignment_report import AlignmentReport
+from ..tracking.history import History
+from ._optional import require
+
+__all__ = ["JsonLinesSink", "MLflowSink", "Sink", "TensorBoardSink", "WandbSink", "alignment_figure", "scalars"]
+
+PREFIX = "alignment"
+#: Columns that are not measurements (the step is the x-axis).
+NOT_LOGGED = ("step", "wall_time")
+
+
+class Sink(ABC):
+    """A writer of tracker records; :meth:`write` is called once per record, in step order."""
+
+    @abstractmethod
+    def write(self, record: Mapping[str, Any], report: AlignmentReport | None = None) -> None:
+        """Write one record; ``report`` is the full record's alignment report (``None`` for cheap records)."""
+
+    def close(self) -> None:  # noqa: B027 (most sinks have nothing to release)
+        """Flush and release what this sink opened itself."""
+
+
+def scalars(record: Mapping[str, Any], prefix: str = PREFIX) -> dict[str, float]:
+    """Return the finite numeric columns of ``record`` as ``{prefix/column: value}`` (booleans as 1/0)."""
+    out = {}
+    for key, value in record.items():
+        if key in NOT_LOGGED or isinstance(value, str) or value is None:
+            continue
+        value = float(value)
+        if math.isfinite(value):
+            out[f"{prefix}/{key}"] = value
+    return out
+
+
+def alignment_figure(report: AlignmentReport) -> Figure:
+    """Plot the alignment curve ``a(λ_k)`` against ``λ_k`` (log-log), with the residual tolerance."""
+    lam = np.asarray(report.eigenvalues, dtype=float)
+    curve = np.asarray(report.alignment_curve, dtype=float)
+    keep = (lam > 0) & (curve > 0)
+    fig = Figure(figsize=(4.5, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.loglog(lam[keep], curve[keep], marker=".", markersize=3, linewidth=1)
+    ax.axhline(report.residual_tol, color="grey", linestyle=":", label=f"residual_tol {report.residual_tol:.1e}")
+    ax.invert_xaxis()
+    ax.set_xlabel("eigenvalue λ_k of K (directions kept: λ ≥ λ_k)")
+    ax.set_ylabel("a(λ_k) = ‖(I − P≥λ_k) Q‖ / ‖Q‖")
+    ax.set_title(f"D1 {report.verdict.status}: a = {report.residual:.2e}", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def _pixels(fig: Figure) -> np.ndarray:
+    """Render ``fig`` to an ``(h, w, 3)`` uint8 array (no pyplot involved)."""
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _log_eigenvalues(report: AlignmentReport) -> np.ndarray:
+    lam = np.asarray(report.eigenvalues, dtype=float)
+    return np.log10(lam[lam > 0])
+
+
+class TensorBoardSink(Sink):
+    """Scalars, a ``log10 λ`` histogram and the alignment-curve figure in TensorBoard event files.
+
+    Parameters
+    ----------
+    writer
+        A ``torch.utils.tensorboard.SummaryWriter`` (e.g. a trainer's, left open), or a log directory for
+        a writer this sink opens and closes.
+    """
+
+    def __init__(self, writer: object) -> None:
+        tensorboard = require("torch.utils.tensorboard", "tensorboard")
+        self._owned = isinstance(writer, str | os.PathLike)
+        self.writer = tensorboard.SummaryWriter(log_dir=os.fspath(writer)) if self._owned else writer
+
+    def write(self, record: Mapping[str, Any], report: AlignmentReport | None = None) -> None:
+        """Write one record as scalars (and, for a full record, the histogram and the figure)."""
+        step = int(record["step"])
+        for tag, value in scalars(record).items():
+            self.writer.add_scalar(tag, value, step)
+        if report is not None:
+            self.writer.add_histogram(f"{PREFIX}/log10_eigenvalues", _log_eigenvalues(report), step)
+            self.writer.add_figure(f"{PREFIX}/alignment_curve", alignment_figure(report), step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Close the writer if this sink opened it."""
+        if self._owned:
+            self.writer.close()
+
+
+class MLflowSink(Sink):
+    """Metrics in an MLflow run; for full records the spectrum and curve as a JSON artifact and a figure.
+
+    Parameters
+    ----------
+    client
+        An ``mlflow.tracking.MlflowClient`` (e.g. a trainer's), or a tracking URI (``"file:./mlruns"``,
+        ``"sqlite:///mlflow.db"``) for a client of this sink's own.
+    run_id
+        The run to log to.
+    """
+
+    def __init__(self, client: object, run_id: str) -> None:
+        tracking = require("mlflow.tracking", "mlflow")
+        self.client = tracking.MlflowClient(client) if isinstance(client, str) else client
+        self.run_id = run_id
+        self._metric = require("mlflow.entities", "mlflow").Metric
+
+    def write(self, record: Mapping[str, Any], report: AlignmentReport | None = None) -> None:
+        """Write one record as metrics (and, for a full record, the spectrum artifacts)."""
+        step = int(record["step"])
+        stamp = int(1000 * float(record.get("wall_time", 0.0)))
+        metrics = [self._metric(tag, value, stamp, step) for tag, value in scalars(record).items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+        if report is not None:
+            spectrum = {"step": step, "eigenvalues": np.asarray(report.eigenvalues).tolist(),
+                        "alignment_curve": np.asarray(report.alignment_curve).tolist()}
+            self.client.log_dict(self.run_id, spectrum, f"{PREFIX}/spectrum-{step:08d}.json")
+            self.client.log_figure(self.run_id, alignment_figure(report), f"{PREFIX}/alignment-curve-{step:08d}.png")
+
+
+class WandbSink(Sink):
+    """Metrics against their own x-axis ``alignment/step`` in a W&B run, with a histogram and a figure.
+
+    Parameters
+    ----------
+    run
+        A ``wandb`` run (``wandb.init(...)``, a trainer's ``logger.experiment``, or ``wandb.run``); offline
+        runs (``mode="offline"``) work without an account.
+    """
+
+    def __init__(self, run: object) -> None:
+        self._wandb = require("wandb", "wandb")
+        self.run = run
+        run.define_metric(f"{PREFIX}/*", step_metric=f"{PREFIX}/step")
+
+    def write(self, record: Mapping[str, Any], report: AlignmentReport | None = None) -> None:
+        """Write one record (and, for a full record, the histogram and the figure)."""
+        row: dict[str, Any] = {f"{PREFIX}/step": int(record["step"]), **scalars(record)}
+        row.update({f"{PREFIX}/{k}": record[k] for k in ("d1_status", "tier") if isinstance(record.get(k), str)})
+        if report is not None:
+            row[f"{PREFIX}/log10_eigenvalues"] = self._wandb.Histogram(_log_eigenvalues(report))
+            row[f"{PREFIX}/alignment_curve"] = self._wandb.Image(_pixels(alignment_figure(report)))
+        self.run.log(row)
+
+
+class JsonLinesSink(Sink):
+    """The records in a history file of their own (read it with :func:`~diagnostics.tracking.load_history`).
+
+    Parameters
+    ----------
+    path
+        The JSON-lines file; an existing one is continued (records must follow its last step).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.history = History(path, meta={"written_by": "JsonLinesSink"}, resume=True)
+
+    def write(self, record: Mapping[str, Any], report: AlignmentReport | None = None) -> None:
+        """Append the record (after the last step of the file)."""
+        last = self.history.last_step
+        if last is None or int(record["step"]) > last:
+            self.history.append(record)
