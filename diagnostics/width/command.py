@@ -72,7 +72,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="dtype of the measurements (default float64: B and D1 near d = n·m need it)")
     runs.add_argument("--full", action="store_true",
                       help="the full configuration of docs/width.md: five seeds, five or more widths above d = n·m "
-                           "per family, more records (about an hour on two cores)")
+                           "per family; given the default's folder (-o) it reuses its runs")
     runs.add_argument("--lr-sweep", action="store_true",
                       help="also train every run at every lr0 of the grid (lr_grid in --config) and add the "
                            "learning-rate transfer plot and the settings chosen by the rule of docs/width.md")

@@ -280,7 +280,8 @@ FIGURES: list[tuple[str, str, Callable[[SweepResult], Figure], str]] = [
      f"{FLOOR:g}, predictions above 10³ (diverging linearised dynamics) at 10³."),
     ("representation_gain", "Gain of representation learning", representation_gain,
      "L_lin(T)/L_T: the loss the initial kernel's linearised dynamics reach in the same steps over the loss "
-     "reached; 1 (black line) means the kernel's own learning added nothing. Mean ± sd over seeds."),
+     "reached; 1 (black line) means the kernel's own learning added nothing. Mean ± sd over the seeds whose "
+     "linearised dynamics converge (L_lin(T) ≤ L_0; runs with ηλ_max(K_0)/n > 2 in a direction of r_0 diverge)."),
     ("coordinate_check", "Coordinate check: layer outputs against width at steps 0–3", coordinate_check,
      "Mean |z_t| of every layer's output (rows 1 and 3) and mean |z_t − z_0| (rows 2 and 4) in the training "
      "forward pass of steps t = 0…3, against width, per parameterisation; flat in width when the "

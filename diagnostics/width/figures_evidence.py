@@ -81,6 +81,7 @@ def kernel_dynamics(sweep: SweepResult) -> Figure:
             sns.lineplot(data=sub, x="step", y=column, hue="width", palette="viridis", hue_norm=norm, errorbar=None,
                          marker="o", markersize=3, ax=ax, legend="full" if i == 0 and j == len(pairs) - 1 else False)
             ax.set_xscale("symlog", linthresh=1)
+            ax.set_xlim(left=0)
             if column != "kernel_target_alignment":
                 ax.set_yscale("log")
             ax.set_title(panel_title(family, param) if i == 0 else "")

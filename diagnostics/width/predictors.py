@@ -15,7 +15,8 @@ Each run of a sweep carries five numbers that speak of its final loss ``L_T`` (:
 A predictor's *error* on a run is ``|log₁₀(L_T / prediction)|`` (decades; ``inf`` for a prediction of 0 when
 ``L_T > 0``); per family, parameterisation and side of the counting threshold the best predictor is the one
 with the smallest median error. The *gain* of representation learning is ``L_lin(T)/L_T``: how many times lower
-the loss is than the kernel the run started with would have reached.
+the loss is than the kernel the run started with would have reached; it is defined only where those linearised
+dynamics converge (:func:`linearised_converged`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
-__all__ = ["PREDICTORS", "best_predictors", "gain_table", "predictor_errors", "predictor_findings"]
+__all__ = ["PREDICTORS", "best_predictors", "gain_table", "linearised_converged", "predictor_errors",
+           "predictor_findings"]
 
 #: Column of the runs table → the predictor in words.
 PREDICTORS: dict[str, str] = {
@@ -94,11 +96,27 @@ def best_predictors(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def linearised_converged(runs: pd.DataFrame) -> pd.Series:
+    """Whether the dynamics linearised at ``K_0`` end no higher than they start, ``L_lin(T) ≤ L_0``, per run.
+
+    They diverge when ``ηλ_k/n > 2`` in a direction that carries part of ``r_0`` (the run then starts beyond the
+    edge of stability of its initial kernel); their loss, and a gain measured against it, say nothing there.
+    """
+    return runs["linearised_loss"] <= runs["init_loss"]
+
+
 def gain_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Tabulate the gain ``L_lin(T)/L_T`` per family, parameterisation and width (geometric mean over seeds)."""
-    data = runs.assign(log_gain=np.log(runs["linearised_loss"] / runs["final_loss"]))
+    """Tabulate the gain ``L_lin(T)/L_T`` per family, parameterisation and width (geometric mean over seeds).
+
+    Runs whose linearised dynamics diverge (:func:`linearised_converged`) are left out of the mean and counted in
+    ``diverged``; ``gain`` is ``nan`` where every seed diverged.
+    """
+    converged = linearised_converged(runs)
+    data = runs.assign(log_gain=np.log(runs["linearised_loss"] / runs["final_loss"]).where(converged),
+                       diverged=~converged)
     table = data.groupby(["family", "parameterization", "width"], as_index=False).agg(
-        log_gain=("log_gain", "mean"), n_params=("n_params", "first"), n_outputs=("n_outputs", "first"))
+        log_gain=("log_gain", "mean"), diverged=("diverged", "sum"), n_params=("n_params", "first"),
+        n_outputs=("n_outputs", "first"))
     return table.assign(gain=np.exp(table["log_gain"])).drop(columns="log_gain")
 
 
@@ -124,7 +142,7 @@ def _predictor_findings(runs: pd.DataFrame) -> Iterator[str]:
             parts.append(text)
         yield f"*{family}/{param}*: " + "; ".join(parts) + "."
     gains = gain_table(runs)
-    over = gains[gains["n_params"] >= gains["n_outputs"]]
+    over = gains[(gains["n_params"] >= gains["n_outputs"]) & gains["gain"].notna()]
     if over.empty:
         return
     parts = []
@@ -132,6 +150,9 @@ def _predictor_findings(runs: pd.DataFrame) -> Iterator[str]:
         group = group.sort_values("width")
         parts.append(f"{family}/{param} {_fmt(group['gain'].iloc[0])} at width {group['width'].iloc[0]} → "
                      f"{_fmt(group['gain'].iloc[-1])} at width {group['width'].iloc[-1]}")
+    diverged = int(gains.loc[gains["n_params"] >= gains["n_outputs"], "diverged"].sum())
+    left_out = (f" ({diverged} runs whose linearised dynamics diverge, ηλ_max(K_0)/n > 2, are left out)"
+                if diverged else "")
     yield ("**Gain of representation learning** L_lin(T)/L_T (the loss of the dynamics linearised at K_0 over "
-           "the loss reached; 1 means the kernel's own learning added nothing), over the widths with d ≥ n·m: "
-           + "; ".join(parts) + ".")
+           "the loss reached; 1 means the kernel's own learning added nothing), over the widths with d ≥ n·m"
+           + left_out + ": " + "; ".join(parts) + ".")

@@ -208,7 +208,7 @@ TRADED = (
     "256 (MLP) and 64 (CNN) with three or four of them above the counting threshold, and {records} log-spaced "
     "records per run. The slopes of S4 then rest on three seeds and a width range of 8 (MLP) or 4 (CNN), so "
     "their bootstrap intervals are wide; `--full` (docs/width.md) has five seeds, five or more widths above the "
-    "threshold per family and more records."
+    "threshold per family, and reuses the default's runs when written to the same folder."
 )
 
 
@@ -320,7 +320,9 @@ def _summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         "residual": means["final_residual"],
         "loss": means["final_loss"],
         "(I2) floor": means["final_loss_lower_bound"],
+        "horizon residual K_0": means["init_horizon_residual"],
         "horizon floor K_0": means["init_horizon_loss_floor"],
+        "horizon floor K_T": means["final_horizon_floor"],
         "linearised": means["linearised_loss"],
         "B̄": means["certificate_bar"],
         "‖ν‖": means["init_nu_norm"],

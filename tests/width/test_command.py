@@ -8,7 +8,7 @@ import pytest
 
 from diagnostics import cli
 from diagnostics.width import command as width_command
-from diagnostics.width.config import FULL
+from diagnostics.width.config import FULL, SweepConfig
 
 
 def parse(*argv: str):
@@ -47,4 +47,4 @@ def test_options_build_the_config(tmp_path):
     assert from_file.base_lr("cnn", "mf") == 5.0 and from_file.base_lr("cnn", "ntk") == 3.0  # the file's pair stays
     full = parse("--full", "--seeds", "0")
     assert full.widths == {k: tuple(v) for k, v in FULL["widths"].items()} and full.seeds == (0,)
-    assert full.records == FULL["records"]
+    assert full.records == SweepConfig().records  # the default's records: the full run reuses the default's runs

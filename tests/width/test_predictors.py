@@ -16,7 +16,7 @@ def runs_table() -> pd.DataFrame:
         for seed, loss in ((0, 0.1), (1, 0.4)):
             rows.append({
                 "family": "mlp", "parameterization": "ntk", "width": width, "seed": seed, "n_params": d,
-                "n_outputs": 100, "final_loss": loss,
+                "n_outputs": 100, "final_loss": loss, "init_loss": 1e4,
                 "final_loss_lower_bound": loss / 2 if d < 100 else 0.0,  # below: off by a factor 2; above: 0
                 "init_horizon_loss_floor": loss * 10,  # one decade off everywhere
                 "final_horizon_floor": loss / 1.1 if d >= 100 else loss * 100,
@@ -52,3 +52,14 @@ def test_gain_is_the_geometric_mean_over_seeds():
     gains = gain_table(runs).set_index("width")
     assert gains.loc[64, "gain"] == pytest.approx(2.0) and gains.loc[4, "gain"] == pytest.approx(2000.0)
     assert "mlp/ntk 2 at width 64 → 2 at width 64" in " ".join(predictor_findings(runs))
+
+
+def test_gain_leaves_out_diverged_linearised_dynamics():
+    runs = runs_table()
+    runs.loc[(runs["width"] == 64) & (runs["seed"] == 1), "linearised_loss"] = 2e4  # above L_0 = 1e4
+    gains = gain_table(runs).set_index("width")
+    assert gains.loc[64, "gain"] == pytest.approx(1.0) and gains.loc[64, "diverged"] == 1  # seed 0 alone
+    assert "(1 runs whose linearised dynamics diverge" in " ".join(predictor_findings(runs))
+    runs.loc[runs["width"] == 64, "linearised_loss"] = math.inf
+    assert math.isnan(gain_table(runs).set_index("width").loc[64, "gain"])
+    assert not any(s.startswith("**Gain") for s in predictor_findings(runs))  # no width above with a gain
