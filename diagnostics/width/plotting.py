@@ -77,7 +77,9 @@ def threshold_line(ax: Axes, width: float | None, label: bool = True) -> None:
 
 
 def width_lines(ax: Axes, data: pd.DataFrame, y: str, legend: bool, **kwargs) -> None:
-    """Draw ``y`` against width, one line per parameterisation: mean over seeds, band ± one sd."""
+    """Draw ``y`` against width, one line per parameterisation: mean over seeds, band ± one sd (nothing if empty)."""
+    if data.empty:
+        return
     hue_order = [p for p in PALETTE if p in set(data["parameterisation"])]
     sns.lineplot(
         data=data, x="width", y=y, hue="parameterisation", hue_order=hue_order, palette=PALETTE,
