@@ -168,7 +168,7 @@ def train_aligned(feature_map, coefficients, loss="mse", steps=40, lr=0.02, case
 def tiny(**overrides) -> SweepConfig:
     """A tiny sweep: n·m = 240; MLP widths 2 (d = 160) below the counting threshold, 8 and 32 above it."""
     values = dict(families=("mlp",), widths={"mlp": (2, 8, 32)}, seeds=(0, 1), n_train=24, n_test=50, steps=4,
-                  every=2)
+                  records=2)
     return SweepConfig(**{**values, **overrides})
 
 

@@ -243,6 +243,11 @@ class AlignmentTracker:
         """Step of the last record, or ``None``: after a resume, continue training from here."""
         return self._history.last_step
 
+    @property
+    def gram(self) -> torch.Tensor | None:
+        """The Gram ``K`` of the last record (compute dtype, model's device), or ``None`` before the first."""
+        return self._previous_K
+
     @staticmethod
     def load(path: str | os.PathLike[str]) -> pd.DataFrame:
         """Load the finished records of a history file (a torn last line is ignored)."""

@@ -1,4 +1,4 @@
-"""What a width sweep shows, computed from its tables (theory/width.md).
+"""What a width sweep shows, computed from its tables (``theory/width.md``, S1–S4).
 
 Pure functions of the :class:`~diagnostics.width.sweep.SweepResult` tables, shared by the figures and
 the report: the counting threshold ``d = n·m`` in units of width (S1), the log-log slopes of the
@@ -14,20 +14,28 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
+from theory.verdict import STATUSES
 from theory.verdicts import kernel_movement_trend
+
+from ..tracking.verification import verify_history
+from .sweep import SweepResult
 
 __all__ = [
     "EXPECTED_TREND",
     "counting_threshold",
     "findings",
     "movement_slopes",
+    "record_verdicts",
     "seed_means",
+    "status_counts",
 ]
 
 #: S4 expectation per parameterisation: the NTK (and the standard one, whose step shrinks like
 #: ``1/width``) is lazy, mean-field is rich.
 EXPECTED_TREND = {"ntk": "decreasing", "standard": "decreasing", "mf": "order-one"}
 GROUP = ["family", "parameterization", "width"]
+#: Coverage of the bootstrap intervals of the fitted slopes.
+LEVEL = 0.9
 
 
 def seed_means(runs: pd.DataFrame) -> pd.DataFrame:
@@ -62,18 +70,19 @@ def _overparameterised_widths(group: pd.DataFrame) -> pd.DataFrame:
 
 
 def movement_slopes(runs: pd.DataFrame, column: str = "final_kernel_movement_init") -> pd.DataFrame:
-    """Fitted log-log slope of a movement against width, per family and parameterisation (S4).
+    """Fit the log-log slope of a movement against width, its interval and S4 verdict, per family and parameterisation.
 
-    The fit (:func:`theory.verdicts.kernel_movement_trend`, every seed a point) uses the
-    over-parameterised widths (``d ≥ n·m``) when there are two or more, else all widths; its
-    verdict expects ``"decreasing"`` for NTK and ``"order-one"`` for mean-field.
+    The fit (:func:`theory.verdicts.kernel_movement_trend`, every run a point) uses the over-parameterised
+    widths (``d ≥ n·m``) when there are two or more, else all widths; its interval is a bootstrap over
+    seeds (whole seeds resampled) at level :data:`LEVEL`, and its verdict expects ``"decreasing"`` for NTK and
+    ``"order-one"`` for mean-field: *not established* when the interval allows both.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``family``, ``parameterization``, ``slope``, ``intercept`` (of ``log Δ`` against
-        ``log width``), ``expect``, ``holds``, ``widths`` (the fitted widths, as text), ``verdict``
-        (the verdict's sentence).
+        Columns ``family``, ``parameterization``, ``slope``, ``low``, ``high`` (the interval), ``intercept``
+        (of ``log Δ`` against ``log width``), ``expect``, ``status`` (the verdict's word), ``widths`` (the
+        fitted widths, as text), ``seeds`` (their number), ``verdict`` (the verdict's sentence).
     """
     rows = []
     for (family, param), group in runs.groupby(["family", "parameterization"]):
@@ -81,18 +90,24 @@ def movement_slopes(runs: pd.DataFrame, column: str = "final_kernel_movement_ini
         fit = fit[fit[column] > 0]
         if fit["width"].nunique() < 2 or param not in EXPECTED_TREND:
             continue
-        verdict = kernel_movement_trend(fit["width"], fit[column], expect=EXPECTED_TREND[param])
+        verdict = kernel_movement_trend(fit["width"], fit[column], expect=EXPECTED_TREND[param],
+                                        groups=fit["seed"], level=LEVEL)
+        low, high = verdict.details["interval"] or (math.nan, math.nan)
         rows.append({
             "family": family,
             "parameterization": param,
             "slope": verdict.details["slope"],
+            "low": low,
+            "high": high,
             "intercept": verdict.details["intercept"],
             "expect": EXPECTED_TREND[param],
-            "holds": bool(verdict.holds),
+            "status": verdict.status,
             "widths": ", ".join(str(w) for w in sorted(fit["width"].unique())),
+            "seeds": int(fit["seed"].nunique()),
             "verdict": str(verdict),
         })
-    columns = ["family", "parameterization", "slope", "intercept", "expect", "holds", "widths", "verdict"]
+    columns = ["family", "parameterization", "slope", "low", "high", "intercept", "expect", "status", "widths",
+               "seeds", "verdict"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -100,26 +115,54 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
-def findings(runs: pd.DataFrame, records: pd.DataFrame, missing: pd.DataFrame) -> list[str]:
-    """Sentences stating what the sweep shows, each number computed from the tables.
+def findings(sweep: SweepResult) -> list[str]:
+    """Sentences stating what the sweep shows, each number computed from its tables.
 
-    Parameters
-    ----------
-    runs, records, missing
-        The tables of :class:`~diagnostics.width.sweep.SweepResult`.
+    Every pass/fail word is a :mod:`theory` verdict: D1 and (I2)/(I3) at every record
+    (:func:`~diagnostics.tracking.verification.verify_history`), the gradient-descent rate per run and the S4
+    slopes with their intervals.
 
     Returns
     -------
     list of str
-        Markdown sentences: S1 (counting), (I2) (the loss never below its floor), (I3) (bound ratio
-        on aligned records), S4 (lazy versus rich) and the test metric, per family.
+        Markdown sentences: S1 (counting), the verdicts on the records, the rate, S4 (lazy versus rich), the
+        test metric, and the missing runs.
     """
-    if runs.empty:
+    if sweep.runs.empty:
         return ["No run finished: there is nothing to report yet."]
-    return list(_findings(runs, records, missing))
+    return list(_findings(sweep))
 
 
-def _findings(runs: pd.DataFrame, records: pd.DataFrame, missing: pd.DataFrame) -> Iterator[str]:
+def record_verdicts(records: pd.DataFrame) -> pd.DataFrame:
+    """Every statement of :func:`~diagnostics.tracking.verification.verify_history` at every record of every run.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``run_id``, ``family``, ``parameterization``, ``width``, ``step``, ``statement``, ``status``,
+        ``sanity``; D1 itself appears as statement ``"D1"`` with the record's ``d1_status``.
+    """
+    frames = []
+    keys = ["run_id", "family", "parameterization", "width"]
+    for key, history in records.groupby(keys, sort=False):
+        history = history.sort_values("step").reset_index(drop=True)
+        table = verify_history(history).drop(columns=["verdict", "lhs", "rhs", "margin", "tolerance"])
+        d1 = pd.DataFrame({"step": history["step"], "statement": "D1", "status": history["d1_status"],
+                           "sanity": False})
+        frames.append(pd.concat([d1, table], ignore_index=True).assign(**dict(zip(keys, key, strict=True))))
+    columns = [*keys, "step", "statement", "status", "sanity"]
+    return pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
+
+
+def status_counts(statuses: pd.Series) -> str:
+    """Count the verdict words, e.g. ``"holds at 40, not applicable at 8 of 48"``."""
+    counts = statuses.value_counts()
+    parts = [f"{status} at {counts[status]}" for status in STATUSES if status in counts]
+    return f"{', '.join(parts)} of {len(statuses)}"
+
+
+def _findings(sweep: SweepResult) -> Iterator[str]:
+    runs, records, missing = sweep.runs, sweep.records, sweep.missing
     means = seed_means(runs)
     thresholds = counting_threshold(runs)
     nm = int(runs["n_outputs"].iloc[0])
@@ -137,8 +180,8 @@ def _findings(runs: pd.DataFrame, records: pd.DataFrame, missing: pd.DataFrame) 
             parts.append(
                 f"Below it (widths {_widths(below)}) the final rank J/(n·m) is at most "
                 f"{_fmt((below['final_rank'] / nm).max())}, the alignment residual at least "
-                f"{_fmt(below['final_residual'].min())}, and the training loss stays at or above its (I2) "
-                f"floor (1/2n)‖(I−P)Y‖², which is at least {_fmt(below['final_loss_lower_bound'].min())}."
+                f"{_fmt(below['final_residual'].min())} and the (I2) floor (1/2n)‖(I−P)Y‖² at least "
+                f"{_fmt(below['final_loss_lower_bound'].min())}."
             )
         if not above.empty:
             parts.append(
@@ -149,39 +192,30 @@ def _findings(runs: pd.DataFrame, records: pd.DataFrame, missing: pd.DataFrame) 
             )
         yield " ".join(parts)
     if not records.empty:
-        gap = records["loss"] - records["loss_lower_bound"]
-        worst = float((gap / records["loss"].abs().clip(lower=1e-300)).min())
-        holds = bool((gap >= -1e-6 * records["loss"].abs()).all())
-        gap_abs = records["decomposition_gap"].abs()
-        text = (
-            f"**(I2) loss floor.** Over all {len(records)} records the training loss minus its lower bound "
-            f"(1/2n)‖(I−P)Y‖² is ≥ 0 {'everywhere' if holds else 'NOT everywhere'}"
-            f" (smallest relative gap {_fmt(worst)}). The two sides of (I2) differ by at most {_fmt(gap_abs.max())}"
-        )
-        if "output_residual" in records:  # absent from results written before the column existed
-            relative = gap_abs / records["loss"].abs().clip(lower=1e-300)
-            text += (
-                f" in absolute terms, {_fmt(relative.max())} of the loss; A1 holds for these models (affine "
-                f"output layer), so the difference is the part of f_X that the rank tolerance drops: "
-                f"‖(I−P)f_X‖/‖f_X‖ reaches {_fmt(records['output_residual'].max())} "
-                f"({', '.join(sorted(set(records['dtype'])))} measurements; the float64 rule keeps more directions)"
-            )
-        yield text + "."
-        aligned = records[records["aligned"].astype(bool)]
-        if not aligned.empty:
-            ratio = aligned["bound_ratio"]
-            yield (
-                f"**(I3) gradient domination.** On the {len(aligned)} aligned records the bound ratio "
-                f"L / (½‖∇L‖B) is at most {_fmt(ratio.max())} (median {_fmt(ratio.median())}); it must be "
-                f"≤ 1 there, and is {'within' if ratio.max() <= 1 + 1e-6 else 'ABOVE'} the bound."
-            )
+        verdicts = record_verdicts(records)
+        names = {"D1": "D1", "I2": "(I2) decomposition", "I2.lower": "(I2) floor L ≥ (1/2n)‖(I−P)Y‖²",
+                 "I3": "(I3) gradient domination", "I2.necessity": "(I2) necessity"}
+        text = "; ".join(f"{label}: {status_counts(verdicts.loc[verdicts['statement'] == key, 'status'])}"
+                         for key, label in names.items() if (verdicts["statement"] == key).any())
+        yield (f"**Verdicts at every record** (theory, via `verify_history`; a bound whose premise fails is "
+               f"not applicable): {text} records.")
+    if "rate_status" in runs:
+        parts = []
+        for (family, param), group in runs.groupby(["family", "parameterization"]):
+            parts.append(f"{family}/{param}: {status_counts(group['rate_status'])} runs")
+        rising = runs.loc[runs["rate_status"] != "not applicable", "rate_rising_steps"]
+        rises = "" if rising.empty else (
+            f" In {int((rising > 0).sum())} of the {len(rising)} runs where it applies some steps raised the loss "
+            f"(at most {int(rising.max())} steps in one run; their rise ρ is accounted exactly).")
+        yield ("**(I3) gradient-descent rate** 1/L_k ≥ 1/L_0 + 4τ_k/B̄² − ρ_k (theory/results.md#gradient-descent-rate; "
+               "not applicable where D1 fails at a record): " + "; ".join(parts) + "." + rises)
     for column, name in (("final_kernel_movement_init", "kernel"), ("final_param_movement", "parameter")):
         slopes = movement_slopes(runs, column)
         if slopes.empty:
             continue
         text = "; ".join(
-            f"{r.family}/{r.parameterization} slope {r.slope:+.2f} over widths {r.widths} "
-            f"({'as expected: ' if r.holds else 'NOT as expected: '}{r.expect})"
+            f"{r.family}/{r.parameterization} slope {r.slope:+.2f} ({LEVEL:.0%} interval over {r.seeds} seeds "
+            f"[{r.low:+.2f}, {r.high:+.2f}]) over widths {r.widths}: {r.expect} {r.status}"
             for r in slopes.itertuples()
         )
         lead = "**S4 (lazy versus rich).** " if name == "kernel" else ""

@@ -1,12 +1,21 @@
 """What a width sweep runs: its runs ``(family, parameterization, width, seed)``, its settings and its data.
 
-Learning rates (S4). ``lr = lr₀[parameterization] · learning_rate_multiplier(parameterization, width)``:
+Learning rates (S4). ``lr = lr₀ · learning_rate_multiplier(parameterization, width)``:
 ``lr₀`` for ``"ntk"`` (the NTK has a width-independent limit, so the step stays ``O(1)`` and the
 kernel freezes as the width grows) and ``lr₀ · width`` for ``"mf"`` (the NTK shrinks like
 ``1/width``; scaling the step up by the width is the maximal-update choice that keeps feature
-learning ``O(1)``). The default ``lr₀`` (0.5 for ``"ntk"``, 1.0 for ``"mf"``) is below the catapult
-instability of the narrow NTK networks on the digits; larger ``lr₀`` for ``"ntk"`` makes the kernel
-move by ``O(1)`` early in training at every width, which hides the lazy regime.
+learning ``O(1)``).
+
+Comparable points. The base rates ``lr₀`` and step budgets of :data:`DEFAULT_LR` and :data:`DEFAULT_STEPS` were
+chosen per family and parameterisation by the rule of :mod:`diagnostics.width.lr_sweep` (``--lr-sweep``,
+``docs/width.md``): the largest ``lr₀`` of the grid that keeps the dynamics linearised at the initial kernel
+convergent at every width (``ηλ_max(K_0)/n < 2``: no run starts in the catapult regime, where the kernel moves by
+``O(1)`` early at every width and hides the lazy regime) and whose loss rises in no step of a short run; and the
+number of steps at which the smallest over-parameterised width reaches the loss level :data:`LOSS_LEVEL` with it.
+Both parameterisations are thereby compared at the same training loss on the reference width, not at the same
+step count. The search ran on seed 0; on other seeds ``ηλ_max(K_0)/n`` at the NTK reference width can exceed 2
+(it does for seeds 1 and 2 on the digits, ``docs/width.md``), and those runs start beyond the edge of stability of
+their initial kernel.
 """
 
 from __future__ import annotations
@@ -14,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,16 +30,41 @@ from typing import Any
 from torch import nn
 
 from ..data import DataSplit, load_dataset
-from ..models import FAMILIES, PARAMETERIZATIONS, build_model, count_parameters
+from ..models import FAMILIES, PARAMETERIZATIONS, build_model, count_parameters, learning_rate_multiplier
 
-__all__ = ["DEFAULT_LR", "RunSpec", "SweepConfig", "build_run_model", "default_widths", "load_data"]
+__all__ = [
+    "DEFAULT_LR", "DEFAULT_STEPS", "FULL", "LOSS_LEVEL", "RunSpec", "SweepConfig", "build_run_model", "default_widths",
+    "load_data", "record_steps",
+]
 
-#: Width-independent base learning rates ``lr₀`` (see the module docstring).
-DEFAULT_LR: dict[str, float] = {"standard": 1.0, "ntk": 0.5, "mf": 1.0}
+#: Base learning rates ``lr₀``, per ``"family/parameterization"`` (chosen by ``--lr-sweep``, see the module
+#: docstring) and per parameterisation for the other families.
+DEFAULT_LR: dict[str, float] = {
+    "standard": 1.0, "ntk": 0.5, "mf": 1.0,
+    "mlp/ntk": 2.0, "mlp/mf": 1.0, "cnn/ntk": 0.5, "cnn/mf": 0.25,
+}
+#: Full-batch gradient steps, per ``"family/parameterization"`` (the steps at which the reference width reaches
+#: :data:`LOSS_LEVEL` at the chosen ``lr₀``) and per parameterisation for the other families.
+DEFAULT_STEPS: dict[str, int] = {
+    "standard": 300, "ntk": 300, "mf": 300,
+    "mlp/ntk": 945, "mlp/mf": 258, "cnn/ntk": 2798, "cnn/mf": 1384,
+}
+#: The training loss at which the step budgets were matched (``--lr-sweep``).
+LOSS_LEVEL = 0.05
+#: The learning-rate grid of ``--lr-sweep``: ``lr₀`` from 1/4 to 16 in factors of 2.
+LR_GRID: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 _MLP_FAMILIES = ("mlp", "deep-linear", "bias-free-relu")
 _IMAGE_FAMILIES = ("cnn", "resnet")
 #: Largest width of the default grid: the first power of two with ``d ≥ _MAX_OVER · n·m``.
-_MAX_OVER = 30
+_MAX_OVER = 15
+#: The full configuration of ``docs/width.md`` (``width-report --full``): five seeds, at least five widths above
+#: the counting threshold per family on the digits. Every other setting is the default's, so the runs the two
+#: share have the same fingerprint and a full report in the default's folder reuses them.
+FULL: dict[str, Any] = {
+    "widths": {"mlp": (8, 16, 32, 64, 128, 256, 512), "cnn": (4, 8, 16, 24, 32, 48, 64)},
+    "seeds": (0, 1, 2, 3, 4),
+}
+_DTYPES = ("float32", "float64")
 
 
 @dataclass(frozen=True, order=True)
@@ -76,16 +109,30 @@ class SweepConfig:
         Training samples, all of them used as the probe: ``n`` in ``d = n·m``.
     n_test : int, optional
         Test samples for the test accuracy (default: the whole test split).
-    steps, every : int
-        Full-batch gradient steps, and the measurement interval (``steps`` must be a multiple).
+    steps : int or dict
+        Full-batch gradient steps: one number for every run, or per parameterisation (keys ``"ntk"``, ...,
+        or ``"family/parameterization"``, which wins); what is not given takes :data:`DEFAULT_STEPS`. Stored
+        per ``"family/parameterization"``.
+    records : int
+        Measurements after step 0, log-spaced over ``[1, steps]`` (:func:`record_steps`); the last is at
+        ``steps``.
     lr : dict
-        ``lr₀`` per parameterisation; the step is ``lr₀ · learning_rate_multiplier(p, width)``.
+        ``lr₀`` per parameterisation (or ``"family/parameterization"``, which wins); the step is
+        ``lr₀ · learning_rate_multiplier(p, width)``. What is not given takes :data:`DEFAULT_LR`. Stored per
+        ``"family/parameterization"``.
+    dtype : str, optional
+        ``"float32"`` or ``"float64"``: the dtype of the measurements (default float64 on the CPU, as every
+        check of the toolkit; the certificate ``B`` depends on the smallest eigenvalues of ``K``, which
+        float32 does not resolve near the counting threshold).
     mlp_depth : int
-        Hidden layers of the MLP families (1: the two-layer networks of the S4 derivation).
+        Hidden layers of the MLP families (1: the two-layer networks of the S4 derivation; 0: an affine model,
+        whose kernel never moves).
     data_seed : int
         Seed of the training and test subsets (and of the teacher-student task).
     teacher : dict
         Options of the ``"teacher-student"`` task (``d_in``, ``m``, ``teacher_width``, ...).
+    lr_grid : tuple of float
+        The ``lr₀`` values of ``--lr-sweep``.
     """
 
     dataset: str = "digits"
@@ -96,19 +143,25 @@ class SweepConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     n_train: int = 128
     n_test: int | None = None
-    steps: int = 300
-    every: int = 50
+    steps: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_STEPS))
+    records: int = 6
     lr: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_LR))
+    dtype: str | None = None
     mlp_depth: int = 1
     data_seed: int = 0
     teacher: dict[str, Any] = field(default_factory=dict)
+    lr_grid: tuple[float, ...] = LR_GRID
 
     def __post_init__(self) -> None:
         self.families = tuple(self.families)
         self.parameterizations = tuple(self.parameterizations)
         self.seeds = tuple(int(s) for s in self.seeds)
         self.widths = {k: tuple(int(w) for w in v) for k, v in dict(self.widths).items()}
-        self.lr = {**{p: DEFAULT_LR[p] for p in self.parameterizations if p in DEFAULT_LR}, **self.lr}
+        if isinstance(self.steps, int) and not isinstance(self.steps, bool):
+            self.steps = {p: self.steps for p in self.parameterizations}
+        self.steps = _per_run(dict(self.steps), DEFAULT_STEPS, self.families, self.parameterizations)
+        self.lr = _per_run(dict(self.lr), DEFAULT_LR, self.families, self.parameterizations)
+        self.lr_grid = tuple(float(x) for x in self.lr_grid)
         self.teacher = dict(self.teacher)
         _check_known("family", self.families, FAMILIES)
         _check_known("parameterization", self.parameterizations, PARAMETERIZATIONS)
@@ -120,15 +173,33 @@ class SweepConfig:
                 raise ValueError(f"{name} must be a non-empty list without repeats, got {list(values)}")
         if any(w < 1 for v in self.widths.values() for w in v):
             raise ValueError(f"widths must be positive, got {self.widths}")
-        for name in ("n_train", "steps", "every", "mlp_depth"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.steps % self.every:
-            raise ValueError(f"steps ({self.steps}) must be a multiple of every ({self.every})")
-        for p in self.parameterizations:
-            if not (isinstance(self.lr.get(p), int | float) and self.lr[p] > 0):
-                raise ValueError(f"lr needs a positive base learning rate for {p!r}, got {self.lr.get(p)!r}")
+        for name in ("n_train", "records"):
+            _check_count(name, getattr(self, name))
+        if isinstance(self.mlp_depth, bool) or not isinstance(self.mlp_depth, int) or self.mlp_depth < 0:
+            raise ValueError(f"mlp_depth must be a non-negative integer, got {self.mlp_depth!r}")
+        if self.dtype is not None and self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES} or None, got {self.dtype!r}")
+        if not self.lr_grid or any(not x > 0 for x in self.lr_grid):
+            raise ValueError(f"lr_grid must hold positive learning rates, got {list(self.lr_grid)}")
+        for key in self.steps:
+            _check_count(f"steps for {key}", self.steps[key])
+        for key, lr in self.lr.items():
+            if not (isinstance(lr, int | float) and not isinstance(lr, bool) and lr > 0):
+                raise ValueError(f"lr needs a positive base learning rate for {key}, got {lr!r}")
+
+    # -- per run -----------------------------------------------------------------------------------
+    def base_lr(self, family: str, parameterization: str) -> float:
+        """Return ``lr₀`` of a family and parameterisation."""
+        return float(self.lr[f"{family}/{parameterization}"])
+
+    def step_size(self, spec: RunSpec) -> float:
+        """Return the learning rate of a run, ``lr₀ · learning_rate_multiplier(parameterization, width)``."""
+        return self.base_lr(spec.family, spec.parameterization) * learning_rate_multiplier(
+            spec.parameterization, spec.width)
+
+    def steps_for(self, family: str, parameterization: str) -> int:
+        """Return the number of gradient steps of a family and parameterisation."""
+        return int(self.steps[f"{family}/{parameterization}"])
 
     # -- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -149,12 +220,13 @@ class SweepConfig:
         """Hash of the run and of every field its result depends on.
 
         Families, parameterisations, widths and seeds choose *which* runs exist, ``data_dir`` only
-        where the files are, and only the run's own ``lr₀`` matters, so extending a sweep reuses
-        its finished runs.
+        where the files are, the learning-rate grid only ``--lr-sweep``, and only the run's own ``lr₀`` and
+        step budget matter, so extending a sweep reuses its finished runs.
         """
-        skip = {"families", "parameterizations", "widths", "seeds", "data_dir", "lr"}
+        skip = {"families", "parameterizations", "widths", "seeds", "data_dir", "lr", "steps", "lr_grid"}
         keyed = {k: v for k, v in self.to_dict().items() if k not in skip}
-        keyed.update(spec.to_dict(), lr=self.lr[spec.parameterization])
+        keyed.update(spec.to_dict(), lr=self.base_lr(spec.family, spec.parameterization),
+                     steps=self.steps_for(spec.family, spec.parameterization))
         return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
     # -- the runs ----------------------------------------------------------------------------------
@@ -177,6 +249,44 @@ class SweepConfig:
             for w in self.widths[fam]
             for s in self.seeds
         ]
+
+
+def record_steps(steps: int, records: int) -> tuple[int, ...]:
+    """Step 0 and ``records`` steps log-spaced over ``[1, steps]`` (rounded, without repeats), ending at ``steps``.
+
+    Log spacing resolves the early phase of training, where the kernel moves fastest, with as many records
+    as the late phase; e.g. ``record_steps(300, 6) == (0, 3, 7, 17, 45, 116, 300)``.
+    """
+    points = {0, steps} | {round(steps ** (i / records)) for i in range(1, records + 1)}
+    return tuple(sorted(points))
+
+
+def _per_run(given: dict[str, Any], defaults: dict[str, Any], families: tuple[str, ...],
+             parameterizations: tuple[str, ...]) -> dict[str, Any]:
+    """Return one value per ``"family/parameterization"`` of the config.
+
+    Given for the pair, else given for the parameterisation, else the default for the pair, else the default for
+    the parameterisation (else ``None``, which the checks refuse). Pairs of other families are dropped.
+    """
+    unknown = [k for k in given if k not in PARAMETERIZATIONS and k.partition("/")[0] not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown keys {unknown}: use a parameterisation or 'family/parameterization'")
+    out = {}
+    for family in families:
+        for p in parameterizations:
+            pair = f"{family}/{p}"
+            for table, key in ((given, pair), (given, p), (defaults, pair), (defaults, p)):
+                if key in table:
+                    out[pair] = table[key]
+                    break
+            else:
+                out[pair] = None
+    return out
+
+
+def _check_count(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_known(what: str, values: tuple, known: Iterable, allow_empty: bool = False) -> None:
@@ -224,18 +334,20 @@ def build_run_model(family: str, width: int, data: DataSplit, parameterization: 
 
 
 def default_widths(family: str, data: DataSplit, mlp_depth: int = 1) -> tuple[int, ...]:
-    """Widths spanning the counting threshold ``d = n·m`` of S1 (theory/width.md) for one family.
+    """Widths spanning the counting threshold ``d = n·m`` of S1 (``theory/width.md#s1-counting``) for one family.
 
-    Powers of two: the three largest with ``d < n·m`` (as many as exist), the first with
-    ``d ≥ n·m``, the first with ``d ≥ 30·n·m``, and the power of two nearest their geometric mean.
-    On the digits (``n·m = 1280``) this gives MLP widths 4, 8, 16 | 32, 128, 512 and CNN widths
-    2, 4, 8 | 16, 32, 64.
+    Powers of two: the three largest with ``d < n·m`` (as many as exist), then every one from the first with
+    ``d ≥ n·m`` to the first with ``d ≥ 15·n·m``. On the digits (``n·m = 1280``) this gives MLP widths
+    4, 8, 16 | 32, 64, 128, 256 and CNN widths 2, 4, 8 | 16, 32, 64.
     """
     nm = data.n_train * data.n_outputs
     below, above = [], []
-    width = 1
+    width, previous = 1, 0
     while True:
         d = count_parameters(build_run_model(family, width, data, "ntk", 0, mlp_depth))
+        if d == previous:
+            raise ValueError(f"the parameter count of {family} does not grow with the width: give its widths")
+        previous = d
         if d < nm:
             below.append(width)
         else:
@@ -243,6 +355,4 @@ def default_widths(family: str, data: DataSplit, mlp_depth: int = 1) -> tuple[in
             if d >= _MAX_OVER * nm:
                 break
         width *= 2
-    first, last = above[0], above[-1]
-    middle = 2 ** round((math.log2(first) + math.log2(last)) / 2)
-    return tuple(sorted(set(below[-3:] + [first, middle, last])))
+    return tuple(below[-3:] + above)

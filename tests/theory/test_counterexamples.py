@@ -30,6 +30,8 @@ COUNTEREXAMPLES = {
     "convex_loss_bound": lambda: theory.convex_loss_bound(1.0, 0.0, 0.1, 1.0, aligned=True),
     "best_convex_bound": lambda: theory.best_convex_bound(1.0, 0.1, [1.0], [0.5], [1.0], aligned=True),
     "convergence_rate_check": lambda: theory.convergence_rate_check([0.0, 1.0], [1.0, 1.0], 1.0),
+    # τ₂ = 0.02/4 = 0.005 with B̄ = 0.01 allows L₂ ≤ 1/(1 + 4·0.005/1e-4) ≈ 0.005, far below 0.98
+    "gradient_descent_rate": lambda: theory.gradient_descent_rate(1.0, [1.0, 0.99, 0.98], [4.0, 4.0], 0.01),
     "counting_bound": lambda: theory.counting_bound(7, 6, 10),
     "embedding": lambda: theory.embedding(0.1, 0.3),
     "deep_linear_rank_bound": lambda: theory.deep_linear_rank_bound(10, 2, 3),
@@ -54,6 +56,8 @@ NOT_APPLICABLE = {
     "best_convex_bound": lambda: theory.best_convex_bound(1.0, 0.1, [1.0], [0.5], [1.0], aligned=False),
     "convergence_rate_check": lambda: theory.convergence_rate_check([0.0, 1.0], [1.0, 1.0], 1.0,
                                                                     aligned=[True, False]),
+    "gradient_descent_rate": lambda: theory.gradient_descent_rate(1.0, [1.0, 0.99, 0.98], [4.0, 4.0], 0.01,
+                                                                  aligned=[True, False, True]),
     "application_bound": lambda: theory.application_bound(0.3, 3.0, 1.0, 5.0, aligned=False),
     "distance_non_increasing": lambda: theory.distance_non_increasing([3.0, 2.0, 2.5], step_condition=False),
     "gd_distance_identity": lambda: theory.gd_distance_identity([2.0, 1.99], [1.0], [1.0], [0.1], aligned=False),

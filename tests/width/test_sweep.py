@@ -47,7 +47,7 @@ def test_failed_run_is_listed_missing_and_rerun(tmp_path, monkeypatch):
 
 def test_killed_sweep_resumes_with_only_the_missing_runs(tmp_path):
     args = ["width-report", "--families", "mlp", "--widths", "2,4,8,16", "--seeds", "0,1",
-            "--parameterizations", "ntk", "--n-train", "24", "--steps", "600", "--every", "300",
+            "--parameterizations", "ntk", "--n-train", "24", "--steps", "600", "--records", "1",
             "--jobs", "1", "--no-progress", "-o", str(tmp_path)]
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
@@ -73,7 +73,7 @@ def test_killed_sweep_resumes_with_only_the_missing_runs(tmp_path):
 
 def test_teacher_student_regression(tmp_path):
     config = SweepConfig(dataset="teacher-student", families=("mlp",), widths={"mlp": (4, 64)}, seeds=(0,),
-                         parameterizations=("ntk",), n_train=16, n_test=16, steps=2, every=2)
+                         parameterizations=("ntk",), n_train=16, n_test=16, steps=2, records=1)
     result = run_sweep(config, tmp_path, jobs=1, progress=False)
     assert len(result.runs) == 2 and "test_accuracy" not in result.runs
     assert (result.runs["n_outputs"] == 16 * 3).all()

@@ -1,0 +1,154 @@
+r"""What the NTK Gram of one run did during training, and what its initial and final Grams predict.
+
+Pure functions of Gram matrices ``K_t`` measured at the records of a run (``theory/alignment.md``,
+``theory/width.md#s4-lazy-versus-rich``), all in float64:
+
+- kernel–target alignment ``QᵀKQ / (‖K‖_F ‖Q‖²)`` (Cristianini et al.), the kernel velocity
+  ``‖K_t − K_{t'}‖_F / ‖K_{t'}‖_F / (t − t')`` per step since the previous record ``t'`` and the distance to the
+  end kernel ``‖K_t − K_T‖_F / ‖K_T‖_F`` (Fort et al. 2020);
+- the loss of the *linearised* dynamics: gradient descent with step ``η`` on ``(1/2n)‖f − Y‖²`` with the kernel
+  frozen at ``K_0`` moves the residual by ``r ← (I − ηK_0/n) r``, so after ``T`` steps
+  ``L_lin(T) = (1/2n) Σ_k (1 − ηλ_k/n)^{2T} (u_kᵀ r_0)²`` in the eigenbasis of ``K_0``;
+- the horizon floor of a kernel: the part of ``Q`` in its eigen-directions with ``ηλT/n < 1``, which ``T`` steps
+  of size ``η`` cannot fit, ``(1/2n) Σ_{ηλ_k T/n < 1} (u_kᵀQ)²`` (as ``horizon_loss_floor`` of
+  :func:`~diagnostics.check_alignment`);
+- per-layer alignment: ``K = Σ_g K_g`` over parameter groups ``g`` (one layer each), the share
+  ``QᵀK_gQ / QᵀKQ`` of each group and its own residual ``‖(I − P_{K_g})Q‖ / ‖Q‖``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..engine.measurement import Measurement
+from ..engine.precision import rank_rule
+from ..engine.spectral import Spectrum
+
+__all__ = ["horizon_floor", "kernel_path", "layer_alignment", "layer_groups", "linearised_loss"]
+
+
+def _vector(q: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    return q.detach().reshape(-1).to(device=K.device, dtype=torch.float64)
+
+
+def kernel_path(steps: Sequence[int], grams: Sequence[torch.Tensor], q: torch.Tensor) -> list[dict[str, float]]:
+    """Kernel–target alignment, velocity per step and distance to the last Gram, one dictionary per record.
+
+    Parameters
+    ----------
+    steps
+        Increasing steps of the records.
+    grams
+        ``K_t`` at those steps, ``(nm, nm)``.
+    q
+        The alignment target ``Q`` (stacked sample-major, as the rows of ``K``).
+
+    Returns
+    -------
+    list of dict
+        ``step``, ``kernel_target_alignment``, ``kernel_velocity`` (``nan`` at the first record) and
+        ``kernel_distance_end``.
+    """
+    end = grams[-1].to(torch.float64)
+    end_norm = float(end.norm())
+    rows, previous = [], None
+    for step, K in zip(steps, grams, strict=True):
+        K = K.to(torch.float64)
+        q64 = _vector(q, K)
+        norm = float(K.norm())
+        kta = float(q64 @ K @ q64) / (norm * float(q64 @ q64)) if norm > 0 else 0.0
+        velocity = math.nan
+        if previous is not None:
+            before, K_before = previous
+            velocity = float((K - K_before).norm()) / float(K_before.norm()) / (step - before)
+        rows.append({"step": int(step), "kernel_target_alignment": kta, "kernel_velocity": velocity,
+                     "kernel_distance_end": float((K - end).norm()) / end_norm if end_norm > 0 else math.nan})
+        previous = (step, K)
+    return rows
+
+
+def linearised_loss(spectrum: Spectrum, residual: torch.Tensor, lr: float, steps: int, n: int) -> float:
+    """Loss after ``steps`` steps of gradient descent on the model linearised at ``K`` (``spectrum``'s Gram).
+
+    ``(1/2n) Σ_k (1 − ηλ_k/n)^{2T} (u_kᵀ r_0)²``; ``inf`` when a direction with ``ηλ_k/n > 2`` carries part of
+    ``r_0`` and grows beyond the float64 range (the linearised dynamics diverge there).
+    """
+    c2 = spectrum.coefficients(residual).cpu().numpy() ** 2
+    gain = np.abs(1.0 - lr * spectrum.eigenvalues / n)
+    with np.errstate(over="ignore", divide="ignore"):
+        terms = np.exp(2 * steps * np.log(gain) + np.log(c2))  # c = 0 or gain = 0: exp(−inf) = 0
+    return float(terms.sum()) / (2 * n)
+
+
+def horizon_floor(spectrum: Spectrum, q: torch.Tensor, lr: float, steps: int, n: int) -> float:
+    """``(1/2n) Σ_{ηλ_k T/n < 1} (u_kᵀQ)²``: the part of the loss that ``T`` steps of size ``η`` cannot fit."""
+    return spectrum.energy_below(q, n / (lr * steps)) / (2 * n)
+
+
+def layer_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Group the parameters by the module that owns them directly (one group per layer), in model order."""
+    out = {}
+    for name, module in model.named_modules():
+        own = tuple(f"{name}.{k}" if name else k for k, p in module.named_parameters(recurse=False))
+        if own:
+            out[name] = own
+    return out
+
+
+def layer_alignment(model: nn.Module, X: torch.Tensor, q: torch.Tensor, dtype: torch.dtype,
+                    groups: dict[str, tuple[str, ...]] | None = None) -> list[dict[str, float | str]]:
+    """Share of ``QᵀKQ`` and own residual ``‖(I − P_{K_g})Q‖/‖Q‖`` of every layer's Gram ``K_g = J_gJ_gᵀ``.
+
+    ``Col K_g = Col J_g`` keeps the eigenvalues of ``K_g`` above the rank rule of
+    :func:`~diagnostics.engine.precision.rank_rule`; a layer with fewer parameters ``d_g`` than ``nm`` rows is
+    decomposed through the SVD of its ``nm × d_g`` Jacobian block (the same rule on the squared singular values),
+    which costs ``nm·d_g²`` instead of ``(nm)³``.
+
+    Parameters
+    ----------
+    model
+        The model (not changed).
+    X
+        The probe inputs (the whole training set in a sweep).
+    q
+        The alignment target ``Q``, ``(n, m)`` or stacked.
+    dtype
+        Compute dtype of the Jacobian blocks and Grams.
+    groups
+        Parameter names per layer (default :func:`layer_groups`).
+
+    Returns
+    -------
+    list of dict
+        ``layer``, ``share``, ``residual``, ``rank`` per group; the shares sum to 1.
+    """
+    groups = groups if groups is not None else layer_groups(model)
+    rows = []
+    for layer, names in groups.items():
+        with Measurement(model, X, params=list(names), dtype=dtype) as job:
+            q64 = q.detach().reshape(-1).to(device=job.fm.device, dtype=torch.float64)
+            if job.fm.n_params < job.rows:
+                quadratic, outside, rank = _thin_layer(job.jacobian_columns(job.fm.names), q64, dtype)
+            else:
+                K = job.gram()
+                spectrum = Spectrum.of(K, source_dtype=dtype)
+                quadratic, outside, rank = spectrum.quadratic(q64), spectrum.outside_norm_sq(q64), spectrum.rank
+        rows.append({"layer": layer, "quadratic": quadratic,
+                     "residual": math.sqrt(outside / float(q64 @ q64)), "rank": rank})
+    total = sum(row["quadratic"] for row in rows)
+    return [{"layer": r["layer"], "share": r.pop("quadratic") / total if total > 0 else math.nan, **r} for r in rows]
+
+
+def _thin_layer(J: torch.Tensor, q: torch.Tensor, dtype: torch.dtype) -> tuple[float, float, int]:
+    """``qᵀJJᵀq``, ``‖(I − P)q‖²`` and ``rank J`` of a Jacobian block with fewer columns than rows, by its SVD."""
+    J64 = J.to(torch.float64)
+    U, s, _ = torch.linalg.svd(J64, full_matrices=False)
+    tol, _ = rank_rule(None, float(s[0] ** 2) if s.numel() else 0.0, J.shape[0], dtype)
+    kept = U[:, s**2 > tol]
+    outside = q - kept @ (kept.T @ q)
+    return float((J64.T @ q).pow(2).sum()), float(outside @ outside), int(kept.shape[1])

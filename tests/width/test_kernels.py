@@ -1,0 +1,76 @@
+"""Kernel dynamics, linearised loss, horizon floor and per-layer alignment of one run, against exact answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from helpers import F64, assert_unchanged
+
+from diagnostics import reference_jacobian
+from diagnostics.engine.spectral import Spectrum
+from diagnostics.models import build_model
+from diagnostics.width.kernels import horizon_floor, kernel_path, layer_alignment, layer_groups, linearised_loss
+
+
+def test_linearised_loss_is_gradient_descent_on_a_linear_model():
+    # f = Jθ: the kernel K = JJᵀ never moves, so gradient descent is exactly the linearised dynamics
+    g = torch.Generator().manual_seed(0)
+    n, d, steps = 6, 10, 40
+    J, Y, theta = (torch.randn(n, d, generator=g, dtype=F64), torch.randn(n, generator=g, dtype=F64),
+                   torch.randn(d, generator=g, dtype=F64))
+    K = J @ J.T
+    lr = 1.5 * n / float(torch.linalg.eigvalsh(K).max())
+    r0 = J @ theta - Y
+    for _ in range(steps):
+        theta = theta - lr * J.T @ (J @ theta - Y) / n
+    loss = float(((J @ theta - Y) ** 2).sum()) / (2 * n)
+    assert linearised_loss(Spectrum.of(K), r0, lr, steps, n) == pytest.approx(loss, rel=1e-10)
+    # a step above 2n/λ_max makes the top direction grow: the linearised loss exceeds the start
+    assert linearised_loss(Spectrum.of(K), r0, 3 * lr, steps, n) > float((r0**2).sum()) / (2 * n)
+
+
+def test_horizon_floor_counts_the_slow_directions():
+    K = torch.diag(torch.tensor([10.0, 1.0, 0.1], dtype=F64))
+    q = torch.tensor([1.0, 2.0, 3.0], dtype=F64)
+    # n = 3, η = 0.3, T = 10: ηλT/n = 10, 1, 0.1; only λ = 0.1 is below 1 (λ = 1 is not strictly below)
+    assert horizon_floor(Spectrum.of(K), q, 0.3, 10, 3) == pytest.approx(9.0 / 6)
+    assert horizon_floor(Spectrum.of(K), q, 0.3, 1000, 3) == 0.0
+
+
+def test_kernel_path_by_hand():
+    q = torch.tensor([1.0, 0.0], dtype=F64)
+    grams = [torch.eye(2, dtype=F64), 2 * torch.eye(2, dtype=F64), torch.diag(torch.tensor([4.0, 0.0], dtype=F64))]
+    rows = kernel_path([0, 2, 6], grams, q)
+    assert [r["step"] for r in rows] == [0, 2, 6]
+    assert rows[0]["kernel_target_alignment"] == pytest.approx(1 / math.sqrt(2))
+    assert rows[2]["kernel_target_alignment"] == pytest.approx(1.0)
+    assert math.isnan(rows[0]["kernel_velocity"])
+    assert rows[1]["kernel_velocity"] == pytest.approx(1.0 / 2)  # ‖K₂ − K₀‖/‖K₀‖ = 1 over 2 steps
+    assert rows[2]["kernel_velocity"] == pytest.approx(math.sqrt(8) / math.sqrt(8) / 4)
+    assert rows[0]["kernel_distance_end"] == pytest.approx(math.sqrt(10) / 4)
+    assert rows[2]["kernel_distance_end"] == 0.0
+
+
+def test_layer_alignment_splits_the_gram_by_layer():
+    digits_like = torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    model = build_model("cnn", 3, input_shape=(1, 8, 8), n_out=4, parameterization="mf", seed=0)
+    q = torch.nn.functional.one_hot(torch.arange(12) % 4, 4).to(F64)
+    rows = assert_unchanged(model, lambda: layer_alignment(model, digits_like, q, F64))
+    groups = layer_groups(model)
+    assert [r["layer"] for r in rows] == list(groups) == ["conv1", "conv2", "head"]
+    assert sum(r["share"] for r in rows) == pytest.approx(1.0, abs=1e-12)
+    q64 = q.reshape(-1)
+    jacobians = {layer: reference_jacobian(model, digits_like, params=list(p), dtype=F64)
+                 for layer, p in groups.items()}
+    total = sum(float(q64 @ J @ J.T @ q64) for J in jacobians.values())
+    for row in rows:
+        J = jacobians[row["layer"]]
+        assert row["share"] == pytest.approx(float(q64 @ J @ J.T @ q64) / total, rel=1e-10)
+        U, s, _ = np.linalg.svd(J.numpy(), full_matrices=False)
+        kept = U[:, s**2 > s[0] ** 2 * J.shape[0] * np.finfo(np.float64).eps]  # the rank rule of K = JJᵀ
+        residual = np.linalg.norm(q64.numpy() - kept @ (kept.T @ q64.numpy())) / np.linalg.norm(q64.numpy())
+        assert row["residual"] == pytest.approx(residual, abs=1e-8)
+        assert row["rank"] == kept.shape[1]
