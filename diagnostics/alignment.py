@@ -198,6 +198,10 @@ def _resolution(spectrum: Spectrum | OperatorSpectrum, residual: float, residual
         return False, (f"the matrix-free rank rule in {name} is an LSQR condition limit of {conlim:.3g} "
                        f"(every eigenvalue below {1 / conlim**2:.1e}·λ_max is cut), so the residual says little; "
                        "re-run with dtype=torch.float64")
+    if getattr(spectrum, "truncated", False) and residual > residual_tol:
+        return False, (f"LSQR stopped before its tolerance ({spectrum.solver_summary}): the residual of a truncated "
+                       "solve only bounds the least-squares residual from above, so it cannot refute D1; raise "
+                       "max_iter or the time budget, or resume from the checkpoint")
     if source_dtype == torch.float64 or residual <= residual_tol:
         return True, ""
     return False, (f"{name} resolves eigenvalues only down to nm·eps·λ_max, and the residual lies in the directions "

@@ -24,13 +24,12 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import DiagnosticsError
-from ..store import write_torch
+from ..store import RunStore
 
 __all__ = ["STOP_REASONS", "LsqrResult", "lsqr"]
 
@@ -101,7 +100,8 @@ def lsqr(
     conlim: float,
     iter_lim: int,
     time_budget: float | None = None,
-    checkpoint: str | Path | None = None,
+    checkpoints: RunStore | None = None,
+    name: str = "lsqr",
     checkpoint_every: int = 10,
     fingerprint: str = "",
     callback: Callable[[int, float], None] | None = None,
@@ -121,10 +121,11 @@ def lsqr(
         As in :func:`scipy.sparse.linalg.lsqr`.
     time_budget
         Seconds after which the solve stops with a truncated solution (``istop = 8``); ``None``: no limit.
-    checkpoint
-        File holding the solver state; read at the start when its fingerprint matches, written
-        atomically every ``checkpoint_every`` iterations and when the solve stops (a finished solve
-        found there is returned as it is).
+    checkpoints, name
+        Where the solver state is kept, as ``name``: read at the start when it is this problem's,
+        written atomically every ``checkpoint_every`` iterations and when the solve stops (a finished
+        solve found there is returned as it is). A data-parallel job passes a store that reads on one
+        process and hands the state to all.
     fingerprint
         Identifies the problem (operator, right-hand side, settings): a checkpoint of another problem
         is ignored.
@@ -136,9 +137,8 @@ def lsqr(
     if not (iter_lim >= 1 and checkpoint_every >= 1):
         raise DiagnosticsError(f"iter_lim and checkpoint_every must be positive, got {iter_lim}, {checkpoint_every}")
     b = np.asarray(b, dtype=np.float64)
-    path = None if checkpoint is None else Path(checkpoint)
     key = _key(fingerprint, b, n_cols, atol, btol, conlim)
-    state = _read(path, key)
+    state = None if checkpoints is None else checkpoints.read_state(name, key)
     u = (workspace or np.zeros)(b.shape[0])
     if state is None:
         s, x, v, w = _start(rmatvec, b, u, n_cols)
@@ -159,8 +159,8 @@ def lsqr(
         istop = _stop(s, atol, btol, ctol, iter_lim)
         if not istop and time_budget is not None and time.perf_counter() - started >= time_budget:
             istop = 8
-        if path is not None and (istop or s["itn"] % checkpoint_every == 0):
-            _write(path, key, s, istop, u, x, v, w)
+        if checkpoints is not None and (istop or s["itn"] % checkpoint_every == 0):
+            checkpoints.write_state(name, key, _state(s, istop, u, x, v, w))
     return LsqrResult(x, istop, STOP_REASONS[istop], int(s["itn"]), s["rnorm"], resumed, history)
 
 
@@ -257,19 +257,7 @@ def _key(fingerprint: str, b: np.ndarray, n_cols: int, *settings: float) -> str:
     return digest.hexdigest()
 
 
-def _read(path: Path | None, key: str) -> dict | None:
-    """Return the saved state when ``path`` holds one of this problem; ``None`` if missing, torn or stale."""
-    if path is None or not path.exists():
-        return None
-    try:
-        state = torch.load(path, weights_only=True)
-    except (RuntimeError, EOFError, OSError):
-        return None
-    return state if isinstance(state, dict) and state.get("key") == key else None
-
-
-def _write(path: Path, key: str, s: dict, istop: int, u: np.ndarray, x: np.ndarray, v: np.ndarray, w: np.ndarray
-           ) -> None:
-    """Save the solver state (``istop > 0``: a finished solve) atomically."""
+def _state(s: dict, istop: int, u: np.ndarray, x: np.ndarray, v: np.ndarray, w: np.ndarray) -> dict:
+    """Return the solver state (``istop > 0``: a finished solve) as tensors and numbers."""
     arrays = {k: torch.from_numpy(np.array(a, dtype=np.float64)) for k, a in (("u", u), ("x", x), ("v", v), ("w", w))}
-    write_torch(path, {"key": key, "istop": istop, **{k: float(s[k]) for k in _SCALARS}, **arrays})
+    return {"istop": istop, **{k: float(s[k]) for k in _SCALARS}, **arrays}

@@ -29,7 +29,6 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,7 +36,7 @@ from scipy.sparse.linalg import eigsh
 from tqdm.auto import tqdm
 
 from ..errors import DiagnosticsError
-from ..store import write_torch
+from ..store import RunStore
 from . import precision
 from .lsqr import lsqr
 from .operator import JacobianOperator, LinearOperatorMixin
@@ -68,10 +67,11 @@ class OperatorSpectrum:
     time_budget
         Seconds from construction after which every LSQR solve stops (each runs at least one
         iteration), with a truncated ``ν`` reported like one stopped by ``max_iter``; ``None``: no limit.
-    checkpoint_dir
-        Folder for the solver states: the Lanczos eigenpairs once computed, and each LSQR solve's
-        state every ``checkpoint_every`` iterations and when it stops. A job started again on the same
-        operator (same outputs ``f_X``) and right-hand sides resumes from them.
+    checkpoints
+        Where the solver states are kept (:class:`~diagnostics.store.RunStore`): the Lanczos eigenpairs once
+        computed, and each LSQR solve's state every ``checkpoint_every`` iterations and when it stops. A
+        job started again on the same operator (same outputs ``f_X``) and right-hand sides resumes from
+        them; anything else there is ignored.
     progress
         Show a progress bar per LSQR solve with the current residual estimate (and an ETA to the cap).
     workspace
@@ -100,14 +100,14 @@ class OperatorSpectrum:
         rtol: float | None = None,
         max_iter: int | None = None,
         time_budget: float | None = None,
-        checkpoint_dir: str | Path | None = None,
+        checkpoints: RunStore | None = None,
         checkpoint_every: int = 10,
         progress: bool = False,
         workspace: Callable[[int], np.ndarray] | None = None,
     ) -> None:
         self.op = op
         self.deadline = None if time_budget is None else time.perf_counter() + time_budget
-        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.checkpoints = checkpoints
         self.checkpoint_every, self.progress, self.workspace = checkpoint_every, progress, workspace
         self.fingerprint = _digest(op.outputs)
         N, d = op.shape
@@ -141,22 +141,19 @@ class OperatorSpectrum:
 
     def _eigenpairs(self, k: int, tol: float) -> tuple[np.ndarray, torch.Tensor]:
         """Return the top eigenpairs, read from the checkpoint folder when this operator's are there."""
-        path = None if self.checkpoint_dir is None else self.checkpoint_dir / f"lanczos-{k}.pt"
-        if path is not None and path.exists():
-            saved = torch.load(path, weights_only=True)
-            if saved.get("fingerprint") == self.fingerprint:
-                return saved["values"].numpy(), saved["vectors"]
+        saved = None if self.checkpoints is None else self.checkpoints.read_state(f"lanczos-{k}", self.fingerprint)
+        if saved is not None:
+            return saved["values"].numpy(), saved["vectors"]
         values, vectors = _top_eigenpairs(self.op, k, tol)
-        if path is not None:
-            write_torch(path, {"fingerprint": self.fingerprint, "values": torch.from_numpy(values.copy()),
-                               "vectors": vectors})
+        if self.checkpoints is not None:
+            state = {"values": torch.from_numpy(values.copy()), "vectors": vectors}
+            self.checkpoints.write_state(f"lanczos-{k}", self.fingerprint, state)
         return values, vectors
 
     def _lsqr(self, q: torch.Tensor) -> tuple[torch.Tensor, int, str, int]:
         """One LSQR solve of ``min ‖Jν − q‖`` under the settings: ``(ν, iterations, reason, istop)``."""
         remaining = None if self.deadline is None else max(self.deadline - time.perf_counter(), 0.0)
         index = len(self.iterations)
-        path = None if self.checkpoint_dir is None else self.checkpoint_dir / f"lsqr-{index}.pt"
         scipy_op = self.op.to_scipy()
         with tqdm(total=self.max_iter, desc=f"LSQR solve {index + 1}", unit="it", disable=not self.progress,
                   leave=False) as bar:
@@ -166,7 +163,8 @@ class OperatorSpectrum:
 
             result = lsqr(scipy_op.matvec, scipy_op.rmatvec, q.numpy(), self.op.shape[1], atol=self.rtol,
                           btol=self.rtol, conlim=self.conlim, iter_lim=self.max_iter, time_budget=remaining,
-                          checkpoint=path, checkpoint_every=self.checkpoint_every, fingerprint=self.fingerprint,
+                          checkpoints=self.checkpoints, name=f"lsqr-{index}", checkpoint_every=self.checkpoint_every,
+                          fingerprint=self.fingerprint,
                           callback=show, workspace=self.workspace)
         return torch.from_numpy(result.x), result.iterations, result.reason, result.istop
 

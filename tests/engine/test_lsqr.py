@@ -6,6 +6,7 @@ from scipy.sparse.linalg import lsqr as scipy_lsqr
 
 from diagnostics import DiagnosticsError
 from diagnostics.engine.lsqr import lsqr
+from diagnostics.store import RunStore
 
 
 def _problem(rows=40, cols=25, rank=12, seed=0):
@@ -33,24 +34,24 @@ def test_lsqr_follows_scipy_and_reaches_the_least_norm_solution():
 def test_an_interrupted_solve_resumes_from_its_checkpoint_and_gives_the_same_answer(tmp_path):
     A, b = _problem(seed=1)
     whole = _solve(A, b)
-    checkpoint = tmp_path / "lsqr.pt"
+    checkpoint = RunStore(tmp_path)
 
     def crash(iteration, residual):
         if iteration == 7:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _solve(A, b, checkpoint=checkpoint, checkpoint_every=3, callback=crash)
-    assert checkpoint.exists()  # written at iteration 6
-    resumed = _solve(A, b, checkpoint=checkpoint, checkpoint_every=3)
+        _solve(A, b, checkpoints=checkpoint, checkpoint_every=3, callback=crash)
+    assert checkpoint.read_state("lsqr", "anything") is None and (tmp_path / "runs" / "lsqr.pt").exists()
+    resumed = _solve(A, b, checkpoints=checkpoint, checkpoint_every=3)
     assert resumed.resumed_from == 6 and resumed.iterations == whole.iterations
     np.testing.assert_allclose(resumed.x, whole.x, rtol=0, atol=1e-12)
     # a finished solve is read back without iterating
-    again = _solve(A, b, checkpoint=checkpoint, callback=crash)
+    again = _solve(A, b, checkpoints=checkpoint, callback=crash)
     assert again.resumed_from == whole.iterations and not again.history and again.istop == whole.istop
     np.testing.assert_array_equal(again.x, resumed.x)
     # a checkpoint of another problem is not used
-    other = _solve(A, 2 * b, checkpoint=checkpoint, checkpoint_every=3)
+    other = _solve(A, 2 * b, checkpoints=checkpoint, checkpoint_every=3)
     assert other.resumed_from == 0
     np.testing.assert_allclose(other.x, 2 * whole.x, rtol=0, atol=1e-12)
 
