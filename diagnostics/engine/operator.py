@@ -133,11 +133,8 @@ class JacobianOperator(LinearOperatorMixin):
         strategy: str = "auto",
         memory_budget: int | None = None,
     ) -> None:
-        if strategy not in STRATEGIES:
-            raise DiagnosticsError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        self.fm = FunctionalModel(model, params=params, mode=mode, output=output, dtype=dtype)
-        self.strategy = strategy
-        self.budget = memory.resolve_budget(memory_budget, self.fm.device)
+        self._set_model(model, params=params, mode=mode, output=output, dtype=dtype, strategy=strategy,
+                        memory_budget=memory_budget)
         self.x, self.n = self.fm.prepare(inputs)
         if chunk_size is not None and chunk_size < 1:
             raise DiagnosticsError(f"chunk_size must be a positive integer, got {chunk_size}")
@@ -150,13 +147,27 @@ class JacobianOperator(LinearOperatorMixin):
             chunk_size = self.n
         self.chunk_size = min(self.n, chunk_size or DEFAULT_CHUNK)
         with self.fm.measuring(), torch.no_grad():
-            self.outputs = torch.cat([self.fm(self.fm.params, xc) for _, xc in self._chunks()])
-        if not torch.isfinite(self.outputs).all():
-            raise DiagnosticsError("the model's outputs contain NaN or inf on these inputs")
-        self.m = self.outputs.shape[1]
-        self.shape = (self.n * self.m, self.fm.n_params)
+            outputs = torch.cat([self.fm(self.fm.params, xc) for _, xc in self._chunks()])
+        self._set_outputs(outputs)
+
+    def _set_model(self, model: nn.Module, *, params: ParamSelector, mode: str, output: _inputs.OutputSelector,
+                   dtype: torch.dtype | None, strategy: str, memory_budget: int | None) -> None:
+        """Check the strategy and take the functional copy of the model and the memory budget."""
+        if strategy not in STRATEGIES:
+            raise DiagnosticsError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.fm = FunctionalModel(model, params=params, mode=mode, output=output, dtype=dtype)
+        self.strategy = strategy
+        self.budget = memory.resolve_budget(memory_budget, self.fm.device)
         self.dtype = self.fm.dtype
         self._products: tuple[str, str] | None = None
+
+    def _set_outputs(self, outputs: torch.Tensor) -> None:
+        """Keep the ``(n, m)`` outputs, refusing NaN or inf, and fix ``m`` and the shape."""
+        if not torch.isfinite(outputs).all():
+            raise DiagnosticsError("the model's outputs contain NaN or inf on these inputs")
+        self.outputs = outputs
+        self.m = outputs.shape[1]
+        self.shape = (self.n * self.m, self.fm.n_params)
 
     @property
     def products(self) -> str:

@@ -69,6 +69,8 @@ ENGINE = {
     "measurement": 5,
     "jacobian": 6,
     "operator": 6,
+    "streamed": 6,
+    "sharded": 6,
     "spectral": 6,
     "manifest": 6,
     "lsqr": 0,
