@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -406,22 +407,25 @@ def alignment_from_operator(
     rtol: float | None = None,
     max_iter: int | None = None,
     horizon: tuple[float, int] | None = None,
+    **solver: Any,
 ) -> AlignmentReport:
     """Compute the report of :func:`~diagnostics.check_alignment` matrix-free.
 
     Parameters
     ----------
     op
-        Jacobian operator on the probe inputs.
+        Jacobian operator on the probe inputs (or the whole data set: a
+        :class:`~diagnostics.engine.sharded.ShardedJacobian` of streamed shards).
     targets
         Targets of the probe samples (class indices, one-hot rows or values).
     loss, target, rank_tol, residual_tol, horizon
         As in :func:`~diagnostics.check_alignment`.
-    top_k, rtol, max_iter
-        As in :class:`OperatorSpectrum`.
+    top_k, rtol, max_iter, **solver
+        As in :class:`OperatorSpectrum` (``solver``: ``time_budget``, ``checkpoints``, ``checkpoint_every``,
+        ``progress``, ``workspace``). The report's ``rank_rule`` states why each LSQR solve stopped.
     """
     built = Targets.build(targets, op.n, op.m, loss, target)
-    spectrum = OperatorSpectrum(op, rank_tol=rank_tol, top_k=top_k, rtol=rtol, max_iter=max_iter)
+    spectrum = OperatorSpectrum(op, rank_tol=rank_tol, top_k=top_k, rtol=rtol, max_iter=max_iter, **solver)
     report = alignment_from_spectrum(
         op.outputs, built, spectrum, n_params=op.fm.n_params, source_dtype=op.dtype, residual_tol=residual_tol,
         horizon=horizon,

@@ -7,7 +7,7 @@ This is the algorithm of Paige & Saunders (1982) without damping, step for step 
 - save its state (``x``, the bidiagonalisation vectors ``u``, ``v``, ``w`` and the scalars of the
   recurrences) atomically every ``checkpoint_every`` iterations and resume from it after a crash or a
   preemption, continuing the very same iteration sequence; a finished solve is saved with its stopping
-  code and read back instead of being run again;
+  code and read back instead of being run again, unless it was truncated (then it goes on);
 - report each iteration's estimate of the residual ``‖q − Jx_k‖`` (LSQR's ``φ̄_k``, which decreases
   monotonically) to a callback or a progress bar, with an ETA against the iteration cap;
 - stop for a reason it states: the tolerance reached (``atol``/``btol``), the condition limit (the
@@ -149,6 +149,8 @@ def lsqr(
         u[:] = state["u"].numpy()
         x, v, w = (state[k].numpy().copy() for k in ("x", "v", "w"))
     resumed, history, istop = int(s["itn"]), [], int(state["istop"]) if state else 0
+    if istop in TRUNCATED:  # stopped by a cap or a budget: go on, up to this call's cap
+        istop = 7 if s["itn"] >= iter_lim else 0
     ctol = 1.0 / conlim if conlim > 0 else 0.0
     started = time.perf_counter()
     while not istop:

@@ -156,7 +156,7 @@ class OperatorSpectrum:
         index = len(self.iterations)
         scipy_op = self.op.to_scipy()
         with tqdm(total=self.max_iter, desc=f"LSQR solve {index + 1}", unit="it", disable=not self.progress,
-                  leave=False) as bar:
+                  leave=False, mininterval=2.0) as bar:
             def show(iteration: int, residual: float) -> None:
                 bar.update(iteration - bar.n)
                 bar.set_postfix_str(f"‖q − Jν‖ ≈ {residual:.3e}", refresh=False)

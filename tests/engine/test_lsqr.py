@@ -50,6 +50,11 @@ def test_an_interrupted_solve_resumes_from_its_checkpoint_and_gives_the_same_ans
     again = _solve(A, b, checkpoints=checkpoint, callback=crash)
     assert again.resumed_from == whole.iterations and not again.history and again.istop == whole.istop
     np.testing.assert_array_equal(again.x, resumed.x)
+    # a solve truncated by its budget goes on from where it stopped when run again
+    _solve(A, 3 * b, checkpoints=checkpoint, iter_lim=4)
+    longer, straight = _solve(A, 3 * b, checkpoints=checkpoint), _solve(A, 3 * b)
+    assert longer.resumed_from == 4 and longer.iterations == straight.iterations
+    np.testing.assert_allclose(longer.x, straight.x, rtol=0, atol=1e-12)
     # a checkpoint of another problem is not used
     other = _solve(A, 2 * b, checkpoints=checkpoint, checkpoint_every=3)
     assert other.resumed_from == 0

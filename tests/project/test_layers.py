@@ -39,6 +39,8 @@ LAYERS = {
     "diagnostics.alignment_report": 3,
     "diagnostics.alignment": 3,
     "diagnostics.cms": 3,
+    "diagnostics.distributed": 4,  # the whole data set over torch.distributed
+    "diagnostics.check_command": 6,
     "diagnostics.tracking": 4,
     "diagnostics.aligned": 5,
     "diagnostics.integrations": 5,  # the tracker inside Lightning / Hugging Face runs, and loggers as sinks
