@@ -118,7 +118,8 @@ def alignment_from_spectrum(
         verdicts = (
             d1,
             theory.loss_decomposition(loss, spectrum.inside_norm_sq(r_q), outside, n,
-                                      rtol=precision.decomposition_rtol(source_dtype)),
+                                      rtol=precision.decomposition_rtol(source_dtype),
+                                      uncertainty=_truncation_uncertainty(spectrum, loss, r_q, outside, n)),
             theory.necessity_at_global_minimum(loss, residual, n, q_sq, cms=cms),
             theory.gradient_domination(loss, grad_norm, certificate, aligned,
                                        truncation=spectrum.outside_norm_sq(r_q) / (2 * n), cms=cms),
@@ -207,6 +208,14 @@ def _resolution(spectrum: Spectrum | OperatorSpectrum, residual: float, residual
         return True, ""
     return False, (f"{name} resolves eigenvalues only down to nm·eps·λ_max, and the residual lies in the directions "
                    "below; re-measure with dtype=torch.float64")
+
+
+def _truncation_uncertainty(spectrum: Spectrum | OperatorSpectrum, loss: float, r: torch.Tensor, outside: float,
+                            n: int) -> float:
+    """The (I2) gap a truncated LSQR solve cannot tell from zero: all of it (``Jν_k`` is no projection); else 0."""
+    if not getattr(spectrum, "truncated", False):
+        return 0.0
+    return loss + (spectrum.inside_norm_sq(r) + outside) / (2 * n)
 
 
 def _check_horizon(horizon: tuple[float, int]) -> tuple[float, int]:
