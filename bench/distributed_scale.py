@@ -75,9 +75,12 @@ def resnet18(n_out: int = 10) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def measure(n: int, model_name: str, device: str, dtype: str, batch_size: int, repeats: int) -> dict:
+def measure(n: int, model_name: str, device: str, dtype: str, batch_size: int, repeats: int,
+            threads: int | None = None) -> dict:
     """On this process: build the shard's operator, time ``J v`` and ``Jᵀ u`` on the whole set, read peak memory."""
     rank, world = process_group_size()
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = resnet18() if model_name == "resnet18" else build("CNN", 1)[0]
     model = model.eval().to(device)
@@ -114,6 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads per process (default CPUs/nproc)")
     args = parser.parse_args(argv)
     if args.resnet18:
         args.model, args.n, args.nproc, args.dtype, args.batch_size = "resnet18", [32], [1], "float32", 16
@@ -124,17 +128,19 @@ def main(argv: list[str] | None = None) -> None:
             if result["rank"] == 0:
                 print(result, flush=True)
         return
-    print("| model | n | n·m | d | processes | first pass (s) | J v (s) | Jᵀ u (s) | s / iteration | s / iteration "
-          "per sample (ms) | peak RSS per process (GB) |")
+    print("| model | n | n·m | d | processes × threads | first pass (s) | J v (s) | Jᵀ u (s) | s / iteration "
+          "| s / iteration per sample (ms) | peak RSS per process (GB) |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.n:
         for nproc in args.nproc:
-            results = launch(measure, nproc, n, args.model, args.device, args.dtype, args.batch_size, args.repeats)
+            threads = args.threads or max(1, (os.cpu_count() or 1) // nproc)
+            results = launch(measure, nproc, n, args.model, args.device, args.dtype, args.batch_size, args.repeats,
+                             threads)
             r = results[0]
             iteration = r["Jv_s"] + r["JTu_s"]
             rss = "/".join(f"{x['peak_rss_gb']:.2f}" for x in results)
-            print(f"| {args.model} | {n:,} | {r['rows']:,} | {r['d']:,} | {nproc} | {r['first_pass_s']:.2f} | "
-                  f"{r['Jv_s']:.2f} | {r['JTu_s']:.2f} | {iteration:.2f} | {1e3 * iteration / n:.3f} | {rss} |",
+            print(f"| {args.model} | {n:,} | {r['rows']:,} | {r['d']:,} | {nproc} × {threads} | "
+                  f"{r['first_pass_s']:.2f} | {r['Jv_s']:.2f} | {r['JTu_s']:.2f} | {iteration:.2f} | {1e3 * iteration / n:.3f} | {rss} |",
                   flush=True)
     print(f"load average at end: {os.getloadavg()}", flush=True)
 
