@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
             iteration = r["Jv_s"] + r["JTu_s"]
             rss = "/".join(f"{x['peak_rss_gb']:.2f}" for x in results)
             print(f"| {args.model} | {n:,} | {r['rows']:,} | {r['d']:,} | {nproc} × {threads} | "
-                  f"{r['first_pass_s']:.2f} | {r['Jv_s']:.2f} | {r['JTu_s']:.2f} | {iteration:.2f} | {1e3 * iteration / n:.3f} | {rss} |",
+                  f"{r['first_pass_s']:.2f} | {r['Jv_s']:.2f} | {r['JTu_s']:.2f} | {iteration:.2f} | "
+                  f"{1e3 * iteration / n:.3f} | {rss} |",
                   flush=True)
     print(f"load average at end: {os.getloadavg()}", flush=True)
 

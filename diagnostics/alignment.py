@@ -212,7 +212,7 @@ def _resolution(spectrum: Spectrum | OperatorSpectrum, residual: float, residual
 
 def _truncation_uncertainty(spectrum: Spectrum | OperatorSpectrum, loss: float, r: torch.Tensor, outside: float,
                             n: int) -> float:
-    """The (I2) gap a truncated LSQR solve cannot tell from zero: all of it (``Jν_k`` is no projection); else 0."""
+    """Return the (I2) gap a truncated LSQR solve cannot tell from zero: all of it (``Jν_k`` is no projection)."""
     if not getattr(spectrum, "truncated", False):
         return 0.0
     return loss + (spectrum.inside_norm_sq(r) + outside) / (2 * n)
