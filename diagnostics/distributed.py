@@ -67,6 +67,7 @@ def check_alignment_distributed(
     checkpoint_every: int = 10,
     progress: bool = False,
     work_dir: str | os.PathLike[str] | None = None,
+    vector_budget: int | None = None,
     group: Any = None,
 ) -> AlignmentReport:
     """Test D1 on every sample of ``data``, shared among the processes of ``group``.
@@ -97,8 +98,9 @@ def check_alignment_distributed(
         job started again with the same model, data and settings resumes from them.
     progress
         Show the LSQR progress (residual estimate, ETA to the cap) on process 0.
-    work_dir
-        Folder for the memory-mapped ``n·m``-vectors beyond the vector budget.
+    work_dir, vector_budget
+        Folder for the ``n·m``-vectors (outputs, products, LSQR's ``u``) larger than ``vector_budget``
+        bytes (default 1/16 of the memory budget), kept there as memory-mapped files.
     group
         The process group (default the world).
     """
@@ -112,7 +114,8 @@ def check_alignment_distributed(
         n = len(data.dataset if isinstance(data, torch.utils.data.DataLoader) else data)
         return StreamedJacobianOperator(model, data, shard=shard_range(n, rank, world), batch_size=batch_size,
                                         params=params, output=output, dtype=dtype, strategy=strategy,
-                                        memory_budget=memory_budget, work_dir=work_dir)
+                                        memory_budget=memory_budget, work_dir=work_dir,
+                                        vector_budget=vector_budget)
 
     local = _together(measure, group)
     op = ShardedJacobian(local, group)

@@ -102,11 +102,13 @@ def test_a_shard_refused_on_one_process_stops_every_process_with_a_clear_error(t
     assert "at least one" in two[0]["refused"] and "at least one" in two[1]["refused"]
 
 
-def test_the_streamed_report_is_the_in_memory_matrix_free_report():
+def test_the_streamed_report_is_the_in_memory_matrix_free_report(tmp_path):
     split = load_dataset("teacher-student", n_train=12, n_test=1, dtype=torch.float64)
     model = build_model("mlp", 12, input_shape=split.input_shape, n_out=3, seed=1)
     data = torch.utils.data.TensorDataset(split.X_train, split.y_train)
     streamed = check_alignment_distributed(model, data, batch_size=5, top_k=2)
+    on_disk = check_alignment_distributed(model, data, batch_size=5, top_k=2, vector_budget=0, work_dir=tmp_path)
+    _assert_same(_numbers(on_disk), _numbers(streamed), 1e-13)  # memory-mapped n·m-vectors: the same numbers
     memory = check_alignment(model, (split.X_train, split.y_train), probe_size=None, path="matrix-free",
                              dtype=torch.float64)
     streamed_numbers, memory_numbers = _numbers(streamed), _numbers(memory)
