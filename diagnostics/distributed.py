@@ -179,7 +179,8 @@ def launch(fn: Callable[..., Any], nproc: int, *args: Any, threads: int | None =
 
     The processes meet through a file in a temporary folder (no port to find), each with ``threads``
     intra-op threads (default: the CPUs shared evenly). ``fn`` and ``args`` must be picklable
-    (``fn`` defined at a module's top level). With ``nproc=1``, ``fn`` runs here, without a group.
+    (``fn`` defined at a module's top level). With ``nproc=1``, ``fn`` runs here, without a group. A
+    :class:`~diagnostics.errors.DiagnosticsError` raised in a process is raised here, naming the process.
     """
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise DiagnosticsError(f"nproc must be a positive integer, got {nproc!r}")
@@ -188,7 +189,11 @@ def launch(fn: Callable[..., Any], nproc: int, *args: Any, threads: int | None =
     threads = threads or max(1, (os.cpu_count() or 1) // nproc)
     with tempfile.TemporaryDirectory(prefix="diagnostics-launch-") as folder:
         mp.spawn(_process, args=(nproc, folder, threads, fn, args), nprocs=nproc, join=True)
-        return [pickle.loads((Path(folder) / f"result-{r}.pkl").read_bytes()) for r in range(nproc)]
+        outcomes = [pickle.loads((Path(folder) / f"result-{r}.pkl").read_bytes()) for r in range(nproc)]
+    for rank, (failed, value) in enumerate(outcomes):
+        if failed:
+            raise DiagnosticsError(f"process {rank} of {nproc}: {value}")
+    return [value for _, value in outcomes]
 
 
 def _process(rank: int, world: int, folder: str, threads: int, fn: Callable[..., Any], args: tuple) -> None:
@@ -196,7 +201,10 @@ def _process(rank: int, world: int, folder: str, threads: int, fn: Callable[...,
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
     try:
-        result = fn(*args)
-        (Path(folder) / f"result-{rank}.pkl").write_bytes(pickle.dumps(result))
+        try:
+            outcome = (False, fn(*args))
+        except DiagnosticsError as exc:  # bad input: reported by the parent, without a traceback per process
+            outcome = (True, str(exc))
+        (Path(folder) / f"result-{rank}.pkl").write_bytes(pickle.dumps(outcome))
     finally:
         dist.destroy_process_group()

@@ -122,5 +122,7 @@ def test_the_check_command_writes_its_report_and_refuses_bad_arguments(tmp_path,
     out = tmp_path / "report.json"
     assert main(["check", *CASES["teacher-student"], "--quiet", "--top-k", "2", "--out", str(out)]) == 0
     assert out.exists() and "Alignment condition D1" in capsys.readouterr().out
-    assert main(["check", "--data", "digits", "--n-train", "1", "--nproc", "0", "--quiet"]) == 2
-    assert "nproc must be a positive integer" in capsys.readouterr().out
+    assert main(["check", "--data", "teacher-student", "--n-train", "1", "--nproc", "2", "--quiet"]) == 2
+    assert "process 0 of 2" in capsys.readouterr().out  # a shard refused: one line, no traceback
+    with pytest.raises(DiagnosticsError, match="nproc must be a positive integer"):
+        launch(job, 0, {})
