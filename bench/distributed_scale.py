@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from bench.models import build
+from bench.resnet18 import BasicBlock
 from diagnostics.distributed import init_from_environment, launch
 from diagnostics.engine.sharded import ShardedJacobian, process_group_size
 from diagnostics.engine.streamed import StreamedJacobianOperator, shard_range
@@ -52,24 +53,13 @@ class JitteredDigits(Dataset):
 
 
 def resnet18(n_out: int = 10) -> nn.Module:
-    """ResNet-18 for 32×32 inputs (3×3 stem, no max-pool; BasicBlocks 2-2-2-2, widths 64-512), d ≈ 11.2 M."""
-
-    class Basic(nn.Module):
-        def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-            super().__init__()
-            self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-            self.b1 = nn.BatchNorm2d(c_out)
-            self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-            self.b2 = nn.BatchNorm2d(c_out)
-            self.skip = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-                         if stride != 1 or c_in != c_out else nn.Identity())
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.relu(self.b2(self.c2(torch.relu(self.b1(self.c1(x))))) + self.skip(x))
-
+    """ResNet-18 as trained on CIFAR: the BasicBlocks 2-2-2-2 of :mod:`bench.resnet18` (widths 64-512) behind a
+    3×3 stem without max pool (torchvision's 7×7 stem and pool would shrink 32×32 inputs to 8×8 at once);
+    d = 11,173,962 with 10 outputs.
+    """
     layers, c = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()], 64
     for width, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-        layers += [Basic(c, width, stride), Basic(width, width, 1)]
+        layers += [BasicBlock(c, width, stride), BasicBlock(width, width)]
         c = width
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, n_out)]
     return nn.Sequential(*layers)

@@ -33,7 +33,7 @@ import torch
 from bench.flops import cheapest_flops, matmul_peak
 from bench.methods import METHODS, NotApplicable, autograd_loop
 from bench.models import MODELS, M, build
-from diagnostics import ntk_gram
+from diagnostics import InsufficientMemoryError, ntk_gram
 from diagnostics.engine import Measurement
 
 PEERS = ("torch.func recipe", "autograd loop", "nngeometry", "curvlinops", "BackPACK")
@@ -133,6 +133,9 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
                     K, first = _timed(fn, model, x, device)
                 except NotApplicable as exc:
                     row.note = f"does not apply: {exc}"[:120]
+                    continue
+                except (torch.OutOfMemoryError, InsufficientMemoryError) as exc:  # on a GPU: the next method runs
+                    row.note = f"out of memory: {exc}"[:120]
                     continue
                 times = [first] if first > args.single_run_above else [
                     _timed(fn, model, x, device)[1] for _ in range(args.repeats)

@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     data = (digits.X_train, digits.y_train)
     lines = [
         f"`check_alignment(model, digits, loss=\"ce\", probe_size=n)` on the CPU ({args.threads} threads), median of "
-        f"{args.repeats} interleaved runs; the float32 column is the verdict of the float32 measurement itself "
-        "(before any float64 re-measurement it triggers):",
+        f"{args.repeats} interleaved runs. The float32 time includes the float64 re-measurement that a float32 "
+        "measurement triggers when it cannot decide D1 (its verdict column then says so and shows the final answer):",
         "",
         "| model | n·m | float32 (s) | float64 (s) | float64 / float32 | D1 in float32 (a) | D1 in float64 (a) |",
         "|---|---|---|---|---|---|---|",

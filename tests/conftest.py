@@ -27,3 +27,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+#: Whether this machine has a CUDA device; the ``cuda`` cases of the ``device`` fixture are skipped otherwise.
+HAS_CUDA = torch.cuda.is_available()
+CUDA = pytest.param(
+    "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device on this machine")]
+)
+
+
+@pytest.fixture(params=["cpu", CUDA])
+def device(request) -> torch.device:
+    """Each device a user may measure on: the CPU, and the GPU when there is one (``-m cuda`` selects its cases).
+
+    Tests place the model there as a user would (``model.to(device)``) and pass data on the device or on the
+    CPU; on a machine without CUDA the ``cuda`` cases are reported as skipped, with the reason.
+    """
+    return torch.device(request.param)

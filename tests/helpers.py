@@ -61,25 +61,67 @@ def _snapshot(model: nn.Module) -> dict:
             for name, m in model.named_modules()
         },
         "track": {name: getattr(m, "track_running_stats", None) for name, m in model.named_modules()},
-        "tf32": (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32),
+        "tf32": tf32_switches(),
+        "rng": random_states(model),
     }
+
+
+def tf32_switches() -> tuple:
+    """The global TF32 switches as torch holds them: the ``fp32_precision`` strings (generic, CUDA matmul,
+    cuDNN, its convolutions and RNNs) from torch 2.9, the legacy ``allow_tf32`` flags before."""
+    b = torch.backends
+    if hasattr(b.cuda.matmul, "fp32_precision"):
+        return tuple(op.fp32_precision for op in (b, b.cuda.matmul, b.cudnn, b.cudnn.conv, b.cudnn.rnn))
+    return b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32
+
+
+def set_tf32(allowed: bool) -> None:
+    """Set every TF32 switch the way a user would (``fp32_precision`` from torch 2.9)."""
+    b = torch.backends
+    if hasattr(b.cuda.matmul, "fp32_precision"):
+        for op in (b.cuda.matmul, b.cudnn.conv, b.cudnn.rnn):
+            op.fp32_precision = "tf32" if allowed else "ieee"
+    else:
+        b.cuda.matmul.allow_tf32 = b.cudnn.allow_tf32 = allowed
+
+
+def restore_tf32(switches: tuple) -> None:
+    """Put back switches read by :func:`tf32_switches`."""
+    b = torch.backends
+    if hasattr(b.cuda.matmul, "fp32_precision"):
+        for op, value in zip((b, b.cuda.matmul, b.cudnn, b.cudnn.conv, b.cudnn.rnn), switches, strict=True):
+            op.fp32_precision = value
+    else:
+        b.cuda.matmul.allow_tf32, b.cudnn.allow_tf32 = switches
+
+
+def random_states(model: nn.Module) -> list[torch.Tensor]:
+    """The CPU's random state and that of every CUDA device holding a parameter of ``model``."""
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    return [torch.get_rng_state()] + [torch.cuda.get_rng_state(d) for d in devices]
 
 
 def assert_unchanged(model: nn.Module, fn):
     """Run ``fn()`` and check the model is exactly as before: parameters, buffers (running statistics,
     ``num_batches_tracked``), tensor identities, every module's train/eval mode, ``requires_grad``
-    flags, gradients, hooks, ``track_running_stats``, and the global TF32 switches."""
+    flags, gradients, hooks, ``track_running_stats``, the global TF32 switches, and the random state of
+    the CPU and of the model's GPU."""
     before = _snapshot(model)
-    result = fn()
-    after = _snapshot(model)
+    try:
+        return fn()
+    finally:  # also when ``fn`` raises: a refusal changes nothing either
+        _assert_same(before, _snapshot(model))
+
+
+def _assert_same(before: dict, after: dict) -> None:
     assert after["state"].keys() == before["state"].keys()
     for k, v in before["state"].items():
         assert torch.equal(after["state"][k], v), f"{k} changed"
     for key in ("objects", "training", "requires_grad", "hooks", "track", "tf32"):
         assert after[key] == before[key], key
+    assert len(after["rng"]) == len(before["rng"]) and all(map(torch.equal, after["rng"], before["rng"])), "rng"
     for k, g in before["grads"].items():
         assert (g is None and after["grads"][k] is None) or torch.equal(g, after["grads"][k]), k
-    return result
 
 
 # -- aligned training (diagnostics.aligned) -----------------------------------------------------
@@ -87,11 +129,11 @@ def assert_unchanged(model: nn.Module, fn):
 MAPS = [("penultimate", "full"), ("penultimate", "rank-one"), ("tangent", "full"), ("tangent", "rank-one")]
 
 
-def aligned_problem(case="resnet-bn", n=30, seed=0):
+def aligned_problem(case="resnet-bn", n=30, seed=0, device="cpu"):
     c = CASES[case]
-    model = c.model()
-    X = c.data(n)
-    y = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(seed))
+    model = c.model().to(device)
+    X = c.data(n).to(device)
+    y = torch.randint(0, 3, (n,), generator=torch.Generator().manual_seed(seed)).to(device)
     return model, X, y
 
 
@@ -108,8 +150,9 @@ def aligned_closure(trainer, X, y, loss):
     return closure
 
 
-def train_aligned(feature_map, coefficients, loss="mse", steps=40, lr=0.02, case="resnet-bn", n=30, **kwargs):
-    model, X, y = aligned_problem(case, n)
+def train_aligned(feature_map, coefficients, loss="mse", steps=40, lr=0.02, case="resnet-bn", n=30, device="cpu",
+                  **kwargs):
+    model, X, y = aligned_problem(case, n, device=device)
     trainer = AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=lr), train_data=(X, y), loss=loss,
                               switch_step=3, feature_map=feature_map, coefficients=coefficients,
                               full_batch=True, **kwargs)

@@ -24,13 +24,13 @@ def _digits(n=120):
     return X, y
 
 
-def test_linear_model_residual_matches_least_squares():
+def test_linear_model_residual_matches_least_squares(device):
     # rank J = m(d_x+1) < nm: the residual is the least-squares residual of Y on [X, 1].
     n, d_x, m = 30, 4, 2
-    model = nn.Linear(d_x, m).double()
+    model = nn.Linear(d_x, m).double().to(device)
     X = torch.randn(n, d_x, dtype=F64)
     Y = torch.randn(n, m, dtype=F64)
-    report = check_alignment(model, (X, Y), probe_size=None)
+    report = check_alignment(model, (X, Y), probe_size=None)  # the data on the CPU, the model on the device
     A = np.hstack([X.numpy(), np.ones((n, 1))])
     coef, *_ = np.linalg.lstsq(A, Y.numpy(), rcond=None)
     expected = np.linalg.norm(Y.numpy() - A @ coef) / np.linalg.norm(Y.numpy())
@@ -46,14 +46,15 @@ def test_linear_model_residual_matches_least_squares():
     assert report.loss >= report.loss_lower_bound
 
 
-def test_targets_in_the_column_space_are_aligned_and_bound_holds():
+def test_targets_in_the_column_space_are_aligned_and_bound_holds(device):
     n, d_x, m = 30, 4, 2
-    model = nn.Linear(d_x, m).double()
-    X = torch.randn(n, d_x, dtype=F64)
-    W = torch.randn(m, d_x, dtype=F64)
+    model = nn.Linear(d_x, m).double().to(device)
+    X = torch.randn(n, d_x, dtype=F64, device=device)
+    W = torch.randn(m, d_x, dtype=F64, device=device)
     Y = X @ W.T + 0.5  # realisable by the model: Y ∈ Col(J)
-    report = check_alignment(model, (X, Y), probe_size=None)
-    assert report.aligned and report.residual < 1e-12
+    report = check_alignment(model, (X, Y), probe_size=None)  # the model and the data on the device
+    assert report.aligned and report.residual < 1e-12 and report.verdict.status == "holds"
+    assert report.manifest.device.startswith(device.type)
     assert 0 < report.bound_ratio <= 1
     # B = ‖J⁺ r‖ equals the distance from θ to the solution set {θ': J θ' = Y} for a linear model
     J = jacobian(model, X)

@@ -47,9 +47,9 @@ class TiedEmbedding(nn.Module):
 
 
 @pytest.mark.parametrize("cid", ["mlp", "cnn", "resnet-bn"])
-def test_linear_head_models_satisfy_cms_linear_in_the_head(cid):
+def test_linear_head_models_satisfy_cms_linear_in_the_head(cid, device):
     case = CASES[cid]
-    report = check_cms(case.model(), case.data(16))
+    report = check_cms(case.model().to(device), case.data(16))
     assert report.holds and report.status == "holds" and report.kind == "linear-in"
     assert report.candidates["linear-in"]["fresh"] < 1e-10
     assert "'head'" in report.candidates["linear-in"]["what"] or cid == "mlp"
@@ -105,12 +105,12 @@ def test_nonlinear_heads_are_not_established_when_nothing_refutes_a1(head):
     assert str(report).startswith("Common model structure A1 (f = J R): not established")
 
 
-def test_a_softmax_head_is_refuted_by_test_2_at_any_width():
+def test_a_softmax_head_is_refuted_by_test_2_at_any_width(device):
     # the outputs of each sample sum to 1, so every Jacobian row block sums to 0: f_X ∉ Col J
     # (theory/cms.md#violations), however many parameters the network has
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 3), nn.Softmax(dim=-1)).double()
-    report = check_cms(model, torch.randn(20, 5, dtype=F64))
+    model = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 3), nn.Softmax(dim=-1)).double().to(device)
+    report = check_cms(model, torch.randn(20, 5, dtype=F64, device=device))
     assert report.status == "refuted" and report.verdict.details["refuted_by"].startswith("test 2")
 
 

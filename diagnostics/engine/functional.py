@@ -13,7 +13,8 @@ the measured parameter subset, and fixes the mode in which the model is evaluate
     eval mode. Samples interact, so the Jacobian is that of the whole batch ``f_X(θ)``.
 
 The modes are set only for the duration of a call and restored afterwards, together with the
-TF32 switches, which are turned off while measuring.
+TF32 switches, which are turned off while measuring (:func:`~diagnostics.engine.precision.tf32_off`),
+and the random state.
 
 Dropout is off in both modes and there is no option to turn it on: a Jacobian taken with random
 masks is a different random matrix at every call, so nothing measured with it could be
@@ -40,7 +41,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import DiagnosticsError, UnsupportedModelError
 from . import inputs as _inputs
-from .precision import forwards_agree
+from .precision import forwards_agree, tf32_off
 from .refusals import ModuleTrace, refusal
 
 ParamSelector = None | str | Sequence[str] | Callable[[str, torch.Tensor], bool]
@@ -125,14 +126,21 @@ class FunctionalModel:
         self.output_shape: tuple[int, ...] | None = None
         #: The user's TF32 switches ``(matmul, cudnn)`` found on entering :meth:`measuring`.
         self.tf32_outside: tuple[bool, bool] | None = None
+        #: Whether :meth:`prepare` copied inputs from the CPU to the model's device.
+        self.inputs_moved = False
         self._trace = ModuleTrace(model)
         if mode == "batch":
             _refuse_synchronised_batch_norm(model)
 
     # ------------------------------------------------------------------------------------------
     def prepare(self, inputs: object) -> tuple[_inputs.Inputs, int]:
-        """Return the validated inputs on the model's device in the compute dtype, and their batch size."""
+        """Return the validated inputs on the model's device in the compute dtype, and their batch size.
+
+        Inputs on the CPU are copied to the model's device (recorded in :attr:`inputs_moved`), inputs on
+        another device refused (:func:`~diagnostics.engine.inputs.moved_from_cpu`).
+        """
         x = _inputs.normalise_inputs(inputs)
+        self.inputs_moved = _inputs.moved_from_cpu(x, self.device)
         n = _inputs.batch_size(x)
         with torch.inference_mode(False):
             x = _inputs.map_inputs(lambda t: _ordinary(t, t.dtype), x)
@@ -286,18 +294,20 @@ class FunctionalModel:
 
     @contextlib.contextmanager
     def measuring(self) -> Iterator[None]:
-        """Set the measurement mode and TF32 off; restore both on exit, whatever happens.
+        """Set the measurement mode and TF32 off; restore both, and the random state, on exit, whatever happens.
 
         While inside, forward hooks record which module is running, so that an operation
-        ``torch.func`` cannot transform is refused with :class:`UnsupportedModelError` naming it.
+        ``torch.func`` cannot transform is refused with :class:`UnsupportedModelError` naming it. The
+        random state of the CPU and of the model's device is restored on exit, so a model that draws
+        random numbers in its forward leaves the user's random stream where it was.
         """
         flags = [(m, m.training) for m in self.module.modules()]
         norms = [(m, m.track_running_stats) for m in self.module.modules() if isinstance(m, _BatchNorm)]
-        tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        self.tf32_outside = tf32
+        devices = [self.device] if self.device.type == "cuda" else []
+        restore = contextlib.ExitStack()
+        self.tf32_outside = restore.enter_context(tf32_off())
+        restore.enter_context(torch.random.fork_rng(devices=devices))
         try:
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
             self.module.eval()
             if self.mode == "batch":
                 for m, _ in norms:  # batch statistics, and no running-statistics update
@@ -316,7 +326,7 @@ class FunctionalModel:
                 m.training = training
             for m, track in norms:
                 m.track_running_stats = track
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+            restore.close()
 
 
 def default_dtype(model_dtype: torch.dtype) -> torch.dtype:

@@ -79,6 +79,11 @@ def batch_size(inputs: Inputs) -> int:
     if n == 0:
         raise DiagnosticsError("inputs are empty (batch size 0): at least one sample is needed")
     for t in tensors:
+        if t.device.type == "meta":
+            raise DiagnosticsError(
+                "the inputs are on meta, a device that holds shapes but no values: put real data on the "
+                "model's device (or on the CPU, from where it is copied)"
+            )
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise DiagnosticsError("inputs contain NaN or inf values; clean the data before measuring")
     return n
@@ -90,10 +95,44 @@ def take(inputs: Inputs, index: torch.Tensor | slice) -> Inputs:
 
 
 def to(inputs: Inputs, device: torch.device, dtype: torch.dtype) -> Inputs:
-    """Move to ``device``; floating tensors are cast to ``dtype``, integer ones (token ids) kept."""
+    """Put the inputs on ``device`` (the model's); floating tensors are cast to ``dtype``, integer ones kept.
+
+    The device rule (:func:`moved_from_cpu`): inputs on ``device`` stay, inputs on the CPU are copied to
+    it, inputs on any other device are refused.
+    """
+    moved_from_cpu(inputs, device)
     return map_inputs(
         lambda t: t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype), inputs
     )
+
+
+def moved_from_cpu(inputs: Inputs, device: torch.device) -> bool:
+    """Return whether some inputs are on the CPU and will be copied to ``device``, the model's device.
+
+    Inputs on the model's device are used where they are. Inputs on the CPU, where data sets usually
+    live, are copied to the model's device (the report's manifest says so); this is a convenience
+    and never changes the result, since the model computes on its own device either way. Inputs on
+    any other device (another GPU than the model's, a GPU when the model is on the CPU) are refused:
+    moving them would copy data between accelerators, or off one, behind the user's back, and usually
+    means the model or the data was left on the wrong device.
+
+    Raises
+    ------
+    DiagnosticsError
+        When an input tensor is neither on ``device`` nor on the CPU, naming both devices.
+    """
+    moved = False
+    for t in leaves(inputs):
+        if t.device == device:
+            continue
+        if t.device.type != "cpu":
+            raise DiagnosticsError(
+                f"the inputs are on {t.device} but the model is on {device}: put them on one device "
+                "(model.to(device) and inputs.to(device)); inputs on the CPU are copied to the model's "
+                "device, inputs on another device are not moved"
+            )
+        moved = True
+    return moved
 
 
 def call(fn: Callable[..., Any], inputs: Inputs) -> Any:

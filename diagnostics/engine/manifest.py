@@ -109,7 +109,8 @@ class MeasurementManifest:
     model_dtype, compute_dtype
         The dtype of the model's parameters, and the dtype the measurement computed in.
     inputs
-        Structure, dtypes and shapes of the probe inputs, and how they were passed.
+        Structure, dtypes and shapes of the probe inputs, how they were passed, and whether they were
+        copied from the CPU to the model's device.
     output
         How the output was selected, its per-sample shape and ``m`` (flattened in C order).
     n_samples, n_outputs
@@ -228,7 +229,7 @@ class MeasurementManifest:
             device=str(fm.device),
             model_dtype=dtype_name(first.dtype),
             compute_dtype=dtype_name(fm.dtype),
-            inputs=_inputs.describe(inputs),
+            inputs=_inputs.describe(inputs) + (f"; copied from the CPU to {fm.device}" if fm.inputs_moved else ""),
             output=output,
             n_samples=int(n),
             n_outputs=int(m),

@@ -173,6 +173,7 @@ class Measurement:
             if self.requested != "auto" or not self.plan.per_sample:
                 raise
             self.choice = auto.fall_back(self, exc)
+            self.structured = None  # what the failed plan covered no longer describes the measurement
             return compute()
 
     # -- Jacobian columns and contractions ------------------------------------------------------------

@@ -13,10 +13,15 @@ DEFAULT_FRACTION = 0.5
 
 
 def available_bytes(device: torch.device) -> int:
-    """Memory currently available on ``device`` (free GPU memory, or the host's ``MemAvailable``)."""
+    """Return the memory currently available on ``device``, in bytes.
+
+    On a GPU: the driver's free memory plus what PyTorch's caching allocator holds for this process but no
+    tensor uses (``torch.cuda.mem_get_info`` counts it as used). On the CPU: the host's ``MemAvailable``.
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:

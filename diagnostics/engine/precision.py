@@ -7,12 +7,15 @@ The rules are those of ``theory/alignment.md#numerics``:
 - the **residual tolerance** ``residual_tol`` under which the alignment residual
   ``‖(I − P)Q‖/‖Q‖`` counts as zero: by default ``sqrt(eps(dtype of J))``;
 - the relative tolerances of the exact identities that the checks compare (the structured engine's
-  guard, ``f = J R`` for the common model structure, the (I2) decomposition on a trajectory).
+  guard, ``f = J R`` for the common model structure, the (I2) decomposition on a trajectory);
+- TF32 is off while measuring (:func:`tf32_off`): float32 means float32 on a GPU too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -28,6 +31,7 @@ __all__ = [
     "forwards_agree",
     "rank_rule",
     "structured_guard_rtol",
+    "tf32_off",
     "verdict_dtype",
 ]
 
@@ -113,3 +117,45 @@ def forwards_agree(a: torch.Tensor, b: torch.Tensor) -> bool:
     """``max|a − b| ≤ sqrt(eps) · max|b|``: two forwards equal up to the reduction order of the arithmetic."""
     scale = float(b.abs().max()) if b.numel() else 0.0
     return float((a - b).abs().max()) <= math.sqrt(eps(b.dtype)) * max(scale, 1e-30)
+
+
+@contextlib.contextmanager
+def tf32_off() -> Iterator[tuple[bool, bool]]:
+    """Turn TF32 off for CUDA matmuls and cuDNN while inside; restore every switch exactly on exit.
+
+    TF32 rounds float32 operands of matrix products and convolutions to a 10-bit mantissa (relative
+    error about ``5e-4``), which would blur ranks and residuals that float32 resolves to ``~1e-7``.
+    PyTorch 2.9 and later hold the switches as ``fp32_precision`` strings per operation (``"ieee"``,
+    ``"tf32"``, or ``"none"``: inherit from cuDNN/CUDA, then from the generic setting); they are set to
+    ``"ieee"`` and put back as found, and the legacy ``allow_tf32`` flags, which raise once the two
+    APIs are mixed, are never read. Older versions have the legacy flags only.
+
+    Yields
+    ------
+    tuple[bool, bool]
+        Whether the user's switches allowed TF32 outside, for ``(matmul, cudnn)``.
+    """
+    backends = torch.backends
+    if not hasattr(backends.cuda.matmul, "fp32_precision"):  # torch < 2.9
+        outside = (backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32)
+        try:
+            backends.cuda.matmul.allow_tf32 = backends.cudnn.allow_tf32 = False
+            yield outside
+        finally:
+            backends.cuda.matmul.allow_tf32, backends.cudnn.allow_tf32 = outside
+        return
+    ops = (backends.cuda.matmul, backends.cudnn.conv, backends.cudnn.rnn)
+    saved = [op.fp32_precision for op in ops]
+    inherited = [backends.cudnn.fp32_precision, backends.fp32_precision]
+
+    def allows(value: str) -> bool:
+        return next((v for v in (value, *inherited) if v != "none"), "ieee") == "tf32"
+
+    outside = (allows(saved[0]), allows(saved[1]) or allows(saved[2]))
+    try:
+        for op in ops:
+            op.fp32_precision = "ieee"
+        yield outside
+    finally:
+        for op, value in zip(ops, saved, strict=True):
+            op.fp32_precision = value

@@ -21,8 +21,8 @@ from diagnostics.aligned import AlignedTraining
 F64 = torch.float64
 
 
-def test_the_check_does_not_touch_the_original_model():
-    model, X, y = aligned_problem()
+def test_the_check_does_not_touch_the_original_model(device):
+    model, X, y = aligned_problem(device=device)
     model.train()
     model.bn1.eval()  # a mixed state must come back exactly as it was
     modes = {k: m.training for k, m in model.named_modules()}
@@ -41,8 +41,8 @@ def test_the_check_does_not_touch_the_original_model():
 
 
 @pytest.mark.parametrize("feature_map,coefficients", MAPS)
-def test_full_batch_gd_squared_loss_keeps_every_record_under_the_bound(feature_map, coefficients):
-    trainer = train_aligned(feature_map, coefficients, loss="mse")
+def test_full_batch_gd_squared_loss_keeps_every_record_under_the_bound(feature_map, coefficients, device):
+    trainer = train_aligned(feature_map, coefficients, loss="mse", device=device)
     report, guarantee, hist = trainer.switch_report, trainer.guarantee(), trainer.history()
     assert report.aligned and report.residual + report.rounding <= report.residual_tol
     assert guarantee.status == "theorem" and not guarantee.departures

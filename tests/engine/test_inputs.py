@@ -12,7 +12,7 @@ from cases import CASES, IO_CASES
 from helpers import NO_VMAP_FALLBACK_WARNING, ONE_THREAD, assert_matches_reference, assert_unchanged
 from torch import nn
 
-from diagnostics import DiagnosticsError, jacobian, ntk_gram, reference_gram
+from diagnostics import DiagnosticsError, jacobian, ntk_gram, reference_gram, reference_jacobian
 
 F64 = torch.float64
 ATOL = 1e-10
@@ -195,3 +195,44 @@ def test_a_gram_that_overflows_is_refused_with_advice_and_float64_measures_it():
             assert_unchanged(model, lambda s=strategy: ntk_gram(model, x, strategy=s))
     K = ntk_gram(model, x, dtype=F64)
     assert torch.isfinite(K).all() and K.abs().max() > 1e49
+
+
+# -- the device rule: inputs on the CPU are copied to the model's device, inputs elsewhere refused ----------
+
+
+def test_inputs_on_the_cpu_are_copied_to_the_models_device_and_the_manifest_says_so(device):
+    from diagnostics import check_alignment
+
+    case = CASES["mlp"]
+    model, x = case.model().to(device), case.data(5)
+    y = torch.arange(5) % 3
+    J = jacobian(model, x)  # the data on the CPU, where data sets live
+    assert J.device.type == device.type
+    torch.testing.assert_close(J, jacobian(model, x.to(device)), rtol=0, atol=ATOL)
+    torch.testing.assert_close(J.cpu(), reference_jacobian(case.model(), x), rtol=0, atol=ATOL)
+    moved = device.type != "cpu"
+    for data in ((x, y), (x.to(device), y)):
+        inputs = check_alignment(model, data, loss="ce", probe_size=None).manifest.inputs
+        copied = data[0].device.type == "cpu" and moved
+        assert ("copied from the CPU to cuda" in inputs) == copied, inputs
+
+
+def test_inputs_on_another_device_than_the_model_are_refused_and_nothing_changes(device):
+    """A CPU model given inputs on the GPU (or, on any machine, on PyTorch's ``meta`` device) is refused."""
+    from diagnostics import AlignmentTracker, JacobianOperator, check_alignment, check_cms
+
+    other = torch.device("meta") if device.type == "cpu" else device
+    case = CASES["mlp"]
+    model, x = case.model(), case.data(5).to(other)
+    y = torch.arange(5) % 3
+    calls = {
+        "jacobian": lambda: jacobian(model, x),
+        "ntk_gram of a tuple": lambda: ntk_gram(model, (x,)),
+        "check_alignment": lambda: check_alignment(model, (x, y), loss="ce", probe_size=None),
+        "check_cms": lambda: check_cms(model, x),
+        "JacobianOperator": lambda: JacobianOperator(model, x),
+        "AlignmentTracker": lambda: AlignmentTracker(model, (x, y), loss="ce", probe_size=None).measure(0),
+    }
+    for call in calls.values():
+        with pytest.raises(DiagnosticsError, match=rf"^the inputs are on {other.type}"):
+            assert_unchanged(model, call)

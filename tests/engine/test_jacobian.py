@@ -1,12 +1,15 @@
-"""jacobian / ntk_gram against the naive autograd loop, and exact answers
+"""jacobian / ntk_gram against the naive autograd loop on every device, and exact answers
 (theory/setup.md#jacobian-and-gram, theory/width.md, theory/alignment.md#setup)."""
+
+import copy
 
 import pytest
 import torch
 from cases import CASES
+from helpers import restore_tf32, set_tf32, tf32_switches
 from torch import nn
 
-from diagnostics import jacobian, ntk_gram, reference_jacobian
+from diagnostics import STRATEGIES, jacobian, ntk_gram, reference_gram, reference_jacobian
 
 F64 = torch.float64
 
@@ -22,16 +25,34 @@ def _runs():
 
 
 @pytest.mark.parametrize(("cid", "mode", "strategy"), list(_runs()))
-def test_jacobian_and_gram_match_autograd_loop(cid, mode, strategy):
+def test_jacobian_and_gram_match_autograd_loop(cid, mode, strategy, device):
     case = CASES[cid]
-    model, x = case.model(), case.data(5)
+    model, x = case.model().to(device), case.data(5).to(device)
     J_ref = reference_jacobian(model, x, mode=mode)
     J = jacobian(model, x, mode=mode, strategy=strategy)
     K = ntk_gram(model, x, mode=mode, strategy=strategy)
-    assert J.shape == J_ref.shape
+    assert J.shape == J_ref.shape and J.device == K.device == J_ref.device
     torch.testing.assert_close(J, J_ref, rtol=0, atol=1e-10)
     torch.testing.assert_close(K, J_ref @ J_ref.T, rtol=0, atol=1e-10)
     torch.testing.assert_close(K, K.T, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cid", ["mlp", "resnet-bn"])
+def test_float32_gram_of_every_strategy_is_float32_accurate_with_tf32_switched_on_by_the_user(cid, device):
+    """TF32 (a 10-bit mantissa, relative error ~5e-4) would miss this bound by an order of magnitude: the
+    engine turns it off while measuring, whatever the user's switches say."""
+    case = CASES[cid]
+    model, x = case.model(torch.float32).to(device), case.data(5, torch.float32)
+    K_ref = reference_gram(copy.deepcopy(model).cpu().double(), x.double())  # the same weights, float64 on the CPU
+    before = tf32_switches()
+    try:
+        set_tf32(True)
+        for strategy in STRATEGIES:
+            K = ntk_gram(model, x, strategy=strategy)
+            assert K.dtype == torch.float32 and K.device.type == device.type, strategy
+            assert (K.cpu().double() - K_ref).abs().max() <= 2e-5 * K_ref.abs().max(), strategy
+    finally:
+        restore_tf32(before)
 
 
 def test_batch_mode_differs_from_eval_mode_with_batch_norm():

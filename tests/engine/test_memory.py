@@ -8,6 +8,7 @@ from helpers import NO_VMAP_FALLBACK_WARNING, ONE_THREAD, assert_unchanged
 from torch import nn
 
 from diagnostics import InsufficientMemoryError, jacobian, ntk_gram
+from diagnostics.engine.memory import DEFAULT_FRACTION, available_bytes, resolve_budget
 
 
 def test_gram_refuses_what_would_not_fit():
@@ -60,3 +61,23 @@ def test_a_gram_or_jacobian_that_cannot_fit_is_refused_before_any_forward_on_the
         with pytest.raises(InsufficientMemoryError, match=what):
             fn(model, x, memory_budget=10**7)
         assert model.seen <= 2  # one forward on at most two samples gave m
+
+
+def test_the_default_budget_is_half_the_memory_free_on_the_models_device(device):
+    """On a GPU the guard reads the GPU's free memory (``torch.cuda.mem_get_info``, not the host's), counting the
+    blocks PyTorch's caching allocator keeps for this process but no tensor uses."""
+    if device.type == "cuda":
+        block = torch.empty(2**28, dtype=torch.uint8, device=device)  # 256 MiB, then cached when freed
+        del block
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        assert cached >= 2**28
+        free, rtol = torch.cuda.mem_get_info(device)[0] + cached, 0.01  # only this process allocates there
+    else:
+        free, rtol = available_bytes(device), 0.1  # the host's memory moves with other processes
+    budget = resolve_budget(None, device)
+    assert abs(budget - DEFAULT_FRACTION * free) <= rtol * free
+    model = CountingSamples().double().to(device)
+    x = torch.randn(200_000, 5, dtype=torch.float64)  # K would take (2·10⁶)² · 8 bytes = 32 TB
+    with pytest.raises(InsufficientMemoryError, match=r"NTK Gram \(2000000 × 2000000.*more than the memory budget"):
+        assert_unchanged(model, lambda: ntk_gram(model, x))
+    assert model.seen <= 2

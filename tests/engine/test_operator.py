@@ -20,26 +20,28 @@ def _modes():
 
 
 @pytest.mark.parametrize(("cid", "mode"), list(_modes()))
-def test_operator_products_match_reference(cid, mode):
+def test_operator_products_match_reference(cid, mode, device):
+    """On a GPU the model is there, the inputs and vectors on the CPU; products come back on the model's device."""
     case = CASES[cid]
-    model, x = case.model(), case.data(7)
-    J = reference_jacobian(model, x, mode=mode)
+    model, x = case.model().to(device), case.data(7)
+    J = reference_jacobian(model, x, mode=mode).cpu()
     op = JacobianOperator(model, x, mode=mode, chunk_size=None if mode == "batch" else 3)
     assert op.shape == tuple(J.shape)
     gen = torch.Generator().manual_seed(0)
     v = torch.randn(J.shape[1], generator=gen, dtype=F64)
     u = torch.randn(J.shape[0], generator=gen, dtype=F64)
-    torch.testing.assert_close(op.matvec(v), J @ v, rtol=0, atol=ATOL)
-    torch.testing.assert_close(op.rmatvec(u), J.T @ u, rtol=0, atol=ATOL)
-    torch.testing.assert_close(op.gram_matvec(u), J @ (J.T @ u), rtol=0, atol=ATOL)
+    assert op.matvec(v).device.type == device.type
+    torch.testing.assert_close(op.matvec(v).cpu(), J @ v, rtol=0, atol=ATOL)
+    torch.testing.assert_close(op.rmatvec(u).cpu(), J.T @ u, rtol=0, atol=ATOL)
+    torch.testing.assert_close(op.gram_matvec(u).cpu(), J @ (J.T @ u), rtol=0, atol=ATOL)
     A, G = op.to_scipy(), op.to_scipy(gram=True)
     np.testing.assert_allclose(A.matvec(v.numpy()), (J @ v).numpy(), rtol=0, atol=ATOL)
     np.testing.assert_allclose(A.rmatvec(u.numpy()), (J.T @ u).numpy(), rtol=0, atol=ATOL)
     np.testing.assert_allclose(G.matvec(u.numpy()), (J @ (J.T @ u)).numpy(), rtol=0, atol=ATOL)
     V = torch.randn(J.shape[1], 3, generator=gen, dtype=F64)
     U = torch.randn(J.shape[0], 2, generator=gen, dtype=F64)
-    torch.testing.assert_close(op.matmat(V), J @ V, rtol=0, atol=ATOL)
-    torch.testing.assert_close(op.rmatmat(U), J.T @ U, rtol=0, atol=ATOL)
+    torch.testing.assert_close(op.matmat(V).cpu(), J @ V, rtol=0, atol=ATOL)
+    torch.testing.assert_close(op.rmatmat(U).cpu(), J.T @ U, rtol=0, atol=ATOL)
 
 
 def test_block_products_refuse_blocks_of_the_wrong_shape():

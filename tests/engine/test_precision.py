@@ -3,15 +3,18 @@ while measuring, and every report stating the policy and its tolerances."""
 
 import copy
 
+import pytest
 import torch
 from cases import CASES, IO_CASES
-from helpers import NO_VMAP_FALLBACK_WARNING, ONE_THREAD
+from helpers import NO_VMAP_FALLBACK_WARNING, ONE_THREAD, restore_tf32, set_tf32, tf32_switches
 
 from diagnostics import check_alignment, check_cms, jacobian, reference_jacobian
 from diagnostics.engine import FunctionalModel
+from diagnostics.engine.precision import tf32_off
 
 F64 = torch.float64
 ATOL = 1e-10
+NEW_API = hasattr(torch.backends.cuda.matmul, "fp32_precision")
 
 
 def test_float64_end_to_end_on_a_float32_model():
@@ -43,19 +46,45 @@ def test_float64_end_to_end_on_a_float32_transformer():
 
 @ONE_THREAD
 @NO_VMAP_FALLBACK_WARNING
-def test_tf32_is_off_while_measuring_and_the_users_switches_come_back():
+@pytest.mark.parametrize("allowed", [True, False])
+def test_tf32_is_off_while_measuring_and_the_users_switches_come_back(allowed):
     model = CASES["mlp"].model()
     fm = FunctionalModel(model)
-    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    before = tf32_switches()
     try:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = True, True
+        set_tf32(allowed)
+        outside = tf32_switches()
         with fm.measuring():
-            assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+            if NEW_API:  # every operation's switch says IEEE float32, whatever the user had
+                b = torch.backends
+                assert {op.fp32_precision for op in (b.cuda.matmul, b.cudnn.conv, b.cudnn.rnn)} == {"ieee"}
+            else:
+                assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert tf32_switches() == outside
         report = check_alignment(model, (CASES["mlp"].data(6), torch.randn(6, 3, dtype=F64)))
-        assert "the user's switches (matmul=True, cudnn=True) restored" in report.manifest.tf32
+        assert f"the user's switches (matmul={allowed}, cudnn={allowed}) restored" in report.manifest.tf32
+        assert tf32_switches() == outside
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+        restore_tf32(before)
+
+
+@pytest.mark.skipif(not NEW_API, reason="fp32_precision strings exist from torch 2.9")
+def test_tf32_switches_inherited_from_the_generic_setting_are_read_and_restored():
+    b = torch.backends
+    before = tf32_switches()
+    try:
+        b.fp32_precision = "tf32"  # the generic switch: every operation inherits it
+        b.cuda.matmul.fp32_precision = "ieee"  # and one operation set apart
+        outside = tf32_switches()
+        with tf32_off() as allowed:
+            assert allowed == (False, True)
+            assert b.cuda.matmul.fp32_precision == b.cudnn.conv.fp32_precision == "ieee"
+        assert tf32_switches() == outside
+        with pytest.raises(RuntimeError, match="raised inside"), tf32_off():
+            raise RuntimeError("raised inside")
+        assert tf32_switches() == outside
+    finally:
+        restore_tf32(before)
 
 
 @ONE_THREAD

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from cases import CASES
-from helpers import ROOT
+from helpers import ROOT, assert_unchanged
 from torch import nn
 
 from diagnostics.errors import DiagnosticsError
@@ -46,9 +46,9 @@ def _gd_step(model: nn.Module, X: torch.Tensor, Y: torch.Tensor, lr: float = 0.1
 # -- records -----------------------------------------------------------------------------------------
 
 
-def test_records_have_the_documented_columns_and_follow_every():
-    X, Y = _regression()
-    model = _mlp()
+def test_records_have_the_documented_columns_and_follow_every(device):
+    X, Y = (t.to(device) for t in _regression())
+    model = _mlp().to(device)
     tracker = AlignmentTracker(model, (X, Y), every=3, representation=["1"], probe_size=None)
     returned = []
     for _ in range(7):
@@ -142,50 +142,26 @@ class NoisyMLP(nn.Module):
         return self.head(h)
 
 
-def _snapshot(model: nn.Module) -> dict:
-    return {
-        "params": {k: v.detach().clone() for k, v in model.named_parameters()},
-        "grads": {k: None if v.grad is None else v.grad.clone() for k, v in model.named_parameters()},
-        "requires_grad": {k: v.requires_grad for k, v in model.named_parameters()},
-        "buffers": {k: v.clone() for k, v in model.named_buffers()},
-        "training": {k: m.training for k, m in model.named_modules()},
-        "hooks": {k: (len(m._forward_hooks), len(m._forward_pre_hooks)) for k, m in model.named_modules()},
-        "rng": torch.random.get_rng_state(),
-    }
-
-
-def _assert_same(a: dict, b: dict) -> None:
-    for key in ("params", "buffers"):
-        for k in a[key]:
-            assert torch.equal(a[key][k], b[key][k]), (key, k)
-    for k, g in a["grads"].items():
-        assert (g is None and b["grads"][k] is None) or torch.equal(g, b["grads"][k]), k
-    for key in ("requires_grad", "training", "hooks"):
-        assert a[key] == b[key], key
-    assert torch.equal(a["rng"], b["rng"])
-
-
 @pytest.mark.parametrize("mode", ["eval", "batch"])
-def test_measuring_never_mutates_the_model(mode):
-    model = CASES["resnet-bn"].model().train()
-    x = CASES["resnet-bn"].data(10)
+def test_measuring_never_mutates_the_model(mode, device):
+    model = CASES["resnet-bn"].model().train().to(device)
+    x = CASES["resnet-bn"].data(10).to(device)
     y = torch.arange(10) % 3
     model.stem.weight.requires_grad_(False)
     model(x).sum().backward()  # .grad populated, as between backward() and optimizer.step()
     model.bn1.eval()  # a mixed train/eval state must survive
-    before = _snapshot(model)
-    tracker = AlignmentTracker(model, (x, y), loss="ce", mode=mode, representation=["bn0"])
-    tracker.measure(0)
-    _assert_same(before, _snapshot(model))
+    tracker = assert_unchanged(model, lambda: AlignmentTracker(model, (x, y), loss="ce", mode=mode,
+                                                                representation=["bn0"]))
+    assert_unchanged(model, lambda: tracker.measure(0))
 
 
 def test_random_stream_is_restored_for_models_that_draw_random_numbers():
     torch.manual_seed(0)
     model = NoisyMLP().double()
     X, Y = _regression()
-    before = _snapshot(model)
-    AlignmentTracker(model, (X, Y), representation=["body"], probe_size=None).measure(0)
-    _assert_same(before, _snapshot(model))
+    assert_unchanged(
+        model, lambda: AlignmentTracker(model, (X, Y), representation=["body"], probe_size=None).measure(0)
+    )
 
 
 # -- history file, crash safety and resume -----------------------------------------------------------
