@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -117,7 +118,8 @@ def alignment_from_spectrum(
         verdicts = (
             d1,
             theory.loss_decomposition(loss, spectrum.inside_norm_sq(r_q), outside, n,
-                                      rtol=precision.decomposition_rtol(source_dtype)),
+                                      rtol=precision.decomposition_rtol(source_dtype),
+                                      uncertainty=_truncation_uncertainty(spectrum, loss, r_q, outside, n)),
             theory.necessity_at_global_minimum(loss, residual, n, q_sq, cms=cms),
             theory.gradient_domination(loss, grad_norm, certificate, aligned,
                                        truncation=spectrum.outside_norm_sq(r_q) / (2 * n), cms=cms),
@@ -198,10 +200,22 @@ def _resolution(spectrum: Spectrum | OperatorSpectrum, residual: float, residual
         return False, (f"the matrix-free rank rule in {name} is an LSQR condition limit of {conlim:.3g} "
                        f"(every eigenvalue below {1 / conlim**2:.1e}·λ_max is cut), so the residual says little; "
                        "re-run with dtype=torch.float64")
+    if getattr(spectrum, "truncated", False) and residual > residual_tol:
+        return False, (f"LSQR stopped before its tolerance ({spectrum.solver_summary}): the residual of a truncated "
+                       "solve only bounds the least-squares residual from above, so it cannot refute D1; raise "
+                       "max_iter or the time budget, or resume from the checkpoint")
     if source_dtype == torch.float64 or residual <= residual_tol:
         return True, ""
     return False, (f"{name} resolves eigenvalues only down to nm·eps·λ_max, and the residual lies in the directions "
                    "below; re-measure with dtype=torch.float64")
+
+
+def _truncation_uncertainty(spectrum: Spectrum | OperatorSpectrum, loss: float, r: torch.Tensor, outside: float,
+                            n: int) -> float:
+    """Return the (I2) gap a truncated LSQR solve cannot tell from zero: all of it (``Jν_k`` is no projection)."""
+    if not getattr(spectrum, "truncated", False):
+        return 0.0
+    return loss + (spectrum.inside_norm_sq(r) + outside) / (2 * n)
 
 
 def _check_horizon(horizon: tuple[float, int]) -> tuple[float, int]:
@@ -402,22 +416,25 @@ def alignment_from_operator(
     rtol: float | None = None,
     max_iter: int | None = None,
     horizon: tuple[float, int] | None = None,
+    **solver: Any,
 ) -> AlignmentReport:
     """Compute the report of :func:`~diagnostics.check_alignment` matrix-free.
 
     Parameters
     ----------
     op
-        Jacobian operator on the probe inputs.
+        Jacobian operator on the probe inputs (or the whole data set: a
+        :class:`~diagnostics.engine.sharded.ShardedJacobian` of streamed shards).
     targets
         Targets of the probe samples (class indices, one-hot rows or values).
     loss, target, rank_tol, residual_tol, horizon
         As in :func:`~diagnostics.check_alignment`.
-    top_k, rtol, max_iter
-        As in :class:`OperatorSpectrum`.
+    top_k, rtol, max_iter, **solver
+        As in :class:`OperatorSpectrum` (``solver``: ``time_budget``, ``checkpoints``, ``checkpoint_every``,
+        ``progress``, ``workspace``). The report's ``rank_rule`` states why each LSQR solve stopped.
     """
     built = Targets.build(targets, op.n, op.m, loss, target)
-    spectrum = OperatorSpectrum(op, rank_tol=rank_tol, top_k=top_k, rtol=rtol, max_iter=max_iter)
+    spectrum = OperatorSpectrum(op, rank_tol=rank_tol, top_k=top_k, rtol=rtol, max_iter=max_iter, **solver)
     report = alignment_from_spectrum(
         op.outputs, built, spectrum, n_params=op.fm.n_params, source_dtype=op.dtype, residual_tol=residual_tol,
         horizon=horizon,

@@ -88,6 +88,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _check():
+    """Import the ``check`` command's module (torch.distributed) only when it is used."""
+    from . import check_command
+
+    return check_command
+
+
 def _forward(command: Command, argv: list[str]) -> int:
     module_name, function = command.forward.split(":")
     try:
@@ -105,3 +112,6 @@ register("width-report", "width-scaling report (theory/width.md): train over wid
          "report.html", configure=width_command.configure, run=width_command.run)
 register("aligned-training", "training that keeps the alignment condition by construction (theory/application.md); "
          "arguments are passed to diagnostics.aligned.command", forward="diagnostics.aligned.command:main")
+register("check", "the alignment condition D1 on a whole training set, streamed and data-parallel "
+         "(theory/alignment.md#data-parallel)", configure=lambda parser: _check().configure(parser),
+         run=lambda args: _check().run(args))

@@ -217,16 +217,16 @@ def probe_data(data: Any, probe_size: int | None, seed: int) -> tuple[Inputs, to
     if probe_size is not None and probe_size < 1:
         raise DiagnosticsError(f"probe_size must be a positive integer or None, got {probe_size}")
     if isinstance(data, DataLoader):
-        if _is_map_style(data.dataset):
+        if is_map_style(data.dataset):
             data = data.dataset
         else:
             return _from_iterable(data, probe_size)
-    if isinstance(data, Dataset) and _is_map_style(data):
+    if isinstance(data, Dataset) and is_map_style(data):
         n = len(data)
         if n == 0:
             raise DiagnosticsError("the data set is empty")
         idx = _choose(n, probe_size, seed)
-        X, Y = _split_pair(default_collate([data[int(i)] for i in idx]))
+        X, Y = split_pair(default_collate([data[int(i)] for i in idx]))
         return normalise_inputs(X), as_tensor(Y, "targets")
     if isinstance(data, (tuple, list)) and len(data) == 2:
         X, Y = normalise_inputs(data[0]), as_tensor(data[1], "targets")
@@ -243,7 +243,8 @@ def probe_data(data: Any, probe_size: int | None, seed: int) -> tuple[Inputs, to
     )
 
 
-def _is_map_style(ds: Any) -> bool:
+def is_map_style(ds: Any) -> bool:
+    """Whether ``ds`` supports ``len`` and indexing (a map-style data set)."""
     return hasattr(ds, "__len__") and hasattr(ds, "__getitem__")
 
 
@@ -254,7 +255,8 @@ def _choose(n: int, probe_size: int | None, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=probe_size, replace=False))
 
 
-def _split_pair(batch: Any) -> tuple[Any, Any]:
+def split_pair(batch: Any) -> tuple[Any, Any]:
+    """Split a collated sample or batch into its ``(x, y)`` pair, refusing anything else."""
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
     raise DiagnosticsError("each sample of the data set must be an (x, y) pair")
@@ -263,7 +265,7 @@ def _split_pair(batch: Any) -> tuple[Any, Any]:
 def _from_iterable(loader: DataLoader, probe_size: int | None) -> tuple[Inputs, torch.Tensor]:
     xs, ys, count = [], [], 0
     for batch in loader:
-        x, y = _split_pair(batch)
+        x, y = split_pair(batch)
         xs.append(normalise_inputs(x))
         ys.append(as_tensor(y, "targets"))
         count += ys[-1].shape[0]

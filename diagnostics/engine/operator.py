@@ -33,13 +33,48 @@ from .functional import FunctionalModel, ParamSelector
 from .jacobian import jacobian
 from .measurement import STRATEGIES
 
-__all__ = ["JacobianOperator"]
+__all__ = ["JacobianOperator", "LinearOperatorMixin"]
 
 #: Samples per chunk when ``chunk_size`` is not given (eval mode).
 DEFAULT_CHUNK = 1024
 
 
-class JacobianOperator:
+class LinearOperatorMixin:
+    """``K v = J(Jᵀv)`` and the scipy wrappers, for any class with ``shape``, ``matvec`` and ``rmatvec``."""
+
+    shape: tuple[int, int]
+
+    def matvec(self, v: torch.Tensor | np.ndarray) -> torch.Tensor:  # pragma: no cover - the interface
+        """``J v``."""
+        raise NotImplementedError
+
+    def rmatvec(self, u: torch.Tensor | np.ndarray) -> torch.Tensor:  # pragma: no cover - the interface
+        """``Jᵀ u``."""
+        raise NotImplementedError
+
+    def gram_matvec(self, v: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``K v = J (Jᵀ v)`` for ``v ∈ R^{nm}`` (two passes over the data)."""
+        return self.matvec(self.rmatvec(v))
+
+    def to_scipy(self, *, gram: bool = False) -> LinearOperator:
+        """Wrap ``J`` (or ``K`` with ``gram=True``) as a float64 :class:`scipy.sparse.linalg.LinearOperator`.
+
+        Vectors are converted to the compute dtype for each product and back to float64.
+        """
+
+        def wrap(fn):
+            return lambda v: torch.as_tensor(fn(np.asarray(v).reshape(-1))).to(torch.float64).cpu().numpy()
+
+        if gram:
+            N = self.shape[0]
+            gram_product = wrap(self.gram_matvec)
+            return LinearOperator((N, N), matvec=gram_product, rmatvec=gram_product, dtype=np.float64)
+        return LinearOperator(
+            self.shape, matvec=wrap(self.matvec), rmatvec=wrap(self.rmatvec), dtype=np.float64
+        )
+
+
+class JacobianOperator(LinearOperatorMixin):
     r"""``J(θ) = ∂f_X(θ)/∂θ`` at the model's current parameters, as a linear operator.
 
     Rows are sample-major (row ``i*m + c`` is ``∂f_c(x_i)/∂θ``), columns follow
@@ -98,11 +133,8 @@ class JacobianOperator:
         strategy: str = "auto",
         memory_budget: int | None = None,
     ) -> None:
-        if strategy not in STRATEGIES:
-            raise DiagnosticsError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-        self.fm = FunctionalModel(model, params=params, mode=mode, output=output, dtype=dtype)
-        self.strategy = strategy
-        self.budget = memory.resolve_budget(memory_budget, self.fm.device)
+        self._set_model(model, params=params, mode=mode, output=output, dtype=dtype, strategy=strategy,
+                        memory_budget=memory_budget)
         self.x, self.n = self.fm.prepare(inputs)
         if chunk_size is not None and chunk_size < 1:
             raise DiagnosticsError(f"chunk_size must be a positive integer, got {chunk_size}")
@@ -115,13 +147,27 @@ class JacobianOperator:
             chunk_size = self.n
         self.chunk_size = min(self.n, chunk_size or DEFAULT_CHUNK)
         with self.fm.measuring(), torch.no_grad():
-            self.outputs = torch.cat([self.fm(self.fm.params, xc) for _, xc in self._chunks()])
-        if not torch.isfinite(self.outputs).all():
-            raise DiagnosticsError("the model's outputs contain NaN or inf on these inputs")
-        self.m = self.outputs.shape[1]
-        self.shape = (self.n * self.m, self.fm.n_params)
+            outputs = torch.cat([self.fm(self.fm.params, xc) for _, xc in self._chunks()])
+        self._set_outputs(outputs)
+
+    def _set_model(self, model: nn.Module, *, params: ParamSelector, mode: str, output: _inputs.OutputSelector,
+                   dtype: torch.dtype | None, strategy: str, memory_budget: int | None) -> None:
+        """Check the strategy and take the functional copy of the model and the memory budget."""
+        if strategy not in STRATEGIES:
+            raise DiagnosticsError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+        self.fm = FunctionalModel(model, params=params, mode=mode, output=output, dtype=dtype)
+        self.strategy = strategy
+        self.budget = memory.resolve_budget(memory_budget, self.fm.device)
         self.dtype = self.fm.dtype
         self._products: tuple[str, str] | None = None
+
+    def _set_outputs(self, outputs: torch.Tensor) -> None:
+        """Keep the ``(n, m)`` outputs, refusing NaN or inf, and fix ``m`` and the shape."""
+        if not torch.isfinite(outputs).all():
+            raise DiagnosticsError("the model's outputs contain NaN or inf on these inputs")
+        self.outputs = outputs
+        self.m = outputs.shape[1]
+        self.shape = (self.n * self.m, self.fm.n_params)
 
     @property
     def products(self) -> str:
@@ -140,7 +186,7 @@ class JacobianOperator:
         """Choose forward mode for ``J v`` when ``auto`` and the model supports it (tried on two samples)."""
         if self.strategy != "auto":
             return "rows/vjp", f"strategy={self.strategy!r}: J v from rows of J formed with it (reverse mode only)"
-        few = _inputs.take(self.x, slice(0, min(self.n, 2) if self.fm.mode == "eval" else self.n))
+        few = self._load(slice(0, min(self.n, 2) if self.fm.mode == "eval" else self.n))
         tangent = {k: torch.zeros_like(v) for k, v in self.fm.params.items()}
         try:
             with self.fm.measuring():
@@ -154,18 +200,21 @@ class JacobianOperator:
     def _row_chunks(self) -> Iterator[tuple[slice, _inputs.Inputs]]:
         """Chunks whose rows of ``J`` (times a working factor of 3) fit the budget; the whole batch in batch mode."""
         if self.fm.mode == "batch":
-            yield slice(0, self.n), self.x
+            yield slice(0, self.n), self._load(slice(0, self.n))
             return
         per_sample = 3 * self.m * self.fm.n_params * torch.empty((), dtype=self.dtype).element_size()
-        size = max(1, min(self.chunk_size, self.budget // max(per_sample, 1)))
+        yield from self._chunks(max(1, min(self.chunk_size, self.budget // max(per_sample, 1))))
+
+    def _chunks(self, size: int | None = None) -> Iterator[tuple[slice, _inputs.Inputs]]:
+        """Consecutive chunks of ``size`` samples (default :attr:`chunk_size`): their rows and inputs."""
+        size = size or self.chunk_size
         for start in range(0, self.n, size):
             rows = slice(start, min(self.n, start + size))
-            yield rows, _inputs.take(self.x, rows)
+            yield rows, self._load(rows)
 
-    def _chunks(self) -> Iterator[tuple[slice, _inputs.Inputs]]:
-        for start in range(0, self.n, self.chunk_size):
-            rows = slice(start, min(self.n, start + self.chunk_size))
-            yield rows, _inputs.take(self.x, rows)
+    def _load(self, rows: slice) -> _inputs.Inputs:
+        """Return the prepared inputs of the samples ``rows``."""
+        return _inputs.take(self.x, rows)
 
     def _vector(self, v: torch.Tensor | np.ndarray, length: int, name: str) -> torch.Tensor:
         with torch.inference_mode(False):
@@ -176,16 +225,20 @@ class JacobianOperator:
 
     def matvec(self, v: torch.Tensor | np.ndarray) -> torch.Tensor:
         """``J v`` for ``v ∈ R^d`` (forward mode: one pass over the data; reverse mode: ``m`` passes per chunk)."""
+        return torch.cat([part for _, part in self.matvec_chunks(v)])
+
+    def matvec_chunks(self, v: torch.Tensor | np.ndarray) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Yield ``(samples, (J v)[samples·m])``, chunk by chunk, so ``J v`` need not be held whole."""
         vector = self._vector(v, self.shape[1], "v")
         if self.products == "rows/vjp":
-            return torch.cat([self._rows(xc) @ vector for _, xc in self._row_chunks()])
+            for rows, xc in self._row_chunks():
+                yield rows, self._rows(xc) @ vector
+            return
         tangent = self.fm.unflatten(vector)
-        parts = []
         with self.fm.measuring():
-            for _, xc in self._chunks():
+            for rows, xc in self._chunks():
                 _, out = jvp(lambda p, xc=xc: self.fm(p, xc), (self.fm.params,), (tangent,))
-                parts.append(out.reshape(-1))
-        return torch.cat(parts).detach()
+                yield rows, out.reshape(-1).detach()
 
     def _rows(self, xc: _inputs.Inputs) -> torch.Tensor:
         """Compute the rows of ``J`` for the samples ``xc`` by the dense engine with the operator's strategy."""
@@ -194,12 +247,15 @@ class JacobianOperator:
 
     def rmatvec(self, u: torch.Tensor | np.ndarray) -> torch.Tensor:
         """``Jᵀ u`` for ``u ∈ R^{nm}`` (reverse mode, one pass over the data)."""
-        u = self._vector(u, self.shape[0], "u").reshape(self.n, self.m)
+        lazy = isinstance(u, np.ndarray) and u.shape == (self.shape[0],)  # perhaps memory-mapped: read by chunk
+        u = u if lazy else self._vector(u, self.shape[0], "u")
         with self.fm.measuring():
             total = torch.zeros(self.shape[1], dtype=self.dtype, device=self.fm.device)
             for rows, xc in self._chunks():
+                part = u[rows.start * self.m : rows.stop * self.m]
+                part = self._vector(part, len(part), "u") if lazy else part
                 _, pull = vjp(lambda p, xc=xc: self.fm(p, xc), self.fm.params)
-                total += self.fm.flatten(pull(u[rows])[0]).detach()
+                total += self.fm.flatten(pull(part.reshape(-1, self.m))[0]).detach()
         return total
 
     def matmat(self, V: torch.Tensor) -> torch.Tensor:
@@ -240,24 +296,3 @@ class JacobianOperator:
             out[k] = M[start : start + size].reshape(*self.fm.shapes[k], M.shape[1])
             start += size
         return out
-
-    def gram_matvec(self, v: torch.Tensor | np.ndarray) -> torch.Tensor:
-        """``K v = J (Jᵀ v)`` for ``v ∈ R^{nm}`` (two passes over the data)."""
-        return self.matvec(self.rmatvec(v))
-
-    def to_scipy(self, *, gram: bool = False) -> LinearOperator:
-        """Wrap ``J`` (or ``K`` with ``gram=True``) as a float64 :class:`scipy.sparse.linalg.LinearOperator`.
-
-        Vectors are converted to the compute dtype for each product and back to float64.
-        """
-
-        def wrap(fn):
-            return lambda v: fn(np.asarray(v).reshape(-1)).to(torch.float64).cpu().numpy()
-
-        if gram:
-            N = self.shape[0]
-            gram_product = wrap(self.gram_matvec)
-            return LinearOperator((N, N), matvec=gram_product, rmatvec=gram_product, dtype=np.float64)
-        return LinearOperator(
-            self.shape, matvec=wrap(self.matvec), rmatvec=wrap(self.rmatvec), dtype=np.float64
-        )

@@ -4,7 +4,8 @@ For probe sets where the dense ``K ∈ R^{nm×nm}`` (and its float64 eigen-decom
 fit in memory, the quantities of D1 are computed from products with the Jacobian operator
 (:class:`~diagnostics.operator.JacobianOperator`), in memory ``O(nm + d)``:
 
-- ``ν = J⁺q`` by LSQR started at zero, which converges to the least-norm least-squares solution;
+- ``ν = J⁺q`` by LSQR started at zero (:func:`~diagnostics.engine.lsqr.lsqr`, float64, resumable from a
+  checkpoint, with a stated stopping rule), which converges to the least-norm least-squares solution;
   then ``‖ν‖² = qᵀK⁺q``, ``Pq = Jν`` and the alignment residual ``‖(I − P)q‖ = ‖q − Jν‖``;
 - ``‖Jᵀq‖² = qᵀKq`` by one reverse-mode product;
 - the top eigenpairs of ``K`` by Lanczos (:func:`scipy.sparse.linalg.eigsh`) on ``v ↦ J(Jᵀv)``.
@@ -23,16 +24,22 @@ others ``nan``; the alignment curve covers the top-``k`` eigen-directions only.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import time
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import eigsh, lsqr
+from scipy.sparse.linalg import eigsh
+from tqdm.auto import tqdm
 
 from ..errors import DiagnosticsError
+from ..store import RunStore
 from . import precision
-from .operator import JacobianOperator
+from .lsqr import lsqr
+from .operator import JacobianOperator, LinearOperatorMixin
 
 __all__ = ["OperatorSpectrum"]
 
@@ -57,6 +64,19 @@ class OperatorSpectrum:
         LSQR iteration limit (default ``10 min(nm, d)``: in floating point an ill-conditioned
         ``J`` needs several times ``min(nm, d)`` iterations). A solve that stops there is reported
         in ``rank_rule`` and warned about, since its ``ν`` is then a truncated one.
+    time_budget
+        Seconds from construction after which every LSQR solve stops (each runs at least one
+        iteration), with a truncated ``ν`` reported like one stopped by ``max_iter``; ``None``: no limit.
+    checkpoints
+        Where the solver states are kept (:class:`~diagnostics.store.RunStore`): the Lanczos eigenpairs once
+        computed, and each LSQR solve's state every ``checkpoint_every`` iterations and when it stops. A
+        job started again on the same operator (same outputs ``f_X``) and right-hand sides resumes from
+        them; anything else there is ignored.
+    progress
+        Show a progress bar per LSQR solve with the current residual estimate (and an ETA to the cap).
+    workspace
+        ``length ↦`` a zero float64 array for LSQR's ``nm``-vector (a :class:`numpy.memmap` on disk when
+        ``nm`` exceeds the memory budget); default :func:`numpy.zeros`.
 
     Notes
     -----
@@ -79,28 +99,74 @@ class OperatorSpectrum:
         top_k: int = DEFAULT_TOP_K,
         rtol: float | None = None,
         max_iter: int | None = None,
+        time_budget: float | None = None,
+        checkpoints: RunStore | None = None,
+        checkpoint_every: int = 10,
+        progress: bool = False,
+        workspace: Callable[[int], np.ndarray] | None = None,
     ) -> None:
         self.op = op
+        self.deadline = None if time_budget is None else time.perf_counter() + time_budget
+        self.checkpoints = checkpoints
+        self.checkpoint_every, self.progress, self.workspace = checkpoint_every, progress, workspace
+        self.fingerprint = _digest(op.outputs)
         N, d = op.shape
         eps = torch.finfo(op.dtype).eps
-        self.eigenvalues, self._vectors = _top_eigenpairs(op, top_k, math.sqrt(eps))
+        self.eigenvalues, self._vectors = self._eigenpairs(top_k, math.sqrt(eps))
         lam_max = max(float(self.eigenvalues[0]), 0.0)
         self.rank_tol, self.rank_rule = precision.rank_rule(rank_tol, lam_max, N, op.dtype)
         self.conlim = math.sqrt(lam_max / self.rank_tol) if self.rank_tol > 0 else 1e300
         self.rtol = rtol if rtol is not None else eps**0.75
         self.max_iter = max_iter or 10 * min(N, d)
         self.iterations: list[int] = []
-        self.unconverged = 0
+        self.stops: list[str] = []
+        self.unconverged = self.out_of_time = 0
         self._rhs: list[torch.Tensor] = []
         self._solutions: list[torch.Tensor] = []
         self._fitted: list[torch.Tensor] = []
 
     @property
+    def truncated(self) -> bool:
+        """Whether a solve stopped before its tolerance (iteration cap or time budget)."""
+        return bool(self.unconverged or self.out_of_time)
+
+    @property
     def solver_summary(self) -> str:
-        """LSQR runs, their iterations and the condition limit, in words."""
+        """LSQR runs, their iterations, the condition limit and why each stopped, in words."""
         its = ", ".join(str(i) for i in self.iterations)
         summary = f"LSQR conlim {self.conlim:.3g}, {len(self.iterations)} solves ({its} iterations)"
-        return summary + (f", {self.unconverged} stopped at the iteration limit" if self.unconverged else "")
+        summary += f"; stopped: {'; '.join(dict.fromkeys(self.stops))}" if self.stops else ""
+        summary += f", {self.unconverged} stopped at the iteration limit" if self.unconverged else ""
+        return summary + (f", {self.out_of_time} stopped by the time budget" if self.out_of_time else "")
+
+    def _eigenpairs(self, k: int, tol: float) -> tuple[np.ndarray, torch.Tensor]:
+        """Return the top eigenpairs, read from the checkpoint folder when this operator's are there."""
+        saved = None if self.checkpoints is None else self.checkpoints.read_state(f"lanczos-{k}", self.fingerprint)
+        if saved is not None:
+            return saved["values"].numpy(), saved["vectors"]
+        values, vectors = _top_eigenpairs(self.op, k, tol)
+        if self.checkpoints is not None:
+            state = {"values": torch.from_numpy(values.copy()), "vectors": vectors}
+            self.checkpoints.write_state(f"lanczos-{k}", self.fingerprint, state)
+        return values, vectors
+
+    def _lsqr(self, q: torch.Tensor) -> tuple[torch.Tensor, int, str, int]:
+        """One LSQR solve of ``min ‖Jν − q‖`` under the settings: ``(ν, iterations, reason, istop)``."""
+        remaining = None if self.deadline is None else max(self.deadline - time.perf_counter(), 0.0)
+        index = len(self.iterations)
+        scipy_op = self.op.to_scipy()
+        with tqdm(total=self.max_iter, desc=f"LSQR solve {index + 1}", unit="it", disable=not self.progress,
+                  leave=False, mininterval=2.0) as bar:
+            def show(iteration: int, residual: float) -> None:
+                bar.update(iteration - bar.n)
+                bar.set_postfix_str(f"‖q − Jν‖ ≈ {residual:.3e}", refresh=False)
+
+            result = lsqr(scipy_op.matvec, scipy_op.rmatvec, q.numpy(), self.op.shape[1], atol=self.rtol,
+                          btol=self.rtol, conlim=self.conlim, iter_lim=self.max_iter, time_budget=remaining,
+                          checkpoints=self.checkpoints, name=f"lsqr-{index}", checkpoint_every=self.checkpoint_every,
+                          fingerprint=self.fingerprint,
+                          callback=show, workspace=self.workspace)
+        return torch.from_numpy(result.x), result.iterations, result.reason, result.istop
 
     def least_norm_solution(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(ν, Jν)`` with ``ν = J⁺q`` (float64), reusing earlier solves where ``q`` is in their span."""
@@ -113,12 +179,9 @@ class OperatorSpectrum:
             if float((B @ coef - q).norm()) <= 1e-12 * max(float(q.norm()), 1e-300):
                 nu = torch.stack(self._solutions, dim=1) @ coef
                 return nu, torch.stack(self._fitted, dim=1) @ coef
-        result = lsqr(
-            self.op.to_scipy(), q.numpy(), atol=self.rtol, btol=self.rtol, conlim=self.conlim,
-            iter_lim=self.max_iter,
-        )
-        nu = torch.from_numpy(result[0])
-        if result[1] == 7:
+        nu, iterations, reason, istop = self._lsqr(q)
+        self.out_of_time += istop == 8
+        if istop == 7:
             self.unconverged += 1
             warnings.warn(
                 f"LSQR stopped at its iteration limit ({self.max_iter}) before converging: ‖J⁺q‖ and the "
@@ -128,7 +191,8 @@ class OperatorSpectrum:
                 stacklevel=3,
             )
         fitted = self.op.matvec(nu).to(torch.float64).cpu()
-        self.iterations.append(int(result[2]))
+        self.iterations.append(iterations)
+        self.stops.append(reason)
         self._rhs.append(q)
         self._solutions.append(nu)
         self._fitted.append(fitted)
@@ -190,8 +254,18 @@ class OperatorSpectrum:
         return float("nan")
 
 
-def _top_eigenpairs(op: JacobianOperator, k: int, tol: float) -> tuple[np.ndarray, torch.Tensor]:
-    """Return the ``k`` largest eigenvalues of ``K`` (descending) and eigenvectors (float64, CPU)."""
+def _digest(outputs: torch.Tensor) -> str:
+    """Fingerprint the operator by its outputs ``f_X(θ)`` (they change with ``θ`` and the data)."""
+    values = outputs.detach().to(torch.float64).cpu().contiguous().numpy()
+    return hashlib.sha256(values.tobytes() + repr(values.shape).encode()).hexdigest()
+
+
+def _top_eigenpairs(op: JacobianOperator | LinearOperatorMixin, k: int, tol: float
+                    ) -> tuple[np.ndarray, torch.Tensor]:
+    """Return the ``k`` largest eigenvalues of ``K`` (descending) and eigenvectors (float64, CPU).
+
+    Lanczos starts from a seeded vector, so every process of a data-parallel job runs the same iteration.
+    """
     N = op.shape[0]
     if k < 1:
         raise DiagnosticsError(f"top_k must be at least 1, got {k}")
@@ -200,6 +274,7 @@ def _top_eigenpairs(op: JacobianOperator, k: int, tol: float) -> tuple[np.ndarra
         K = torch.stack([op.gram_matvec(e).to(torch.float64).cpu() for e in eye], dim=1)
         vals, vecs = torch.linalg.eigh((K + K.T) / 2)
         return vals.flip(0).numpy()[:k], vecs.flip(1)[:, :k]
-    vals, vecs = eigsh(op.to_scipy(gram=True), k=k, which="LA", tol=tol)
+    start = np.random.default_rng(0).standard_normal(N)
+    vals, vecs = eigsh(op.to_scipy(gram=True), k=k, which="LA", tol=tol, v0=start)
     order = np.argsort(vals)[::-1]
     return vals[order], torch.from_numpy(np.ascontiguousarray(vecs[:, order]))

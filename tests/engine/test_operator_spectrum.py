@@ -16,3 +16,21 @@ def test_lsqr_that_stops_at_its_iteration_limit_says_so():
     with pytest.warns(RuntimeWarning, match="iteration limit"):
         spectrum.pinv_quadratic(torch.ones(op.shape[0], dtype=F64))
     assert "stopped at the iteration limit" in spectrum.solver_summary
+
+
+def test_a_truncated_solve_leaves_d1_and_the_decomposition_not_established():
+    # teacher-student targets are reachable (d > nm), but two LSQR iterations are far from the fit
+    from diagnostics.alignment import alignment_from_operator
+
+    case = CASES["mlp"]
+    model, x = case.model(), case.data(6)
+    op = JacobianOperator(model, x, dtype=F64)
+    y = torch.randn(op.shape[0], generator=torch.Generator().manual_seed(0), dtype=F64).reshape(op.n, op.m)
+    with pytest.warns(RuntimeWarning, match="iteration limit"):
+        report = alignment_from_operator(op, y, top_k=2, max_iter=2)
+    assert report.verdict.status == "not established" and "cannot refute" in report.precision_note
+    assert "iteration cap reached" in report.rank_rule
+    decomposition = next(v for v in report.verdicts if v.statement == "I2")
+    assert decomposition.status == "not established"
+    full = alignment_from_operator(op, y, top_k=2)
+    assert full.verdict.status != "not established" and "tolerance reached" in full.rank_rule

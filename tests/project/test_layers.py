@@ -35,10 +35,12 @@ LAYERS = {
     "diagnostics.data": 2,  # ... the data may import the models (the teacher network)
     "diagnostics.targets": 2,
     "diagnostics.representation": 2,
-    "diagnostics.store": 2,
+    "diagnostics.store": 0,  # atomic files: torch and the standard library only (the engine checkpoints with it)
     "diagnostics.alignment_report": 3,
     "diagnostics.alignment": 3,
     "diagnostics.cms": 3,
+    "diagnostics.distributed": 4,  # the whole data set over torch.distributed
+    "diagnostics.check_command": 6,
     "diagnostics.tracking": 4,
     "diagnostics.aligned": 5,
     "diagnostics.integrations": 5,  # the tracker inside Lightning / Hugging Face runs, and loggers as sinks
@@ -69,8 +71,11 @@ ENGINE = {
     "measurement": 5,
     "jacobian": 6,
     "operator": 6,
+    "streamed": 6,
+    "sharded": 6,
     "spectral": 6,
     "manifest": 6,
+    "lsqr": 0,
     "operator_spectrum": 7,
     "": 8,
 }
