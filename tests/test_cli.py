@@ -33,8 +33,8 @@ def test_missing_data_files_exit_2_with_the_loader_message(tmp_path, capsys):
 
 
 def test_bad_config_exits_2(capsys):
-    assert cli.main(["width-report", "--steps", "7", "--every", "2"]) == 2
-    assert "multiple" in capsys.readouterr().err
+    assert cli.main(["width-report", "--records", "0"]) == 2
+    assert "records must be a positive integer" in capsys.readouterr().err
 
 
 def test_python_dash_m_prints_no_traceback(tmp_path):
