@@ -206,5 +206,6 @@ def _process(rank: int, world: int, folder: str, threads: int, fn: Callable[...,
         except DiagnosticsError as exc:  # bad input: reported by the parent, without a traceback per process
             outcome = (True, str(exc))
         (Path(folder) / f"result-{rank}.pkl").write_bytes(pickle.dumps(outcome))
+        dist.barrier()  # every process has finished communicating before any tears the group down
     finally:
         dist.destroy_process_group()
