@@ -10,17 +10,15 @@ from .application import (
     gd_telescoping_bound,
 )
 from .cms import cms_assessment
+from .rates import convergence_rate_check, gradient_descent_rate, gradient_flow_rate
 from .results import (
     alignment_lower_bound,
     best_convex_bound,
-    convergence_rate_check,
     convex_loss_bound,
     d1_premise,
     data_level_premise,
     excess_gradient_domination,
-    gradient_descent_rate,
     gradient_domination,
-    gradient_flow_rate,
     loss_decomposition,
     necessity_at_global_minimum,
 )
