@@ -30,8 +30,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from .alignment import _check_horizon, alignment_from_operator
 from .alignment_report import AlignmentReport
+from .alignment_spectrum import alignment_from_operator, validate_horizon
 from .engine import inputs as _inputs
 from .engine import precision
 from .engine.accuracy import jacobian_error
@@ -106,7 +106,7 @@ def check_alignment_distributed(
     """
     start = time.perf_counter()
     if horizon is not None:
-        _check_horizon(horizon)
+        validate_horizon(horizon)
     rank, world = process_group_size(group)
     dtype = dtype or precision.verdict_dtype(model)
 

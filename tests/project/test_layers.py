@@ -37,6 +37,7 @@ LAYERS = {
     "diagnostics.representation": 2,
     "diagnostics.store": 0,  # atomic files: torch and the standard library only (the engine checkpoints with it)
     "diagnostics.alignment_report": 3,
+    "diagnostics.alignment_spectrum": 3,
     "diagnostics.alignment": 3,
     "diagnostics.cms": 3,
     "diagnostics.distributed": 4,  # the whole data set over torch.distributed

@@ -1,0 +1,249 @@
+"""From a measured spectrum of ``K`` to the alignment report: dense Gram, spectrum, or matrix-free operator.
+
+Pure linear algebra on what the engine measured (no model): :func:`alignment_from_gram` (used by
+:func:`~diagnostics.check_alignment` and the tracker), :func:`alignment_from_spectrum` (the one place where the
+report's quantities and verdicts are computed, ``theory/alignment.md#numerics``) and
+:func:`alignment_from_operator` (the same matrix-free, by LSQR and Lanczos, ``theory/alignment.md#matrix-free``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+import theory
+
+from .alignment_report import AlignmentReport
+from .engine import precision
+from .engine.operator import JacobianOperator
+from .engine.operator_spectrum import DEFAULT_TOP_K, OperatorSpectrum
+from .engine.spectral import Spectrum
+from .errors import DiagnosticsError
+from .targets import CE_SCALES, Targets, best_scale
+
+__all__ = ["alignment_from_gram", "alignment_from_operator", "alignment_from_spectrum"]
+
+TOP_K = (1, 10, 100)
+
+
+def alignment_from_gram(
+    outputs: torch.Tensor,
+    targets: Targets,
+    K: torch.Tensor,
+    *,
+    n_params: int,
+    source_dtype: torch.dtype | None = None,
+    rank_tol: float | None = None,
+    residual_tol: float | None = None,
+    horizon: tuple[float, int] | None = None,
+) -> AlignmentReport:
+    """Build the alignment report from outputs ``f_X`` (``(n, m)``), targets and the Gram ``K``.
+
+    Pure linear algebra (no model): used by :func:`check_alignment` and by the tracker. ``‖∇L‖`` is
+    ``sqrt(gᵀKg)`` with ``g = ∂L/∂f_X``, so no Jacobian is needed.
+    """
+    source_dtype = source_dtype or outputs.dtype
+    spectrum = Spectrum.of(K, source_dtype=source_dtype, rank_tol=rank_tol)
+    return alignment_from_spectrum(outputs, targets, spectrum, n_params=n_params, source_dtype=source_dtype,
+                                   residual_tol=residual_tol, horizon=horizon)
+
+
+def alignment_from_spectrum(
+    outputs: torch.Tensor,
+    targets: Targets,
+    spectrum: Spectrum | OperatorSpectrum,
+    *,
+    n_params: int,
+    source_dtype: torch.dtype | None = None,
+    residual_tol: float | None = None,
+    horizon: tuple[float, int] | None = None,
+) -> AlignmentReport:
+    """Build the alignment report from outputs, targets and the spectrum of ``K``.
+
+    ``spectrum`` is a :class:`~diagnostics.engine.spectral.Spectrum` or its matrix-free stand-in
+    :class:`~diagnostics.engine.operator_spectrum.OperatorSpectrum` (same methods). Every verdict comes
+    from :mod:`theory`: D1 (:func:`theory.alignment_condition`, *not established* when the precision
+    cannot decide it), and the statements of ``theory/results.md`` with their premises measured here.
+    """
+    n, m = outputs.shape
+    source_dtype = source_dtype or outputs.dtype
+    if residual_tol is None:
+        residual_tol = precision.default_residual_tol(source_dtype)
+    f = outputs.detach().to(torch.float64).cpu()
+    Q = targets.Q.cpu()
+    g = targets.loss_gradient(f)
+    loss = targets.loss_value(f)
+    grad_norm = math.sqrt(max(spectrum.quadratic(g), 0.0))
+    q_sq = float((Q**2).sum())
+    outside = spectrum.outside_norm_sq(Q)
+    residual = math.sqrt(outside / q_sq)
+    nu_norm = math.sqrt(spectrum.pinv_quadratic(Q))
+    f_sq = float((f**2).sum())
+    output_residual = math.sqrt(max(spectrum.outside_norm_sq(f), 0.0) / f_sq) if f_sq > 0 else 0.0
+    resolved, note = _resolution(spectrum, residual, residual_tol, source_dtype)
+    d1 = theory.alignment_condition(residual, residual_tol, resolved, note)
+    aligned = {theory.HOLDS: True, theory.REFUTED: False}.get(d1.status)
+    cms = output_residual <= residual_tol
+    r_q = f - Q
+    decomposition_gap = (float((r_q**2).sum()) - spectrum.inside_norm_sq(r_q) - outside) / (2 * n)
+    if targets.loss == "mse":
+        certificate = math.sqrt(spectrum.pinv_quadratic(r_q))
+        scale, target_loss = 1.0, 0.0
+        bound = 0.5 * grad_norm * certificate
+        verdicts = (
+            d1,
+            theory.loss_decomposition(loss, spectrum.inside_norm_sq(r_q), outside, n,
+                                      rtol=precision.decomposition_rtol(source_dtype),
+                                      uncertainty=_truncation_uncertainty(spectrum, loss, r_q, outside, n)),
+            theory.necessity_at_global_minimum(loss, residual, n, q_sq, cms=cms),
+            theory.gradient_domination(loss, grad_norm, certificate, aligned,
+                                       truncation=spectrum.outside_norm_sq(r_q) / (2 * n), cms=cms),
+        )
+    else:
+        q_losses = targets.scaled_target_losses(CE_SCALES)
+        distances = [math.sqrt(spectrum.pinv_quadratic(f - c * targets.Q)) for c in CE_SCALES]
+        k = best_scale(q_losses, grad_norm * np.asarray(distances))
+        scale, target_loss, certificate = float(CE_SCALES[k]), float(q_losses[k]), distances[k]
+        bound = target_loss + grad_norm * certificate
+        truncation = abs(spectrum.outside_inner(g, f - scale * targets.Q))
+        verdicts = (
+            d1,
+            theory.convex_loss_bound(loss, target_loss, grad_norm, certificate, True if scale == 0 else aligned,
+                                     truncation=truncation, cms=cms),
+        )
+    excess = bound - target_loss
+    bound_ratio = (loss - target_loss) / excess if excess > 0 else (0.0 if loss <= target_loss else math.inf)
+    captured = spectrum.captured_fraction(Q)
+    top_k = {k: float(captured[min(k, captured.size) - 1]) for k in TOP_K if k <= captured.size}
+    horizon_residual = horizon_floor = math.nan
+    if horizon is not None:
+        lr, steps = validate_horizon(horizon)
+        below = spectrum.energy_below(Q, n / (lr * steps))  # ηλT/n < 1
+        horizon_residual, horizon_floor = math.sqrt(below / q_sq), below / (2 * n)
+    return AlignmentReport(
+        verdict=d1,
+        residual=residual,
+        residual_tol=float(residual_tol),
+        verdicts=verdicts,
+        rank=spectrum.rank,
+        n_samples=n,
+        n_outputs=n * m,
+        n_params=int(n_params),
+        rank_tol=spectrum.rank_tol,
+        rank_rule=spectrum.rank_rule,
+        loss_name=targets.loss,
+        loss=loss,
+        grad_norm=grad_norm,
+        certificate=certificate,
+        nu_norm=nu_norm,
+        bound=bound,
+        bound_ratio=bound_ratio,
+        target_scale=float(scale),
+        target_loss=target_loss,
+        decomposition_gap=decomposition_gap,
+        loss_lower_bound=outside / (2 * n),
+        output_residual=output_residual,
+        kernel_target_alignment=spectrum.kernel_target_alignment(Q),
+        top_k_capture=top_k,
+        min_eigenvalue=spectrum.min_eigenvalue,
+        smallest_kept_eigenvalue=spectrum.smallest_kept,
+        effective_rank=spectrum.effective_rank,
+        resolution=n * m * precision.eps(source_dtype),
+        eigenvalues=spectrum.eigenvalues,
+        alignment_curve=spectrum.residual_curve(Q),
+        horizon=None if horizon is None else (float(horizon[0]), int(horizon[1])),
+        horizon_residual=horizon_residual,
+        horizon_loss_floor=horizon_floor,
+        precision_note=note,
+        dtype=precision.dtype_name(source_dtype),
+    )
+
+
+#: Below this LSQR condition limit the matrix-free rank rule cuts so much of the spectrum that its
+#: residual says little (``sqrt(λ_max/rank_tol)``: 100 keeps eigenvalues down to ``10⁻⁴ λ_max``).
+MIN_CONLIM = 100.0
+
+
+def _resolution(spectrum: Spectrum | OperatorSpectrum, residual: float, residual_tol: float,
+                source_dtype: torch.dtype) -> tuple[bool, str]:
+    """Whether the precision of the measurement decides D1, and if not, why and what to do."""
+    name = precision.dtype_name(source_dtype)
+    if spectrum.rank_rule.startswith("user-supplied"):
+        return True, ""
+    conlim = getattr(spectrum, "conlim", math.inf)
+    if conlim < MIN_CONLIM:
+        return False, (f"the matrix-free rank rule in {name} is an LSQR condition limit of {conlim:.3g} "
+                       f"(every eigenvalue below {1 / conlim**2:.1e}·λ_max is cut), so the residual says little; "
+                       "re-run with dtype=torch.float64")
+    if getattr(spectrum, "truncated", False) and residual > residual_tol:
+        return False, (f"LSQR stopped before its tolerance ({spectrum.solver_summary}): the residual of a truncated "
+                       "solve only bounds the least-squares residual from above, so it cannot refute D1; raise "
+                       "max_iter or the time budget, or resume from the checkpoint")
+    if source_dtype == torch.float64 or residual <= residual_tol:
+        return True, ""
+    return False, (f"{name} resolves eigenvalues only down to nm·eps·λ_max, and the residual lies in the directions "
+                   "below; re-measure with dtype=torch.float64")
+
+
+def _truncation_uncertainty(spectrum: Spectrum | OperatorSpectrum, loss: float, r: torch.Tensor, outside: float,
+                            n: int) -> float:
+    """Return the (I2) gap a truncated LSQR solve cannot tell from zero: all of it (``Jν_k`` is no projection)."""
+    if not getattr(spectrum, "truncated", False):
+        return 0.0
+    return loss + (spectrum.inside_norm_sq(r) + outside) / (2 * n)
+
+
+def validate_horizon(horizon: tuple[float, int]) -> tuple[float, int]:
+    """Validate a training horizon ``(η, T)``."""
+    try:
+        lr, steps = horizon
+    except (TypeError, ValueError) as exc:
+        raise DiagnosticsError(f"horizon must be a pair (learning rate, steps), got {horizon!r}") from exc
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise DiagnosticsError(f"the horizon's steps must be a positive integer, got {steps!r}")
+    if not (isinstance(lr, int | float) and math.isfinite(lr) and lr > 0):
+        raise DiagnosticsError(f"the horizon's learning rate must be a positive number, got {lr!r}")
+    return float(lr), steps
+
+
+def alignment_from_operator(
+    op: JacobianOperator,
+    targets: object,
+    *,
+    loss: str = "mse",
+    target: object = None,
+    rank_tol: float | None = None,
+    residual_tol: float | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    rtol: float | None = None,
+    max_iter: int | None = None,
+    horizon: tuple[float, int] | None = None,
+    **solver: Any,
+) -> AlignmentReport:
+    """Compute the report of :func:`~diagnostics.check_alignment` matrix-free.
+
+    Parameters
+    ----------
+    op
+        Jacobian operator on the probe inputs (or the whole data set: a
+        :class:`~diagnostics.engine.sharded.ShardedJacobian` of streamed shards).
+    targets
+        Targets of the probe samples (class indices, one-hot rows or values).
+    loss, target, rank_tol, residual_tol, horizon
+        As in :func:`~diagnostics.check_alignment`.
+    top_k, rtol, max_iter, **solver
+        As in :class:`OperatorSpectrum` (``solver``: ``time_budget``, ``checkpoints``, ``checkpoint_every``,
+        ``progress``, ``workspace``). The report's ``rank_rule`` states why each LSQR solve stopped.
+    """
+    built = Targets.build(targets, op.n, op.m, loss, target)
+    spectrum = OperatorSpectrum(op, rank_tol=rank_tol, top_k=top_k, rtol=rtol, max_iter=max_iter, **solver)
+    report = alignment_from_spectrum(
+        op.outputs, built, spectrum, n_params=op.fm.n_params, source_dtype=op.dtype, residual_tol=residual_tol,
+        horizon=horizon,
+    )
+    report.rank_rule = f"{spectrum.rank_rule}; {spectrum.solver_summary}"
+    report.path = "matrix-free"
+    return report
