@@ -31,6 +31,11 @@ __all__ = ["CHOICES", "PROBE_MIN_ROWS", "PROBE_ROWS", "choose", "fall_back", "pr
 PROBE_MIN_ROWS = 256
 #: Rows ``s·m`` of the smaller probe slice (the larger has twice as many samples).
 PROBE_ROWS = 64
+#: The plan for a small problem ``vmap`` cannot run: ``vjp`` over the whole batch. Without chunks the parameters
+#: outside the structured layers cost every row's pull-back through the whole batch, which alone gives all of
+#: ``J``; structured layers would only add their own work (measured on the zoo: 2.4–16× slower), so the
+#: structured path is left to the timed probe, whose chunks make it pay.
+SMALL_WITHOUT_VMAP = PLANS["vjp"]
 #: ``auto``'s choices, per model (see :class:`~diagnostics.engine.choice.ChoiceCache`).
 CHOICES = ChoiceCache()
 
@@ -61,14 +66,14 @@ def choose(job: Measurement, out: torch.Tensor) -> Choice:
         choice = Choice(plan, f"auto: {plan.label}, without timing (n·m = {job.rows} < {PROBE_MIN_ROWS}: "
                               "the choice cannot matter)")
     else:
-        choice = Choice(_small_without_vmap(job), no_vmap.reason)
+        choice = Choice(SMALL_WITHOUT_VMAP, no_vmap.reason)
     CHOICES.put(job.fm.module, key, choice)
     return choice
 
 
 def fall_back(job: Measurement, exc: PerSampleFailure) -> Choice:
     """Return the plan that replaces ``auto``'s per-sample plan after ``vmap`` failed over samples (and cache it)."""
-    remembered = _remember_no_vmap(job, exc, _small_without_vmap(job))
+    remembered = _remember_no_vmap(job, exc)
     choice = Choice(remembered.plan, remembered.reason.replace("auto:", "auto fell back to", 1))
     CHOICES.put(job.fm.module, (*_model_key(job), job.result, job.n), choice)
     return choice
@@ -117,7 +122,7 @@ def probe(job: Measurement, vmap_works: bool) -> Choice:
         raise UnsupportedModelError("no strategy can measure this model; the attempts: " + "; ".join(found.ruled_out))
     best = min(found.predicted, key=found.predicted.get)
     if found.failure is not None:
-        _remember_no_vmap(job, found.failure, _small_without_vmap(job))
+        _remember_no_vmap(job, found.failure)
     reason = f"auto: {best}, the fastest by a timed probe on slices of {s1} samples and more"
     if found.ruled_out:
         reason += "; ruled out: " + "; ".join(found.ruled_out)
@@ -213,16 +218,6 @@ def _has_structured_layers(job: Measurement) -> bool:
     return bool(eligible_layers(job.fm, job.fm.names))
 
 
-def _small_without_vmap(job: Measurement) -> Plan:
-    """Return the plan for a small problem when ``vmap`` cannot run the model: ``vjp`` over the whole batch.
-
-    Without chunks the parameters outside the structured layers cost every row's pull-back through the whole
-    batch, which alone gives all of ``J``; structured layers would only add their own work on top (measured on
-    the zoo: 2.4–16× slower), so the structured path is left to the timed probe, whose chunks make it pay.
-    """
-    return PLANS["vjp"]
-
-
 def _model_key(job: Measurement) -> tuple:
     """Return what ``auto``'s facts about the model depend on: input structure, per-sample shapes, dtype, mode."""
     leaves = _inputs.leaves(job.x)
@@ -234,10 +229,10 @@ def _model_key(job: Measurement) -> tuple:
             job.fm.names, selector, str(job.fm.device))
 
 
-def _remember_no_vmap(job: Measurement, exc: PerSampleFailure, plan: Plan) -> Choice:
+def _remember_no_vmap(job: Measurement, exc: PerSampleFailure) -> Choice:
     """Cache that ``vmap`` cannot run this model over samples (whatever ``n``); return the choice that follows."""
-    choice = Choice(plan, f"auto: {plan.label}, because vmap cannot run the model over samples: "
-                          f"{_first_sentence(exc)}")
+    reason = f"auto: {SMALL_WITHOUT_VMAP.label}, because vmap cannot run the model over samples: {_first_sentence(exc)}"
+    choice = Choice(SMALL_WITHOUT_VMAP, reason)
     CHOICES.put(job.fm.module, ("no vmap", _model_key(job)), choice)
     return choice
 

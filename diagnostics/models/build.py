@@ -86,7 +86,7 @@ def learning_rate_multiplier(parameterization: str, width: int) -> float:
 
     ``lr = lr₀ · learning_rate_multiplier(parameterization, width)`` with a width-independent
     ``lr₀``: ``1/width`` for ``"standard"`` (its NTK grows like the width), ``1`` for ``"ntk"``,
-    ``width`` for ``"mf"`` (its NTK shrinks like ``1/width``). theory/width.md#s4-lazy-versus-rich.
+    ``width`` for ``"mf"`` (its NTK shrinks like ``1/width``; theory/width.md#s4-lazy-versus-rich).
 
     Parameters
     ----------

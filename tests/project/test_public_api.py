@@ -63,10 +63,12 @@ def test_readme_and_every_notebook_import_from_the_package():
 
 @pytest.mark.parametrize("statement", sorted(IMPORTS))
 def test_documented_import_works_as_written(statement):
+    namespace: dict = {}
     try:
-        exec(statement, {})
+        exec(statement, namespace)
     except ImportError as exc:
         pytest.fail(f"{statement!r} (in {', '.join(IMPORTS[statement])}) fails: {exc}")
+    assert set(namespace) - {"__builtins__"}, f"{statement!r} bound no name"
 
 
 def test_all_holds_the_documented_entry_points():
