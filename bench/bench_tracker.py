@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from diagnostics.data import load_dataset
+from diagnostics.engine.choice import synchronize
 from diagnostics.integrations.session import DEFAULT_EVERY, DEFAULT_FULL_EVERY
 from diagnostics.models import CNN, MLP, ResNet
 from diagnostics.tracking import AlignmentTracker
@@ -46,19 +47,14 @@ MODELS = {
 }
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed(fn, device: torch.device) -> float:
     """Seconds of ``fn()``: CPU time of this process on the CPU (other processes on a shared machine do not
     count), wall time with synchronisation on an accelerator."""
     clock = time.process_time if device.type == "cpu" else time.perf_counter
-    _sync(device)
+    synchronize(device)
     start = clock()
     fn()
-    _sync(device)
+    synchronize(device)
     return clock() - start
 
 

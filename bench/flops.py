@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from diagnostics.engine import Measurement
+from diagnostics.engine.choice import synchronize
 from diagnostics.engine.structured import StructuredLayers
 
 
@@ -54,14 +55,11 @@ def matmul_peak(device: str = "cpu", size: int = 2048, repeats: int = 10) -> flo
     b = torch.randn(size, size, device=device)
     times = []
     for _ in range(repeats + 1):
-        _sync(device)
+        synchronize(torch.device(device))
         start = time.perf_counter()
         a @ b
-        _sync(device)
+        synchronize(torch.device(device))
         times.append(time.perf_counter() - start)
     return 2.0 * size**3 / min(times[1:])
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()

@@ -35,6 +35,7 @@ from bench.methods import METHODS, NotApplicable, autograd_loop
 from bench.models import MODELS, M, build
 from diagnostics import InsufficientMemoryError, ntk_gram
 from diagnostics.engine import Measurement
+from diagnostics.engine.choice import synchronize
 
 PEERS = ("torch.func recipe", "autograd loop", "nngeometry", "curvlinops", "BackPACK")
 SMALL = 1000  # largest n·m for methods that apply at small sizes only
@@ -65,16 +66,11 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} logical cores, torch {torch.__version__}, {threads} threads"
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _timed(fn, model, x, device):
-    _sync(device)
+    synchronize(torch.device(device))
     start = time.perf_counter()
     K = fn(model, x)
-    _sync(device)
+    synchronize(torch.device(device))
     return K, time.perf_counter() - start
 
 

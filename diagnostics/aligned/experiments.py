@@ -38,6 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import DataSplit, load_dataset
+from ..engine.choice import synchronize
 from ..models import build_model
 from ..store import RunStore
 from .trainer import AlignedTraining
@@ -243,13 +244,8 @@ def _epoch(config: ExperimentConfig, data: _Data, runner: _Plain | AlignedTraini
             return loss
 
         runner.step(closure)
-    _sync(data.device)
+    synchronize(data.device)
     return time.perf_counter() - start
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
