@@ -3,14 +3,18 @@
 :func:`choose` resolves ``auto`` for a :class:`~diagnostics.engine.measurement.Measurement` on entering
 (``theory/alignment.md#setup``): whole-batch ``vjp`` in ``mode="batch"`` or when the samples interact;
 the cached choice for this model and shapes; on problems of at least :data:`PROBE_MIN_ROWS` rows ``n·m``
-the fastest plan by a timed probe (:func:`probe`, cost model in :mod:`~diagnostics.engine.choice`);
-otherwise the structured path without timing. :func:`fall_back` replaces a per-sample plan that met a
-model ``vmap`` cannot run over samples, and remembers that fact for the model whatever ``n``.
+the fastest plan by a timed probe (:func:`probe`, cost model in :mod:`~diagnostics.engine.choice`), a close
+runner-up timed once on the whole problem after the first measurement when that is cheap; otherwise the
+structured path without timing, and when that measurement was not quick, the plans timed once on the
+whole problem (:func:`settle`: what it learns is for the next call). :func:`fall_back` replaces a
+per-sample plan that met a model ``vmap`` cannot run over samples, and remembers that fact for the
+model whatever ``n``.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from typing import TYPE_CHECKING
 
@@ -25,12 +29,22 @@ from .structured import eligible_layers
 if TYPE_CHECKING:
     from .measurement import Measurement
 
-__all__ = ["CHOICES", "PROBE_MIN_ROWS", "PROBE_ROWS", "choose", "fall_back", "probe"]
+__all__ = [
+    "CHOICES", "PROBE_MIN_ROWS", "PROBE_ROWS", "RUNNER_UP_RATIO", "SETTLE_MAX_SECONDS", "SETTLE_MIN_SECONDS", "choose",
+    "fall_back", "probe", "settle",
+]
 
 #: ``auto`` times the plans only on problems of at least this many rows ``n·m``.
 PROBE_MIN_ROWS = 256
 #: Rows ``s·m`` of the smaller probe slice (the larger has twice as many samples).
 PROBE_ROWS = 64
+#: On a smaller problem, a measurement with the plan chosen without timing that takes at least this long times
+#: the plans once afterwards (:func:`settle`); a quicker one keeps its plan (the choice cannot matter).
+SETTLE_MIN_SECONDS = 0.01
+#: A probed plan predicted within this factor of the fastest is timed on the whole problem after the first
+#: measurement (:func:`settle`), when that measurement took at most :data:`SETTLE_MAX_SECONDS`.
+RUNNER_UP_RATIO = 1.5
+SETTLE_MAX_SECONDS = 2.0
 #: The plan for a small problem ``vmap`` cannot run: ``vjp`` over the whole batch. Without chunks the parameters
 #: outside the structured layers cost every row's pull-back through the whole batch, which alone gives all of
 #: ``J``; structured layers would only add their own work (measured on the zoo: 2.4–16× slower), so the
@@ -63,12 +77,80 @@ def choose(job: Measurement, out: torch.Tensor) -> Choice:
         choice = probe(job, vmap_works=no_vmap is None)
     elif no_vmap is None:
         plan = PLANS["structured"] if _has_structured_layers(job) else PLANS["jacrev"]
-        choice = Choice(plan, f"auto: {plan.label}, without timing (n·m = {job.rows} < {PROBE_MIN_ROWS}: "
-                              "the choice cannot matter)")
+        choice = Choice(plan, f"auto: {plan.label}, without timing on a small problem (n·m = {job.rows} < "
+                              f"{PROBE_MIN_ROWS})", provisional=True)
     else:
         choice = Choice(SMALL_WITHOUT_VMAP, no_vmap.reason)
     CHOICES.put(job.fm.module, key, choice)
     return choice
+
+
+def settle(job: Measurement, started: float) -> None:
+    """After a measurement that began at ``started``: check ``auto``'s choice on the whole problem, once.
+
+    The measurement just made keeps its result and its plan; what is learnt is cached for this model
+    and shapes, so the next call takes the faster plan.
+
+    - A small problem is measured first with the plan chosen without timing; when that took at least
+      :data:`SETTLE_MIN_SECONDS`, every plan that can run it (structured, ``vmap(jacrev)``, whole-batch
+      ``vjp``) is timed on the whole problem — best of two runs, a plan slower than twice the best so
+      far on its first run dropped.
+    - A probed problem whose runner-up was predicted within :data:`RUNNER_UP_RATIO` of the choice, and
+      whose measurement took at most :data:`SETTLE_MAX_SECONDS`, has the runner-up timed once on the
+      whole problem against the measurement's own time (extrapolation from slices can misorder close plans).
+
+    Does nothing for any other choice.
+    """
+    choice = job.choice
+    if choice is None or not (choice.provisional or choice.runner_up):
+        return
+    synchronize(job.fm.device)
+    seconds = time.perf_counter() - started
+    key = (*_model_key(job), job.result, job.n)
+    job.choice = first = dataclasses.replace(choice, provisional=False, runner_up=None)
+    if choice.runner_up is not None:
+        CHOICES.put(job.fm.module, key, _against_runner_up(job, first, choice.runner_up, seconds))
+        return
+    if seconds < SETTLE_MIN_SECONDS:
+        CHOICES.put(job.fm.module, key, first)
+        return
+    found = _Found(rate=matmul_rate(job.fm.dtype, job.fm.device))
+    candidates = [job.plan] + [p for p in (PLANS["structured"], PLANS["jacrev"], PLANS["vjp"]) if p != job.plan]
+    for plan in candidates:
+        if plan.strategy == "structured" and not _has_structured_layers(job):
+            continue
+        try:
+            once = _timed_slice(job, plan, job.n)[0]
+            if found.beaten(once, plan, job.n, job.n):
+                continue
+            found.add(plan, min(once, _timed_slice(job, plan, job.n)[0]))
+        except (DiagnosticsError, RuntimeError, NotImplementedError) as exc:
+            found.ruled_out.append(f"{plan.label} ({type(exc).__name__}: {_first_sentence(exc)})")
+    if not found.predicted:
+        CHOICES.put(job.fm.module, key, first)
+        return
+    best = min(found.predicted, key=found.predicted.get)
+    reason = (f"auto: {best}, the fastest of the plans timed on the whole problem (n·m = {job.rows}) after "
+              f"its first measurement ({seconds * 1e3:.3g} ms with {job.plan.label})")
+    if found.ruled_out:
+        reason += "; ruled out: " + "; ".join(found.ruled_out)
+    CHOICES.put(job.fm.module, key, Choice(found.plans[best], reason, found.predicted))
+
+
+def _against_runner_up(job: Measurement, first: Choice, runner_up: Plan, seconds: float) -> Choice:
+    """Time ``runner_up`` once on the whole problem against ``seconds`` with ``first``'s plan; return the choice."""
+    if seconds > SETTLE_MAX_SECONDS:
+        return first
+    try:
+        other = _timed_slice(job, runner_up, job.n)[0]
+    except (DiagnosticsError, RuntimeError, NotImplementedError):
+        return first
+    times = f"{other * 1e3:.3g} ms with {runner_up.label} against {seconds * 1e3:.3g} ms with {first.plan.label}"
+    timed = {runner_up.label: other, first.plan.label: seconds}
+    if other < seconds:
+        return Choice(runner_up, f"auto: {runner_up.label}, the probe's runner-up, faster on the whole problem "
+                                 f"({times})", timed)
+    return Choice(first.plan, f"{first.reason}; confirmed on the whole problem against the runner-up ({times})", timed)
 
 
 def fall_back(job: Measurement, exc: PerSampleFailure) -> Choice:
@@ -120,13 +202,15 @@ def probe(job: Measurement, vmap_works: bool) -> Choice:
     job.probed = None
     if not found.predicted:
         raise UnsupportedModelError("no strategy can measure this model; the attempts: " + "; ".join(found.ruled_out))
-    best = min(found.predicted, key=found.predicted.get)
+    ranked = sorted(found.predicted, key=found.predicted.get)
+    best = ranked[0]
     if found.failure is not None:
         _remember_no_vmap(job, found.failure)
     reason = f"auto: {best}, the fastest by a timed probe on slices of {s1} samples and more"
     if found.ruled_out:
         reason += "; ruled out: " + "; ".join(found.ruled_out)
-    return Choice(found.plans[best], reason, found.predicted)
+    close = len(ranked) > 1 and found.predicted[ranked[1]] <= RUNNER_UP_RATIO * found.predicted[best]
+    return Choice(found.plans[best], reason, found.predicted, runner_up=found.plans[ranked[1]] if close else None)
 
 
 class _Found:

@@ -102,19 +102,28 @@ class Choice:
     reason
         Why, in words: how it was chosen and what was ruled out.
     predicted
-        Predicted seconds per plan label from the timed probe (empty when there was none).
+        Seconds per plan label for the whole batch, predicted by the timed probe or timed on the whole
+        problem (empty when nothing was timed).
+    provisional
+        Chosen without timing on a small problem: the measurement that uses it times the plans once
+        afterwards when it was not quick (:func:`~diagnostics.engine.auto.settle`).
+    runner_up
+        The probe's second-fastest plan when its prediction was close: the measurement that uses this
+        choice times it once on the whole problem afterwards, if that is cheap, and the faster is kept.
     """
 
     plan: Plan
     reason: str
     predicted: dict[str, float] = field(default_factory=dict)
+    provisional: bool = False
+    runner_up: Plan | None = None
 
     def describe(self) -> str:
         """One line for the manifest."""
         if not self.predicted:
             return self.reason
         times = ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in sorted(self.predicted.items(), key=lambda kv: kv[1]))
-        return f"{self.reason} (predicted for the whole batch: {times})"
+        return f"{self.reason} (for the whole batch: {times})"
 
 
 def predict(times: tuple[float, float], sizes: tuple[int, int], n: int, exponent: int,

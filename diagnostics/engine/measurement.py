@@ -9,14 +9,16 @@ every check built on them runs inside one.
 
 ``strategy="auto"`` always works where some strategy does: it differentiates the whole batch (``vjp``)
 when the samples interact or in ``mode="batch"``; otherwise it times the plans that run on two small
-slices and takes the fastest (on problems of fewer than :data:`PROBE_MIN_ROWS` rows, where the choice
-cannot matter, the structured path without timing); and when ``vmap`` cannot run the model over
+slices and takes the fastest (on problems of fewer than :data:`PROBE_MIN_ROWS` rows the structured path
+without timing, and after a measurement that was not quick, the plans timed on the whole problem for
+the next call); and when ``vmap`` cannot run the model over
 samples it falls back by itself to plans without it (the other parameters by ``vjp``, over the whole
 batch or chunk by chunk). The manifest says what it chose and why.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 
 import torch
@@ -166,15 +168,22 @@ class Measurement:
             )
 
     def _falling_back(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Run ``compute``; when ``auto``'s per-sample plan meets a model ``vmap`` cannot run, fall back and rerun."""
+        """Run ``compute``; when ``auto``'s per-sample plan meets a model ``vmap`` cannot run, fall back and rerun.
+
+        After a run with ``auto``'s provisional choice on a small problem, :func:`~.auto.settle` times the plans
+        for the next call.
+        """
+        started = time.perf_counter()
         try:
-            return compute()
+            result = compute()
         except PerSampleFailure as exc:
             if self.requested != "auto" or not self.plan.per_sample:
                 raise
             self.choice = auto.fall_back(self, exc)
             self.structured = None  # what the failed plan covered no longer describes the measurement
             return compute()
+        auto.settle(self, started)
+        return result
 
     # -- Jacobian columns and contractions ------------------------------------------------------------
     def jacobian_columns(self, names: tuple[str, ...]) -> torch.Tensor:

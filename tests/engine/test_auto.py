@@ -1,16 +1,18 @@
 """strategy="auto" (diagnostics/engine/auto.py): it runs every model some strategy can, exactly, says what it
 chose and why, falls back from vmap by itself, and remembers its choice per model and shapes."""
 
+import time
+
 import pytest
 import torch
 from cases import CASES
 from helpers import NO_VMAP_FALLBACK_WARNING, ONE_THREAD, assert_unchanged
 from torch import nn
 
-from diagnostics import UnsupportedModelError, jacobian, reference_jacobian
-from diagnostics.engine import Measurement
+from diagnostics import UnsupportedModelError, jacobian, reference_gram, reference_jacobian
+from diagnostics.engine import Measurement, auto
 from diagnostics.engine.auto import CHOICES, PROBE_MIN_ROWS
-from diagnostics.engine.choice import Choice, Plan
+from diagnostics.engine.choice import PLANS, Choice, Plan
 
 F64 = torch.float64
 pytestmark = [ONE_THREAD, NO_VMAP_FALLBACK_WARNING]
@@ -84,6 +86,58 @@ def test_small_problems_take_the_structured_path_without_timing():
     with Measurement(model, x) as job:
         assert job.strategy == "structured" and "without timing" in job.choice.reason
     assert CHOICES.get(model, ("nothing",)) is None
+
+
+def test_a_small_problem_that_was_not_quick_times_the_plans_once_and_the_next_call_takes_the_fastest(monkeypatch):
+    case = CASES["cnn"]
+    model, x = case.model(), case.data(4)
+    seconds = {"structured": 0.03, "jacrev": 0.01, "vjp": 0.02}  # what each plan "takes" on the whole problem
+    monkeypatch.setattr(auto, "SETTLE_MIN_SECONDS", 0.0)
+    monkeypatch.setattr(auto, "_timed_slice", lambda job, plan, count, keep=False: (seconds[plan.label], 0.0))
+    K_ref = reference_gram(model, x, dtype=F64)
+    with Measurement(model, x, dtype=F64) as job:
+        torch.testing.assert_close(job.gram(), K_ref, rtol=0, atol=1e-10)
+        assert job.strategy == "structured" and not job.choice.provisional  # this call keeps its plan
+    with Measurement(model, x, dtype=F64) as job:
+        assert job.strategy == "jacrev" and "the fastest of the plans timed on the whole problem" in job.choice.reason
+        assert job.choice.predicted == seconds and "cached" in job.choice.reason
+        torch.testing.assert_close(job.gram(), K_ref, rtol=0, atol=1e-10)
+
+
+def test_a_quick_small_problem_keeps_its_untimed_plan(monkeypatch):
+    case = CASES["cnn"]
+    model, x = case.model(), case.data(4)
+    monkeypatch.setattr(auto, "SETTLE_MIN_SECONDS", float("inf"))
+    monkeypatch.setattr(auto, "_timed_slice", lambda *a, **k: pytest.fail("a quick problem timed the plans"))
+    with Measurement(model, x, dtype=F64) as job:
+        job.gram()
+    with Measurement(model, x, dtype=F64) as job:
+        assert job.strategy == "structured" and not job.choice.predicted and "without timing" in job.choice.reason
+
+
+@pytest.mark.parametrize(("runner_up_seconds", "kept"), [(0.1, "jacrev"), (0.9, "structured")])
+def test_a_close_runner_up_is_timed_once_on_the_whole_problem_and_the_faster_kept(monkeypatch, runner_up_seconds,
+                                                                                   kept):
+    case = CASES["cnn"]
+    model, x = case.model(), case.data(4)
+    monkeypatch.setattr(auto, "_timed_slice", lambda job, plan, count, keep=False: (runner_up_seconds, 0.0))
+    with Measurement(model, x, dtype=F64, strategy="structured") as job:
+        job.choice = Choice(PLANS["structured"], "auto: structured, by the probe", runner_up=PLANS["jacrev"])
+        auto.settle(job, time.perf_counter() - 0.5)  # the measurement "took" 0.5 s
+        assert job.strategy == "structured" and job.choice.runner_up is None
+    with Measurement(model, x, dtype=F64) as job:
+        assert job.strategy == kept and "on the whole problem" in job.choice.reason
+
+
+def test_a_runner_up_is_not_timed_after_a_long_measurement(monkeypatch):
+    case = CASES["cnn"]
+    model, x = case.model(), case.data(4)
+    monkeypatch.setattr(auto, "_timed_slice", lambda *a, **k: pytest.fail("the runner-up was timed"))
+    with Measurement(model, x, dtype=F64, strategy="structured") as job:
+        job.choice = Choice(PLANS["structured"], "auto: structured, by the probe", runner_up=PLANS["jacrev"])
+        auto.settle(job, time.perf_counter() - 2 * auto.SETTLE_MAX_SECONDS)
+    with Measurement(model, x, dtype=F64) as job:
+        assert job.strategy == "structured" and "by the probe" in job.choice.reason
 
 
 def test_contractions_with_the_gram_equal_those_alone_and_the_jacobian_applied():
