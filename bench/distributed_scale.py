@@ -3,6 +3,7 @@
     python -m bench.distributed_scale                         # n = 1k, 6k, 60k (n·m up to 6·10⁵), 1 and 2 processes
     python -m bench.distributed_scale --n 60000 --nproc 2 --repeats 1
     python -m bench.distributed_scale --resnet18              # per-sample cost of ResNet-18 on CIFAR-sized inputs
+    python -m bench.distributed_scale --n 60000 --nproc 2 --check 1740   # check_alignment on 6·10⁵ rows in 29 min
     torchrun --nproc-per-node 8 -m bench.distributed_scale --device cuda --model resnet18 --n 50000 --nproc 1
 
 The data are a synthetic MNIST-sized set streamed from a map-style ``Dataset`` that computes each sample
@@ -30,6 +31,7 @@ from torch.utils.data import Dataset
 
 from bench.models import build
 from bench.resnet18 import BasicBlock
+from diagnostics import check_alignment
 from diagnostics.distributed import init_from_environment, launch
 from diagnostics.engine.sharded import ShardedJacobian, process_group_size
 from diagnostics.engine.streamed import StreamedJacobianOperator, shard_range
@@ -47,9 +49,15 @@ class JitteredDigits(Dataset):
         return self.n
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        k = i % len(self.X)
-        base = self.X[k].repeat(int(np.prod(self.shape)) // 64 + 1)[: int(np.prod(self.shape))]
-        return (base + 0.05 * torch.sin(i + self.phase)).reshape(self.shape), self.y[k]
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The samples ``indices``, computed together (the streamed operator reads a batch at once)."""
+        i = torch.as_tensor(indices)
+        k, size = i % len(self.X), int(np.prod(self.shape))
+        base = self.X[k].repeat(1, size // 64 + 1)[:, :size]
+        x = (base + 0.05 * torch.sin(i[:, None] + self.phase)).reshape(len(indices), *self.shape)
+        return list(zip(x, self.y[k], strict=True))
 
 
 def resnet18(n_out: int = 10) -> nn.Module:
@@ -97,6 +105,18 @@ def measure(n: int, model_name: str, device: str, dtype: str, batch_size: int, r
             "peak_rss_gb": peak / 1e9, "memmapped_vectors": local.vectors.files}
 
 
+def whole_set_check(n: int, budget: float, batch_size: int, checkpoint_dir: str | None, progress: bool) -> dict:
+    """On this process: ``check_alignment`` on all ``n`` samples, streamed, within ``budget`` s; report, memory."""
+    torch.manual_seed(0)
+    model = build("CNN", 1)[0].eval()
+    start = time.perf_counter()
+    report = check_alignment(model, JitteredDigits(n), path="matrix-free", probe_size=None,
+                             solver={"time_budget": budget, "batch_size": batch_size, "checkpoint_dir": checkpoint_dir,
+                                     "progress": progress and process_group_size()[0] == 0})
+    return {"report": report, "wall_s": time.perf_counter() - start,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[1000, 6000, 60000])
@@ -108,7 +128,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads per process (default CPUs/nproc)")
+    parser.add_argument("--check", type=float, metavar="SECONDS",
+                        help="instead: check_alignment on the whole set (first --n, first --nproc) within this budget")
+    parser.add_argument("--checkpoint-dir", default=None, help="with --check: solver checkpoints (a rerun resumes)")
     args = parser.parse_args(argv)
+    if args.check is not None:
+        n, nproc = args.n[0], args.nproc[0]
+        print(f"check_alignment on n = {n:,} (n·m = {10 * n:,}), {nproc} process(es), time budget {args.check:.0f} s; "
+              f"load average at start: {os.getloadavg()}", flush=True)
+        results = launch(whole_set_check, nproc, n, args.check, args.batch_size, args.checkpoint_dir, True,
+                         threads=args.threads)
+        print(results[0]["report"])
+        print(f"wall time {results[0]['wall_s']:.0f} s; peak RSS per process "
+              + " / ".join(f"{r['peak_rss_gb']:.2f} GB" for r in results)
+              + f"; load average at end: {os.getloadavg()}", flush=True)
+        return
     if args.resnet18:
         args.model, args.n, args.nproc, args.dtype, args.batch_size = "resnet18", [32], [1], "float32", 16
     print(f"load average at start: {os.getloadavg()}, {os.cpu_count()} CPUs", flush=True)

@@ -14,14 +14,17 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 import theory
 
 from .alignment_report import AlignmentReport
 from .alignment_spectrum import alignment_from_gram, alignment_from_operator, alignment_from_spectrum, validate_horizon
+from .distributed import check_alignment_distributed
 from .engine import inputs as _inputs
 from .engine import memory, precision
 from .engine.accuracy import jacobian_error
@@ -30,6 +33,7 @@ from .engine.manifest import MeasurementManifest
 from .engine.measurement import Measurement
 from .engine.operator import JacobianOperator
 from .errors import DiagnosticsError, InsufficientMemoryError, renamed_argument
+from .store import RunStore
 from .targets import Targets
 
 __all__ = [
@@ -62,6 +66,7 @@ def check_alignment(
     memory_budget: int | None = None,
     path: str = "auto",
     horizon: tuple[float, int] | None = None,
+    solver: dict[str, Any] | None = None,
     tol: float | None = None,
 ) -> AlignmentReport:
     """Test the data-architecture alignment condition D1 at the model's current parameters.
@@ -103,6 +108,15 @@ def check_alignment(
         ``(η, T)``: a training horizon, full-batch gradient descent with step ``η`` for ``T`` steps on
         ``(1/2n)‖f − Q‖²``; the report then gives the part of ``Q`` that horizon cannot fit,
         ``horizon_residual``, and its loss floor ``horizon_loss_floor`` (``theory/alignment.md``).
+    solver
+        Options of the matrix-free path: ``top_k`` (Lanczos eigenpairs), ``max_iter`` (LSQR's cap),
+        ``time_budget`` (seconds for Lanczos and LSQR; a solve it stops is truncated and the report says
+        so), ``checkpoint_dir`` (solver checkpoints: a rerun resumes from them), ``checkpoint_every``,
+        ``progress``; for a streamed data set also ``batch_size``, ``work_dir`` and ``vector_budget``
+        (:func:`~diagnostics.distributed.check_alignment_distributed`). With ``path="matrix-free"``,
+        ``probe_size=None`` and a ``Dataset`` or ``DataLoader``, the data are streamed batch by batch and
+        never held whole (theory/alignment.md#data-parallel), in memory ``O(nm + d)``; in a
+        ``torch.distributed`` group, call it on every process.
     tol
         Former name of ``rank_tol`` (deprecated).
 
@@ -120,10 +134,24 @@ def check_alignment(
     rank_tol = renamed_argument(rank_tol, tol, "tol", "rank_tol")
     if horizon is not None:
         validate_horizon(horizon)
+    solver = _solver_options(solver, path)
+    if path == "matrix-free" and probe_size is None and isinstance(data, Dataset | DataLoader):
+        if mode != "eval":
+            raise DiagnosticsError("a streamed data set is measured in mode='eval' (batches are differentiated "
+                                   "one at a time, so batch statistics would change from batch to batch)")
+        report = check_alignment_distributed(
+            model, data, loss=loss, target=target, rank_tol=rank_tol, residual_tol=residual_tol, params=params,
+            output=output, dtype=dtype, strategy=strategy, memory_budget=memory_budget, horizon=horizon, **solver)
+        report.elapsed_s = time.perf_counter() - start
+        return report
+    unknown = set(solver) - set(IN_MEMORY_SOLVER)
+    if unknown:
+        raise DiagnosticsError(f"solver options {sorted(unknown)} apply to a streamed data set only "
+                               "(path='matrix-free', probe_size=None and a Dataset or DataLoader)")
     X, T = _inputs.probe_data(data, probe_size, seed)
     settings = {"target": target, "loss": loss, "rank_tol": rank_tol, "residual_tol": residual_tol,
                 "params": params, "mode": mode, "output": output, "strategy": strategy,
-                "memory_budget": memory_budget, "path": path, "horizon": horizon}
+                "memory_budget": memory_budget, "path": path, "horizon": horizon, "solver": solver}
     dtype = dtype or precision.verdict_dtype(model)
     report = _measure(model, X, T, dtype=dtype, **settings)
     if (report.verdict.status == theory.NOT_ESTABLISHED and dtype != torch.float64 and rank_tol is None
@@ -145,15 +173,18 @@ def check_alignment(
 def _measure(model: nn.Module, X: _inputs.Inputs, T: torch.Tensor, *, dtype: torch.dtype | None, target: object,
              loss: str, rank_tol: float | None, residual_tol: float | None, params: ParamSelector, mode: str,
              output: _inputs.OutputSelector, strategy: str, memory_budget: int | None, path: str,
-             horizon: tuple[float, int] | None) -> AlignmentReport:
+             horizon: tuple[float, int] | None, solver: dict[str, Any]) -> AlignmentReport:
     """One measurement of :func:`check_alignment` in ``dtype``, on the dense or the matrix-free path."""
     path, op = choose_path(
         path, model, X, params=params, mode=mode, output=output, dtype=dtype, memory_budget=memory_budget,
         strategy=strategy,
     )
     if op is not None:
+        options = dict(solver)
+        folder = options.pop("checkpoint_dir", None)
         report = alignment_from_operator(
-            op, T, loss=loss, target=target, rank_tol=rank_tol, residual_tol=residual_tol, horizon=horizon
+            op, T, loss=loss, target=target, rank_tol=rank_tol, residual_tol=residual_tol, horizon=horizon,
+            checkpoints=None if folder is None else RunStore(folder), **options,
         )
         report.mode, report.strategy = mode, op.products
         error = jacobian_error(op.fm, op.x, m=op.m, per_sample=False)
@@ -174,6 +205,22 @@ def _measure(model: nn.Module, X: _inputs.Inputs, T: torch.Tensor, *, dtype: tor
     report.mode, report.strategy = mode, job.strategy
     report.manifest = MeasurementManifest.of(job, error)
     return report
+
+
+#: Options of ``solver=`` for the matrix-free path in memory; a streamed data set takes :data:`STREAMED_SOLVER`.
+IN_MEMORY_SOLVER = ("top_k", "max_iter", "time_budget", "checkpoint_dir", "checkpoint_every", "progress")
+STREAMED_SOLVER = (*IN_MEMORY_SOLVER, "batch_size", "work_dir", "vector_budget")
+
+
+def _solver_options(solver: dict[str, Any] | None, path: str) -> dict[str, Any]:
+    """Validate ``solver=``: known options, and only with a path that can be matrix-free."""
+    solver = dict(solver or {})
+    unknown = set(solver) - set(STREAMED_SOLVER)
+    if unknown:
+        raise DiagnosticsError(f"unknown solver options {sorted(unknown)}; the options are {list(STREAMED_SOLVER)}")
+    if solver and path == "dense":
+        raise DiagnosticsError("solver options apply to the matrix-free path; path='dense' uses none")
+    return solver
 
 
 def dense_alignment_bytes(rows: int, dtype: torch.dtype) -> int:

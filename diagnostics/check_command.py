@@ -5,9 +5,11 @@ Examples::
     python -m diagnostics check --data digits --model mlp --nproc 2 --out report.json
     torchrun --nproc-per-node 8 -m diagnostics check --data cifar10 --model resnet --device cuda \\
         --dtype float32 --checkpoint-dir ckpt --out report.json
+    RAY_ADDRESS=auto python -m diagnostics check --ray --nproc 8 --data cifar10 --model resnet --device cuda
 
-``--nproc N`` spawns ``N`` gloo processes on this machine; under ``torchrun`` the group it sets up
-is joined instead (NCCL on GPUs) and ``--nproc`` is ignored. Process 0 prints the report and writes
+``--nproc N`` spawns ``N`` gloo processes on this machine (with ``--ray``, ``N`` Ray Train workers on
+the Ray cluster, whose group Ray sets up); under ``torchrun`` the group it sets up is joined instead
+(NCCL on GPUs) and ``--nproc`` is ignored. Process 0 prints the report and writes
 ``--out`` (atomically).
 """
 
@@ -21,7 +23,7 @@ import torch.distributed as dist
 
 from .alignment_report import AlignmentReport
 from .data import DATASETS, load_dataset
-from .distributed import check_alignment_distributed, init_from_environment, launch
+from .distributed import check_alignment_distributed, init_from_environment, launch, launch_ray
 from .errors import DiagnosticsError
 from .models import FAMILIES, build_model
 from .store import write_json
@@ -44,6 +46,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--batch-size", type=int, default=256, help="samples per forward pass")
     parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (gloo); see torchrun")
+    parser.add_argument("--ray", action="store_true",
+                        help="run the --nproc processes as Ray Train workers on the Ray cluster (RAY_ADDRESS or local)")
     parser.add_argument("--top-k", type=int, default=10, help="top eigenpairs of K by Lanczos (default 10)")
     parser.add_argument("--max-iter", type=int, default=None, help="LSQR iteration cap (default 10·min(nm, d))")
     parser.add_argument("--time-budget", type=float, default=None, help="seconds for the LSQR solves")
@@ -60,6 +64,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if init_from_environment():
             job(settings)
+        elif args.ray:
+            launch_ray(job, args.nproc, settings, use_gpu=args.device == "cuda")
         else:
             launch(job, args.nproc, settings)
     except (DiagnosticsError, ValueError, FileNotFoundError) as exc:

@@ -10,12 +10,14 @@ The solver checkpoints (:class:`~diagnostics.engine.sharded.RankZeroStore`) and 
 written by process 0 only.
 
 Launch it with ``torchrun`` (:func:`init_from_environment` joins the group it sets up: NCCL when
-CUDA is available, gloo otherwise), or on one machine with :func:`launch`, which spawns ``nproc``
-gloo processes with :func:`torch.multiprocessing.spawn` and a file rendezvous.
+CUDA is available, gloo otherwise), on one machine with :func:`launch`, which spawns ``nproc``
+gloo processes with :func:`torch.multiprocessing.spawn` and a file rendezvous, or on a Ray cluster with
+:func:`launch_ray` (Ray Train workers, whose group Ray sets up).
 """
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import pickle
@@ -42,7 +44,7 @@ from .engine.sharded import RankZeroStore, ShardedJacobian, process_group_size
 from .engine.streamed import StreamedJacobianOperator, shard_range
 from .errors import DiagnosticsError
 
-__all__ = ["check_alignment_distributed", "init_from_environment", "launch"]
+__all__ = ["check_alignment_distributed", "init_from_environment", "launch", "launch_ray"]
 
 
 def check_alignment_distributed(
@@ -194,6 +196,47 @@ def launch(fn: Callable[..., Any], nproc: int, *args: Any, threads: int | None =
         if failed:
             raise DiagnosticsError(f"process {rank} of {nproc}: {value}")
     return [value for _, value in outcomes]
+
+
+def launch_ray(fn: Callable[..., Any], nproc: int, *args: Any, use_gpu: bool = False) -> Any:
+    """Run ``fn(*args)`` in ``nproc`` Ray Train workers; return process 0's result.
+
+    Ray Train (:class:`ray.train.torch.TorchTrainer`) places the workers on the Ray cluster that
+    :func:`ray.init` joins (``RAY_ADDRESS``, or a local one it starts) and sets up their
+    ``torch.distributed`` group (gloo, or NCCL with ``use_gpu``, one GPU per worker), which ``fn`` uses as
+    the default group. ``fn`` and ``args`` must be picklable; its result travels back pickled in Ray
+    Train's report. A :class:`~diagnostics.errors.DiagnosticsError` raised in a worker is raised here.
+    """
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise DiagnosticsError(f"nproc must be a positive integer, got {nproc!r}")
+    try:
+        from ray.train import RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+    except ImportError as exc:
+        raise DiagnosticsError(f"the Ray launcher needs Ray Train: pip install 'ray[train]' ({exc})") from exc
+    payload = base64.b64encode(pickle.dumps((fn, args))).decode()
+    with tempfile.TemporaryDirectory(prefix="diagnostics-ray-") as folder:
+        trainer = TorchTrainer(_ray_worker, train_loop_config={"payload": payload},
+                               scaling_config=ScalingConfig(num_workers=nproc, use_gpu=use_gpu),
+                               run_config=RunConfig(storage_path=folder, name="check"))
+        metrics = trainer.fit().metrics
+    failed, value = pickle.loads(base64.b64decode(metrics["outcome"]))
+    if failed:
+        raise DiagnosticsError(f"process 0 of {nproc} (Ray Train): {value}")
+    return value
+
+
+def _ray_worker(config: dict[str, str]) -> None:
+    """One Ray Train worker: run the payload's ``fn(*args)`` in the group Ray set up; report process 0's outcome."""
+    import ray.train
+
+    fn, args = pickle.loads(base64.b64decode(config["payload"]))
+    try:
+        outcome = (False, fn(*args))
+    except DiagnosticsError as exc:
+        outcome = (True, str(exc))
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    ray.train.report({"outcome": base64.b64encode(pickle.dumps(outcome)).decode() if rank == 0 else ""})
 
 
 def _process(rank: int, world: int, folder: str, threads: int, fn: Callable[..., Any], args: tuple) -> None:

@@ -15,7 +15,7 @@ from diagnostics import check_alignment
 from diagnostics.check_command import job
 from diagnostics.cli import build_parser, main
 from diagnostics.data import load_dataset
-from diagnostics.distributed import check_alignment_distributed, launch
+from diagnostics.distributed import check_alignment_distributed, launch, launch_ray
 from diagnostics.errors import DiagnosticsError
 from diagnostics.models import build_model
 
@@ -126,3 +126,52 @@ def test_the_check_command_writes_its_report_and_refuses_bad_arguments(tmp_path,
     assert "process 0 of 2" in capsys.readouterr().out  # a shard refused: one line, no traceback
     with pytest.raises(DiagnosticsError, match="nproc must be a positive integer"):
         launch(job, 0, {})
+
+
+def test_check_alignment_streams_a_data_set_on_the_matrix_free_path():
+    split = load_dataset("teacher-student", n_train=12, n_test=1, dtype=torch.float64)
+    model = build_model("mlp", 12, input_shape=split.input_shape, n_out=3, seed=1)
+    reads = []
+
+    class Counted(torch.utils.data.Dataset):
+        def __len__(self):
+            return 12
+
+        def __getitem__(self, i):
+            reads.append(i)
+            return split.X_train[i], split.y_train[i]
+
+    streamed = check_alignment(model, Counted(), probe_size=None, path="matrix-free",
+                               solver={"batch_size": 5, "top_k": 2})
+    data = torch.utils.data.TensorDataset(split.X_train, split.y_train)
+    _assert_same(_numbers(streamed), _numbers(check_alignment_distributed(model, data, batch_size=5, top_k=2)), 1e-13)
+    assert "Counted of 12 samples streamed in batches of 5" in streamed.manifest.inputs
+    assert len(reads) > 12  # read again for every product, never kept
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"path": "matrix-free", "probe_size": None, "mode": "batch"}, "mode='eval'"),
+    ({"path": "matrix-free", "solver": {"tolerance": 1}}, "unknown solver options"),
+    ({"path": "dense", "solver": {"top_k": 2}}, "path='dense' uses none"),
+    ({"path": "matrix-free", "solver": {"batch_size": 4}}, "streamed data set only"),
+])
+def test_check_alignment_refuses_solver_options_it_cannot_use(kwargs, message):
+    split = load_dataset("teacher-student", n_train=6, n_test=1, dtype=torch.float64)
+    model = build_model("mlp", 8, input_shape=split.input_shape, n_out=3, seed=1)
+    data = torch.utils.data.TensorDataset(split.X_train, split.y_train)
+    with pytest.raises(DiagnosticsError, match=message):
+        check_alignment(model, data, **kwargs)
+
+
+def test_ray_train_workers_give_the_report_of_one_process(one):
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.train.torch")
+    ray.init(num_cpus=4, include_dashboard=False)  # logical CPUs: two workers and Ray Train's own actors
+    try:
+        report = launch_ray(job, 2, _settings("teacher-student"))
+        with pytest.raises(DiagnosticsError, match="process 0 of 2 .Ray Train.: .*at least one"):
+            launch_ray(job, 2, _settings("teacher-student", n_train=1))
+    finally:
+        ray.shutdown()
+    _assert_same(_numbers(report), _numbers(one["teacher-student"]), TOL)
+    assert "over 2 process(es)" in report.manifest.inputs

@@ -32,7 +32,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from scipy.sparse.linalg import eigsh
+from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from tqdm.auto import tqdm
 
 from ..errors import DiagnosticsError
@@ -65,15 +65,18 @@ class OperatorSpectrum:
         ``J`` needs several times ``min(nm, d)`` iterations). A solve that stops there is reported
         in ``rank_rule`` and warned about, since its ``ν`` is then a truncated one.
     time_budget
-        Seconds from construction after which every LSQR solve stops (each runs at least one
-        iteration), with a truncated ``ν`` reported like one stopped by ``max_iter``; ``None``: no limit.
+        Seconds from construction for the whole computation: Lanczos computes ``λ_max`` and then as
+        many of the other top eigenpairs as a quarter of the time left allows; every LSQR solve stops
+        when the time is spent (each runs at least one iteration), with a truncated ``ν`` reported like
+        one stopped by ``max_iter``; ``None``: no limit.
     checkpoints
         Where the solver states are kept (:class:`~diagnostics.store.RunStore`): the Lanczos eigenpairs once
         computed, and each LSQR solve's state every ``checkpoint_every`` iterations and when it stops. A
         job started again on the same operator (same outputs ``f_X``) and right-hand sides resumes from
         them; anything else there is ignored.
     progress
-        Show a progress bar per LSQR solve with the current residual estimate (and an ETA to the cap).
+        Show a progress bar per LSQR solve with the current residual estimate, an ETA to the iteration
+        cap and, under a time budget, the seconds left.
     workspace
         ``length ↦`` a zero float64 array for LSQR's ``nm``-vector (a :class:`numpy.memmap` on disk when
         ``nm`` exceeds the memory budget); default :func:`numpy.zeros`.
@@ -112,6 +115,7 @@ class OperatorSpectrum:
         self.fingerprint = _digest(op.outputs)
         N, d = op.shape
         eps = torch.finfo(op.dtype).eps
+        self.top_k = top_k
         self.eigenvalues, self._vectors = self._eigenpairs(top_k, math.sqrt(eps))
         lam_max = max(float(self.eigenvalues[0]), 0.0)
         self.rank_tol, self.rank_rule = precision.rank_rule(rank_tol, lam_max, N, op.dtype)
@@ -135,6 +139,8 @@ class OperatorSpectrum:
         """LSQR runs, their iterations, the condition limit and why each stopped, in words."""
         its = ", ".join(str(i) for i in self.iterations)
         summary = f"LSQR conlim {self.conlim:.3g}, {len(self.iterations)} solves ({its} iterations)"
+        if len(self.eigenvalues) < min(self.top_k, self.op.shape[0]):
+            summary = f"Lanczos: {len(self.eigenvalues)} of {self.top_k} eigenpairs within the time budget; " + summary
         summary += f"; stopped: {'; '.join(dict.fromkeys(self.stops))}" if self.stops else ""
         summary += f", {self.unconverged} stopped at the iteration limit" if self.unconverged else ""
         return summary + (f", {self.out_of_time} stopped by the time budget" if self.out_of_time else "")
@@ -144,7 +150,7 @@ class OperatorSpectrum:
         saved = None if self.checkpoints is None else self.checkpoints.read_state(f"lanczos-{k}", self.fingerprint)
         if saved is not None:
             return saved["values"].numpy(), saved["vectors"]
-        values, vectors = _top_eigenpairs(self.op, k, tol)
+        values, vectors = _top_eigenpairs(self.op, k, tol, self.deadline)
         if self.checkpoints is not None:
             state = {"values": torch.from_numpy(values.copy()), "vectors": vectors}
             self.checkpoints.write_state(f"lanczos-{k}", self.fingerprint, state)
@@ -159,7 +165,8 @@ class OperatorSpectrum:
                   leave=False, mininterval=2.0) as bar:
             def show(iteration: int, residual: float) -> None:
                 bar.update(iteration - bar.n)
-                bar.set_postfix_str(f"‖q − Jν‖ ≈ {residual:.3e}", refresh=False)
+                left = "" if self.deadline is None else f", {max(self.deadline - time.perf_counter(), 0):.0f} s left"
+                bar.set_postfix_str(f"‖q − Jν‖ ≈ {residual:.3e}{left}", refresh=False)
 
             result = lsqr(scipy_op.matvec, scipy_op.rmatvec, q.numpy(), self.op.shape[1], atol=self.rtol,
                           btol=self.rtol, conlim=self.conlim, iter_lim=self.max_iter, time_budget=remaining,
@@ -260,11 +267,14 @@ def _digest(outputs: torch.Tensor) -> str:
     return hashlib.sha256(values.tobytes() + repr(values.shape).encode()).hexdigest()
 
 
-def _top_eigenpairs(op: JacobianOperator | LinearOperatorMixin, k: int, tol: float
+def _top_eigenpairs(op: JacobianOperator | LinearOperatorMixin, k: int, tol: float, deadline: float | None = None
                     ) -> tuple[np.ndarray, torch.Tensor]:
-    """Return the ``k`` largest eigenvalues of ``K`` (descending) and eigenvectors (float64, CPU).
+    """Return up to ``k`` largest eigenvalues of ``K`` (descending) and eigenvectors (float64, CPU).
 
     Lanczos starts from a seeded vector, so every process of a data-parallel job runs the same iteration.
+    With a ``deadline`` (a :func:`time.perf_counter` time), ``λ_max`` is computed first, whatever the time;
+    the other eigenpairs get at most :data:`LANCZOS_SHARE` of the time left (ARPACK's restarts capped from
+    the measured time per product), and only those that converged in it are returned (at least ``λ_max``).
     """
     N = op.shape[0]
     if k < 1:
@@ -275,6 +285,45 @@ def _top_eigenpairs(op: JacobianOperator | LinearOperatorMixin, k: int, tol: flo
         vals, vecs = torch.linalg.eigh((K + K.T) / 2)
         return vals.flip(0).numpy()[:k], vecs.flip(1)[:, :k]
     start = np.random.default_rng(0).standard_normal(N)
-    vals, vecs = eigsh(op.to_scipy(gram=True), k=k, which="LA", tol=tol, v0=start)
+    if deadline is None:
+        return _sorted(*eigsh(op.to_scipy(gram=True), k=k, which="LA", tol=tol, v0=start))
+    counted = _Counted(op.to_scipy(gram=True))
+    began = time.perf_counter()
+    top = _sorted(*eigsh(counted, k=1, which="LA", tol=tol, v0=start))  # λ_max: the rank rule needs it
+    per_product = (time.perf_counter() - began) / max(counted.products, 1)
+    ncv = min(N - 1, max(2 * k + 1, 20))
+    affordable = int(LANCZOS_SHARE * max(deadline - time.perf_counter(), 0.0) / max(per_product, 1e-12))
+    if k == 1 or affordable < ncv:
+        return top
+    try:  # ARPACK restarts ``maxiter`` times, each costing about ncv − k products
+        return _sorted(*eigsh(counted, k=k, which="LA", tol=tol, v0=start, ncv=ncv,
+                              maxiter=max(1, (affordable - ncv) // (ncv - k))))
+    except ArpackNoConvergence as partial:  # keep the pairs that converged within the budget
+        if len(partial.eigenvalues) <= 1:
+            return top
+        return _sorted(partial.eigenvalues, partial.eigenvectors)
+
+
+#: The share of the time left that Lanczos may spend on the eigenpairs after ``λ_max`` under a time budget.
+LANCZOS_SHARE = 0.25
+
+
+class _Counted(LinearOperator):
+    """A symmetric scipy operator that counts its products (to time one)."""
+
+    def __init__(self, op: LinearOperator) -> None:
+        super().__init__(dtype=np.float64, shape=op.shape)
+        self.op, self.products = op, 0
+
+    def _matvec(self, v: np.ndarray) -> np.ndarray:
+        self.products += 1
+        return self.op.matvec(v)
+
+    def _rmatvec(self, v: np.ndarray) -> np.ndarray:
+        return self._matvec(v)
+
+
+def _sorted(vals: np.ndarray, vecs: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    """Eigenpairs in descending order of the eigenvalues, the vectors as a float64 tensor."""
     order = np.argsort(vals)[::-1]
-    return vals[order], torch.from_numpy(np.ascontiguousarray(vecs[:, order]))
+    return np.asarray(vals)[order].real, torch.from_numpy(np.ascontiguousarray(np.asarray(vecs)[:, order].real))

@@ -2,7 +2,8 @@
 
 :class:`StreamedJacobianOperator` is the :class:`~diagnostics.engine.operator.JacobianOperator` of a
 map-style :class:`~torch.utils.data.Dataset` (or a :class:`~torch.utils.data.DataLoader` over one) that
-is never held in memory whole: every product reads the samples again, batch by batch, in index order,
+is never held in memory whole: every product reads the samples again, batch by batch, in index order
+(with the data set's ``__getitems__`` when it has one, as :class:`~torch.utils.data.DataLoader` does),
 so the memory is ``O(d)`` plus one batch's activations, plus the ``n·m``-vectors of the products,
 which :class:`VectorStore` keeps as :class:`numpy.memmap` files in a work folder once they exceed their
 budget. An index range ``shard=(start, stop)`` gives one process's block of rows of ``J`` in a
@@ -151,7 +152,9 @@ class StreamedJacobianOperator(JacobianOperator):
 
     def _read(self, rows: slice) -> tuple[_inputs.Inputs, torch.Tensor]:
         """Return the prepared inputs and the targets of the samples ``rows`` of the shard."""
-        batch = self._collate([self.dataset[self.start + i] for i in range(rows.start, rows.stop)])
+        indices = range(self.start + rows.start, self.start + rows.stop)
+        many = getattr(self.dataset, "__getitems__", None)  # a batched read, as DataLoader uses it
+        batch = self._collate(many(list(indices)) if many is not None else [self.dataset[i] for i in indices])
         x, y = _inputs.split_pair(batch)
         return self.fm.prepare(x)[0], _inputs.as_tensor(y, "targets")
 

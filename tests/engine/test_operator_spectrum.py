@@ -34,3 +34,17 @@ def test_a_truncated_solve_leaves_d1_and_the_decomposition_not_established():
     assert decomposition.status == "not established"
     full = alignment_from_operator(op, y, top_k=2)
     assert full.verdict.status != "not established" and "tolerance reached" in full.rank_rule
+
+
+def test_lanczos_under_a_spent_time_budget_computes_lambda_max_and_says_what_it_left_out():
+    case = CASES["mlp"]
+    op = JacobianOperator(case.model(), case.data(8), dtype=F64)
+    K = torch.stack([op.gram_matvec(e) for e in torch.eye(op.shape[0], dtype=F64)], dim=1)
+    exact = torch.linalg.eigvalsh(K).flip(0)
+    full = OperatorSpectrum(op, top_k=4)
+    torch.testing.assert_close(torch.as_tensor(full.eigenvalues.copy()), exact[:4], rtol=1e-8, atol=0)
+    assert "Lanczos" not in full.solver_summary
+    spent = OperatorSpectrum(op, top_k=4, time_budget=0.0)
+    assert len(spent.eigenvalues) == 1 and abs(spent.eigenvalues[0] - float(exact[0])) <= 1e-8 * float(exact[0])
+    assert "Lanczos: 1 of 4 eigenpairs within the time budget" in spent.solver_summary
+    assert spent.rank_tol == full.rank_tol  # the rank rule needs λ_max only

@@ -40,7 +40,7 @@ LAYERS = {
     "diagnostics.alignment_spectrum": 3,
     "diagnostics.alignment": 3,
     "diagnostics.cms": 3,
-    "diagnostics.distributed": 4,  # the whole data set over torch.distributed
+    "diagnostics.distributed": 3,  # the whole data set over torch.distributed (check_alignment streams with it)
     "diagnostics.check_command": 6,
     "diagnostics.tracking": 4,
     "diagnostics.aligned": 5,
