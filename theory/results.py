@@ -114,7 +114,7 @@ def alignment_lower_bound(loss: float, unexplained_target_sq: float, n: int, rto
 
 
 def necessity_at_global_minimum(loss: float, alignment_residual: float, n: int, target_norm_sq: float,
-                                rtol: float = 1e-8, cms: bool | None = None) -> Verdict:
+                                rtol: float = 1e-8, cms: bool | None = None, uncertainty: float = 0.0) -> Verdict:
     r"""(I2, necessity) D1 is necessary for a global minimum, quantitatively: ``a(θ) ≤ sqrt(2nL(θ))/‖Y‖``.
 
     From (I2), ``‖(I−P)Y‖² ≤ 2nL``, so as ``L → 0`` the alignment residual ``a = ‖(I−P)Y‖/‖Y‖`` must
@@ -135,6 +135,9 @@ def necessity_at_global_minimum(loss: float, alignment_residual: float, n: int, 
         Relative tolerance on ``a``.
     cms
         Whether ``f_X ∈ Col J`` was measured to hold (``None``: assumed).
+    uncertainty
+        How far the true ``a`` may lie below the measured one (a truncated least-squares solve gives only
+        an upper bound on ``a``: pass ``a`` itself, and a violation is then *not established*).
 
     Returns
     -------
@@ -149,7 +152,8 @@ def necessity_at_global_minimum(loss: float, alignment_residual: float, n: int, 
         raise ValueError("target_norm_sq must be positive: the residual a = ‖(I−P)Y‖/‖Y‖ needs Y ≠ 0")
     bound = math.sqrt(2 * n * loss / y2)
     return judge("I2.necessity", "necessity of D1 at a global minimum", a, bound, rel_tol(rtol, a, bound),
-                 {"loss": loss, "n": n}, "a", "sqrt(2nL)/‖Y‖", premises=[data_level_premise(cms)])
+                 {"loss": loss, "n": n}, "a", "sqrt(2nL)/‖Y‖", premises=[data_level_premise(cms)],
+                 uncertainty=uncertainty)
 
 
 # -- (I3) gradient domination ------------------------------------------------------------------

@@ -32,6 +32,9 @@ def test_a_truncated_solve_leaves_d1_and_the_decomposition_not_established():
     assert "iteration cap reached" in report.rank_rule
     decomposition = next(v for v in report.verdicts if v.statement == "I2")
     assert decomposition.status == "not established"
+    # f_X's truncated residual is an upper bound too: it cannot show the data-level premise fails
+    premise = next(p for v in report.verdicts for p in v.premises if p.name.startswith("f_X ∈ Col J"))
+    assert premise.met is None and all(v.status != "not applicable" for v in report.verdicts)
     full = alignment_from_operator(op, y, top_k=2)
     assert full.verdict.status != "not established" and "tolerance reached" in full.rank_rule
 

@@ -117,3 +117,9 @@ def test_the_necessity_bound_follows_i2_not_a_fixed_threshold():
 def test_counting_and_cauchy_schwarz_checks_are_sanity_not_evidence():
     assert theory.counting_bound(4, 6, 10).sanity and not theory.counting_bound(4, 6, 10).evidence
     assert theory.excess_gradient_domination(1.0, 1, 2.0, 1.0).sanity
+
+
+def test_the_necessity_bound_is_not_refuted_by_an_upper_bound_on_the_residual():
+    # a truncated solve gives a ≤ 5e-6 only: the violation of a ≤ sqrt(2nL)/‖Y‖ = 4.47e-6 cannot be shown
+    v = theory.necessity_at_global_minimum(1e-11, 5e-6, 100, 100.0, uncertainty=5e-6)
+    assert v.status == theory.NOT_ESTABLISHED and "uncertainty" in v.details["reason"]
