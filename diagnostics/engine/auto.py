@@ -70,8 +70,8 @@ def choose(job: Measurement, out: torch.Tensor) -> Choice:
     job.independent = True
     key = (*_model_key(job), job.result, job.n)
     cached = CHOICES.get(job.fm.module, key)
-    if cached is not None:
-        return Choice(cached.plan, cached.reason + "; cached for this model and shapes", cached.predicted)
+    if cached is not None:  # a check still owed on the whole problem (settle) stays owed
+        return dataclasses.replace(cached, reason=cached.reason + "; cached for this model and shapes")
     no_vmap = CHOICES.get(job.fm.module, ("no vmap", _model_key(job)))
     if job.rows >= PROBE_MIN_ROWS:
         choice = probe(job, vmap_works=no_vmap is None)
