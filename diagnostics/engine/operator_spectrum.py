@@ -75,8 +75,8 @@ class OperatorSpectrum:
         job started again on the same operator (same outputs ``f_X``) and right-hand sides resumes from
         them; anything else there is ignored.
     progress
-        Show a progress bar per LSQR solve with the current residual estimate, an ETA to the iteration
-        cap and, under a time budget, the seconds left.
+        Show a progress bar per LSQR solve with the current residual estimate and an ETA to the
+        iteration cap, or under a time budget the seconds left.
     workspace
         ``length ↦`` a zero float64 array for LSQR's ``nm``-vector (a :class:`numpy.memmap` on disk when
         ``nm`` exceeds the memory budget); default :func:`numpy.zeros`.
@@ -161,8 +161,9 @@ class OperatorSpectrum:
         remaining = None if self.deadline is None else max(self.deadline - time.perf_counter(), 0.0)
         index = len(self.iterations)
         scipy_op = self.op.to_scipy()
+        budget = {} if self.deadline is None else {"bar_format": "{desc}: {n_fmt} it [{elapsed}, {rate_fmt}{postfix}]"}
         with tqdm(total=self.max_iter, desc=f"LSQR solve {index + 1}", unit="it", disable=not self.progress,
-                  leave=False, mininterval=2.0) as bar:
+                  leave=False, mininterval=2.0, **budget) as bar:  # under a budget: no ETA to the cap
             def show(iteration: int, residual: float) -> None:
                 bar.update(iteration - bar.n)
                 left = "" if self.deadline is None else f", {max(self.deadline - time.perf_counter(), 0):.0f} s left"
@@ -288,9 +289,8 @@ def _top_eigenpairs(op: JacobianOperator | LinearOperatorMixin, k: int, tol: flo
     if deadline is None:
         return _sorted(*eigsh(op.to_scipy(gram=True), k=k, which="LA", tol=tol, v0=start))
     counted = _Counted(op.to_scipy(gram=True))
-    began = time.perf_counter()
     top = _sorted(*eigsh(counted, k=1, which="LA", tol=tol, v0=start))  # λ_max: the rank rule needs it
-    per_product = (time.perf_counter() - began) / max(counted.products, 1)
+    per_product = float(np.median(counted.seconds))  # the median: the first product pays one-time set-ups
     ncv = min(N - 1, max(2 * k + 1, 20))
     affordable = int(LANCZOS_SHARE * max(deadline - time.perf_counter(), 0.0) / max(per_product, 1e-12))
     if k == 1 or affordable < ncv:
@@ -309,15 +309,17 @@ LANCZOS_SHARE = 0.25
 
 
 class _Counted(LinearOperator):
-    """A symmetric scipy operator that counts its products (to time one)."""
+    """A symmetric scipy operator that times each of its products."""
 
     def __init__(self, op: LinearOperator) -> None:
         super().__init__(dtype=np.float64, shape=op.shape)
-        self.op, self.products = op, 0
+        self.op, self.seconds = op, []
 
     def _matvec(self, v: np.ndarray) -> np.ndarray:
-        self.products += 1
-        return self.op.matvec(v)
+        start = time.perf_counter()
+        product = self.op.matvec(v)
+        self.seconds.append(time.perf_counter() - start)
+        return product
 
     def _rmatvec(self, v: np.ndarray) -> np.ndarray:
         return self._matvec(v)
