@@ -44,6 +44,25 @@ def test_streamed_products_equal_the_in_memory_operator(tmp_path, vector_budget)
         assert sorted(p.name for p in op.vectors.folder.iterdir())[:1] == ["vector-1.bin"]
 
 
+def test_a_data_set_with_getitems_is_read_a_batch_at_a_time():
+    model, X, y = _digits(20)
+
+    class Batched(TensorDataset):
+        calls: list[int] = []
+
+        def __getitem__(self, i):
+            raise AssertionError("read one sample at a time")
+
+        def __getitems__(self, indices):
+            self.calls.append(len(indices))
+            return [(X[i], y[i]) for i in indices]
+
+    op = StreamedJacobianOperator(model, Batched(X, y), batch_size=8)
+    v = torch.randn(op.shape[1], generator=torch.Generator().manual_seed(0), dtype=F64)
+    torch.testing.assert_close(op.matvec(v), JacobianOperator(model, X).matvec(v), rtol=0, atol=ATOL)
+    assert Batched.calls.count(8) >= 2 and max(Batched.calls) == 8  # whole batches, one read each
+
+
 def test_a_shard_is_a_block_of_rows():
     model, X, y = _digits(30)
     dense = JacobianOperator(model, X)
