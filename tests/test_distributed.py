@@ -149,6 +149,18 @@ def test_check_alignment_streams_a_data_set_on_the_matrix_free_path():
     assert len(reads) > 12  # read again for every product, never kept
 
 
+def test_check_alignment_in_memory_takes_the_solver_options(tmp_path):
+    split = load_dataset("teacher-student", n_train=8, n_test=1, dtype=torch.float64)
+    model = build_model("mlp", 12, input_shape=split.input_shape, n_out=3, seed=1)
+    data = (split.X_train, split.y_train)
+    stopped = check_alignment(model, data, path="matrix-free", solver={"time_budget": 0.0, "top_k": 2,
+                                                                       "checkpoint_dir": tmp_path})
+    assert stopped.verdict.status == theory.NOT_ESTABLISHED and "time budget" in stopped.rank_rule
+    assert (tmp_path / "runs").is_dir()  # the solver state was kept: a rerun resumes from it
+    resumed = check_alignment(model, data, path="matrix-free", solver={"top_k": 2, "checkpoint_dir": tmp_path})
+    assert resumed.verdict.status == theory.HOLDS
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"path": "matrix-free", "probe_size": None, "mode": "batch"}, "mode='eval'"),
     ({"path": "matrix-free", "solver": {"tolerance": 1}}, "unknown solver options"),
