@@ -204,8 +204,8 @@ def launch_ray(fn: Callable[..., Any], nproc: int, *args: Any, use_gpu: bool = F
     Ray Train (:class:`ray.train.torch.TorchTrainer`) places the workers on the Ray cluster that
     :func:`ray.init` joins (``RAY_ADDRESS``, or a local one it starts) and sets up their
     ``torch.distributed`` group (gloo, or NCCL with ``use_gpu``, one GPU per worker), which ``fn`` uses as
-    the default group. ``fn`` and ``args`` must be picklable; its result travels back pickled in Ray
-    Train's report. A :class:`~diagnostics.errors.DiagnosticsError` raised in a worker is raised here.
+    the default group. ``fn`` and ``args`` must be picklable; its result travels back pickled in a Ray
+    Train checkpoint. A :class:`~diagnostics.errors.DiagnosticsError` raised in a worker is raised here.
     """
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise DiagnosticsError(f"nproc must be a positive integer, got {nproc!r}")
@@ -219,15 +219,19 @@ def launch_ray(fn: Callable[..., Any], nproc: int, *args: Any, use_gpu: bool = F
         trainer = TorchTrainer(_ray_worker, train_loop_config={"payload": payload},
                                scaling_config=ScalingConfig(num_workers=nproc, use_gpu=use_gpu),
                                run_config=RunConfig(storage_path=folder, name="check"))
-        metrics = trainer.fit().metrics
-    failed, value = pickle.loads(base64.b64decode(metrics["outcome"]))
+        with trainer.fit().checkpoint.as_directory() as kept:
+            failed, value = pickle.loads((Path(kept) / "outcome.pkl").read_bytes())
     if failed:
         raise DiagnosticsError(f"process 0 of {nproc} (Ray Train): {value}")
     return value
 
 
 def _ray_worker(config: dict[str, str]) -> None:
-    """One Ray Train worker: run the payload's ``fn(*args)`` in the group Ray set up; report process 0's outcome."""
+    """One Ray Train worker: run the payload's ``fn(*args)`` in the group Ray set up; process 0 reports the outcome.
+
+    The outcome travels as a Ray Train checkpoint (a folder Ray keeps in the run's storage), which is how
+    Ray Train hands a result back to the driver on any cluster.
+    """
     import ray.train
 
     fn, args = pickle.loads(base64.b64decode(config["payload"]))
@@ -235,8 +239,12 @@ def _ray_worker(config: dict[str, str]) -> None:
         outcome = (False, fn(*args))
     except DiagnosticsError as exc:
         outcome = (True, str(exc))
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    ray.train.report({"outcome": base64.b64encode(pickle.dumps(outcome)).decode() if rank == 0 else ""})
+    if (dist.get_rank() if dist.is_initialized() else 0) != 0:
+        ray.train.report({})
+        return
+    with tempfile.TemporaryDirectory(prefix="diagnostics-outcome-") as folder:
+        (Path(folder) / "outcome.pkl").write_bytes(pickle.dumps(outcome))
+        ray.train.report({}, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def _process(rank: int, world: int, folder: str, threads: int, fn: Callable[..., Any], args: tuple) -> None:
