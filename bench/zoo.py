@@ -5,13 +5,13 @@
     python -m bench.zoo --quick                  # smoke run: two models, n = 4, one repeat
 
 For each model of ``tests/zoo/registry.py`` (float32, as users have them), every method computes the
-Gram ``K`` of the same inputs; reported are the median wall time of ``--repeats`` calls after one
-warm-up call (which, for ``auto``, includes its timed probe and the timing that checks the choice on the
-whole problem: the choice is cached per model and shapes afterwards), the maximum relative difference
-to the per-output autograd loop in float64, what ``auto`` chose, and ``auto``'s time over the fastest
-method that worked. A method that cannot run the model says
-why. Then the cost of ``check_cms`` against ``check_alignment`` on the same probe (both in float64, their
-CPU default).
+Gram ``K`` of the same inputs; reported are the median wall time of ``--repeats`` calls (the methods
+taking turns) after one warm-up call (which, for ``auto``, includes its timed probe and the timing that
+checks the choice on the whole problem: the choice is cached per model and shapes afterwards), the
+maximum relative difference to the per-output autograd loop in float64, what ``auto`` chose, and
+``auto``'s time over the fastest method that worked. A method that cannot run the model says why. Then
+the cost of ``check_cms`` against ``check_alignment`` on the same probe (both in float64, their CPU
+default).
 """
 
 from __future__ import annotations
@@ -52,14 +52,23 @@ def torch_func_recipe(model, x, output):
     return torch.stack([torch.einsum("Naf,Mbf->NaMb", j, j) for j in blocks]).sum(0).reshape(n * m, n * m)
 
 
-def _timed(fn, repeats: int) -> tuple[torch.Tensor, float]:
-    K = fn()  # warm-up (auto's probe)
-    times = []
+def _timed(fns: dict, repeats: int) -> dict:
+    """Warm each method up once, then time them in turn ``repeats`` times (interleaved: a slow spell of the
+    machine hits every method alike); return ``name → (K, median seconds)`` or ``name → exception``."""
+    results, times = {}, {}
+    for name, fn in fns.items():
+        try:
+            results[name] = fn()  # warm-up (auto's probe)
+            times[name] = []
+        except Exception as exc:  # noqa: BLE001 - a method that cannot run the model is reported
+            results[name] = exc
     for _ in range(repeats):
-        start = time.perf_counter()
-        K = fn()
-        times.append(time.perf_counter() - start)
-    return K, statistics.median(times)
+        for name in times:
+            start = time.perf_counter()
+            results[name] = fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: (results[name], statistics.median(times[name])) if name in times else results[name]
+            for name in fns}
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -89,13 +98,12 @@ def _bench_model(key: str, args: argparse.Namespace) -> list[dict]:
     if entry.mode == "eval":
         methods["torch.func recipe"] = lambda: torch_func_recipe(model, x, entry.output)
     rows = []
-    for name, fn in methods.items():
+    for name, outcome in _timed(methods, args.repeats).items():
         row = {"model": key, "method": name, "rows": ref.shape[0]}
-        try:
-            K, seconds = _timed(fn, args.repeats)
-        except Exception as exc:  # noqa: BLE001 - a method that cannot run the model is reported
-            row["note"] = f"fails: {type(exc).__name__}: {str(exc).splitlines()[0][:90]}"
+        if isinstance(outcome, Exception):
+            row["note"] = f"fails: {type(outcome).__name__}: {str(outcome).splitlines()[0][:90]}"
         else:
+            K, seconds = outcome
             row["time_s"] = seconds
             row["rel_diff"] = float((K.double() - ref).abs().max() / ref.abs().max())
             if name == "ours: auto":
@@ -105,8 +113,10 @@ def _bench_model(key: str, args: argparse.Namespace) -> list[dict]:
     if args.checks:
         n = _inputs.batch_size(_inputs.normalise_inputs(x))
         data = (x, torch.arange(n) % 3)
-        _, align = _timed(lambda: check_alignment(model, data, loss="ce", probe_size=None, **kwargs), args.repeats)
-        _, cms = _timed(lambda: check_cms(model, x, **kwargs), args.repeats)
+        (_, align), (_, cms) = _timed({
+            "align": lambda: check_alignment(model, data, loss="ce", probe_size=None, **kwargs),
+            "cms": lambda: check_cms(model, x, **kwargs),
+        }, args.repeats).values()
         rows.append({"model": key, "method": "check_cms / check_alignment", "rows": ref.shape[0],
                      "note": f"{cms:.3f} s / {align:.3f} s = {cms / align:.2f} (float64, same probe)"})
     return rows

@@ -64,12 +64,14 @@ def choose(job: Measurement, out: torch.Tensor) -> Choice:
         return Choice(PLANS[job.requested], "asked for (strategy=)")
     if job.fm.mode == "batch":
         return Choice(PLANS["vjp"], "auto: in mode='batch' the samples interact, so the whole batch is differentiated")
+    key = (*_model_key(job), job.result, job.n)
+    cached = CHOICES.get(job.fm.module, key)
+    if cached is not None and cached.plan == PLANS["vjp"]:  # exact whether or not the samples interact: no check
+        return dataclasses.replace(cached, reason=cached.reason + "; cached for this model and shapes")
     problem = job.fm.per_sample_problem(job.x, out)
     if problem:
         return Choice(PLANS["vjp"], "auto fell back to vjp over the whole batch: " + problem.split(". ")[0])
     job.independent = True
-    key = (*_model_key(job), job.result, job.n)
-    cached = CHOICES.get(job.fm.module, key)
     if cached is not None:  # a check still owed on the whole problem (settle) stays owed
         return dataclasses.replace(cached, reason=cached.reason + "; cached for this model and shapes")
     no_vmap = CHOICES.get(job.fm.module, ("no vmap", _model_key(job)))
