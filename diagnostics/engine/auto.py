@@ -40,7 +40,7 @@ PROBE_MIN_ROWS = 256
 PROBE_ROWS = 64
 #: On a smaller problem, a measurement with the plan chosen without timing that takes at least this long times
 #: the plans once afterwards (:func:`settle`); a quicker one keeps its plan (the choice cannot matter).
-SETTLE_MIN_SECONDS = 0.01
+SETTLE_MIN_SECONDS = 0.002
 #: A probed plan predicted within this factor of the fastest is timed on the whole problem after the first
 #: measurement (:func:`settle`), when that measurement took at most :data:`SETTLE_MAX_SECONDS`.
 RUNNER_UP_RATIO = 1.5
