@@ -21,8 +21,10 @@ import base64
 import dataclasses
 import os
 import pickle
+import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -248,15 +250,24 @@ def _ray_worker(config: dict[str, str]) -> None:
 
 
 def _process(rank: int, world: int, folder: str, threads: int, fn: Callable[..., Any], args: tuple) -> None:
-    """One spawned process: join the gloo group, run ``fn``, keep its result for :func:`launch`."""
+    """One spawned process: join the gloo group, run ``fn``, keep its result for :func:`launch`.
+
+    The process ends with :func:`os._exit` once every process has written its result: tearing down gloo's
+    threads and the interpreter at exit can abort a finished process (``terminate called without an
+    active exception``, seen now and then), and nothing is left to clean up by then.
+    """
     torch.set_num_threads(threads)
     dist.init_process_group("gloo", init_method=f"file://{folder}/rendezvous", rank=rank, world_size=world)
     try:
-        try:
-            outcome = (False, fn(*args))
-        except DiagnosticsError as exc:  # bad input: reported by the parent, without a traceback per process
-            outcome = (True, str(exc))
-        (Path(folder) / f"result-{rank}.pkl").write_bytes(pickle.dumps(outcome))
-        dist.barrier()  # every process has finished communicating before any tears the group down
-    finally:
-        dist.destroy_process_group()
+        outcome = (False, fn(*args))
+    except DiagnosticsError as exc:  # bad input: reported by the parent, without a traceback per process
+        outcome = (True, str(exc))
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+    (Path(folder) / f"result-{rank}.pkl").write_bytes(pickle.dumps(outcome))
+    dist.barrier()  # every process has finished communicating before any leaves
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -59,7 +59,8 @@ def test_records_have_the_documented_columns_and_follow_every(device):
     assert list(h.columns) == [*COLUMNS, "cka_1", *TRAILING]
     assert h.step.tolist() == [0, 3, 6]
     first = h.iloc[0]
-    assert first.kernel_movement_init == 0 and first.param_movement == 0
+    # θ has not moved: K equals K_0 to rounding (auto may settle on another exact plan after its first call)
+    assert first.kernel_movement_init <= 1e-14 and first.param_movement == 0
     assert first.cka_1 == pytest.approx(1, abs=1e-14)
     assert math.isnan(first.kernel_movement_prev)
     assert (h.kernel_movement_init.iloc[1:] > 0).all() and (h.param_movement.iloc[1:] > 0).all()
