@@ -127,9 +127,11 @@ class CMSReport:
         if not self.candidates:
             lines.append("    no candidate: the outputs are not linear in any set of parameter tensors tried")
         lines.append(f"  test 2, ‖(I−P) f_X‖/‖f_X‖ = {self.column_space_residual:.2e} "
-                     f"(necessary: a residual above {details['data_tol']:.1e} refutes A1)")
+                     f"(necessary: a residual above {details['data_tol']:.1e} refutes A1, unless a witness holds)")
         note = "conclusive" if self.transfer_conclusive else "inconclusive: rank J_A < rank [J_A; J_B]"
         lines.append(f"  test 3, least-norm R fitted on half, error on the other = {self.transfer_error:.2e} ({note})")
+        if details.get("disagreement"):
+            lines.append(f"  note: {details['disagreement']}")
         if self.manifest is not None:
             lines.append(str(self.manifest))
         return "\n".join(lines)

@@ -19,10 +19,11 @@ def test_cms_assessment_hand_numbers():
     assert unknown.status == "not established" and "another R" in unknown.details["reason"]
     refuted = theory.cms_assessment(0.4, 0.2)
     assert refuted.refuted and refuted.details["refuted_by"].startswith("test 2")
-    # a witnessed identity and a refutation contradict each other: not established, the reason says why
+    # a witnessed identity outranks the rank-rule tests: holds, and the details name the test that disagreed
     torn = theory.cms_assessment(1e-9, 1e-10, 0.5, rank_fit=6, rank_union=6)
-    assert torn.status == "not established" and "disagree" in torn.details["reason"]
-    assert theory.cms_assessment(1e-9, 0.2).status == "not established"
+    assert torn.holds and torn.details["disagreement"].startswith("test 3 leaves 5.0e-01")
+    assert theory.cms_assessment(1e-9, 3.4e-8, data_tol=1.5e-8).details["disagreement"].startswith("test 2")
+    assert "disagreement" not in ok.details
     assert theory.cms_assessment(1e-9, 1e-10).details["transfer"] == "not run"
     with pytest.raises(ValueError):
         theory.cms_assessment(1e-9, 1e-10, 0.5, rank_fit=7, rank_union=6)
