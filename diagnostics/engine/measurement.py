@@ -235,15 +235,13 @@ class Measurement:
         reserved = 2 * self.rows**2 * self.itemsize if gram else self.budget // 2
         free = max(self.budget - reserved, self.rows * self.itemsize)
         for group in groups(rest, self.fm.params, self.rows * self.itemsize, free):
-            J = columns(self._generic_blocks(group), group, self.rows)
-            if K is not None:
-                K.add_products(J, J)
-            if V is not None:
-                start = 0
-                for k in group:
-                    size = self.fm.params[k].numel()
-                    V[:, index[k]] = J[:, start : start + size] @ vectors[k].reshape(-1).to(J)
-                    start += size
+            blocks = self._generic_blocks(group)
+            for k in group:  # block by block: K = Σ_p J_p J_pᵀ, no copy of the group's columns into one matrix
+                J = blocks.pop(k).reshape(self.rows, -1)
+                if K is not None:
+                    K.add_products(J, J)
+                if V is not None:
+                    V[:, index[k]] = J @ vectors[k].reshape(-1).to(J)
         K = None if K is None else self._finite(K.finish(), "the NTK Gram")
         V = None if V is None else self._finite(V, "the contractions J_p θ_p")
         return K, V
@@ -266,7 +264,7 @@ class Measurement:
                 out, pull = vjp(lambda p, x=x: self.fm(p, x).reshape(-1), sub)
                 eye = torch.eye(out.numel(), dtype=out.dtype, device=out.device)
                 parts += [vmap(pull)(eye[rows])[0] for rows in self._chunks(out.numel(), width, factor=2)]
-            return {k: torch.cat([p[k] for p in parts]) for k in names}
+            return {k: _joined([p[k] for p in parts]) for k in names}
 
         def single(p, xi):
             return self.fm(p, _inputs.map_inputs(lambda t: t.unsqueeze(0), xi))[0]
@@ -281,7 +279,7 @@ class Measurement:
             raise
         except Exception as exc:
             raise self._per_sample_failure(exc) from exc
-        return {k: torch.cat([p[k] for p in parts]).reshape(self.rows, *sub[k].shape) for k in names}
+        return {k: _joined([p[k] for p in parts]).reshape(self.rows, *sub[k].shape) for k in names}
 
     def _per_sample_failure(self, exc: Exception) -> PerSampleFailure:
         """Build the error of a ``vmap`` over samples that failed: what it means, where, and what to do."""
@@ -321,3 +319,8 @@ class Measurement:
             "the model's derivatives are too large for this precision. Measure with dtype=torch.float64, or "
             "rescale the measured output (e.g. output=lambda o: o / 1e3)."
         )
+
+
+def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate row chunks; a single chunk is returned as it is (no copy of a block that may be large)."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
