@@ -57,7 +57,9 @@ CHOICES = ChoiceCache()
 def choose(job: Measurement, out: torch.Tensor) -> Choice:
     """Return the plan of ``job``: the one asked for, or ``auto``'s (cached per model and shapes).
 
-    ``out`` is the validation forward's output; also sets ``job.independent``.
+    ``out`` is the validation forward's output; also sets ``job.independent``. The per-sample check (the
+    two halves of the batch give the whole batch's outputs) runs when the choice is made; a choice
+    cached for this model, shapes, dtype, mode and parameters was made after it passed.
     """
     if job.requested != "auto":
         job.independent = job.requested != "vjp"  # the per-sample check of check_forward passed
@@ -66,14 +68,13 @@ def choose(job: Measurement, out: torch.Tensor) -> Choice:
         return Choice(PLANS["vjp"], "auto: in mode='batch' the samples interact, so the whole batch is differentiated")
     key = (*_model_key(job), job.result, job.n)
     cached = CHOICES.get(job.fm.module, key)
-    if cached is not None and cached.plan == PLANS["vjp"]:  # exact whether or not the samples interact: no check
+    if cached is not None:  # made after the per-sample check passed (or needing none: whole-batch vjp)
+        job.independent = cached.plan != PLANS["vjp"]
         return dataclasses.replace(cached, reason=cached.reason + "; cached for this model and shapes")
     problem = job.fm.per_sample_problem(job.x, out)
     if problem:
         return Choice(PLANS["vjp"], "auto fell back to vjp over the whole batch: " + problem.split(". ")[0])
     job.independent = True
-    if cached is not None:  # a check still owed on the whole problem (settle) stays owed
-        return dataclasses.replace(cached, reason=cached.reason + "; cached for this model and shapes")
     no_vmap = CHOICES.get(job.fm.module, ("no vmap", _model_key(job)))
     if job.rows >= PROBE_MIN_ROWS:
         choice = probe(job, vmap_works=no_vmap is None)
