@@ -134,8 +134,9 @@ def check_alignment(
     rank_tol = renamed_argument(rank_tol, tol, "tol", "rank_tol")
     if horizon is not None:
         validate_horizon(horizon)
-    solver = _solver_options(solver, path)
-    if path == "matrix-free" and probe_size is None and isinstance(data, Dataset | DataLoader):
+    streamed = path == "matrix-free" and probe_size is None and isinstance(data, Dataset | DataLoader)
+    solver = _solver_options(solver, path, streamed)
+    if streamed:
         if mode != "eval":
             raise DiagnosticsError("a streamed data set is measured in mode='eval' (batches are differentiated "
                                    "one at a time, so batch statistics would change from batch to batch)")
@@ -144,10 +145,6 @@ def check_alignment(
             output=output, dtype=dtype, strategy=strategy, memory_budget=memory_budget, horizon=horizon, **solver)
         report.elapsed_s = time.perf_counter() - start
         return report
-    unknown = set(solver) - set(IN_MEMORY_SOLVER)
-    if unknown:
-        raise DiagnosticsError(f"solver options {sorted(unknown)} apply to a streamed data set only "
-                               "(path='matrix-free', probe_size=None and a Dataset or DataLoader)")
     X, T = _inputs.probe_data(data, probe_size, seed)
     settings = {"target": target, "loss": loss, "rank_tol": rank_tol, "residual_tol": residual_tol,
                 "params": params, "mode": mode, "output": output, "strategy": strategy,
@@ -212,14 +209,18 @@ IN_MEMORY_SOLVER = ("top_k", "max_iter", "time_budget", "checkpoint_dir", "check
 STREAMED_SOLVER = (*IN_MEMORY_SOLVER, "batch_size", "work_dir", "vector_budget")
 
 
-def _solver_options(solver: dict[str, Any] | None, path: str) -> dict[str, Any]:
-    """Validate ``solver=``: known options, and only with a path that can be matrix-free."""
+def _solver_options(solver: dict[str, Any] | None, path: str, streamed: bool) -> dict[str, Any]:
+    """Validate ``solver=``: known options, only with a path that can be matrix-free, streaming ones on a stream."""
     solver = dict(solver or {})
     unknown = set(solver) - set(STREAMED_SOLVER)
     if unknown:
         raise DiagnosticsError(f"unknown solver options {sorted(unknown)}; the options are {list(STREAMED_SOLVER)}")
     if solver and path == "dense":
         raise DiagnosticsError("solver options apply to the matrix-free path; path='dense' uses none")
+    streaming_only = set(solver) - set(IN_MEMORY_SOLVER)
+    if streaming_only and not streamed:
+        raise DiagnosticsError(f"solver options {sorted(streaming_only)} apply to a streamed data set only "
+                               "(path='matrix-free', probe_size=None and a Dataset or DataLoader)")
     return solver
 
 

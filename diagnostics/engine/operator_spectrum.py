@@ -288,15 +288,15 @@ def _top_eigenpairs(op: JacobianOperator | LinearOperatorMixin, k: int, tol: flo
     start = np.random.default_rng(0).standard_normal(N)
     if deadline is None:
         return _sorted(*eigsh(op.to_scipy(gram=True), k=k, which="LA", tol=tol, v0=start))
-    counted = _Counted(op.to_scipy(gram=True))
-    top = _sorted(*eigsh(counted, k=1, which="LA", tol=tol, v0=start))  # λ_max: the rank rule needs it
-    per_product = float(np.median(counted.seconds))  # the median: the first product pays one-time set-ups
+    timed = _Timed(op.to_scipy(gram=True))
+    top = _sorted(*eigsh(timed, k=1, which="LA", tol=tol, v0=start))  # λ_max: the rank rule needs it
+    per_product = float(np.median(timed.seconds))  # the median: the first product pays one-time set-ups
     ncv = min(N - 1, max(2 * k + 1, 20))
     affordable = int(LANCZOS_SHARE * max(deadline - time.perf_counter(), 0.0) / max(per_product, 1e-12))
     if k == 1 or affordable < ncv:
         return top
     try:  # ARPACK restarts ``maxiter`` times, each costing about ncv − k products
-        return _sorted(*eigsh(counted, k=k, which="LA", tol=tol, v0=start, ncv=ncv,
+        return _sorted(*eigsh(timed, k=k, which="LA", tol=tol, v0=start, ncv=ncv,
                               maxiter=max(1, (affordable - ncv) // (ncv - k))))
     except ArpackNoConvergence as partial:  # keep the pairs that converged within the budget
         if len(partial.eigenvalues) <= 1:
@@ -308,7 +308,7 @@ def _top_eigenpairs(op: JacobianOperator | LinearOperatorMixin, k: int, tol: flo
 LANCZOS_SHARE = 0.25
 
 
-class _Counted(LinearOperator):
+class _Timed(LinearOperator):
     """A symmetric scipy operator that times each of its products."""
 
     def __init__(self, op: LinearOperator) -> None:
