@@ -3,7 +3,7 @@
     python -m bench.distributed_scale                         # n = 1k, 6k, 60k (n·m up to 6·10⁵), 1 and 2 processes
     python -m bench.distributed_scale --n 60000 --nproc 2 --repeats 1
     python -m bench.distributed_scale --resnet18              # per-sample cost of ResNet-18 on CIFAR-sized inputs
-    python -m bench.distributed_scale --n 60000 --nproc 2 --check 1740   # check_alignment on 6·10⁵ rows in 29 min
+    python -m bench.distributed_scale --n 60000 --nproc 2 --check 1700   # check_alignment on 6·10⁵ rows, 30 min in all
     torchrun --nproc-per-node 8 -m bench.distributed_scale --device cuda --model resnet18 --n 50000 --nproc 1
 
 The data are a synthetic MNIST-sized set streamed from a map-style ``Dataset`` that computes each sample

@@ -86,8 +86,9 @@ def alignment_from_spectrum(
     resolved, note = _resolution(spectrum, residual, residual_tol, source_dtype)
     d1 = theory.alignment_condition(residual, residual_tol, resolved, note)
     aligned = {theory.HOLDS: True, theory.REFUTED: False}.get(d1.status)
+    truncated = getattr(spectrum, "truncated", False)  # a matrix-free solve stopped early: residuals are upper bounds
     cms: bool | None = output_residual <= residual_tol
-    if not cms and getattr(spectrum, "truncated", False):
+    if not cms and truncated:
         cms = None  # a truncated solve's residual only bounds ‖(I − P)f‖ from above: f_X ∉ Col J is not shown
     r_q = f - Q
     decomposition_gap = (float((r_q**2).sum()) - spectrum.inside_norm_sq(r_q) - outside) / (2 * n)
@@ -101,7 +102,7 @@ def alignment_from_spectrum(
                                       rtol=precision.decomposition_rtol(source_dtype),
                                       uncertainty=_truncation_uncertainty(spectrum, loss, r_q, outside, n)),
             theory.necessity_at_global_minimum(loss, residual, n, q_sq, cms=cms,
-                                               uncertainty=residual if getattr(spectrum, "truncated", False) else 0),
+                                               uncertainty=residual if truncated else 0.0),
             theory.gradient_domination(loss, grad_norm, certificate, aligned,
                                        truncation=spectrum.outside_norm_sq(r_q) / (2 * n), cms=cms),
         )
