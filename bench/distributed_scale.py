@@ -9,7 +9,7 @@
 The data are a synthetic MNIST-sized set streamed from a map-style ``Dataset`` that computes each sample
 from its index (a scikit-learn digit, 1×8×8, plus a fixed deterministic jitter), so nothing is held whole;
 the model is the benchmark digits CNN (``bench.models``, d = 9,930) in float64. One LSQR iteration costs
-one ``J v`` and one ``Jᵀ u`` on the whole set (:class:`~diagnostics.engine.sharded.ShardedJacobian`);
+one ``J v`` and one ``Jᵀ u`` on the whole set (:class:`~diagnostics.engine.matrix_free.sharded.ShardedJacobian`);
 the script times both (median of ``--repeats``, after a warm-up on two samples that pays the one-time
 imports of ``torch.func``), the first pass (outputs), and reads each process's peak resident set from
 ``getrusage``.
@@ -33,8 +33,8 @@ from bench.models import build
 from bench.resnet18 import BasicBlock
 from diagnostics import check_alignment
 from diagnostics.distributed import init_from_environment, launch
-from diagnostics.engine.sharded import ShardedJacobian, process_group_size
-from diagnostics.engine.streamed import StreamedJacobianOperator, shard_range
+from diagnostics.engine.matrix_free.sharded import ShardedJacobian, process_group_size
+from diagnostics.engine.matrix_free.streamed import StreamedJacobianOperator, shard_range
 
 
 class JitteredDigits(Dataset):

@@ -30,8 +30,8 @@ from .engine import memory, precision
 from .engine.accuracy import jacobian_error
 from .engine.functional import ParamSelector
 from .engine.manifest import MeasurementManifest
+from .engine.matrix_free.operator import JacobianOperator
 from .engine.measurement import Measurement
-from .engine.operator import JacobianOperator
 from .errors import DiagnosticsError, InsufficientMemoryError, renamed_argument
 from .store import RunStore
 from .targets import Targets
@@ -89,7 +89,7 @@ def check_alignment(
         Residual below which the condition is declared to hold; default ``sqrt(eps)``.
     params, mode, output, strategy, memory_budget
         As in :func:`diagnostics.jacobian` (on the matrix-free path ``strategy`` goes to the
-        :class:`~diagnostics.engine.operator.JacobianOperator`). The manifest says which strategy
+        :class:`~diagnostics.engine.matrix_free.operator.JacobianOperator`). The manifest says which strategy
         ``"auto"`` chose, why, and the measurement's estimated floating-point error.
     dtype
         Compute dtype. Default: float64 on the CPU, where it costs about 1–2× float32 and gives the
@@ -102,7 +102,7 @@ def check_alignment(
     path
         ``"dense"`` (the Gram and its eigen-decomposition), ``"matrix-free"`` (LSQR and Lanczos on
         Jacobian products, memory ``O(nm + d)``,
-        :class:`~diagnostics.engine.operator_spectrum.OperatorSpectrum`) or ``"auto"``:
+        :class:`~diagnostics.engine.matrix_free.spectrum.OperatorSpectrum`) or ``"auto"``:
         dense when it fits ``memory_budget``; the report's ``path`` says which was used.
     horizon
         ``(η, T)``: a training horizon, full-batch gradient descent with step ``η`` for ``T`` steps on

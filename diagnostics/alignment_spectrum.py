@@ -18,8 +18,8 @@ import theory
 
 from .alignment_report import AlignmentReport
 from .engine import precision
-from .engine.operator import JacobianOperator
-from .engine.operator_spectrum import DEFAULT_TOP_K, OperatorSpectrum
+from .engine.matrix_free.operator import JacobianOperator
+from .engine.matrix_free.spectrum import DEFAULT_TOP_K, OperatorSpectrum
 from .engine.spectral import Spectrum
 from .errors import DiagnosticsError
 from .targets import CE_SCALES, Targets, best_scale
@@ -64,7 +64,7 @@ def alignment_from_spectrum(
     """Build the alignment report from outputs, targets and the spectrum of ``K``.
 
     ``spectrum`` is a :class:`~diagnostics.engine.spectral.Spectrum` or its matrix-free stand-in
-    :class:`~diagnostics.engine.operator_spectrum.OperatorSpectrum` (same methods). Every verdict comes
+    :class:`~diagnostics.engine.matrix_free.spectrum.OperatorSpectrum` (same methods). Every verdict comes
     from :mod:`theory`: D1 (:func:`theory.alignment_condition`, *not established* when the precision
     cannot decide it), and the statements of ``theory/results.md`` with their premises measured here.
     """
@@ -233,7 +233,7 @@ def alignment_from_operator(
     ----------
     op
         Jacobian operator on the probe inputs (or the whole data set: a
-        :class:`~diagnostics.engine.sharded.ShardedJacobian` of streamed shards).
+        :class:`~diagnostics.engine.matrix_free.sharded.ShardedJacobian` of streamed shards).
     targets
         Targets of the probe samples (class indices, one-hot rows or values).
     loss, target, rank_tol, residual_tol, horizon

@@ -2,11 +2,11 @@
 
 :func:`check_alignment_distributed` is :func:`~diagnostics.check_alignment` on the matrix-free path
 for every sample of a data set, run by every process of a group: each process measures its
-contiguous shard (:func:`~diagnostics.engine.streamed.shard_range`) with a model replica,
+contiguous shard (:func:`~diagnostics.engine.matrix_free.streamed.shard_range`) with a model replica,
 streamed batch by batch; the shards form one operator
-(:class:`~diagnostics.engine.sharded.ShardedJacobian`: ``J v`` gathered, ``Jᵀ u`` an ``all_reduce``
+(:class:`~diagnostics.engine.matrix_free.sharded.ShardedJacobian`: ``J v`` gathered, ``Jᵀ u`` an ``all_reduce``
 in float64), and the solvers run identically on every process, which all return the same report.
-The solver checkpoints (:class:`~diagnostics.engine.sharded.RankZeroStore`) and any file are
+The solver checkpoints (:class:`~diagnostics.engine.matrix_free.sharded.RankZeroStore`) and any file are
 written by process 0 only.
 
 Launch it with ``torchrun`` (:func:`init_from_environment` joins the group it sets up: NCCL when
@@ -41,9 +41,9 @@ from .engine import precision
 from .engine.accuracy import jacobian_error
 from .engine.functional import ParamSelector
 from .engine.manifest import MeasurementManifest
-from .engine.operator_spectrum import DEFAULT_TOP_K
-from .engine.sharded import RankZeroStore, ShardedJacobian, process_group_size
-from .engine.streamed import StreamedJacobianOperator, shard_range
+from .engine.matrix_free.sharded import RankZeroStore, ShardedJacobian, process_group_size
+from .engine.matrix_free.spectrum import DEFAULT_TOP_K
+from .engine.matrix_free.streamed import StreamedJacobianOperator, shard_range
 from .errors import DiagnosticsError
 
 __all__ = ["check_alignment_distributed", "init_from_environment", "launch", "launch_ray"]

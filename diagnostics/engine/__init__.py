@@ -6,8 +6,8 @@ in, :mod:`~diagnostics.engine.functional` turns the model into ``f(θ, X)``,
 (per-layer :mod:`~diagnostics.engine.rules` on the structured path, tiles of :mod:`~diagnostics.engine.gram`;
 ``"auto"`` chosen by :mod:`~diagnostics.engine.auto` with the plans and cost model of
 :mod:`~diagnostics.engine.choice`; its floating-point error estimated by :mod:`~diagnostics.engine.accuracy`),
-:mod:`~diagnostics.engine.operator` offers ``J`` matrix-free, and :mod:`~diagnostics.engine.spectral` /
-:mod:`~diagnostics.engine.operator_spectrum` decompose ``K`` under the rules of
+:mod:`~diagnostics.engine.matrix_free.operator` offers ``J`` matrix-free, and :mod:`~diagnostics.engine.spectral` /
+:mod:`~diagnostics.engine.matrix_free.spectrum` decompose ``K`` under the rules of
 :mod:`~diagnostics.engine.precision`. :mod:`~diagnostics.engine.manifest` says what was measured;
 :mod:`~diagnostics.engine.reference` is the slow, obviously correct autograd loop the tests trust.
 """
@@ -15,9 +15,8 @@ in, :mod:`~diagnostics.engine.functional` turns the model into ``f(θ, X)``,
 from .functional import FunctionalModel
 from .jacobian import STRATEGIES, jacobian, ntk_gram
 from .manifest import MeasurementManifest
+from .matrix_free import JacobianOperator, OperatorSpectrum
 from .measurement import Measurement
-from .operator import JacobianOperator
-from .operator_spectrum import OperatorSpectrum
 from .reference import reference_gram, reference_jacobian
 from .spectral import Spectrum
 

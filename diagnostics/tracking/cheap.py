@@ -2,7 +2,7 @@
 
 A full record forms the Gram ``K = JJᵀ`` (``nm × nm``) and decomposes it, which costs hundreds of training
 steps on a small network. A cheap record uses a handful of Jacobian products instead
-(:meth:`~diagnostics.engine.operator.JacobianOperator.rmatmat` and ``matmat``: one reverse and one forward
+(:meth:`~diagnostics.engine.matrix_free.operator.JacobianOperator.rmatmat` and ``matmat``: one reverse and one forward
 pass over the probe per iteration, every column at once):
 
 - the loss and ``‖∇L‖ = ‖Jᵀg‖`` (``g = ∂L/∂f_X``), exactly as in the full record;
@@ -45,7 +45,7 @@ import theory
 
 from ..engine import inputs as _inputs
 from ..engine import precision
-from ..engine.operator import JacobianOperator
+from ..engine.matrix_free.operator import JacobianOperator
 from ..errors import DiagnosticsError
 from ..targets import CE_SCALES, Targets, best_scale
 
@@ -119,7 +119,7 @@ class CheapTier:
                 residual_tol: float | None, **measure_args: object) -> CheapMeasurement:
         """One cheap pass at the model's current parameters; updates the warm start.
 
-        ``measure_args`` are those of :class:`~diagnostics.engine.operator.JacobianOperator` (``params``,
+        ``measure_args`` are those of :class:`~diagnostics.engine.matrix_free.operator.JacobianOperator` (``params``,
         ``mode``, ``output``, ``dtype``).
         """
         op = JacobianOperator(model, x, **measure_args)

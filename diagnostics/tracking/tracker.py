@@ -37,8 +37,8 @@ from ..alignment import alignment_from_spectrum
 from ..alignment_report import AlignmentReport
 from ..engine import inputs as _inputs
 from ..engine.functional import FunctionalModel, ParamSelector
+from ..engine.matrix_free.operator import JacobianOperator
 from ..engine.measurement import Measurement
-from ..engine.operator import JacobianOperator
 from ..engine.precision import dtype_name, verdict_dtype
 from ..engine.spectral import Spectrum
 from ..errors import DiagnosticsError, renamed_argument

@@ -54,8 +54,8 @@ LAYERS = {
 #: Inside ``diagnostics.engine``, bottom → top, as the modules import each other: the numerical policy,
 #: memory budgets and refusal messages; the inputs; the functional model; Gram tiles, the per-layer
 #: rules, ``auto``'s plans and the autograd reference; the structured path and the error estimates; the
-#: measurement; what is built on it; the matrix-free spectrum; and the engine's own ``__init__`` (key
-#: ``""``) on top.
+#: measurement; what is built on it; the matrix-free sub-package (its operator on the measurement, the streamed
+#: and sharded operators and the solvers on it); and the engine's own ``__init__`` (key ``""``) on top.
 ENGINE = {
     "precision": 0,
     "memory": 0,
@@ -71,14 +71,15 @@ ENGINE = {
     "auto": 4,
     "measurement": 5,
     "jacobian": 6,
-    "operator": 6,
-    "streamed": 6,
-    "sharded": 6,
     "spectral": 6,
     "manifest": 6,
-    "lsqr": 0,
-    "operator_spectrum": 7,
-    "": 8,
+    "matrix_free.lsqr": 0,  # the matrix-free sub-package: LSQR needs nothing of the engine,
+    "matrix_free.operator": 7,  # the operator measures with the dense engine,
+    "matrix_free.streamed": 8,  # the streamed and sharded operators build on it,
+    "matrix_free.sharded": 8,
+    "matrix_free.spectrum": 8,  # and the solvers on any of them;
+    "matrix_free": 9,  # its __init__,
+    "": 10,
 }
 
 #: Peers of one layer that must not import each other either: the engine measures any model, so it never
@@ -392,7 +393,7 @@ def test_an_engine_module_importing_one_above_it_is_named():
         "diagnostics/engine/inputs.py:3: diagnostics.engine.inputs (layer 1: diagnostics.engine, engine step 1) "
         "imports diagnostics.engine.jacobian (layer 1: diagnostics.engine, engine step 6), which is above it",
         "diagnostics/engine/structured.py:5: diagnostics.engine.structured (layer 1: diagnostics.engine, engine "
-        "step 4) imports diagnostics.engine (layer 1: diagnostics.engine, engine step 8), which is above it",
+        "step 4) imports diagnostics.engine (layer 1: diagnostics.engine, engine step 10), which is above it",
     ]
     with pytest.raises(LookupError, match="add 'fft' to ENGINE"):
         layer("diagnostics.engine.fft")

@@ -2,7 +2,7 @@
 
 Each process ``r`` of ``R`` holds a model replica and a contiguous block of samples, hence the block
 ``J_r`` of rows of ``J = [J_0; …; J_{R−1}]``, as a local operator (usually a
-:class:`~diagnostics.engine.streamed.StreamedJacobianOperator` on its shard). Then
+:class:`~diagnostics.engine.matrix_free.streamed.StreamedJacobianOperator` on its shard). Then
 
 - ``J v = [J_0 v; …; J_{R−1} v]``: each block is computed locally, and the blocks are gathered so that
   every process holds the whole ``n·m``-vector;
@@ -34,8 +34,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..errors import DiagnosticsError
-from ..store import RunStore
+from ...errors import DiagnosticsError
+from ...store import RunStore
 from .operator import JacobianOperator, LinearOperatorMixin
 
 __all__ = ["RankZeroStore", "ShardedJacobian", "process_group_size"]

@@ -2,9 +2,9 @@
 
 For probe sets where the dense ``K ∈ R^{nm×nm}`` (and its float64 eigen-decomposition) would not
 fit in memory, the quantities of D1 are computed from products with the Jacobian operator
-(:class:`~diagnostics.operator.JacobianOperator`), in memory ``O(nm + d)``:
+(:class:`~diagnostics.engine.matrix_free.operator.JacobianOperator`), in memory ``O(nm + d)``:
 
-- ``ν = J⁺q`` by LSQR started at zero (:func:`~diagnostics.engine.lsqr.lsqr`, float64, resumable from a
+- ``ν = J⁺q`` by LSQR started at zero (:func:`~diagnostics.engine.matrix_free.lsqr.lsqr`, float64, resumable from a
   checkpoint, with a stated stopping rule), which converges to the least-norm least-squares solution;
   then ``‖ν‖² = qᵀK⁺q``, ``Pq = Jν`` and the alignment residual ``‖(I − P)q‖ = ‖q − Jν‖``;
 - ``‖Jᵀq‖² = qᵀKq`` by one reverse-mode product;
@@ -15,7 +15,7 @@ The dense path's rank rule (eigenvalues of ``K`` above ``rank_tol = λ_max · nm
 ``cond(J) = sqrt(λ_max/λ_min)`` passes it. This regularises like the spectral cut-off without being
 identical to it, so the two paths agree where the spectrum has a clear gap at the tolerance.
 
-:class:`OperatorSpectrum` offers the methods of :class:`~diagnostics.spectral.Spectrum` that the
+:class:`OperatorSpectrum` offers the methods of :class:`~diagnostics.engine.spectral.Spectrum` that the
 alignment report uses, so :func:`~diagnostics.alignment.alignment_from_spectrum` builds the same
 report from either. Quantities that need the whole spectrum (rank, ``λ_min``, effective rank,
 kernel-target alignment, which needs ``‖K‖_F``) are not computed here: ``rank`` is ``-1`` and the
@@ -35,9 +35,9 @@ import torch
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
 from tqdm.auto import tqdm
 
-from ..errors import DiagnosticsError
-from ..store import RunStore
-from . import precision
+from ...errors import DiagnosticsError
+from ...store import RunStore
+from .. import precision
 from .lsqr import lsqr
 from .operator import JacobianOperator, LinearOperatorMixin
 
@@ -48,7 +48,7 @@ DEFAULT_TOP_K = 10
 
 
 class OperatorSpectrum:
-    """The quantities of :class:`~diagnostics.spectral.Spectrum` that D1 needs, from ``J`` products.
+    """The quantities of :class:`~diagnostics.engine.spectral.Spectrum` that D1 needs, from ``J`` products.
 
     Parameters
     ----------

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..errors import DiagnosticsError
-from ..store import RunStore
+from ...errors import DiagnosticsError
+from ...store import RunStore
 
 __all__ = ["STOP_REASONS", "LsqrResult", "lsqr"]
 

@@ -5,7 +5,7 @@ import pytest
 from scipy.sparse.linalg import lsqr as scipy_lsqr
 
 from diagnostics import DiagnosticsError
-from diagnostics.engine.lsqr import lsqr
+from diagnostics.engine.matrix_free.lsqr import lsqr
 from diagnostics.store import RunStore
 
 

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from diagnostics import DiagnosticsError
 from diagnostics.data import load_dataset
 from diagnostics.engine import JacobianOperator
-from diagnostics.engine.streamed import StreamedJacobianOperator, VectorStore, shard_range
+from diagnostics.engine.matrix_free.streamed import StreamedJacobianOperator, VectorStore, shard_range
 
 F64 = torch.float64
 ATOL = 1e-10

@@ -1,13 +1,13 @@
 """The Jacobian of a whole data set, streamed batch by batch (theory/alignment.md#data-parallel).
 
-:class:`StreamedJacobianOperator` is the :class:`~diagnostics.engine.operator.JacobianOperator` of a
+:class:`StreamedJacobianOperator` is the :class:`~diagnostics.engine.matrix_free.operator.JacobianOperator` of a
 map-style :class:`~torch.utils.data.Dataset` (or a :class:`~torch.utils.data.DataLoader` over one) that
 is never held in memory whole: every product reads the samples again, batch by batch, in index order
 (with the data set's ``__getitems__`` when it has one, as :class:`~torch.utils.data.DataLoader` does),
 so the memory is ``O(d)`` plus one batch's activations, plus the ``n·m``-vectors of the products,
 which :class:`VectorStore` keeps as :class:`numpy.memmap` files in a work folder once they exceed their
 budget. An index range ``shard=(start, stop)`` gives one process's block of rows of ``J`` in a
-data-parallel job (:mod:`~diagnostics.engine.sharded`).
+data-parallel job (:mod:`~diagnostics.engine.matrix_free.sharded`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, default_collate
 
-from ..errors import DiagnosticsError
-from . import inputs as _inputs
-from .functional import ParamSelector
+from ...errors import DiagnosticsError
+from .. import inputs as _inputs
+from ..functional import ParamSelector
 from .operator import JacobianOperator
 
 __all__ = ["DEFAULT_BATCH", "StreamedJacobianOperator", "VectorStore", "shard_range"]
@@ -98,7 +98,7 @@ class StreamedJacobianOperator(JacobianOperator):
     batch_size
         Samples per forward pass (default the DataLoader's, else :data:`DEFAULT_BATCH`).
     params, output, dtype, strategy, memory_budget
-        As in :class:`~diagnostics.engine.operator.JacobianOperator`.
+        As in :class:`~diagnostics.engine.matrix_free.operator.JacobianOperator`.
     work_dir, vector_budget
         Where and beyond what size (bytes; default 1/16 of the memory budget) the ``n·m``-vectors
         (outputs, targets, ``J v``) are memory-mapped files (:class:`VectorStore`).

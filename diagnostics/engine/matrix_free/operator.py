@@ -26,12 +26,12 @@ from scipy.sparse.linalg import LinearOperator
 from torch import nn
 from torch.func import jvp, vjp, vmap
 
-from ..errors import DiagnosticsError
-from . import inputs as _inputs
-from . import memory
-from .functional import FunctionalModel, ParamSelector
-from .jacobian import jacobian
-from .measurement import STRATEGIES
+from ...errors import DiagnosticsError
+from .. import inputs as _inputs
+from .. import memory
+from ..functional import FunctionalModel, ParamSelector
+from ..jacobian import jacobian
+from ..measurement import STRATEGIES
 
 __all__ = ["JacobianOperator", "LinearOperatorMixin"]
 
