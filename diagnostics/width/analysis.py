@@ -18,6 +18,7 @@ from theory.verdict import STATUSES
 from theory.verdicts import kernel_movement_trend
 
 from ..tracking.verification import verify_history
+from .recipe import merge_reasons
 from .sweep import SweepResult
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "cost_findings",
     "cost_table",
     "counting_threshold",
+    "gd_reasons",
     "findings",
     "movement_slopes",
     "record_verdicts",
@@ -142,15 +144,22 @@ def applicability(runs: pd.DataFrame) -> pd.DataFrame:
         parts = []
         if applies.any():
             parts.append(f"apply ({int(applies.sum())} of {len(group)} runs)")
-        reasons = group.loc[~applies, "gd_reason"] if "gd_reason" in group else pd.Series(dtype=str)
-        for reason, count in reasons.fillna("unknown").value_counts(sort=False).items():
-            parts.append(f"not applicable ({count} of {len(group)} runs): {reason}")
+        if not applies.all():
+            parts.append(f"not applicable ({int((~applies).sum())} of {len(group)} runs): {gd_reasons(group)}")
         batch = group["batch_size"].dropna() if "batch_size" in group else pd.Series(dtype=float)
         rows.append({"family": family, "parameterization": param,
                      "optimizer": _first(group, "optimizer"), "batch": "full" if batch.empty else
                      ", ".join(str(int(b)) for b in sorted(batch.unique())), "loss": _first(group, "loss_name"),
                      "gradient-descent statements": "; ".join(parts)})
     return pd.DataFrame(rows)
+
+
+def gd_reasons(runs: pd.DataFrame) -> str:
+    """Why the statements about gradient descent do not apply to some of ``runs`` (their reasons merged)."""
+    if "gd_reason" not in runs:
+        return "unknown"
+    applies = runs["gd_applies"].fillna(False).astype(bool) if "gd_applies" in runs else False
+    return merge_reasons(runs.loc[~applies, "gd_reason"].dropna()) or "unknown"
 
 
 def _first(group: pd.DataFrame, column: str) -> str:
@@ -297,10 +306,9 @@ def _findings(sweep: SweepResult) -> Iterator[str]:
         rises = "" if rising.empty else (
             f" In {int((rising > 0).sum())} of the {len(rising)} runs where it applies some steps raised the loss "
             f"(at most {int(rising.max())} steps in one run; their rise ρ is accounted exactly).")
-        reasons = runs.loc[~applies, "gd_reason"].dropna().unique() if "gd_reason" in runs else []
-        why = "" if not len(reasons) else (
-            " Not applicable, as a statement about gradient descent, on the runs trained otherwise: "
-            + "; ".join(reasons) + ".")
+        why = "" if applies.all() else (
+            " Not applicable, as a statement about gradient descent, where the run was not plain full-batch gradient "
+            f"descent at a stable step: {gd_reasons(runs)}.")
         yield ("**(I3) gradient-descent rate** 1/L_k ≥ 1/L_0 + 4τ_k/B̄² − ρ_k (theory/results.md#gradient-descent-rate; "
                "not applicable where D1 fails at a record): " + "; ".join(parts) + "." + rises + why)
     for column, name in (("final_kernel_movement_init", "kernel"), ("final_param_movement", "parameter")):

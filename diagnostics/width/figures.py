@@ -297,8 +297,8 @@ FIGURES: list[tuple[str, str, Callable[[SweepResult], Figure], str]] = [
      "reached; 1 (black line) means the kernel's own learning added nothing. Mean ± sd over the seeds whose "
      "linearised dynamics converge (L_lin(T) ≤ L_0; runs with ηλ_max(K_0)/n > 2 in a direction of r_0 diverge)."),
     ("coordinate_check", "Coordinate check: layer outputs against width at steps 0–3", coordinate_check,
-     "Mean |z_t| of every layer's output (rows 1 and 3) and mean |z_t − z_0| (rows 2 and 4) in the training "
-     "forward pass of steps t = 0…3, against width, per parameterisation; flat in width when the "
+     "Mean |z_t| of every layer's output (rows 1 and 3) and mean |z_t − z_0| (rows 2 and 4) on the probe, in "
+     "evaluation mode, at steps t = 0…3, against width, per parameterisation; flat in width when the "
      "parameterisation keeps every coordinate of order one. Mean over seeds."),
     ("kernel_dynamics", "Kernel velocity, distance to the end kernel and kernel–target alignment", kernel_dynamics,
      "Over training (log-spaced records, symmetric-log step axis), one line per width (mean over seeds): the "

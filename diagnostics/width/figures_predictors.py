@@ -13,7 +13,7 @@ import seaborn as sns
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from .analysis import counting_threshold
+from .analysis import counting_threshold, gd_reasons
 from .analysis import status_counts as _counts
 from .plotting import (
     at_floor,
@@ -94,10 +94,9 @@ def rate_bound(sweep: SweepResult) -> Figure:
         ax.set_ylabel("loss (solid), rate bound (dashed)" if j == 0 else "")
         ax.grid(True, alpha=0.3)
         note = f"rate verdict: {_counts(mine['rate_status'])} runs"
-        reasons = mine.loc[~mine["gd_applies"].fillna(False).astype(bool), "gd_reason"].dropna().unique() \
-            if "gd_applies" in mine else []
-        if len(reasons):
-            note += "\nnot a gradient-descent run: " + "\n".join(textwrap.wrap("; ".join(reasons), 60))
+        if "gd_applies" in mine and not mine["gd_applies"].fillna(False).astype(bool).all():
+            note += "\nnot plain full-batch gradient descent at a stable step:\n" + "\n".join(
+                textwrap.wrap(gd_reasons(mine), 60))
         ax.text(0.03, 0.03, note, transform=ax.transAxes, fontsize=7, va="bottom",
                 bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"})
         if len(over):
@@ -145,9 +144,8 @@ def representation_gain(sweep: SweepResult) -> Figure:
     """Draw the gain ``L_lin(T)/L_T`` of representation learning against width, one line per parameterisation."""
     runs = sweep.runs
     if pd.to_numeric(runs["linearised_loss"], errors="coerce").isna().all():
-        reasons = "; ".join(runs["gd_reason"].dropna().unique()) if "gd_reason" in runs else "no run has them"
         return placeholder("Not applicable: the dynamics linearised at K_0 are those of full-batch gradient descent "
-                           f"on the squared loss, and these runs are not ({reasons}).")
+                           f"on the squared loss at a stable step, and these runs are not ({gd_reasons(runs)}).")
     gains = with_labels(gain_table(runs))
     converged = runs[linearised_converged(runs)]
     per_seed = with_labels(converged.assign(gain=converged["linearised_loss"] / converged["final_loss"]))

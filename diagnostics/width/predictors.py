@@ -35,6 +35,8 @@ from collections.abc import Iterator
 import numpy as np
 import pandas as pd
 
+from .recipe import merge_reasons
+
 __all__ = ["A_PRIORI", "KINDS", "POST_HOC", "PREDICTORS", "best_predictors", "gain_table", "linearised_converged",
            "prediction", "predictor_errors", "predictor_findings"]
 
@@ -187,7 +189,7 @@ def _predictor_findings(runs: pd.DataFrame) -> Iterator[str]:
             for r in rows.itertuples():
                 text = (f"{r.side}: **{r.best}** (final loss / prediction = {_fmt(r.ratio)}, range "
                         f"{_fmt(r.low)}–{_fmt(r.high)} over {r.runs} runs, median {_fmt(r.error)} decades off)")
-                if r.second is not None:
+                if isinstance(r.second, str):
                     text += f", then the {r.second} ({_fmt(r.second_error)} decades)"
                 texts.append(text)
             parts.append(f"{kind}: " + "; ".join(texts))
@@ -213,8 +215,8 @@ def _why_none(group: pd.DataFrame, kind: str) -> str:
     """Why no predictor of ``kind`` applies to a family's runs: the gradient-descent premise, and the loss."""
     reasons = []
     if "gd_applies" in group and not group["gd_applies"].fillna(False).astype(bool).any():
-        reasons += [f"the statements about gradient descent are not applicable: {r}"
-                    for r in group["gd_reason"].dropna().unique()]
+        reasons.append(f"the statements about gradient descent are not applicable: "
+                       f"{merge_reasons(group['gd_reason'].dropna())}")
     if kind == POST_HOC and "measure_loss" in group and (group["measure_loss"] != "mse").all():
         reasons.append("the (I2) floor bounds the squared loss, and these runs are measured in "
                        f"{group['measure_loss'].iloc[0]}")

@@ -19,7 +19,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,7 @@ from ..models import learning_rate_multiplier
 
 __all__ = [
     "AMP_DTYPES", "OPTIMIZERS", "SCHEDULES", "OptimizerFactory", "Recipe", "describe", "gradient_descent_premise",
-    "optimizer_factory", "setting_key",
+    "merge_reasons", "optimizer_factory", "setting_key",
 ]
 
 #: Optimisers by the names the command line and :func:`optimizer_factory` accept.
@@ -298,14 +299,39 @@ def gradient_descent_premise(optimizer: Mapping[str, Any] | None, *, loss: str, 
         reasons.append(f"gradient clipping at norm {clip_grad_norm:g}")
     edge = None if None in (step_size, lambda_max, n) else step_size * lambda_max / n
     if edge is not None and edge > 2:
-        reasons.append(f"a step beyond the edge of stability of K_0, ηλ_max(K_0)/n = {edge:.3g} > 2")
+        reasons.append(f"{_EDGE_REASON}, ηλ_max(K_0)/n = {edge:.3g} > 2")
     if reasons:
         return Premise(GD_PREMISE, False, "; ".join(reasons))
     stability = f", ηλ_max(K_0)/n = {edge:.3g} ≤ 2" if edge is not None else ""
     return Premise(GD_PREMISE, True, f"SGD without momentum or weight decay on the whole probe set{stability}")
 
 
+def merge_reasons(notes: Iterable[str]) -> str:
+    """Join the reasons of several runs' :func:`gradient_descent_premise` notes, each once, in order.
+
+    The edge-of-stability reasons, one number per run, become one with the range of ``ηλ_max(K_0)/n``.
+    """
+    reasons: list[str] = []
+    edges: list[float] = []
+    for note in notes:
+        for reason in note.split("; "):
+            found = _EDGE.fullmatch(reason)
+            if found:
+                edges.append(float(found.group(1)))
+                reason = _EDGE_REASON
+            if reason not in reasons:
+                reasons.append(reason)
+    if edges:
+        low, high = min(edges), max(edges)
+        span = f"{low:.3g}" if low == high else f"{low:.3g}–{high:.3g}"
+        reasons[reasons.index(_EDGE_REASON)] = f"{_EDGE_REASON}, ηλ_max(K_0)/n = {span} > 2"
+    return "; ".join(reasons)
+
+
 # ----------------------------------------------------------------------------------------------
+
+_EDGE_REASON = "a step beyond the edge of stability of K_0"
+_EDGE = re.compile(re.escape(_EDGE_REASON) + r", ηλ_max\(K_0\)/n = ([0-9.eE+-]+) > 2")
 
 
 def _positive_int(name: str, value: object) -> None:

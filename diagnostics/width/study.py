@@ -49,7 +49,7 @@ from .lr_sweep import lr_sweep as run_lr_sweep
 from .plan import Family, Plan, as_families, check_growth, record_steps, widths_around_threshold
 from .recipe import Recipe, optimizer_factory
 from .report import ReportResult, environment, write_report
-from .sweep import SweepResult, run_sweep
+from .sweep import SweepResult, run_sweep, worker_count
 from .training import Trainer
 
 __all__ = ["Study", "build_report", "config_study", "run_study", "study", "validate"]
@@ -253,10 +253,10 @@ def run_study(plan: Plan, data: StudyData, *, title: str, setup: list[str], conf
               start: float | None = None) -> Study:
     """Run every run of a validated plan (:func:`~diagnostics.width.sweep.run_sweep`) and return the :class:`Study`."""
     start = time.perf_counter() if start is None else start
+    jobs = worker_count(plan, data, jobs) if executor == "local" else jobs or len(os.sched_getaffinity(0))
     sweep = run_sweep(plan, data, folder, executor=executor, jobs=jobs, address=address, resume=resume,
                       progress=progress)
-    env = environment(executor=executor, jobs=jobs or len(os.sched_getaffinity(0)), address=address,
-                      device=plan.device or "cpu")
+    env = environment(executor=executor, jobs=jobs, address=address, device=plan.device or "cpu")
     return Study(title, setup, config, sweep, env, time.perf_counter() - start)
 
 
