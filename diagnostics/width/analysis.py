@@ -18,7 +18,7 @@ from theory.verdict import STATUSES
 from theory.verdicts import kernel_movement_trend
 
 from ..tracking.verification import verify_history
-from .recipe import merge_reasons
+from .recipe import GD_STATEMENTS, merge_reasons
 from .sweep import SweepResult
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "cost_table",
     "counting_threshold",
     "gd_reasons",
+    "statement_applies",
     "findings",
     "movement_slopes",
     "record_verdicts",
@@ -129,37 +130,51 @@ def _expectation(group: pd.DataFrame) -> str | None:
 
 
 def applicability(runs: pd.DataFrame) -> pd.DataFrame:
-    """Tabulate what each family was trained by, and whether the statements about gradient descent apply to it.
+    """Tabulate what each family was trained by, and whether each statement about gradient descent applies to it.
 
     Returns
     -------
     pandas.DataFrame
-        ``family``, ``parameterization``, ``optimizer``, ``batch``, ``loss``, ``gradient-descent statements``
-        (``"apply"`` with the runs, or *not applicable* with each reason and its runs).
+        ``family``, ``parameterization``, ``optimizer``, ``batch``, ``loss``, then one column per statement of
+        :data:`~diagnostics.width.recipe.GD_STATEMENTS` (:func:`statement_applies`).
     """
     rows = []
     for (family, param), group in runs.groupby(["family", "parameterization"]):
-        applies = group["gd_applies"].fillna(False).astype(bool) if "gd_applies" in group else pd.Series(
-            False, index=group.index)
-        parts = []
-        if applies.any():
-            parts.append(f"apply ({int(applies.sum())} of {len(group)} runs)")
-        if not applies.all():
-            parts.append(f"not applicable ({int((~applies).sum())} of {len(group)} runs): {gd_reasons(group)}")
         batch = group["batch_size"].dropna() if "batch_size" in group else pd.Series(dtype=float)
         rows.append({"family": family, "parameterization": param,
                      "optimizer": _first(group, "optimizer"), "batch": "full" if batch.empty else
                      ", ".join(str(int(b)) for b in sorted(batch.unique())), "loss": _first(group, "loss_name"),
-                     "gradient-descent statements": "; ".join(parts)})
+                     **{title: statement_applies(group, statement)
+                        for statement, (_, title) in GD_STATEMENTS.items()}})
     return pd.DataFrame(rows)
 
 
-def gd_reasons(runs: pd.DataFrame) -> str:
-    """Why the statements about gradient descent do not apply to some of ``runs`` (their reasons merged)."""
-    if "gd_reason" not in runs:
+def statement_applies(runs: pd.DataFrame, statement: str) -> str:
+    """Say on how many of ``runs`` a statement about gradient descent applies, and why not on the others.
+
+    ``"applies (k of N runs)"``, ``"not applicable (j of N runs): reasons"`` (:func:`gd_reasons`) and, for runs read
+    from histories, ``"not measured (i of N runs): reason"``.
+    """
+    column = f"{statement}_applies"
+    if column not in runs:
         return "unknown"
-    applies = runs["gd_applies"].fillna(False).astype(bool) if "gd_applies" in runs else False
-    return merge_reasons(runs.loc[~applies, "gd_reason"].dropna()) or "unknown"
+    flags = runs[column].astype(object)
+    parts = []
+    for value, word in ((True, "applies"), (False, "not applicable"), (None, "not measured")):
+        chosen = flags.isna() if value is None else flags.eq(value)
+        if chosen.any():
+            reasons = "" if value is True else f": {merge_reasons(runs.loc[chosen, f'{statement}_reason'].dropna())}"
+            parts.append(f"{word} ({int(chosen.sum())} of {len(runs)} runs){reasons}")
+    return "; ".join(parts)
+
+
+def gd_reasons(runs: pd.DataFrame, statement: str) -> str:
+    """Why a statement about gradient descent does not apply to some of ``runs`` (their reasons merged)."""
+    column = f"{statement}_applies"
+    if column not in runs:
+        return "unknown"
+    chosen = ~runs[column].astype(object).eq(True)
+    return merge_reasons(runs.loc[chosen, f"{statement}_reason"].dropna()) or "unknown"
 
 
 def _first(group: pd.DataFrame, column: str) -> str:
@@ -256,6 +271,8 @@ def status_counts(statuses: pd.Series) -> str:
     """Count the verdict words, e.g. ``"holds at 40, not applicable at 8 of 48"``."""
     counts = statuses.value_counts()
     parts = [f"{status} at {counts[status]}" for status in STATUSES if status in counts]
+    if statuses.isna().any():
+        parts.append(f"not measured at {int(statuses.isna().sum())}")
     return f"{', '.join(parts)} of {len(statuses)}"
 
 
@@ -301,16 +318,16 @@ def _findings(sweep: SweepResult) -> Iterator[str]:
         parts = []
         for (family, param), group in runs.groupby(["family", "parameterization"]):
             parts.append(f"{family}/{param}: {status_counts(group['rate_status'])} runs")
-        applies = runs["gd_applies"].fillna(False).astype(bool) if "gd_applies" in runs else runs["rate_status"].notna()
-        rising = runs.loc[applies & (runs["rate_status"] != "not applicable"), "rate_rising_steps"].dropna()
+        rising = runs.loc[runs["rate_status"].isin(("holds", "refuted", "not established")),
+                          "rate_rising_steps"].dropna()
         rises = "" if rising.empty else (
             f" In {int((rising > 0).sum())} of the {len(rising)} runs where it applies some steps raised the loss "
             f"(at most {int(rising.max())} steps in one run; their rise ρ is accounted exactly).")
-        why = "" if applies.all() else (
-            " Not applicable, as a statement about gradient descent, where the run was not plain full-batch gradient "
-            f"descent at a stable step: {gd_reasons(runs)}.")
+        recipe = "" if "rate_applies" not in runs or runs["rate_applies"].astype(object).eq(True).all() else (
+            f" On the recipe (theory/recipe.md): {statement_applies(runs, 'rate')}.")
         yield ("**(I3) gradient-descent rate** 1/L_k ≥ 1/L_0 + 4τ_k/B̄² − ρ_k (theory/results.md#gradient-descent-rate; "
-               "not applicable where D1 fails at a record): " + "; ".join(parts) + "." + rises + why)
+               "it needs D1 at every record, and the squared loss and its gradient on the whole training set at "
+               "every step, under any update rule): " + "; ".join(parts) + "." + rises + recipe)
     for column, name in (("final_kernel_movement_init", "kernel"), ("final_param_movement", "parameter")):
         slopes = movement_slopes(runs, column)
         if slopes.empty:

@@ -69,6 +69,16 @@ class StudyData:
         """Whether every step uses the whole training set, and that set is the probe."""
         return batch_size is None and not isinstance(self.train, DataLoader) and self.probe_is_train
 
+    def batches_text(self, batch_size: int | None) -> str:
+        """How the steps draw their batches, in words (why they are not the full batch of the probe)."""
+        if isinstance(self.train, DataLoader):
+            return f"minibatches of the DataLoader (batch size {self.train.batch_size})"
+        if batch_size is not None:
+            return f"minibatches of {batch_size} of {self.n_train} samples"
+        if not self.probe_is_train:
+            return f"the whole training set of {self.n_train} samples, but the probe is {self.n_probe} of them"
+        return "the whole training set, which is the probe"
+
     def batches(self, batch_size: int | None, seed: int, device: torch.device) -> Iterator[Pair]:
         """Yield training batches ``(x, y)`` on ``device`` without end, in the order of ``seed``."""
         if isinstance(self.train, DataLoader):

@@ -94,9 +94,8 @@ def rate_bound(sweep: SweepResult) -> Figure:
         ax.set_ylabel("loss (solid), rate bound (dashed)" if j == 0 else "")
         ax.grid(True, alpha=0.3)
         note = f"rate verdict: {_counts(mine['rate_status'])} runs"
-        if "gd_applies" in mine and not mine["gd_applies"].fillna(False).astype(bool).all():
-            note += "\nnot plain full-batch gradient descent at a stable step:\n" + "\n".join(
-                textwrap.wrap(gd_reasons(mine), 60))
+        if "rate_applies" in mine and not mine["rate_applies"].astype(object).eq(True).all():
+            note += "\nthe recipe: " + "\n".join(textwrap.wrap(gd_reasons(mine, "rate"), 60))
         ax.text(0.03, 0.03, note, transform=ax.transAxes, fontsize=7, va="bottom",
                 bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"})
         if len(over):
@@ -145,7 +144,8 @@ def representation_gain(sweep: SweepResult) -> Figure:
     runs = sweep.runs
     if pd.to_numeric(runs["linearised_loss"], errors="coerce").isna().all():
         return placeholder("Not applicable: the dynamics linearised at K_0 are those of full-batch gradient descent "
-                           f"on the squared loss at a stable step, and these runs are not ({gd_reasons(runs)}).")
+                           f"on the squared loss at a stable step, and these runs are not "
+                           f"({gd_reasons(runs, 'linearised')}).")
     gains = with_labels(gain_table(runs))
     converged = runs[linearised_converged(runs)]
     per_seed = with_labels(converged.assign(gain=converged["linearised_loss"] / converged["final_loss"]))

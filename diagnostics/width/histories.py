@@ -12,9 +12,9 @@ needs no retraining::
     python -m diagnostics width-report --from-runs lightning_logs/ -o reports/my-sweep
 
 What a history cannot give: the loss and gradient of every step (its records are ``every`` steps apart), the
-coordinate check, per-layer alignment, the distance to the end kernel and test metrics. The statements about
-gradient descent are not applicable to such runs, with the reason (:func:`~diagnostics.width.recipe.
-gradient_descent_premise`: a history does not say that the training was full-batch on the probe).
+spectra of ``K_0`` and ``K_T``, the coordinate check, per-layer alignment, the distance to the end kernel and test
+metrics. A statement about gradient descent is *not applicable* to such a run when its recipe fails its premises
+(``meta["optimizer"]``, the loss; :func:`~diagnostics.width.recipe.recipe_premises`), and *not measured* otherwise.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ..errors import DiagnosticsError
 from ..tracking.history import read_history
 from .kernels import kernel_path
 from .plan import RunSpec
-from .recipe import gradient_descent_premise
+from .recipe import GD_STATEMENTS, applies, premise_reasons, recipe_premises
 from .report import environment
 from .study import Study
 from .sweep import SweepResult
@@ -45,6 +45,13 @@ _FINAL = ("loss", "loss_lower_bound", "residual", "aligned", "d1_status", "rank"
           "nu_norm", "grad_norm", "kernel_movement_init", "param_movement", "effective_rank", "decomposition_gap",
           "lambda_max", "kernel_target_alignment")
 _INITIAL = ("loss", "residual", "rank", "lambda_max", "certificate", "nu_norm", "kernel_target_alignment")
+#: Why a history cannot give a statement about gradient descent whose premises its recipe meets.
+_NOT_MEASURED = {
+    "horizon": "a history keeps no spectrum of K_0",
+    "linearised": "a history keeps no spectrum of K_0 nor the residual at step 0",
+    "final_horizon": "a history keeps no spectrum of K_T",
+    "rate": "a history records every few steps, not every step's loss and gradient",
+}
 
 
 def from_runs(folder: str | os.PathLike[str], *, family: str = "model", parameterization: str = "standard") -> Study:
@@ -148,10 +155,15 @@ def _summary(history: dict[str, Any], table: pd.DataFrame) -> dict[str, Any]:
     meta, spec = history["meta"], history["spec"]
     optimizer = meta.get("optimizer")
     tags = meta.get("tags") or {}
-    premise = gradient_descent_premise(optimizer, loss=meta.get("loss", "mse"), full_batch=None)
     first, last = table.iloc[0], table.iloc[-1]
-    rate = not_applicable("I3.gd", "gradient-descent rate", float(last["loss"]), math.nan, {}, "L_k",
-                          "L_0/(1+4L_0τ_k/B̄²)", [premise])
+    premises = {s: recipe_premises(s, optimizer, loss=meta.get("loss", "mse"), full_batch=None) for s in GD_STATEMENTS}
+    statements: dict[str, Any] = {}
+    for statement, found in premises.items():  # not applicable by the recipe, else not measured by a history
+        statements[f"{statement}_applies"] = False if not applies(found) else None
+        statements[f"{statement}_reason"] = premise_reasons(found) if not applies(found) else _NOT_MEASURED[statement]
+    rate = None if applies(premises["rate"]) else not_applicable(
+        "I3.gd", "gradient-descent rate", float(last["loss"]), math.nan, {}, "L_k", "L_0/(1+4L_0τ_k/B̄²)",
+        premises["rate"]).status
     summary = {
         **spec.to_dict(), "run_id": spec.run_id, "lr": (optimizer or {}).get("lr"), "steps": int(last["step"]),
         "batch_size": tags.get("batch_size"), "loss_name": meta.get("loss"), "measure_loss": meta.get("loss"),
@@ -161,8 +173,8 @@ def _summary(history: dict[str, Any], table: pd.DataFrame) -> dict[str, Any]:
         **{f"init_{k}": _plain(first.get(k)) for k in _INITIAL},
         "init_horizon_residual": None, "init_horizon_loss_floor": None, "certificate_bar": float(
             table["certificate"].max()),
-        "gd_applies": False, "gd_reason": premise.note, "linearised_loss": None, "final_horizon_floor": None,
-        "rate_status": rate.status, "rate_bound": None, "rate_rising_steps": None, "rate_c": None,
+        **statements, "init_step_ratio": None, "final_step_ratio": None, "linearised_loss": None,
+        "final_horizon_floor": None, "rate_status": rate, "rate_bound": None, "rate_rising_steps": None, "rate_c": None,
         "rate_c_bound": None, "rate_largest_rise": None,
         "train_seconds": math.nan,
         "measure_seconds": float(pd.DataFrame(history["records"])["measure_seconds"].sum()),

@@ -16,9 +16,10 @@ Three are *post hoc* explanations, which need the end of training:
   upper bound through the certificate over the whole run; used only on runs where it applies (D1 at every record)
   and no step raised the loss (where steps rise, the bound follows the loss through them and predicts nothing).
 
-The horizon floors, the linearised dynamics and the rate bound are statements about gradient descent: a run
-trained otherwise has none of them (``None`` in its row, with the reason in ``gd_reason``), and the (I2) floor
-predicts only a squared loss; :func:`predictor_findings` says so.
+The horizon floors, the linearised dynamics and the rate bound are statements about gradient descent, with
+premises on the recipe (``theory/recipe.md``): a run whose recipe does not meet them has ``None`` in its row, and the
+reason in ``<statement>_reason`` (:data:`STATEMENTS`); the (I2) floor predicts only a squared loss;
+:func:`predictor_findings` says so.
 
 A predictor's *error* on a run is ``|log₁₀(L_T / prediction)|`` (decades; ``inf`` for a prediction of 0 when
 ``L_T > 0``); per family, parameterisation, side of the counting threshold and kind (a priori, post hoc) the best
@@ -211,12 +212,19 @@ def _predictor_findings(runs: pd.DataFrame) -> Iterator[str]:
            + left_out + ": " + "; ".join(parts) + ".")
 
 
+#: The statement about gradient descent each predictor is (its premises: ``theory/recipe.md``).
+STATEMENTS = {"init_horizon_loss_floor": "horizon", "linearised_loss": "linearised",
+              "final_horizon_floor": "final_horizon", "rate_bound": "rate"}
+
+
 def _why_none(group: pd.DataFrame, kind: str) -> str:
-    """Why no predictor of ``kind`` applies to a family's runs: the gradient-descent premise, and the loss."""
+    """Why no predictor of ``kind`` applies to a family's runs: the premises on the recipe, and the loss."""
     reasons = []
-    if "gd_applies" in group and not group["gd_applies"].fillna(False).astype(bool).any():
-        reasons.append(f"the statements about gradient descent are not applicable: "
-                       f"{merge_reasons(group['gd_reason'].dropna())}")
+    for column, statement in STATEMENTS.items():
+        flags = group.get(f"{statement}_applies", pd.Series(dtype=object)).astype(object)
+        if KINDS[column] == kind and not flags.eq(True).any():
+            why = merge_reasons(group.loc[~flags.eq(True), f"{statement}_reason"].dropna()) if len(flags) else ""
+            reasons.append(f"the {PREDICTORS[column]} does not apply ({why or 'not measured'})")
     if kind == POST_HOC and "measure_loss" in group and (group["measure_loss"] != "mse").all():
         reasons.append("the (I2) floor bounds the squared loss, and these runs are measured in "
                        f"{group['measure_loss'].iloc[0]}")

@@ -2,16 +2,17 @@
 
 A :class:`Recipe` is the training of every run of a family: the optimiser (a factory of the model's parameters,
 and of the width for per-width scaling), its learning-rate schedule, the batches, the loss, gradient clipping,
-mixed precision, the number of optimiser steps, or the user's own step function. :func:`describe` says what a
-built optimiser is, in the form the alignment callbacks write into a history's header (``meta["optimizer"]``:
-its class name and the JSON scalars of its first parameter group).
+mixed precision, the number of optimiser steps, or the user's own step function.
 
-What applies (``theory/results.md#gradient-descent-rate``, ``theory/alignment.md#horizon-residual``). Statements
-about a *point* of training (D1, (I2), (I3), the certificate, rank, kernel movement, per-layer alignment) hold for
-any optimiser. Statements about *gradient descent* — its rate bound, the horizon floors of a kernel for a step
-``η`` and ``T`` steps, the dynamics linearised at ``K_0`` — are derived for plain full-batch gradient descent
-``θ ← θ − η∇L`` on ``L = (1/2n)‖f_X − Y‖²`` at a stable step ``ηλ_max(K_0)/n ≤ 2``;
-:func:`gradient_descent_premise` decides whether a run was that, and says why not.
+What applies (``theory/recipe.md``). Statements about a *point* of training (D1, (I2), (I3), the certificate, rank,
+kernel movement, per-layer alignment) hold for any optimiser. The statements about *gradient descent* have premises
+on the recipe: the horizon floors of a kernel for a step ``η`` and ``T`` steps and the dynamics linearised at
+``K_0`` (``theory/alignment.md#horizon-residual``) need plain full-batch gradient descent ``θ ← θ − η∇L`` on
+``L = (1/2n)‖f_X − Y‖²`` at a stable step ``ηλ_max(K)/n ≤ 2``; the gradient-descent rate bound
+(``theory/results.md#gradient-descent-rate``) holds for any update rule whose recorded losses and gradients are the
+squared loss's on the whole training set. :func:`recipe_premises` gives them for a run, through
+:func:`theory.gradient_descent_premises`, with the premises only a study observes (a custom step, a schedule,
+clipping); a statement with a premise not met is *not applicable*, for the reason :func:`premise_reasons` gives.
 """
 
 from __future__ import annotations
@@ -28,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from theory import Premise
+from theory import Premise, gradient_descent_premises
 
 from ..errors import DiagnosticsError
 from ..models import learning_rate_multiplier
 
 __all__ = [
-    "AMP_DTYPES", "OPTIMIZERS", "SCHEDULES", "OptimizerFactory", "Recipe", "describe", "gradient_descent_premise",
-    "merge_reasons", "optimizer_factory", "setting_key",
+    "AMP_DTYPES", "GD_STATEMENTS", "OPTIMIZERS", "SCHEDULES", "OptimizerFactory", "Recipe", "applies",
+    "merge_reasons", "optimizer_factory", "premise_reasons", "recipe_premises", "setting_key",
 ]
 
 #: Optimisers by the names the command line and :func:`optimizer_factory` accept.
@@ -49,8 +50,6 @@ SCHEDULES: dict[str, Callable[[torch.optim.Optimizer, int], torch.optim.lr_sched
 }
 #: Mixed precision: the autocast dtype of the training forward pass (``"fp16"`` also scales the loss).
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-#: The statement whose premise :func:`gradient_descent_premise` checks.
-GD_PREMISE = "plain full-batch gradient descent on (1/2n)‖f − Y‖² at a stable step"
 
 StepFunction = Callable[[nn.Module, Any, torch.optim.Optimizer], torch.Tensor | float]
 LossFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -229,109 +228,108 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
 
-def describe(optimizer: torch.optim.Optimizer | None) -> dict[str, Any] | None:
-    """``{"name": type(optimizer).__name__, **the JSON scalars of its first parameter group}`` (``None``: unknown).
-
-    The form the alignment callbacks write as a history's ``meta["optimizer"]``.
-    """
-    if optimizer is None:
-        return None
-    group = optimizer.param_groups[0]
-    scalars = {k: v for k, v in group.items() if k != "params" and _json_scalar(v)}
-    scalars.update({k: list(v) for k, v in group.items() if isinstance(v, tuple) and all(map(_json_scalar, v))})
-    return {"name": type(optimizer).__name__, **scalars}
+#: The statements about gradient descent the width report makes, by the key of their columns in the runs table,
+#: with the statement of :func:`theory.gradient_descent_premises` each is and the words the report uses.
+GD_STATEMENTS: dict[str, tuple[str, str]] = {
+    "horizon": ("horizon", "horizon floor of K_0"),
+    "linearised": ("linearised", "linearised dynamics at K_0"),
+    "final_horizon": ("horizon", "horizon floor of K_T"),
+    "rate": ("rate", "gradient-descent rate bound"),
+}
 
 
-def gradient_descent_premise(optimizer: Mapping[str, Any] | None, *, loss: str, full_batch: bool | None,
-                             custom_step: bool = False, scheduler: str | None = None,
-                             clip_grad_norm: float | None = None, step_size: float | None = None,
-                             lambda_max: float | None = None, n: int | None = None) -> Premise:
-    """Whether a run was plain full-batch gradient descent on the squared loss at a stable step.
+def recipe_premises(statement: str, optimizer: Mapping[str, Any] | None, *, loss: str, full_batch: bool | None,
+                    batches: str = "", custom_step: bool = False, scheduler: str | None = None,
+                    clip_grad_norm: float | None = None, step_size: float | None = None,
+                    lambda_max: float | None = None, n: int | None = None) -> tuple[Premise, ...]:
+    """Return the premises under which a statement about gradient descent speaks of a run of a study.
 
-    The one place the width report decides whether its statements about gradient descent (the rate bound,
-    the horizon floors, the dynamics linearised at ``K_0``) apply to a run; anything else makes them *not
-    applicable*, with the reason in the premise's note.
+    The premises of :func:`theory.gradient_descent_premises` (the update rule, the full batch, the squared loss,
+    the stable step ``ηλ_max/n ≤ 2`` of the statement's kernel; for the rate only the full batch and the loss,
+    ``theory/recipe.md``), observed on the study's recipe, and those only a study observes: a custom ``train_step``
+    (its update, loss and gradient are the user's), and for the horizon floors and the linearised dynamics, which
+    assume one step ``η`` of plain gradient descent, a learning-rate schedule and gradient clipping.
 
     Parameters
     ----------
+    statement
+        A key of :data:`GD_STATEMENTS`.
     optimizer
-        :func:`describe` of the run's optimiser (``None``: unknown).
+        :func:`~diagnostics.tracking.meta.describe_optimizer` of the run's optimiser (``None``: not known).
     loss
-        The training loss: only ``"mse"``, ``(1/2n)‖f − Y‖²``, is the loss of the statements.
+        The training loss: ``"mse"`` is ``(1/2n)‖f − Y‖²``; ``"ce"`` and a callable's name are not.
     full_batch
-        Whether every step used the whole training set and that set is the probe the kernels are measured on
-        (``None``: unknown).
-    custom_step
-        The run used the user's own step function (its update is not known).
-    scheduler
-        The learning-rate schedule's name, if any (the horizon and the linearised dynamics assume one step).
-    clip_grad_norm
-        The clipping norm, if any.
+        Whether every step used the whole training set, which is the probe (``None``: not known).
+    batches
+        How the batches were drawn, the reason when ``full_batch`` is ``False``.
+    custom_step, scheduler, clip_grad_norm
+        The recipe's own step function, the schedule's name, the clipping norm.
     step_size, lambda_max, n
-        ``η``, ``λ_max(K_0)`` and ``n``: the step is stable when ``ηλ_max(K_0)/n ≤ 2``.
+        ``η``, ``λ_max`` of the statement's kernel and ``n``, for the stable step.
 
     Returns
     -------
-    theory.Premise
-        ``met`` ``True`` or ``False`` (never assumed), the reason in ``note``.
+    tuple of theory.Premise
+        A statement with one not met is *not applicable*; :func:`premise_reasons` says why.
     """
-    options = dict(optimizer or {})
-    reasons = []
+    kind = GD_STATEMENTS[statement][0]
+    premises = []
+    for premise in gradient_descent_premises(kind, optimizer, full_batch=full_batch, squared_loss=loss == "mse",
+                                             step_size=step_size, lambda_max=lambda_max, n=n):
+        if premise.met is False and premise.name.startswith("squared loss"):
+            premise = dataclasses.replace(premise, note=f"trained on the {loss} loss, not (1/2n)‖f − Y‖²")
+        elif premise.met is False and "whole training set" in premise.name and batches:
+            premise = dataclasses.replace(premise, note=batches)
+        premises.append(premise)
     if custom_step:
-        reasons.append("a custom train_step: its update is not known to be θ ← θ − η∇L")
-    if loss != "mse":
-        reasons.append(f"trained on the {loss} loss, not (1/2n)‖f − Y‖²")
-    if optimizer is None:
-        reasons.append("the optimiser is not known")
-    elif options.get("name") != "SGD":
-        reasons.append(f"{options.get('name')} is not plain gradient descent")
-    else:
-        for key, what in (("momentum", "momentum"), ("weight_decay", "weight decay")):
-            if options.get(key):
-                reasons.append(f"SGD with {what} {options[key]:g}")
-    if full_batch is None:
-        reasons.append("not known to be full-batch on the probe")
-    elif not full_batch:
-        reasons.append("minibatches (stochastic gradients, not ∇L of the probe set)")
-    if scheduler:
-        reasons.append(f"a learning-rate schedule ({scheduler})")
-    if clip_grad_norm:
-        reasons.append(f"gradient clipping at norm {clip_grad_norm:g}")
-    edge = None if None in (step_size, lambda_max, n) else step_size * lambda_max / n
-    if edge is not None and edge > 2:
-        reasons.append(f"{_EDGE_REASON}, ηλ_max(K_0)/n = {edge:.3g} > 2")
-    if reasons:
-        return Premise(GD_PREMISE, False, "; ".join(reasons))
-    stability = f", ηλ_max(K_0)/n = {edge:.3g} ≤ 2" if edge is not None else ""
-    return Premise(GD_PREMISE, True, f"SGD without momentum or weight decay on the whole probe set{stability}")
+        premises.append(Premise("the study's own training step", False,
+                                "a custom train_step: its update, loss and gradient are the user's"))
+    if kind != "rate" and scheduler:
+        premises.append(Premise("one step size η over the run", False, f"a learning-rate schedule ({scheduler})"))
+    if kind != "rate" and clip_grad_norm:
+        premises.append(Premise("unclipped gradient steps", False, f"gradient clipping at norm {clip_grad_norm:g}"))
+    return tuple(premises)
+
+
+def applies(premises: Iterable[Premise]) -> bool:
+    """Whether no premise is observed to fail (assumed ones count as met)."""
+    return all(p.met is not False for p in premises)
+
+
+def premise_reasons(premises: Iterable[Premise]) -> str:
+    """Return the notes of the premises not met, joined (``""`` when every premise is met or assumed)."""
+    return "; ".join(p.note or f"not met: {p.name}" for p in premises if p.met is False)
 
 
 def merge_reasons(notes: Iterable[str]) -> str:
-    """Join the reasons of several runs' :func:`gradient_descent_premise` notes, each once, in order.
+    """Join the reasons of several runs (:func:`premise_reasons`), each once, in order.
 
-    The edge-of-stability reasons, one number per run, become one with the range of ``ηλ_max(K_0)/n``.
+    The unstable steps, one ``ηλ_max/n`` per run, become one reason with their range.
     """
     reasons: list[str] = []
-    edges: list[float] = []
+    ratios: list[float] = []
     for note in notes:
-        for reason in note.split("; "):
-            found = _EDGE.fullmatch(reason)
+        for reason in note.split("; ") if note else ():
+            found = _UNSTABLE.match(reason)
             if found:
-                edges.append(float(found.group(1)))
-                reason = _EDGE_REASON
+                ratios.append(float(found.group(1)))
+                reason = _UNSTABLE_REASON
             if reason not in reasons:
                 reasons.append(reason)
-    if edges:
-        low, high = min(edges), max(edges)
+    if ratios:
+        low, high = min(ratios), max(ratios)
         span = f"{low:.3g}" if low == high else f"{low:.3g}–{high:.3g}"
-        reasons[reasons.index(_EDGE_REASON)] = f"{_EDGE_REASON}, ηλ_max(K_0)/n = {span} > 2"
+        reasons[reasons.index(_UNSTABLE_REASON)] = (
+            f"an unstable step, ηλ_max/n = {span} > 2 (linearised gradient descent diverges along the top directions "
+            "instead of fitting them)")
     return "; ".join(reasons)
 
 
 # ----------------------------------------------------------------------------------------------
 
-_EDGE_REASON = "a step beyond the edge of stability of K_0"
-_EDGE = re.compile(re.escape(_EDGE_REASON) + r", ηλ_max\(K_0\)/n = ([0-9.eE+-]+) > 2")
+_UNSTABLE_REASON = "unstable"
+#: The note of theory's stable-step premise when it fails.
+_UNSTABLE = re.compile(r"ηλ_max/n = ([0-9.eE+-]+): linearised gradient descent")
 
 
 def _positive_int(name: str, value: object) -> None:

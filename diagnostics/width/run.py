@@ -13,14 +13,16 @@ and measured on the study's fixed probe of ``n`` samples (``n·m`` is the counti
   rate bound ``L_0/(1 + 4L_0τ_k/B̄²)`` of :func:`theory.gradient_descent_rate`;
 - ``coordinates``: the coordinate check of steps 0–3 (:class:`~diagnostics.width.training.CoordinateCheck`);
 - ``layers``: per-layer alignment at the start and the end (:func:`~diagnostics.width.kernels.layer_alignment`);
-- ``summary``: final and initial values, the loss predictors, the rate verdict, the test metrics, whether the
-  statements about gradient descent apply (:func:`~diagnostics.width.recipe.gradient_descent_premise`) and why
-  not, and the time spent training against the time spent measuring.
+- ``summary``: final and initial values, the loss predictors, the rate verdict, the test metrics, whether each
+  statement about gradient descent applies and why not, the step ratios ``ηλ_max/n`` of ``K_0`` and ``K_T``, and the
+  time spent training against the time spent measuring.
 
-What applies. The statements about gradient descent — the rate bound, the horizon floors of ``K_0`` and ``K_T``
-for the run's ``(η, T)``, the loss of the dynamics linearised at ``K_0`` — are computed only for plain full-batch
-gradient descent on the squared loss at a stable step; otherwise they are ``None`` and the rate verdict is *not
-applicable*, with the premise's reason in ``gd_reason``.
+What applies (``theory/recipe.md``). Each statement about gradient descent — the horizon floors of ``K_0`` and
+``K_T`` for the run's ``(η, T)``, the loss of the dynamics linearised at ``K_0``, the rate bound — is computed only
+where the premises of :func:`~diagnostics.width.recipe.recipe_premises` hold for the run's recipe (the first three
+need plain full-batch gradient descent on the squared loss at a stable step; the rate bound, full-batch losses and
+gradients of the squared loss under any update rule); otherwise its value is ``None`` (the rate verdict *not
+applicable*), and ``<statement>_applies`` / ``<statement>_reason`` say so and why.
 """
 
 from __future__ import annotations
@@ -42,10 +44,11 @@ from ..engine.precision import verdict_dtype
 from ..engine.spectral import Spectrum
 from ..targets import Targets
 from ..tracking import AlignmentTracker
+from ..tracking.meta import describe_optimizer
 from .batches import StudyData
 from .kernels import horizon_floor, kernel_path, layer_alignment, layer_groups, linearised_loss
 from .plan import Plan, RunSpec, record_steps
-from .recipe import describe, gradient_descent_premise
+from .recipe import GD_STATEMENTS, Recipe, applies, premise_reasons, recipe_premises
 from .training import CoordinateCheck, Trainer, evaluating
 
 __all__ = ["RATE_RTOL", "run_one"]
@@ -107,8 +110,7 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
     X, T = data.probe
     n = data.n_probe
     trainer = Trainer(model, recipe, data.batches(recipe.batch_size, spec.seed, device), spec.width, plan.output)
-    optimizer, lr, steps = describe(trainer.optimizer), trainer.learning_rate, recipe.steps
-    premise = _premise(optimizer, recipe, data)
+    optimizer, lr, steps = describe_optimizer(trainer.optimizer), trainer.learning_rate, recipe.steps
     dtype = getattr(torch, plan.dtype) if plan.dtype else verdict_dtype(model)
     groups = layer_groups(model)
     with measuring():
@@ -116,8 +118,10 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
         targets = Targets.build(T, n, f0.shape[1], recipe.measure_loss)
         layers = [{"stage": "start", **row}
                   for row in layer_alignment(model, X, targets.Q, dtype, groups, plan.output)]
+        plain = applies(_premises("horizon", optimizer, recipe, data))  # all but the stable step, known already
         tracker = AlignmentTracker(model, (X, T), every=1, loss=recipe.measure_loss, probe_size=None, dtype=dtype,
-                                   output=plan.output, horizon=(trainer.optimizer, steps) if premise.met else None)
+                                   output=plan.output, horizon=(trainer.optimizer, steps) if plain else None,
+                                   optimizer=trainer.optimizer, tags=spec.to_dict())
         coordinates = CoordinateCheck(model, _inputs.to(X, device, next(model.parameters()).dtype), list(groups))
     schedule, grams, losses, grads = set(record_steps(steps, plan.records)), [], [], []
     for step in range(steps + 1):
@@ -139,8 +143,9 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
         initial = Spectrum.of(grams[0], source_dtype=dtype)
         final = Spectrum.of(grams[-1], source_dtype=dtype)
         del grams
-        premise = _premise(optimizer, recipe, data, lr, float(initial.eigenvalues[0]), n)
-        gd = _gradient_descent(premise, history, initial, final, f0.double() - targets.Y.to(f0.device), targets,
+        kernels = {"horizon": initial, "linearised": initial, "final_horizon": final, "rate": None}
+        premises = {s: _premises(s, optimizer, recipe, data, lr, kernels[s], n) for s in GD_STATEMENTS}
+        gd = _gradient_descent(premises, history, initial, final, f0.double() - targets.Y.to(f0.device), targets,
                                lr, steps, n, losses, grads)
         metrics = _metrics(model, data, recipe.measure_loss, plan.output, device)
     summary = {
@@ -170,34 +175,43 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
             "coordinates": coordinates.rows, "layers": layers, "optimizer": optimizer}
 
 
-def _premise(optimizer: dict[str, Any], recipe: Any, data: StudyData, lr: float | None = None,
-             lambda_max: float | None = None, n: int | None = None) -> Any:
-    """Whether the statements about gradient descent apply (before training: all but the stable step)."""
+def _premises(statement: str, optimizer: dict[str, Any] | None, recipe: Recipe, data: StudyData,
+              lr: float | None = None, kernel: Spectrum | None = None, n: int | None = None) -> tuple:
+    """Return the premises of a statement about gradient descent for this run (before training: no stable step)."""
     scheduler = recipe.scheduler if isinstance(recipe.scheduler, str) or recipe.scheduler is None else getattr(
         recipe.scheduler, "__qualname__", "custom")
-    return gradient_descent_premise(optimizer, loss=recipe.loss_name, full_batch=data.full_batch(recipe.batch_size),
-                                    custom_step=recipe.train_step is not None, scheduler=scheduler,
-                                    clip_grad_norm=recipe.clip_grad_norm, step_size=lr, lambda_max=lambda_max, n=n)
+    return recipe_premises(statement, optimizer, loss=recipe.loss_name, full_batch=data.full_batch(recipe.batch_size),
+                           batches=data.batches_text(recipe.batch_size), custom_step=recipe.train_step is not None,
+                           scheduler=scheduler, clip_grad_norm=recipe.clip_grad_norm, step_size=lr,
+                           lambda_max=None if kernel is None else float(kernel.eigenvalues[0]), n=n)
 
 
-def _gradient_descent(premise: Any, history: pd.DataFrame, initial: Spectrum, final: Spectrum,
+def _gradient_descent(premises: dict[str, tuple], history: pd.DataFrame, initial: Spectrum, final: Spectrum,
                       residual0: torch.Tensor, targets: Targets, lr: float, steps: int, n: int, losses: list[float],
                       grads: list[float]) -> dict[str, Any]:
-    """Judge the statements about gradient descent: the predictors and the rate verdict, or *not applicable* and why."""
-    fields = {"gd_applies": bool(premise.met), "gd_reason": premise.note}
-    if not premise.met:
-        rate = not_applicable("I3.gd", "gradient-descent rate", losses[-1], math.nan, {}, "L_k", "L_0/(1+4L_0τ_k/B̄²)",
-                              [premise])
-        fields.update({"init_horizon_residual": None, "init_horizon_loss_floor": None, "linearised_loss": None,
-                       "final_horizon_floor": None, "rate_status": rate.status, "rate_bound": None,
-                       "rate_rising_steps": None, "rate_c": None, "rate_c_bound": None, "rate_largest_rise": None})
+    """Judge the statements about gradient descent: each computed where its premises hold, else *not applicable*."""
+    ok = {s: applies(p) for s, p in premises.items()}
+    fields: dict[str, Any] = {f"{s}_applies": ok[s] for s in GD_STATEMENTS}
+    fields.update({f"{s}_reason": premise_reasons(premises[s]) for s in GD_STATEMENTS})
+    plain = applies(p for p in premises["horizon"] if not p.name.startswith("stable step"))
+    fields.update({
+        "init_step_ratio": lr * float(initial.eigenvalues[0]) / n if plain else None,
+        "final_step_ratio": lr * float(final.eigenvalues[0]) / n if plain else None,
+        "linearised_loss": linearised_loss(initial, residual0, lr, steps, n) if ok["linearised"] else None,
+        "final_horizon_floor": horizon_floor(final, targets.Q, lr, steps, n) if ok["final_horizon"] else None,
+    })
+    if not ok["horizon"]:
+        fields.update(init_horizon_residual=None, init_horizon_loss_floor=None)
+    if not ok["rate"]:
+        rate = not_applicable("I3.gd", "gradient-descent rate", losses[-1], math.nan, {}, "L_k",
+                              "L_0/(1+4L_0τ_k/B̄²)", premises["rate"])
+        fields.update({"rate_status": rate.status, "rate_bound": None, "rate_rising_steps": None, "rate_c": None,
+                       "rate_c_bound": None, "rate_largest_rise": None})
         return {"summary": fields, "bounds": [math.nan] * len(losses)}
     rate = gradient_descent_rate(lr, losses, grads, history["certificate"], _aligned(history),
                                  cms=bool((history["output_residual"] <= history["residual_tol"]).all()),
-                                 rtol=RATE_RTOL)
+                                 rtol=RATE_RTOL, recipe=premises["rate"])
     fields.update({
-        "linearised_loss": linearised_loss(initial, residual0, lr, steps, n),
-        "final_horizon_floor": horizon_floor(final, targets.Q, lr, steps, n),
         "rate_status": rate.status,
         "rate_bound": float(rate.details["bounds"][-1]) if rate.applicable else None,
         "rate_rising_steps": rate.details["rising_steps"],

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -16,34 +15,26 @@ from diagnostics.errors import DiagnosticsError
 from diagnostics.tracking import AlignmentTracker
 from diagnostics.width import from_runs
 from diagnostics.width.figures import FIGURES
-from diagnostics.width.recipe import describe
 
 #: Steps of every run, and the cadence of its tracker: a record every 2 steps, a full one every 2 records.
 STEPS, EVERY, FULL_EVERY = 8, 2, 2
 
 
 def train_elsewhere(folder: Path, width: int, seed: int, tags: dict | None) -> Path:
-    """Train like a user's own loop (AdamW on minibatches, cross-entropy) with a tracker writing a history.
-
-    The header gets ``meta["tags"]`` and ``meta["optimizer"]`` as the alignment callbacks write them.
-    """
+    """Train like a user's own loop (AdamW on minibatches, cross-entropy) with a tracker writing a tagged history."""
     digits = load_dataset("digits", n_train=48, n_test=10)
     torch.manual_seed(seed)
     model = GatedNet(width)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     path = folder / f"w{width}_s{seed}" / "alignment.jsonl"
     tracker = AlignmentTracker(model, (digits.X_train, digits.y_train), every=EVERY, full_every=FULL_EVERY,
-                               loss="ce", probe_size=16, path=path)
+                               loss="ce", probe_size=16, path=path, tags=tags, optimizer=optimizer)
     for step in range(STEPS + 1):
         tracker.step(step)
         batch = torch.randperm(48)[:16]
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(model(digits.X_train[batch]), digits.y_train[batch]).backward()
         optimizer.step()
-    lines = path.read_text().splitlines()
-    header = json.loads(lines[0])
-    header["meta"].update({"tags": tags or {}, "optimizer": describe(optimizer)})
-    path.write_text("\n".join([json.dumps(header), *lines[1:]]) + "\n")
     return path
 
 
@@ -71,8 +62,10 @@ def test_the_histories_give_the_tables_of_a_study(runs_folder):
     assert w8["final_residual"] == one.loc[8, "residual"] and w8["init_rank"] == one.loc[0, "rank"]
     assert w8["certificate_bar"] == one["certificate"].max() and w8["n_outputs"] == 160
     assert w8["optimizer"] == "AdamW" and w8["lr"] == 1e-2 and w8["measure_seconds"] > 0
-    assert not runs["gd_applies"].any() and (runs["rate_status"] == "not applicable").all()
-    assert runs["gd_reason"].str.contains("AdamW is not plain gradient descent; not known to be full-batch").all()
+    assert (runs["rate_status"] == "not applicable").all()  # trained on cross-entropy
+    assert not runs["linearised_applies"].any() and not runs["rate_applies"].any()
+    assert runs["linearised_reason"].str.contains("AdamW is not plain gradient descent").all()
+    assert runs["rate_reason"].str.contains("trained on the ce loss").all()
     trajectory = result.sweep.trajectories
     assert len(trajectory[trajectory["run_id"] == "gated_standard_w8_s0"]) == 5  # every record, cheap ones too
 
@@ -83,7 +76,7 @@ def test_the_report_from_runs_on_the_command_line(runs_folder, tmp_path):
         assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 1000, name
     markdown = (tmp_path / "report.md").read_text()
     assert "# Width study from histories: gated" in markdown
-    assert "not applicable (4 of 4 runs): trained on the ce loss" in markdown
+    assert "not applicable (4 of 4 runs): AdamW is not plain gradient descent" in markdown
     assert "Not drawn. Not measured: these runs were read from histories" in markdown  # coordinate check, layers
     assert "the training time is not in the histories" in markdown
 

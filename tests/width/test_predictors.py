@@ -53,13 +53,16 @@ def test_best_predictor_per_side_and_kind():
 
 
 def test_no_predictor_applies_to_adamw_on_cross_entropy():
-    runs = runs_table().assign(gd_applies=False, gd_reason="AdamW is not plain gradient descent",
-                               measure_loss="ce", init_horizon_loss_floor=None, final_horizon_floor=None,
-                               linearised_loss=None, rate_bound=None)
+    reasons = {f"{s}_reason": "AdamW is not plain gradient descent" for s in ("horizon", "linearised", "final_horizon")}
+    runs = runs_table().assign(**{f"{s}_applies": False for s in ("horizon", "linearised", "final_horizon", "rate")},
+                               **reasons, rate_reason="trained on the ce loss", measure_loss="ce",
+                               init_horizon_loss_floor=None, final_horizon_floor=None, linearised_loss=None,
+                               rate_bound=None)
     assert best_predictors(runs).empty
     text = " ".join(predictor_findings(runs))
-    assert ("a priori: none applies (the statements about gradient descent are not applicable: AdamW is not plain "
-            "gradient descent)") in text
+    assert ("a priori: none applies (the horizon floor of K_0 does not apply (AdamW is not plain gradient descent); "
+            "the linearised dynamics at K_0 does not apply (AdamW is not plain gradient descent))") in text
+    assert "the gradient-descent rate bound does not apply (trained on the ce loss)" in text
     assert "the (I2) floor bounds the squared loss, and these runs are measured in ce" in text
     assert gain_table(runs)["gain"].isna().all() and (gain_table(runs)["diverged"] == 0).all()
 

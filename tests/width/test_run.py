@@ -36,7 +36,8 @@ def test_the_affine_model_follows_its_linearised_dynamics(affine_run):
     assert [r["step"] for r in records] == list(record_steps(30, 4))
     assert all(r["kernel_distance_end"] < 1e-9 for r in records)
     assert records[-1]["kernel_target_alignment"] == pytest.approx(records[0]["kernel_target_alignment"], rel=1e-9)
-    assert s["gd_applies"] and "ηλ_max(K_0)/n" in s["gd_reason"]  # full-batch SGD at a stable step
+    assert all(s[f"{k}_applies"] for k in ("horizon", "linearised", "final_horizon", "rate"))  # full-batch GD
+    assert s["init_step_ratio"] == pytest.approx(2.0 * s["init_lambda_max"] / 24) and s["init_step_ratio"] <= 2
     assert s["train_seconds"] > 0 and s["measure_seconds"] > 0 and s["seconds"] >= s["train_seconds"] + s[
         "measure_seconds"]
 

@@ -52,14 +52,19 @@ def test_one_call_gives_a_tidy_history_and_the_runs(adamw_study):
 
 def test_every_gradient_descent_statement_is_not_applicable_with_its_reason(adamw_study):
     runs, history = adamw_study.runs, adamw_study.history
-    assert not runs["gd_applies"].any() and (runs["rate_status"] == "not applicable").all()
-    for reason in ("AdamW is not plain gradient descent", "minibatches", "trained on the ce loss"):
-        assert runs["gd_reason"].str.contains(reason, regex=False).all(), reason
-    for column in ("linearised_loss", "init_horizon_loss_floor", "final_horizon_floor", "rate_bound"):
+    for statement in ("horizon", "linearised", "final_horizon", "rate"):
+        assert not runs[f"{statement}_applies"].any(), statement
+        for reason in ("minibatches of 16 of 48 samples", "trained on the ce loss, not (1/2n)‖f − Y‖²"):
+            assert runs[f"{statement}_reason"].str.contains(reason, regex=False).all(), (statement, reason)
+    assert runs["linearised_reason"].str.contains("AdamW is not plain gradient descent").all()
+    assert not runs["rate_reason"].str.contains("AdamW").any()  # the rate bound holds for any update rule
+    assert (runs["rate_status"] == "not applicable").all()
+    for column in ("linearised_loss", "init_horizon_loss_floor", "final_horizon_floor", "rate_bound",
+                   "init_step_ratio"):
         assert runs[column].isna().all(), column
     assert history["horizon_loss_floor"].isna().all()  # the tracker got no horizon
     text = "\n".join(adamw_study.findings())
-    assert "not applicable at 4 of 4 runs" in text and "AdamW is not plain gradient descent" in text
+    assert "not applicable at 4 of 4 runs" in text and "minibatches of 16 of 48 samples" in text
     assert "no expectation given, not judged" in text  # S4 has nothing to expect of a family without a claim
 
 
@@ -73,7 +78,7 @@ def test_the_report_of_the_study(adamw_study, tmp_path):
     assert len(result.figures) == len(FIGURES)
     markdown = (tmp_path / "report.md").read_text()
     assert "## What applies to what was run" in markdown and "AdamW is not plain gradient descent" in markdown
-    assert "a priori: none applies (the statements about gradient descent are not applicable" in markdown
+    assert "a priori: none applies (the horizon floor of K_0 does not apply (" in markdown
     assert "Not drawn. Not applicable: the dynamics linearised at K_0" in markdown  # the gain figure
     assert "## Cost: measuring against training" in markdown
     assert "gated" in (tmp_path / "config.json").read_text()  # the factory's name
@@ -112,20 +117,25 @@ def test_a_custom_step_function_trains_the_runs(digits):
                    progress=False)
     assert seen == [12] * 4  # the check before training, then the three steps
     run = result.runs.iloc[0]
-    assert run["rate_status"] == "not applicable" and "a custom train_step" in run["gd_reason"]
+    assert run["rate_status"] == "not applicable" and "a custom train_step" in run["rate_reason"]
     assert math.isnan(result.sweep.trajectories["grad_norm_sq"].iloc[0])
 
 
 def test_a_user_family_on_full_batch_gradient_descent_gets_the_gradient_descent_statements(digits):
     family = Family("gated", gated, widths=(2, 8), recipe=Recipe(optimizer_factory("sgd", 0.05), steps=5))
-    runs = study(family, digits, probe_size=None, jobs=1, progress=False).runs.set_index("width")
+    result = study(family, digits, probe_size=None, jobs=1, progress=False)
+    runs = result.runs.set_index("width")
     edge = 0.05 * runs["init_lambda_max"] / 48  # ηλ_max(K_0)/n: below 2 at width 2, above at width 8
-    assert edge[2] < 2 < edge[8]
-    assert runs.loc[2, "gd_applies"] and f"ηλ_max(K_0)/n = {edge[2]:.3g} ≤ 2" in runs.loc[2, "gd_reason"]
-    assert runs.loc[2, "linearised_loss"] > 0 and runs.loc[2, "final_horizon_floor"] >= 0
+    assert edge[2] < 2 < edge[8] and runs["init_step_ratio"].to_dict() == pytest.approx(edge.to_dict())
+    assert runs.loc[2, "linearised_applies"] and runs.loc[2, "horizon_applies"] and runs.loc[2, "rate_applies"]
+    assert runs.loc[2, "linearised_loss"] > 0 and runs.loc[2, "init_horizon_loss_floor"] >= 0
     assert runs.loc[2, "rate_status"] == "not applicable"  # by its own premise: D1 fails below n·m = 480
-    assert not runs.loc[8, "gd_applies"] and "beyond the edge of stability of K_0" in runs.loc[8, "gd_reason"]
-    assert math.isnan(runs.loc[8, "linearised_loss"]) and runs.loc[8, "rate_status"] == "not applicable"
+    assert not runs.loc[8, "linearised_applies"] and not runs.loc[8, "horizon_applies"]
+    assert runs.loc[8, "linearised_reason"].startswith(f"ηλ_max/n = {edge[8]:.3g}: linearised gradient descent")
+    assert math.isnan(runs.loc[8, "linearised_loss"]) and math.isnan(runs.loc[8, "init_horizon_loss_floor"])
+    assert runs.loc[8, "rate_applies"]  # the rate bound needs no particular step: judged (by D1 at every record)
+    bounds = result.sweep.trajectories.set_index("run_id").loc[runs.loc[8, "run_id"], "rate_bound"]
+    assert len(bounds) == 6 and bounds.notna().all()
 
 
 def test_bad_studies_are_refused_before_any_training(digits, tmp_path):
