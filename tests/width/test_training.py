@@ -124,3 +124,15 @@ def test_coordinate_check_measures_the_probe_at_the_first_steps_and_leaves_the_m
         assert by[k, "layers.0"]["mean_abs"] == pytest.approx(float(hidden.abs().mean()), rel=1e-12)
         assert by[k, "head"]["mean_abs"] == pytest.approx(float(out.abs().mean()), rel=1e-12)
         assert by[k, "head"]["mean_abs_change"] == pytest.approx(float((out - outputs[0][1]).abs().mean()), abs=1e-14)
+
+
+def test_mixed_precision_autocasts_the_training_forward_only(device):
+    model, X, Y = problem()
+    model, X, Y = model.float().to(device), X.float().to(device), Y.float().to(device)
+    amp = "fp16" if device.type == "cuda" else "bf16"
+    exact = float(0.5 * ((model(X) - Y) ** 2).sum().detach() / 10)
+    trainer = Trainer(model, Recipe(OptimizerFactory("sgd", 0.1), 3, amp=amp), itertools.repeat((X, Y)), 7)
+    loss, grad_sq = trainer.step()
+    assert loss != exact and loss == pytest.approx(exact, rel=2e-2)  # the forward ran in half precision
+    assert math.isfinite(grad_sq) and all(p.dtype == torch.float32 for p in model.parameters())
+    assert (trainer.scaler is not None) == (amp == "fp16")  # fp16 scales the loss, bf16 needs no scaling
