@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     print(cost_table(study.runs).to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print()
     print("\n".join(cost_findings(study.runs)))
-    print(f"\nsweep: {len(study.runs)} runs in {sweep_seconds:.1f} s wall ({args.jobs} processes); "
+    print(f"\nsweep: {len(study.runs)} runs in {sweep_seconds:.1f} s wall (jobs={args.jobs}); "
           f"report (tables, figures, HTML): {report_seconds:.1f} s; load average {os.getloadavg()[0]:.2f}")
     return 0
 
