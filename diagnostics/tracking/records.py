@@ -26,7 +26,7 @@ COLUMNS = (
     "step", "loss", "grad_norm", "residual", "aligned", "d1_status", "rank", "n_outputs", "n_params", "lambda_max",
     "lambda_min_kept", "effective_rank", "certificate", "nu_norm", "bound", "bound_ratio", "bound_truncation",
     "decomposition_gap", "output_residual", "loss_lower_bound", "target_loss", "horizon_residual",
-    "horizon_loss_floor", "kernel_movement_init",
+    "horizon_loss_floor", "horizon_note", "kernel_movement_init",
     "kernel_movement_prev", "param_movement",
 )
 #: Columns after the CKA columns: timing, then what makes a record self-describing for :mod:`.verify`.
@@ -62,7 +62,9 @@ def report_columns(report: AlignmentReport) -> dict[str, Any]:
         "target_loss": report.target_loss,
         "horizon_residual": report.horizon_residual,
         "horizon_loss_floor": report.horizon_loss_floor,
+        "horizon_note": report.horizon_note,
     }
+
 
 
 def trailing_columns(n: int, target_norm_sq: float, residual_tol: float, dtype: torch.dtype, loss: str,
