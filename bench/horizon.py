@@ -1,8 +1,9 @@
-"""Which number predicts where full-batch gradient descent's loss levels off: the exact D1 floor or the horizon floor?
+"""Where full-batch gradient descent's loss levels off, against the exact D1 floor and the horizon floors.
 
 On the digits (``n`` training images, one-hot targets, the squared loss ``(1/2n)‖f − Y‖²``), a one-hidden-layer
 tanh MLP is trained by full-batch gradient descent at step ``η`` for ``T`` steps, for several widths. For each
-run the table gives the measured final loss and three predictions of it:
+run the table gives the measured final loss and three numbers beside it — one known before training (a priori),
+two computed from the final kernel (post hoc: they explain the loss after the fact, they do not predict it):
 
 - the exact D1 floor ``(1/2n)‖(I − P)Y‖²`` of the final kernel (the loss no training of the coefficients can
   remove at that Jacobian; ``theory/results.md#alignment-lower-bound``),
@@ -10,7 +11,7 @@ run the table gives the measured final loss and three predictions of it:
   gradient descent with step ``η`` cannot fit in ``T`` steps (``ηλT/n < 1``; ``theory/alignment.md``), and
 - the same horizon floor of the *final* kernel.
 
-The gap between the two horizon predictions is the representation learning the paper is about: the kernel
+The gap between the two horizon floors is the representation learning the paper is about: the kernel
 moved towards the target.
 
     python -m bench.horizon --output horizon.md      # a few minutes on 2 CPU cores
@@ -31,7 +32,7 @@ from diagnostics.models import build_model
 
 
 def run(width: int, n: int, lr: float, steps: int, seed: int) -> dict:
-    """Train one width and measure the predictions at the start and the end."""
+    """Train one width and measure the floors at the start and the end."""
     data = load_dataset("digits", n_train=n, seed=seed, flatten=True)
     X, y = data.X_train, data.y_train
     Y = F.one_hot(y, 10).to(X.dtype)
@@ -56,7 +57,7 @@ def run(width: int, n: int, lr: float, steps: int, seed: int) -> dict:
 
 
 def table(rows: list[dict], n: int, lr: float, steps: int) -> str:
-    """The markdown table, with how far each prediction is from the measured final loss (× the loss)."""
+    """The markdown table, with each floor as a multiple of the measured final loss."""
     lines = [
         f"n = {n} digits, m = 10 outputs (n·m = {10 * n}), tanh MLP with one hidden layer, full-batch GD, "
         f"η = {lr}, T = {steps} steps, float64 measurements:",
