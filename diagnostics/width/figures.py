@@ -273,15 +273,18 @@ FIGURES: list[tuple[str, str, Callable[[SweepResult], Figure], str]] = [
      "theory/results.md#gradient-descent-rate (dashed; τ_k the effective time, B̄ the largest measured B), for the "
      "over-parameterised widths of one seed; the bound is drawn only for runs where its premises were not "
      "observed to fail. The box counts the verdicts over all runs of the panel."),
-    ("loss_predictors", "What predicted the final loss", loss_predictors,
-     "Final training loss (black, mean ± sd over seeds) against the exact (I2) floor, the horizon floors of the "
-     "initial and final kernels for the run's own step size and steps (the part of Y in eigen-directions with "
-     "ηλT/n < 1), the loss of the dynamics linearised at K_0, and the rate bound; zeros drawn at "
-     f"{FLOOR:g}, predictions above 10³ (diverging linearised dynamics) at 10³."),
+    ("loss_predictors", "The final loss against a-priori and post-hoc numbers", loss_predictors,
+     "Final training loss (black, mean ± sd over seeds) against the numbers known before training — the horizon "
+     "floor of the initial kernel K_0 for the run's own step size and steps (the part of Y in eigen-directions "
+     "with ηλT/n < 1) and the loss of the dynamics linearised at K_0 — and those computed after it (post hoc: "
+     "they explain the loss, they do not predict it) — the exact (I2) floor at θ_T, the horizon floor of the final "
+     "kernel K_T and the rate bound. Runs whose kernel has ηλ_max/n > 2 have no horizon floor or linearised loss "
+     f"for it (not applicable: linearised gradient descent diverges there); zeros drawn at {FLOOR:g}, values "
+     "above 10³ at 10³."),
     ("representation_gain", "Gain of representation learning", representation_gain,
      "L_lin(T)/L_T: the loss the initial kernel's linearised dynamics reach in the same steps over the loss "
      "reached; 1 (black line) means the kernel's own learning added nothing. Mean ± sd over the seeds whose "
-     "linearised dynamics converge (L_lin(T) ≤ L_0; runs with ηλ_max(K_0)/n > 2 in a direction of r_0 diverge)."),
+     "linearised dynamics apply and converge (runs with ηλ_max(K_0)/n > 2 are left out: they diverge)."),
     ("coordinate_check", "Coordinate check: layer outputs against width at steps 0–3", coordinate_check,
      "Mean |z_t| of every layer's output (rows 1 and 3) and mean |z_t − z_0| (rows 2 and 4) in the training "
      "forward pass of steps t = 0…3, against width, per parameterisation; flat in width when the "

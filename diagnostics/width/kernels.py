@@ -9,9 +9,11 @@ Pure functions of Gram matrices ``K_t`` measured at the records of a run (``theo
 - the loss of the *linearised* dynamics: gradient descent with step ``η`` on ``(1/2n)‖f − Y‖²`` with the kernel
   frozen at ``K_0`` moves the residual by ``r ← (I − ηK_0/n) r``, so after ``T`` steps
   ``L_lin(T) = (1/2n) Σ_k (1 − ηλ_k/n)^{2T} (u_kᵀ r_0)²`` in the eigenbasis of ``K_0``;
-- the horizon floor of a kernel: the part of ``Q`` in its eigen-directions with ``ηλT/n < 1``, which ``T`` steps
-  of size ``η`` cannot fit, ``(1/2n) Σ_{ηλ_k T/n < 1} (u_kᵀQ)²`` (as ``horizon_loss_floor`` of
-  :func:`~diagnostics.check_alignment`);
+- the horizon floor of a kernel: the part of ``Q`` in its eigen-directions with ``ηλT/n < 1`` (and those the rank
+  rule discards), which ``T`` steps of size ``η`` cannot fit, ``(1/2n) Σ_{ηλ_k T/n < 1} (u_kᵀQ)²`` (as
+  ``horizon_loss_floor`` of :func:`~diagnostics.check_alignment`);
+- the premises of both for the sweep's own recipe, plain full-batch gradient descent on ``(1/2n)‖f − Y‖²``
+  (:func:`sweep_premises`): they describe a run only at a stable step ``ηλ_max/n ≤ 2`` (``theory/recipe.md``);
 - per-layer alignment: ``K = Σ_g K_g`` over parameter groups ``g`` (one layer each), the share
   ``QᵀK_gQ / QᵀKQ`` of each group and its own residual ``‖(I − P_{K_g})Q‖ / ‖Q‖``.
 """
@@ -25,11 +27,15 @@ import numpy as np
 import torch
 from torch import nn
 
+import theory
+
+from ..alignment_spectrum import horizon_energy
 from ..engine.measurement import Measurement
 from ..engine.precision import rank_rule
 from ..engine.spectral import Spectrum
 
-__all__ = ["horizon_floor", "kernel_path", "layer_alignment", "layer_groups", "linearised_loss"]
+__all__ = ["horizon_floor", "kernel_path", "layer_alignment", "layer_groups", "linearised_loss", "step_ratio",
+           "sweep_premises"]
 
 
 def _vector(q: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
@@ -86,8 +92,27 @@ def linearised_loss(spectrum: Spectrum, residual: torch.Tensor, lr: float, steps
 
 
 def horizon_floor(spectrum: Spectrum, q: torch.Tensor, lr: float, steps: int, n: int) -> float:
-    """``(1/2n) Σ_{ηλ_k T/n < 1} (u_kᵀQ)²``: the part of the loss that ``T`` steps of size ``η`` cannot fit."""
-    return spectrum.energy_below(q, n / (lr * steps)) / (2 * n)
+    """Return ``(1/2n) Σ_{ηλ_k T/n < 1 or λ_k ≤ rank_tol} (u_kᵀQ)²``, the loss ``T`` steps of size ``η`` cannot fit.
+
+    Never below the exact floor ``(1/2n)‖(I − P)Q‖²`` (:func:`~diagnostics.alignment_spectrum.horizon_energy`).
+    """
+    return horizon_energy(spectrum, q, n / (lr * steps)) / (2 * n)
+
+
+def sweep_premises(spectrum: Spectrum, lr: float, n: int) -> tuple[theory.Premise, ...]:
+    """Return the premises of the horizon floor and the linearised dynamics of ``spectrum``'s kernel in a sweep.
+
+    The recipe is observed (:func:`~diagnostics.width.training.gradient_descent`: plain full-batch steps on
+    ``(1/2n)‖f − Y‖²``); the stable step ``ηλ_max/n ≤ 2`` is judged on this kernel
+    (:func:`theory.gradient_descent_premises`).
+    """
+    return theory.gradient_descent_premises("linearised", {"name": "SGD", "lr": lr}, full_batch=True,
+                                            squared_loss=True, lambda_max=float(spectrum.eigenvalues[0]), n=n)
+
+
+def step_ratio(spectrum: Spectrum, lr: float, n: int) -> float:
+    """``ηλ_max/n``: at most 2 for linearised gradient descent to fit rather than diverge (``theory/recipe.md``)."""
+    return lr * float(spectrum.eigenvalues[0]) / n
 
 
 def layer_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:

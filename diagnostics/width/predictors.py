@@ -1,6 +1,9 @@
-"""What predicted the final training loss of each run, and how much representation learning gained.
+"""Which numbers came closest to the final training loss of each run, and how much representation learning gained.
 
-Each run of a sweep carries five numbers that speak of its final loss ``L_T`` (:mod:`diagnostics.width.run`):
+Each run of a sweep carries five numbers that speak of its final loss ``L_T`` (:mod:`diagnostics.width.run`); two
+are known before training (*a priori*: the ``K_0`` horizon floor and the linearised dynamics at ``K_0``), three only
+after it (*post hoc*: they read the final kernel or the run's certificates, so they explain ``L_T``, they do not
+predict it):
 
 - the exact floor of (I2), ``(1/2n)‖(I − P)Y‖²`` at ``θ_T`` (``theory/results.md#i2-loss-decomposition``):
   no training of the coefficients at that representation goes below it;
@@ -8,15 +11,18 @@ Each run of a sweep carries five numbers that speak of its final loss ``L_T`` (:
   eigen-directions with ``ηλT/n < 1``, which ``T`` steps of size ``η`` cannot fit while the kernel stays put;
 - the horizon floor of the final kernel ``K_T`` for the same ``(η, T)``;
 - the loss of the dynamics linearised at ``K_0`` after ``T`` steps (the lazy prediction);
+  the horizon floors and the linearised loss are ``nan`` (not applicable) for a kernel with ``ηλ_max/n > 2``, where
+  linearised gradient descent diverges (``theory/recipe.md#stability``; :func:`stability_findings` names those runs);
 - the gradient-descent rate bound ``L_0/(1 + 4L_0τ_T/B̄²)`` (``theory/results.md#gradient-descent-rate``), an
   upper bound; used only on runs where it applies (D1 at every record) and no step raised the loss (where steps
   rise, the bound follows the loss through them and predicts nothing).
 
-A predictor's *error* on a run is ``|log₁₀(L_T / prediction)|`` (decades; ``inf`` for a prediction of 0 when
-``L_T > 0``); per family, parameterisation and side of the counting threshold the best predictor is the one
-with the smallest median error. The *gain* of representation learning is ``L_lin(T)/L_T``: how many times lower
-the loss is than the kernel the run started with would have reached; it is defined only where those linearised
-dynamics converge (:func:`linearised_converged`).
+A number's *error* on a run is ``|log₁₀(L_T / prediction)|`` (decades; ``inf`` for a prediction of 0 when
+``L_T > 0``); per family, parameterisation and side of the counting threshold the closest is the one with the
+smallest median error (a post-hoc number that is closest explains the loss; only an a-priori one predicts it).
+The *gain* of representation learning is ``L_lin(T)/L_T``: how many times lower the loss is than the kernel the
+run started with would have reached; it is defined only where those linearised dynamics converge
+(:func:`linearised_converged`).
 """
 
 from __future__ import annotations
@@ -28,15 +34,15 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["PREDICTORS", "best_predictors", "gain_table", "linearised_converged", "predictor_errors",
-           "predictor_findings"]
+           "predictor_findings", "stability_findings"]
 
 #: Column of the runs table → the predictor in words.
 PREDICTORS: dict[str, str] = {
-    "final_loss_lower_bound": "exact (I2) floor",
+    "final_loss_lower_bound": "exact (I2) floor at θ_T (post hoc)",
     "init_horizon_loss_floor": "horizon floor of K_0",
-    "final_horizon_floor": "horizon floor of K_T",
+    "final_horizon_floor": "horizon floor of K_T (post hoc)",
     "linearised_loss": "linearised dynamics at K_0",
-    "rate_bound": "gradient-descent rate bound",
+    "rate_bound": "gradient-descent rate bound (post hoc: B̄ of the run)",
 }
 _KEYS = ["family", "parameterization", "side"]
 
@@ -100,7 +106,8 @@ def linearised_converged(runs: pd.DataFrame) -> pd.Series:
     """Whether the dynamics linearised at ``K_0`` end no higher than they start, ``L_lin(T) ≤ L_0``, per run.
 
     They diverge when ``ηλ_k/n > 2`` in a direction that carries part of ``r_0`` (the run then starts beyond the
-    edge of stability of its initial kernel); their loss, and a gain measured against it, say nothing there.
+    edge of stability of its initial kernel, and its ``linearised_loss`` is ``nan``, not applicable); their loss,
+    and a gain measured against it, say nothing there.
     """
     return runs["linearised_loss"] <= runs["init_loss"]
 
@@ -125,10 +132,29 @@ def _fmt(x: float) -> str:
 
 
 def predictor_findings(runs: pd.DataFrame) -> list[str]:
-    """Sentences naming, per family and parameterisation, the predictor of the final loss, with its numbers."""
+    """Sentences naming, per family and parameterisation, the number closest to the final loss, with its numbers."""
     if runs.empty or not set(PREDICTORS) <= set(runs):
         return []
-    return list(_predictor_findings(runs))
+    return [*_predictor_findings(runs), *stability_findings(runs)]
+
+
+def stability_findings(runs: pd.DataFrame) -> list[str]:
+    """Name, in one sentence, the runs whose step is beyond the stable step ``ηλ_max/n ≤ 2`` of ``K_0`` or ``K_T``."""
+    if not {"init_step_ratio", "final_step_ratio"} <= set(runs):
+        return []
+    parts = []
+    for column, kernel, left_out in (("init_step_ratio", "K_0", "horizon floor and linearised dynamics"),
+                                     ("final_step_ratio", "K_T", "horizon floor")):
+        beyond = runs[runs[column] > 2].sort_values("run_id")
+        if len(beyond):
+            named = ", ".join(f"{r.run_id} ({getattr(r, column):.3g})" for r in beyond.itertuples())
+            parts.append(f"{len(beyond)} with ηλ_max({kernel})/n > 2 — {named} — whose {kernel} {left_out} are "
+                         "not applicable and left out")
+    if not parts:
+        return []
+    return ["**Runs beyond the stable step** (linearised gradient descent multiplies a direction with ηλ/n > 2 by "
+            "ηλ/n − 1 > 1 per step: it diverges instead of fitting, theory/recipe.md#stability): "
+            + "; ".join(parts) + "."]
 
 
 def _predictor_findings(runs: pd.DataFrame) -> Iterator[str]:

@@ -227,12 +227,16 @@ def _document(config: SweepConfig, data: dict[str, Any], sweep: SweepResult, fig
     doc.bullets(findings(sweep))
     predictors = predictor_findings(sweep.runs)
     if predictors:
-        doc.heading(2, "What predicted the final loss")
+        doc.heading(2, "What came closest to the final loss")
         doc.paragraph(
-            "Per family and parameterisation, on each side of the counting threshold, the predictor whose value "
-            "was closest to the final training loss L_T (median over runs of |log₁₀(L_T / prediction)|, in "
-            "decades); the candidates are the exact (I2) floor, the horizon floors of K_0 and K_T for the run's "
-            "own (η, T), the loss of the dynamics linearised at K_0, and the gradient-descent rate bound."
+            "Per family and parameterisation, on each side of the counting threshold, the number closest to the "
+            "final training loss L_T (median over runs of |log₁₀(L_T / number)|, in decades). Known before "
+            "training (a priori, predictions): the horizon floor of K_0 for the run's own (η, T) and the loss of "
+            "the dynamics linearised at K_0. Known only after it (post hoc, explanations, not predictions): the "
+            "exact (I2) floor at θ_T, the horizon floor of the final kernel K_T and the gradient-descent rate "
+            "bound (its B̄ is the run's largest certificate). The horizon floors and the linearised dynamics "
+            "describe plain full-batch gradient descent at a stable step ηλ_max/n ≤ 2 (theory/recipe.md) and are "
+            "left out where a kernel is beyond it."
         )
         doc.bullets(predictors)
         doc.table(best_predictors(sweep.runs))

@@ -15,19 +15,23 @@ of S1 is ``d = n·m`` with ``n = n_train``. What is kept:
   ``L_0/(1 + 4L_0τ_k/B̄²)`` of :func:`theory.gradient_descent_rate`;
 - ``coordinates``: the coordinate check of steps 0–3 (:class:`~diagnostics.width.training.LayerCapture`);
 - ``layers``: per-layer alignment at the start and the end (:func:`~diagnostics.width.kernels.layer_alignment`);
-- ``summary``: final and initial values, the loss predictors (the exact (I2) floor, the horizon floors of the
-  initial and final kernels for the run's own ``(η, T)``, the loss of the dynamics linearised at ``K_0``, the rate
-  bound), the rate verdict and the test metrics.
+- ``summary``: final and initial values, the numbers beside the final loss (the exact (I2) floor, the horizon
+  floors of the initial and final kernels for the run's own ``(η, T)``, the loss of the dynamics linearised at
+  ``K_0``, the rate bound), the step ratios ``ηλ_max/n`` of ``K_0`` and ``K_T`` (``unstable_start`` when the first
+  exceeds 2: the horizon floor and the linearised dynamics of a kernel at an unstable step are ``nan``, not
+  applicable, ``theory/recipe.md#stability``), the rate verdict and the test metrics.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
 import pandas as pd
 import torch
 
+import theory
 from theory.verdicts import gradient_descent_rate
 
 from ..data import DataSplit
@@ -36,7 +40,15 @@ from ..engine.spectral import Spectrum
 from ..targets import Targets
 from ..tracking import AlignmentTracker
 from .config import RunSpec, SweepConfig, build_run_model, record_steps
-from .kernels import horizon_floor, kernel_path, layer_alignment, layer_groups, linearised_loss
+from .kernels import (
+    horizon_floor,
+    kernel_path,
+    layer_alignment,
+    layer_groups,
+    linearised_loss,
+    step_ratio,
+    sweep_premises,
+)
 from .training import LayerCapture, gradient_descent
 
 __all__ = ["RATE_RTOL", "run_one"]
@@ -98,10 +110,12 @@ def _run(config: SweepConfig, spec: RunSpec, data: DataSplit) -> dict[str, Any]:
     layers += [{"stage": "end", **row} for row in layer_alignment(model, X, targets.Q, dtype, groups)]
     rate = gradient_descent_rate(lr, losses, grads, history["certificate"], _aligned(history),
                                  cms=bool((history["output_residual"] <= history["residual_tol"]).all()),
-                                 rtol=RATE_RTOL)
+                                 rtol=RATE_RTOL, recipe=theory.gradient_descent_premises(
+                                     "rate", {"name": "SGD", "lr": lr}, full_batch=True, squared_loss=True))
     initial = Spectrum.of(grams[0], source_dtype=dtype)
     final = Spectrum.of(grams[-1], source_dtype=dtype)
     del grams
+    stable_start, stable_end = (_applicable(sweep_premises(K, lr, n)) for K in (initial, final))
     summary = {
         **spec.to_dict(),
         "run_id": spec.run_id,
@@ -112,8 +126,12 @@ def _run(config: SweepConfig, spec: RunSpec, data: DataSplit) -> dict[str, Any]:
         **{f"final_{k}": _plain(history[k].iloc[-1]) for k in _FINAL},
         **{f"init_{k}": _plain(history[k].iloc[0]) for k in _INITIAL},
         "certificate_bar": float(history["certificate"].max()),
-        "linearised_loss": linearised_loss(initial, residual0, lr, steps, n),
-        "final_horizon_floor": horizon_floor(final, targets.Q, lr, steps, n),
+        "init_step_ratio": step_ratio(initial, lr, n),
+        "final_step_ratio": step_ratio(final, lr, n),
+        "unstable_start": not stable_start,
+        # linearised gradient descent at an unstable step diverges instead of fitting: not applicable
+        "linearised_loss": linearised_loss(initial, residual0, lr, steps, n) if stable_start else math.nan,
+        "final_horizon_floor": horizon_floor(final, targets.Q, lr, steps, n) if stable_end else math.nan,
         "rate_status": rate.status,
         "rate_bound": float(rate.details["bounds"][-1]) if rate.applicable else None,
         "rate_rising_steps": rate.details["rising_steps"],
@@ -127,6 +145,10 @@ def _run(config: SweepConfig, spec: RunSpec, data: DataSplit) -> dict[str, Any]:
     trajectory = {"loss": losses, "grad_norm_sq": grads, "rate_bound": rate.details["bounds"].tolist()}
     return {"summary": summary, "records": history.to_dict("records"), "trajectory": trajectory,
             "coordinates": capture.rows, "layers": layers}
+
+
+def _applicable(premises: tuple[theory.Premise, ...]) -> bool:
+    return all(p.met is not False for p in premises)
 
 
 def _aligned(history: pd.DataFrame) -> bool | None:

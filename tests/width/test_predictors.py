@@ -7,7 +7,13 @@ import math
 import pandas as pd
 import pytest
 
-from diagnostics.width.predictors import best_predictors, gain_table, predictor_errors, predictor_findings
+from diagnostics.width.predictors import (
+    best_predictors,
+    gain_table,
+    predictor_errors,
+    predictor_findings,
+    stability_findings,
+)
 
 
 def runs_table() -> pd.DataFrame:
@@ -40,8 +46,8 @@ def test_predictor_errors_in_decades():
 def test_best_predictor_per_side():
     best = best_predictors(runs_table()).set_index("side")
     assert best.loc["d ≥ n·m", "best"] == "linearised dynamics at K_0"
-    assert best.loc["d ≥ n·m", "second"] == "horizon floor of K_T"
-    assert best.loc["d < n·m", "best"] == "exact (I2) floor" and best.loc["d < n·m", "ratio"] == 2.0
+    assert best.loc["d ≥ n·m", "second"] == "horizon floor of K_T (post hoc)"
+    assert best.loc["d < n·m", "best"] == "exact (I2) floor at θ_T (post hoc)" and best.loc["d < n·m", "ratio"] == 2.0
     text = " ".join(predictor_findings(runs_table()))
     assert "**linearised dynamics at K_0** (final loss / prediction = 1" in text
 
@@ -63,3 +69,13 @@ def test_gain_leaves_out_diverged_linearised_dynamics():
     runs.loc[runs["width"] == 64, "linearised_loss"] = math.inf
     assert math.isnan(gain_table(runs).set_index("width").loc[64, "gain"])
     assert not any(s.startswith("**Gain") for s in predictor_findings(runs))  # no width above with a gain
+
+
+def test_runs_beyond_the_stable_step_are_named_and_their_linearised_numbers_left_out():
+    runs = runs_table().assign(run_id=[f"run{k}" for k in range(4)], init_step_ratio=[1.0, 2.51, 1.3, 1.9],
+                               final_step_ratio=[1.0, 1.0, 1.0, 2.2])
+    assert stability_findings(runs_table()) == []  # a table without the ratios (an older sweep) says nothing
+    text = " ".join(stability_findings(runs))
+    assert "1 with ηλ_max(K_0)/n > 2 — run1 (2.51)" in text and "1 with ηλ_max(K_T)/n > 2 — run3 (2.2)" in text
+    assert text in " ".join(predictor_findings(runs))
+    assert stability_findings(runs.assign(init_step_ratio=1.0, final_step_ratio=2.0)) == []  # 2 is stable

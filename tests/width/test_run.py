@@ -37,6 +37,23 @@ def test_the_affine_model_follows_its_linearised_dynamics(affine_run):
     assert records[-1]["kernel_target_alignment"] == pytest.approx(records[0]["kernel_target_alignment"], rel=1e-9)
 
 
+def test_a_run_that_starts_beyond_the_stable_step_is_flagged_and_its_linearised_numbers_are_not_applicable(
+        affine_run):
+    config, result = affine_run
+    s = result["summary"]
+    assert s["init_step_ratio"] < 2 and not s["unstable_start"]
+    assert s["init_step_ratio"] == pytest.approx(s["lr"] * s["init_lambda_max"] / 24, rel=1e-12)  # n = 24
+    # 2.5 / ratio times the step: ηλ_max/n = 2.5, linearised (here: actual) gradient descent grows by 1.5 per step
+    lr = 2.0 * 2.5 / s["init_step_ratio"]
+    unstable = tiny(mlp_depth=0, steps=3, records=2, lr={"ntk": lr})
+    data = load_data(unstable)
+    u = run_one(unstable.resolve(data), RunSpec("mlp", "ntk", 4, 0), data)["summary"]
+    assert u["init_step_ratio"] == pytest.approx(2.5) and u["unstable_start"]
+    assert u["final_loss"] > u["init_loss"]  # the affine model is its linearisation: it diverges
+    for column in ("linearised_loss", "init_horizon_loss_floor", "final_horizon_floor"):
+        assert math.isnan(u[column]), column
+
+
 def test_the_run_keeps_every_step_and_judges_its_rate(affine_run):
     _, result = affine_run
     s, trajectory = result["summary"], result["trajectory"]
