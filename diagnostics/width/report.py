@@ -207,8 +207,8 @@ TRADED = (
     "threshold depend on eigenvalues float32 cannot resolve) and pays for it with size: three seeds, widths up to "
     "256 (MLP) and 64 (CNN) with three or four of them above the counting threshold, and {records} log-spaced "
     "records per run. The slopes of S4 then rest on three seeds and a width range of 8 (MLP) or 4 (CNN), so "
-    "their bootstrap intervals are wide; `--full` (docs/width.md) has five seeds, five or more widths above the "
-    "threshold per family, and reuses the default's runs when written to the same folder."
+    "their intervals (t over three per-seed slopes) are wide; `--full` (docs/width.md) has five seeds, five or "
+    "more widths above the threshold per family, and reuses the default's runs when written to the same folder."
 )
 
 
@@ -257,7 +257,7 @@ def _document(config: SweepConfig, data: dict[str, Any], sweep: SweepResult, fig
         doc.table(_summary_table(sweep.runs))
         slopes = movement_slopes(sweep.runs)
         if not slopes.empty:
-            doc.heading(2, f"S4 verdicts ({LEVEL:.0%} bootstrap intervals over seeds)")
+            doc.heading(2, f"S4 verdicts ({LEVEL:.0%} t-intervals over the per-seed slopes)")
             doc.table(slopes[["family", "parameterization", "slope", "low", "high", "expect", "status", "widths",
                               "seeds"]])
     doc.heading(2, "Missing runs")

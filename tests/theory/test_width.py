@@ -84,3 +84,50 @@ def test_kernel_movement_trend():
         theory.kernel_movement_trend([5, 10], [0.0, 0.2])
     with pytest.raises(ValueError, match="expect"):
         theory.kernel_movement_trend([5, 10], [0.1, 0.2], expect="up")
+
+
+def _replicates(seeds: int, reps: int, slope: float = -0.25, rng_seed: int = 7):
+    """Simulated sweeps: ``log Δ = slope·log w + b_seed + ε`` at four widths, seed offsets and noise Gaussian."""
+    rng = np.random.default_rng(rng_seed)
+    widths = np.repeat([16.0, 32.0, 64.0, 128.0], seeds)
+    groups = np.tile(np.arange(seeds), 4)
+    for _ in range(reps):
+        log_mv = slope * np.log(widths) + 0.3 * rng.normal(size=seeds)[groups] + 0.1 * rng.normal(size=widths.size)
+        yield widths, np.exp(log_mv), groups
+
+
+def _percentile_bootstrap(widths, movements, groups, rng, level=0.9, n_boot=1000):
+    """The former interval: whole seeds resampled with replacement, the slope refitted, percentiles (a reference)."""
+    seeds = np.unique(groups)
+    slopes = np.array([np.polyfit(np.log(widths[groups == g]), np.log(movements[groups == g]), 1)[0] for g in seeds])
+    resampled = slopes[rng.integers(seeds.size, size=(n_boot, seeds.size))].mean(axis=1)  # balanced: the pooled fit
+    return np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2])
+
+
+@pytest.mark.parametrize(("seeds", "reps"), [(3, 2000), (5, 1000)])
+def test_the_s4_interval_has_its_coverage_at_the_threshold(seeds, reps):
+    # true slope exactly at −slope_tol: a 90 % interval may say "holds" (entirely ≤ −0.25) in 5 % of the sweeps
+    held = covered = bootstrap_held = 0
+    rng = np.random.default_rng(0)
+    for widths, movements, groups in _replicates(seeds, reps):
+        verdict = theory.kernel_movement_trend(widths, movements, expect="decreasing", groups=groups)
+        lo, hi = verdict.details["interval"]
+        held += verdict.holds
+        covered += lo <= -0.25 <= hi
+        bootstrap_held += _percentile_bootstrap(widths, movements, groups, rng)[1] <= -0.25
+    sd = math.sqrt(0.05 * 0.95 / reps)  # binomial standard deviation of the rate at 5 %
+    assert abs(held / reps - 0.05) <= 3 * sd, held / reps
+    assert abs(covered / reps - 0.90) <= 3 * math.sqrt(0.9 * 0.1 / reps), covered / reps
+    assert bootstrap_held / reps - 0.05 > 3 * sd  # the former percentile bootstrap fails this band
+
+
+def test_the_s4_slope_and_interval_come_from_the_per_seed_slopes():
+    widths = np.repeat([16.0, 64.0, 256.0], 3)
+    groups = np.tile([0, 1, 2], 3)
+    per_seed = np.array([-0.6, -0.5, -0.4])
+    movements = np.exp(per_seed[groups] * np.log(widths) + groups)  # exact lines, one per seed, offsets 0, 1, 2
+    v = theory.kernel_movement_trend(widths, movements, groups=groups)
+    assert v.details["seed_slopes"] == pytest.approx(per_seed) and v.details["slope"] == pytest.approx(-0.5)
+    half = 2.919986 * 0.1 / math.sqrt(3)  # t_{2, 0.95} · sd / √3
+    assert v.details["interval"] == pytest.approx((-0.5 - half, -0.5 + half), rel=1e-6)
+    assert v.details["interval_method"] == "t-interval over the slopes of 3 seeds" and v.holds
