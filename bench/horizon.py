@@ -52,8 +52,17 @@ def run(width: int, n: int, lr: float, steps: int, seed: int) -> dict:
         "width": width, "d": sum(p.numel() for p in model.parameters()), "final_loss": end.loss,
         "d1": end.verdict.status, "exact_floor": end.loss_lower_bound, "residual": end.residual,
         "horizon_initial": start.horizon_loss_floor, "horizon_final": end.horizon_loss_floor,
-        "initial_loss": start.loss,
+        "ratio_initial": lr * float(start.eigenvalues[0]) / data.X_train.shape[0],
+        "ratio_final": lr * float(end.eigenvalues[0]) / data.X_train.shape[0], "initial_loss": start.loss,
     }
+
+
+def _floor(r: dict, when: str) -> str:
+    """A horizon floor as a multiple of the final loss, or why it is not applicable (the step ratio ηλ_max/n)."""
+    floor, step_ratio = r[f"horizon_{when}"], r[f"ratio_{when}"]
+    if floor != floor:  # nan: a premise not met
+        return f"not applicable (ηλ_max/n = {step_ratio:.2f})"
+    return f"{floor:.4f} ({floor / r['final_loss']:.2f}×; ηλ_max/n = {step_ratio:.2f})"
 
 
 def table(rows: list[dict], n: int, lr: float, steps: int) -> str:
@@ -69,8 +78,7 @@ def table(rows: list[dict], n: int, lr: float, steps: int) -> str:
     for r in rows:
         lines.append(
             f"| {r['width']} | {r['d']:,} | {r['final_loss']:.4f} | {r['d1']} | {r['exact_floor']:.2e} | "
-            f"{r['horizon_initial']:.4f} ({r['horizon_initial'] / r['final_loss']:.2f}×) | "
-            f"{r['horizon_final']:.4f} ({r['horizon_final'] / r['final_loss']:.2f}×) |"
+            f"{_floor(r, 'initial')} | {_floor(r, 'final')} |"
         )
     return "\n".join(lines)
 
