@@ -208,6 +208,16 @@ def test_the_horizon_floor_never_falls_below_the_exact_floor():
         assert shorter.horizon_loss_floor >= report.loss_lower_bound
 
 
+def test_the_matrix_free_horizon_follows_the_same_rank_rule():
+    model, X, Y = _linear_problem(torch.logspace(0, -3, 6, dtype=F64))
+    for steps in (200, 10**18):  # a cut inside the top eigenpairs; below the rank tolerance: the exact floor
+        dense = check_alignment(model, (X, Y), probe_size=None, horizon=(0.5, steps))
+        free = check_alignment(model, (X, Y), probe_size=None, horizon=(0.5, steps), path="matrix-free")
+        assert free.horizon_loss_floor == pytest.approx(dense.horizon_loss_floor, rel=1e-9)
+        assert free.horizon_loss_floor >= free.loss_lower_bound
+    assert free.horizon_loss_floor == free.loss_lower_bound
+
+
 def test_the_horizon_of_a_cross_entropy_run_is_not_applicable():
     model, X, _ = _linear_problem(torch.ones(4, dtype=F64), m=3)
     y = torch.arange(X.shape[0]) % 3
