@@ -61,8 +61,8 @@ def _floor(r: dict, when: str) -> str:
     """A horizon floor as a multiple of the final loss, or why it is not applicable (the step ratio ηλ_max/n)."""
     floor, step_ratio = r[f"horizon_{when}"], r[f"ratio_{when}"]
     if floor != floor:  # nan: a premise not met
-        return f"not applicable (ηλ_max/n = {step_ratio:.2f})"
-    return f"{floor:.4f} ({floor / r['final_loss']:.2f}×; ηλ_max/n = {step_ratio:.2f})"
+        return f"not applicable (ηλ_max/n = {step_ratio:.3f})"
+    return f"{floor:.4f} ({floor / r['final_loss']:.2f}×; ηλ_max/n = {step_ratio:.3f})"
 
 
 def table(rows: list[dict], n: int, lr: float, steps: int) -> str:
