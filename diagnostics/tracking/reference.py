@@ -18,8 +18,8 @@ from ..engine import inputs as _inputs
 from ..errors import DiagnosticsError
 from ..store import write_torch
 
-__all__ = ["check_compatible", "check_horizon", "fingerprint", "load_reference", "optimizer_groups",
-           "relative_distance", "save_reference"]
+__all__ = ["check_compatible", "check_horizon", "fingerprint", "load_reference", "relative_distance",
+           "save_reference"]
 
 
 def relative_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -65,16 +65,6 @@ def load_reference(path: Path, device: torch.device) -> dict:
 
 def _to_cpu(value: torch.Tensor | dict) -> torch.Tensor | dict:
     return {k: v.cpu() for k, v in value.items()} if isinstance(value, dict) else value.cpu()
-
-
-def optimizer_groups(optimizer: torch.optim.Optimizer) -> list[dict]:
-    """Describe every parameter group as ``{"name": type(opt).__name__, **its JSON-scalar hyper-parameters}``.
-
-    The form :func:`theory.gradient_descent_premises` reads (a history's ``meta["optimizer"]`` is the first group).
-    """
-    scalar = (bool, int, float, str, type(None))
-    return [{"name": type(optimizer).__name__, **{k: v for k, v in group.items() if isinstance(v, scalar)}}
-            for group in optimizer.param_groups]
 
 
 def check_horizon(horizon: object) -> tuple[float | torch.optim.Optimizer, int] | None:

@@ -47,7 +47,7 @@ from ..targets import Targets
 from . import reference as _ref
 from .cheap import CheapMeasurement, CheapTier
 from .history import History, load_history
-from .meta import Tag, check_tags, describe_optimizer
+from .meta import Tag, check_tags, describe_groups, describe_optimizer
 from .records import (
     CHEAP_COLUMNS,
     COLUMNS,
@@ -326,7 +326,7 @@ class AlignmentTracker:
         outputs, K, theta, grams, (targets, n_params, dtype) = self._observe()
         spectrum = Spectrum.of(K, source_dtype=dtype, rank_tol=self._rank_tol)
         optimizer = self._horizon[0] if self._horizon is not None else None
-        groups = _ref.optimizer_groups(optimizer) if isinstance(optimizer, torch.optim.Optimizer) else None
+        groups = describe_groups(optimizer) if isinstance(optimizer, torch.optim.Optimizer) else None
         report = alignment_from_spectrum(
             outputs, targets, spectrum, n_params=n_params, source_dtype=dtype, residual_tol=self._residual_tol,
             horizon=self._horizon_at(step), horizon_optimizer=groups,
