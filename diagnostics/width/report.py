@@ -326,7 +326,7 @@ def _summary_table(runs: pd.DataFrame) -> pd.DataFrame:
         "(I2) floor": means["final_loss_lower_bound"],
         "horizon residual K_0": means["init_horizon_residual"],
         "horizon floor K_0": means["init_horizon_loss_floor"],
-        "horizon floor K_T": means["final_horizon_floor"],
+        "horizon floor K_T (post hoc)": means["final_horizon_floor"],
         "linearised": means["linearised_loss"],
         "B̄": means["certificate_bar"],
         "‖ν‖": means["init_nu_norm"],
