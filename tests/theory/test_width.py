@@ -86,39 +86,18 @@ def test_kernel_movement_trend():
         theory.kernel_movement_trend([5, 10], [0.1, 0.2], expect="up")
 
 
-def _replicates(seeds: int, reps: int, slope: float = -0.25, rng_seed: int = 7):
-    """Simulated sweeps: ``log Δ = slope·log w + b_seed + ε`` at four widths, seed offsets and noise Gaussian."""
-    rng = np.random.default_rng(rng_seed)
-    widths = np.repeat([16.0, 32.0, 64.0, 128.0], seeds)
-    groups = np.tile(np.arange(seeds), 4)
-    for _ in range(reps):
-        log_mv = slope * np.log(widths) + 0.3 * rng.normal(size=seeds)[groups] + 0.1 * rng.normal(size=widths.size)
-        yield widths, np.exp(log_mv), groups
-
-
-def _percentile_bootstrap(widths, movements, groups, rng, level=0.9, n_boot=1000):
-    """The former interval: whole seeds resampled with replacement, the slope refitted, percentiles (a reference)."""
-    seeds = np.unique(groups)
-    slopes = np.array([np.polyfit(np.log(widths[groups == g]), np.log(movements[groups == g]), 1)[0] for g in seeds])
-    resampled = slopes[rng.integers(seeds.size, size=(n_boot, seeds.size))].mean(axis=1)  # balanced: the pooled fit
-    return np.quantile(resampled, [(1 - level) / 2, (1 + level) / 2])
-
 
 @pytest.mark.parametrize(("seeds", "reps"), [(3, 2000), (5, 1000)])
 def test_the_s4_interval_has_its_coverage_at_the_threshold(seeds, reps):
-    # true slope exactly at −slope_tol: a 90 % interval may say "holds" (entirely ≤ −0.25) in 5 % of the sweeps
-    held = covered = bootstrap_held = 0
-    rng = np.random.default_rng(0)
-    for widths, movements, groups in _replicates(seeds, reps):
-        verdict = theory.kernel_movement_trend(widths, movements, expect="decreasing", groups=groups)
-        lo, hi = verdict.details["interval"]
-        held += verdict.holds
-        covered += lo <= -0.25 <= hi
-        bootstrap_held += _percentile_bootstrap(widths, movements, groups, rng)[1] <= -0.25
+    # seeded sweeps with the true slope exactly at −slope_tol (bench/s4_coverage.py): a 90 % interval may say
+    # "holds" (entirely ≤ −0.25) in 5 % of them
+    from bench.s4_coverage import coverage
+
+    rates = coverage(seeds, reps)
     sd = math.sqrt(0.05 * 0.95 / reps)  # binomial standard deviation of the rate at 5 %
-    assert abs(held / reps - 0.05) <= 3 * sd, held / reps
-    assert abs(covered / reps - 0.90) <= 3 * math.sqrt(0.9 * 0.1 / reps), covered / reps
-    assert bootstrap_held / reps - 0.05 > 3 * sd  # the former percentile bootstrap fails this band
+    assert abs(rates["holds"] - 0.05) <= 3 * sd, rates
+    assert abs(rates["coverage"] - 0.90) <= 3 * math.sqrt(0.9 * 0.1 / reps), rates
+    assert rates["bootstrap_holds"] - 0.05 > 3 * sd, rates  # the former percentile bootstrap fails this band
 
 
 def test_the_s4_slope_and_interval_come_from_the_per_seed_slopes():
