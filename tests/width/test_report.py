@@ -34,5 +34,5 @@ def test_report_folder(report):
     assert html.count("data:image/png;base64,") == len(FIGURES)
     markdown = (folder / "report.md").read_text()
     assert "S1 (counting)" in markdown and "S4 (lazy versus rich)" in markdown
-    assert "## What came closest to the final loss" in markdown and "What the default trades" in markdown
+    assert "## What predicted the final loss" in markdown and "What the default trades" in markdown
     assert "figures/rank.png" in markdown and "figures/loss_predictors.png" in markdown
