@@ -30,14 +30,13 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import vjp
 
 from ..engine import inputs as _inputs
 from ..engine.functional import FunctionalModel, ParamSelector
 from ..errors import DiagnosticsError
 from ..targets import Targets
 
-__all__ = ["CheapMeasurement", "measure_cheap"]
+__all__ = ["CheapMeasurement", "CheapTier"]
 
 
 @dataclass(frozen=True)
@@ -70,38 +69,54 @@ class CheapMeasurement:
     dtype: torch.dtype
 
 
-def measure_cheap(model: nn.Module, x: _inputs.Inputs, y: torch.Tensor, *, loss: str, target: object = None,
-                  params: ParamSelector = None, mode: str = "eval", output: _inputs.OutputSelector = None,
-                  dtype: torch.dtype | None = None) -> CheapMeasurement:
-    """One cheap pass at the model's current parameters (see the module docstring).
+class CheapTier:
+    """The cheap pass on a fixed probe: its targets and prepared inputs are made once, the passes at every record.
 
     Parameters
     ----------
-    model, x, y
-        The model, the probe inputs and their labels.
+    x, y
+        The probe inputs and their labels.
     loss, target
         The loss (``"mse"`` or ``"ce"``) and the alignment target overriding the default, as in
         :class:`~diagnostics.targets.Targets`.
     params, mode, output, dtype
         As in :func:`diagnostics.jacobian`; ``dtype=None`` computes in the model's dtype (at least float32).
     """
-    fm = FunctionalModel(model, params=params, mode=mode, output=output, dtype=dtype)
-    x, n = fm.prepare(x)
-    with fm.measuring():
-        outputs, pull = vjp(lambda p: fm(p, x), fm.params)
-        f = outputs.detach()
-        if not torch.isfinite(f).all():
-            raise DiagnosticsError("the model's outputs contain NaN or inf on the probe")
-        m = f.shape[1]
-        targets = Targets.build(y, n, m, loss, target)
-        f64 = f.to(torch.float64).cpu()
-        gradient, pullback = (fm.flatten(pull(v.to(f))[0]).detach() for v in (targets.loss_gradient(f64), targets.Q))
-    q_sq = float((targets.Q**2).sum())
-    return CheapMeasurement(
-        loss=targets.loss_value(f64),
-        grad_norm=float(gradient.to(torch.float64).norm()),
-        target_quotient=float(pullback.to(torch.float64).norm()) ** 2 / q_sq if q_sq > 0 else float("nan"),
-        pullback=pullback,
-        theta=fm.flatten(fm.params).detach().clone(),
-        n=n, m=m, n_params=fm.n_params, target_norm_sq=q_sq, dtype=fm.dtype,
-    )
+
+    def __init__(self, x: _inputs.Inputs, y: torch.Tensor, *, loss: str, target: object = None,
+                 params: ParamSelector = None, mode: str = "eval", output: _inputs.OutputSelector = None,
+                 dtype: torch.dtype | None = None) -> None:
+        self.x, self.y, self.loss, self.target = x, y, loss, target
+        self.options = {"params": params, "mode": mode, "output": output, "dtype": dtype}
+        self._prepared: tuple[torch.device, torch.dtype, _inputs.Inputs, int] | None = None
+        self._targets: Targets | None = None
+
+    def measure(self, model: nn.Module) -> CheapMeasurement:
+        """One cheap pass at the model's current parameters (see the module docstring)."""
+        fm = FunctionalModel(model, **self.options)
+        if self._prepared is None or self._prepared[:2] != (fm.device, fm.dtype):
+            self._prepared = (fm.device, fm.dtype, *fm.prepare(self.x))
+        x, n = self._prepared[2:]
+        theta = {k: v.detach().requires_grad_(True) for k, v in fm.params.items()}  # copies: the model is untouched
+        with fm.measuring(), torch.enable_grad():
+            outputs = fm(theta, x)
+            f = outputs.detach()
+            if not torch.isfinite(f).all():
+                raise DiagnosticsError("the model's outputs contain NaN or inf on the probe")
+            m = f.shape[1]
+            if self._targets is None or self._targets.Q.shape != (n, m):
+                self._targets = Targets.build(self.y, n, m, self.loss, self.target)
+            targets, f64 = self._targets, f.to(torch.float64).cpu()
+            gradient, pullback = (
+                fm.flatten(dict(zip(theta, torch.autograd.grad(outputs, list(theta.values()), v.to(f),
+                                                               retain_graph=True, allow_unused=True), strict=True)))
+                for v in (targets.loss_gradient(f64), targets.Q))
+        q_sq = float((targets.Q**2).sum())
+        return CheapMeasurement(
+            loss=targets.loss_value(f64),
+            grad_norm=float(gradient.to(torch.float64).norm()),
+            target_quotient=float(pullback.to(torch.float64).norm()) ** 2 / q_sq if q_sq > 0 else float("nan"),
+            pullback=pullback,
+            theta=fm.flatten(fm.params).detach().clone(),
+            n=n, m=m, n_params=fm.n_params, target_norm_sq=q_sq, dtype=fm.dtype,
+        )

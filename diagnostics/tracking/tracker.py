@@ -45,7 +45,7 @@ from ..errors import DiagnosticsError, renamed_argument
 from ..representation import capture_grams, cka_from_grams
 from ..targets import Targets
 from . import reference as _ref
-from .cheap import CheapMeasurement, measure_cheap
+from .cheap import CheapMeasurement, CheapTier
 from .history import History, load_history
 from .meta import Tag, check_tags, describe_optimizer
 from .records import (
@@ -209,7 +209,10 @@ class AlignmentTracker:
         if isinstance(representation, str):
             representation = [representation]
         self.representation = tuple(representation or ())
-        self._cheap_dtype = dtype  # None: the model's own dtype (a cheap record makes no verdict)
+        self._x, self._y = _inputs.probe_data(probe, probe_size, seed)
+        # the cheap tier computes in the model's dtype unless told: it makes no verdict
+        self._cheap = None if full_every is None else CheapTier(
+            self._x, self._y, loss=loss, target=target, params=params, mode=mode, output=output, dtype=dtype)
         dtype = dtype or verdict_dtype(model)
         self._measure_args = {"params": params, "mode": mode, "output": output, "dtype": dtype,
                               "strategy": strategy, "memory_budget": memory_budget}
@@ -218,7 +221,6 @@ class AlignmentTracker:
             optimizer = self._horizon[0]
         self._rank_tol = renamed_argument(rank_tol, tol, "tol", "rank_tol")
         self._residual_tol = residual_tol
-        self._x, self._y = _inputs.probe_data(probe, probe_size, seed)
         fm = FunctionalModel(model, params=params, mode=mode, output=output, dtype=dtype)  # validates early
         meta = {
             "loss": loss, "mode": mode, "dtype": dtype_name(fm.dtype), "params": list(fm.names),
@@ -385,12 +387,10 @@ class AlignmentTracker:
 
     @property
     def _tiered(self) -> bool:
-        return self.full_every is not None
+        return self._cheap is not None
 
     def _measure_cheap(self) -> CheapMeasurement:
-        args = self._measure_args
-        return measure_cheap(self.model, self._x, self._y, loss=self.loss, target=self.target, params=args["params"],
-                             mode=self.mode, output=args["output"], dtype=self._cheap_dtype)
+        return self._cheap.measure(self.model)
 
     def _take_pending(self) -> tuple[Observation | None, CheapMeasurement | None, float]:
         """Return the reference's measurements if the model's parameters and buffers are those they were taken at.

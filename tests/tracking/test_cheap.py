@@ -14,7 +14,7 @@ from torch import nn
 import theory
 from diagnostics import ntk_gram, reference_jacobian
 from diagnostics.tracking import AlignmentTracker, verify_history
-from diagnostics.tracking.cheap import measure_cheap
+from diagnostics.tracking.cheap import CheapTier
 from diagnostics.tracking.tracker import CHEAP_COLUMNS, COLUMNS, TRAILING
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), NO_VMAP_FALLBACK_WARNING]
@@ -50,7 +50,7 @@ def test_cheap_quantities_are_exact_on_every_model_the_full_records_measure(cid,
         f = model.eval()(**x)[output] if isinstance(x, dict) else model.eval()(x)
     model.train()
     y = torch.randn(f.shape, dtype=F64) if loss == "mse" else torch.arange(6) % f.shape[1]
-    cheap = assert_unchanged(model, lambda: measure_cheap(model, x, y, loss=loss, output=output))
+    cheap = assert_unchanged(model, lambda: CheapTier(x, y, loss=loss, output=output).measure(model))
     expected = _expected(reference_jacobian(model, x, output=output), f.to(F64), y, loss)
     assert cheap.dtype == F64 and (cheap.n, cheap.m) == tuple(f.shape)
     assert cheap.loss == pytest.approx(expected["loss"], rel=1e-12)
@@ -62,9 +62,9 @@ def test_cheap_quantities_are_exact_on_every_model_the_full_records_measure(cid,
 def test_cheap_records_compute_in_the_models_dtype_unless_told():
     torch.manual_seed(0)
     model, x, y = CASES["mlp"].model().float(), CASES["mlp"].data(6).float(), torch.arange(6) % 3
-    assert measure_cheap(model, x, y, loss="ce").dtype == torch.float32
-    double = measure_cheap(model, x, y, loss="ce", dtype=F64)
-    single = measure_cheap(model, x, y, loss="ce")
+    assert CheapTier(x, y, loss="ce").measure(model).dtype == torch.float32
+    double = CheapTier(x, y, loss="ce", dtype=F64).measure(model)
+    single = CheapTier(x, y, loss="ce").measure(model)
     assert double.dtype == F64 and single.grad_norm == pytest.approx(double.grad_norm, rel=1e-5)
     tracker = AlignmentTracker(model, (x, y), loss="ce", full_every=2, probe_size=None)
     records = [tracker.measure(0), tracker.measure(1)]
