@@ -211,7 +211,8 @@ def probe_data(data: Any, probe_size: int | None, seed: int) -> tuple[Inputs, to
     """Return the inputs and targets of a seeded probe subset of ``data``.
 
     ``data`` may be a pair ``(X, Y)`` of tensors/arrays (``X`` may be a tuple or dict of tensors),
-    a map-style :class:`~torch.utils.data.Dataset` (or any object with ``len`` and indexing) of samples, or a
+    a map-style :class:`~torch.utils.data.Dataset` (or any object with ``len`` and indexing, or a list of dict
+    samples) of samples, or a
     :class:`~torch.utils.data.DataLoader` (its data set is sampled when it is map-style and its samples are
     collated with the loader's ``collate_fn``, e.g. a padding collator; otherwise the first ``probe_size``
     samples it yields are used). A sample is an ``(x, y)`` pair or, as in Hugging Face data sets, a dict
@@ -224,8 +225,9 @@ def probe_data(data: Any, probe_size: int | None, seed: int) -> tuple[Inputs, to
     if probe_size is not None and probe_size < 1:
         raise DiagnosticsError(f"probe_size must be a positive integer or None, got {probe_size}")
     with random_state_kept():
-        collate, samples = default_collate, is_map_style(data) and not isinstance(
-            data, (tuple, list, Mapping, torch.Tensor, np.ndarray))
+        collate = default_collate
+        samples = (is_map_style(data) and not isinstance(data, (tuple, list, Mapping, torch.Tensor, np.ndarray))
+                   or isinstance(data, list) and len(data) > 0 and all(isinstance(s, Mapping) for s in data))
         if isinstance(data, DataLoader):
             if not is_map_style(data.dataset):
                 return _from_iterable(data, probe_size)

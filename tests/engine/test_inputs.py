@@ -275,6 +275,9 @@ def test_dict_samples_with_labels_are_probes_and_a_loaders_collate_fn_pads_them(
     assert x["input_ids"].shape[1] == 6 and (x["attention_mask"].sum(1) == x["input_ids"].ne(0).sum(1)).all()
     x, y = probe_data(_TokenSamples(10, ragged=False), None, 0)
     assert x["input_ids"].shape == (10, 3) and y.tolist() == [i % 3 for i in range(10)]
+    listed = [_TokenSamples(10, ragged=False)[i] for i in range(10)]  # a list of dict samples, as Trainer takes
+    assert torch.equal(probe_data(listed, 4, 0)[0]["input_ids"],
+                       probe_data(_TokenSamples(10, ragged=False), 4, 0)[0]["input_ids"])
     unlabelled = torch.utils.data.DataLoader([{"input_ids": torch.ones(3)}] * 3, batch_size=2)
     with pytest.raises(DiagnosticsError, match="'labels' entry"):
         probe_data(unlabelled, None, 0)
