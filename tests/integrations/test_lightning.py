@@ -25,9 +25,9 @@ from diagnostics.tracking.history import read_history
 pl = pytest.importorskip("lightning.pytorch")
 from diagnostics.integrations.lightning import AlignmentCallback  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings(
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings(
     "ignore:The number of training batches", "ignore:.*does not have many workers", "ignore:Checkpoint directory",
-    "ignore:.*LeafSpec.*is deprecated", "ignore:The dirpath has changed")
+    "ignore:.*LeafSpec.*is deprecated", "ignore:The dirpath has changed")]
 
 #: Columns that are timings, not measurements.
 TIMING = ["measure_seconds", "wall_time"]
