@@ -160,7 +160,8 @@ def main() -> None:
             run = (t["startup"] + full_records * t["full"] + cheap_records * t["cheap"]) / (runs * t["step"])
             print(f"| {name} | {t['d']:,} | {n} | {10 * n:,} | {1e3 * t['step']:.2f} ms | {1e3 * t['cheap']:.2f} ms "
                   f"| {1e3 * t['cheap float64']:.2f} ms | {1e3 * t['full']:.0f} ms | {1e3 * t['startup']:.0f} ms "
-                  f"| {t['cheap'] / t['step']:.2f}× | {t['startup'] / t['full']:.2f}× | {100 * run:.1f} % |", flush=True)
+                  f"| {t['cheap'] / t['step']:.2f}× | {t['startup'] / t['full']:.2f}× | {100 * run:.1f} % |",
+                  flush=True)
     print(f"\nload average at the end {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
