@@ -128,7 +128,9 @@ class AlignmentCallback(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Create the run's tracker (after a checkpoint was restored) and record the starting step."""
-        if not trainer.is_global_zero:
+        if not trainer.is_global_zero:  # the other processes only keep the cadence, to receive the metrics
+            self.session.schedule(trainer.estimated_stepping_batches)
+            self._record(trainer)
             return
         self._folder = Path(_checkpoint_folder(trainer))
         resume = trainer.ckpt_path is not None
@@ -180,14 +182,21 @@ class AlignmentCallback(pl.Callback):
         return versioned(self._folder / f"{self.name}.jsonl")
 
     def _record(self, trainer: pl.Trainer, final: bool = False) -> None:
-        """Record if due, and hand the measurements to the trainer's metrics and loggers."""
-        step = trainer.global_step
-        record = self.session.record(step, final=final or trainer.should_stop)
-        if record is None:
+        """Record if due, and hand the measurements to the trainer's metrics (on every process) and loggers.
+
+        Rank zero measures; with several processes it broadcasts the metrics, so that a callback monitoring them
+        (``EarlyStopping``, ``ModelCheckpoint``) finds them on every process, as it finds the metrics of
+        ``self.log``.
+        """
+        step, final = trainer.global_step, final or trainer.should_stop
+        if not self.session.due(step, final=final):
             return
-        metrics = self.session.metrics(record)
+        record = self.session.record(step, final=final)
+        metrics = {} if record is None else self.session.metrics(record)
+        if trainer.world_size > 1:
+            metrics = trainer.strategy.broadcast(metrics, src=0)
         trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
-        if self.use_loggers:
+        if metrics and self.use_loggers and trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(metrics, step=step)
 

@@ -9,7 +9,8 @@ trainer's global step. Each run gets a tracker and sinks of its own, so one call
 The cadence follows the trainers' logging intervals (Hugging Face's ``logging_steps``, Lightning's
 ``val_check_interval``): ``every`` is a number of optimiser steps, or a fraction of the run in ``(0, 1)`` (the
 default, :data:`DEFAULT_EVERY`, records about 20 times per run), and the run's last step is always recorded,
-as a full record, whatever its number.
+whatever its number: as a full record when it is known to be the last before it is measured (the run's length
+reached; a run that a callback stops after its step was recorded keeps that record as it is).
 """
 
 from __future__ import annotations
@@ -88,7 +89,24 @@ class TrackingSession:
         self.sinks: list[Sink] = []
         self.tracker: AlignmentTracker | None = None
         self.path: str | None = None
+        #: The run's steps between records and its last step (``None``: unknown), set by :meth:`schedule`.
+        self.steps_between: int | None = None
         self._last: int | None = None
+
+    def schedule(self, total_steps: int | float | None) -> None:
+        """Fix the run's cadence from its length (on every process, so that all agree on the records' steps)."""
+        self.steps_between = resolve_every(self.every, total_steps)
+        self._last = int(total_steps) if total_steps is not None and math.isfinite(total_steps) else None
+
+    def due(self, step: int, *, final: bool = False) -> bool:
+        """Return whether the run records at ``step``.
+
+        It does at multiples of the cadence and at the last step (``final``, or the run's length reached);
+        :meth:`record` measures there unless the history already holds the step.
+        """
+        if self.steps_between is None:
+            return False
+        return final or step % self.steps_between == 0 or (self._last is not None and step >= self._last)
 
     def start(self, model: nn.Module, path: str | os.PathLike[str], *, total_steps: int | float | None,
               resume_at: int | None = None, optimizer: torch.optim.Optimizer | None = None,
@@ -109,13 +127,12 @@ class TrackingSession:
         sinks
             The run's own sinks (the trainer's loggers), after the user's.
         """
-        every = resolve_every(self.every, total_steps)
+        self.schedule(total_steps)
         self.path = os.fspath(path)
-        self.tracker = AlignmentTracker(model, self.probe, probe_size=None, every=every, path=self.path,
+        self.tracker = AlignmentTracker(model, self.probe, probe_size=None, every=self.steps_between, path=self.path,
                                         resume=resume_at is not None, optimizer=optimizer, **self.options)
         if resume_at is not None:
             self.tracker.resume_at(resume_at)
-        self._last = int(total_steps) if total_steps is not None and math.isfinite(total_steps) else None
         self.sinks = [*self.user_sinks, *sinks]
         for sink in self.sinks:
             sink.start(self.settings)
@@ -128,15 +145,13 @@ class TrackingSession:
     def record(self, step: int, *, final: bool = False) -> dict[str, Any] | None:
         """Measure at ``step`` if it is due and send the record to the sinks; return it (``None``: not due).
 
-        A step is due when it is a multiple of ``every`` or the run's last step (``final``, or ``step`` reaching
-        the run's length), and after the last record; the last step's record is a full one.
+        A step is recorded when it is :meth:`due` and after the last record; the last step's record is a full one.
         """
         tracker = self.tracker
-        if tracker is None or (tracker.last_step is not None and step <= tracker.last_step):
+        if tracker is None or not self.due(step, final=final) or (tracker.last_step is not None
+                                                                   and step <= tracker.last_step):
             return None
         final = final or (self._last is not None and step >= self._last)
-        if step % tracker.every and not final:
-            return None
         record = tracker.measure(int(step), full=True if final else None)
         report = tracker.last_report if record.get("tier", "full") == "full" else None
         for sink in self.sinks:

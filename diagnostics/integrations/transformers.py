@@ -1,7 +1,7 @@
 """Alignment tracking in a Hugging Face ``Trainer`` run: ``AlignmentCallback`` (install the extra ``[transformers]``).
 
 >>> from diagnostics.integrations.transformers import AlignmentCallback                # doctest: +SKIP
->>> callback = AlignmentCallback(train_dataset, loss="ce")   # dict samples with "labels", or (inputs, labels)
+>>> callback = AlignmentCallback(train_dataset, loss="ce")  # dict samples with labels  # doctest: +SKIP
 >>> Trainer(model, args, train_dataset=train_dataset, callbacks=[callback]).train()    # doctest: +SKIP
 >>> callback.history                                                                   # doctest: +SKIP
 

@@ -84,9 +84,9 @@ def _loader(digits, reverse: bool = False, shuffle: bool = False) -> DataLoader:
 
 
 def _trainer(root: Path, max_steps: int = STEPS, **kwargs) -> pl.Trainer:
-    options = {"logger": False, "enable_checkpointing": False, "max_steps": max_steps}
+    options = {"logger": False, "enable_checkpointing": False, "max_steps": max_steps, "devices": 1}
     options.update(kwargs)
-    return pl.Trainer(accelerator="cpu", devices=1, precision=PRECISION, default_root_dir=root,
+    return pl.Trainer(accelerator="cpu", precision=PRECISION, default_root_dir=root,
                       enable_progress_bar=False, enable_model_summary=False, **options)
 
 
@@ -270,3 +270,16 @@ def test_ddp_spawn_warns_and_the_launching_process_reads_the_history_file(tmp_pa
     _trainer(tmp_path, strategy="ddp_spawn", callbacks=[callback]).fit(DigitsModule(), _loader(digits))
     assert "callback.history stays empty" in capfd.readouterr().err
     assert callback.session.tracker is None and callback.history.step.tolist() == [0, 2, 4, 6]
+
+
+def test_over_two_processes_early_stopping_on_an_alignment_metric_stops_every_process(tmp_path, digits):
+    """Two gloo processes (forked): rank zero measures and sends the metrics to the other, so EarlyStopping, which
+    reduces its decision over the processes, finds the metric on both."""
+    path = tmp_path / "history.jsonl"
+    callback = AlignmentCallback(digits, path=path, **OPTIONS)
+    stop = pl.callbacks.EarlyStopping(monitor="alignment/loss", stopping_threshold=100.0,
+                                      check_on_train_epoch_end=True)
+    _trainer(tmp_path, max_steps=-1, max_epochs=5, devices=2, strategy="ddp_fork", callbacks=[callback, stop]).fit(
+        DigitsModule(), _loader(digits))
+    # 2 steps per epoch on each process; stopped at the first epoch's end
+    assert callback.history.step.tolist() == [0, 2]

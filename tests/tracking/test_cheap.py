@@ -3,6 +3,7 @@ the tiers in a history, and the first record that reuses the reference's measure
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -37,8 +38,9 @@ def _expected(J: torch.Tensor, f: torch.Tensor, y: torch.Tensor, loss: str) -> d
             "target_quotient": float(pullback @ pullback) / float((Q**2).sum())}
 
 
-@pytest.mark.parametrize(("cid", "loss"), [("mlp", "mse"), ("resnet-bn", "ce"), ("transformer-dict", "ce")])
-def test_cheap_quantities_are_exact_on_every_model_the_full_records_measure(cid, loss):
+@pytest.mark.parametrize(("cid", "loss", "mode"), [("mlp", "mse", "eval"), ("resnet-bn", "ce", "eval"),
+                                                   ("resnet-bn", "ce", "batch"), ("transformer-dict", "ce", "eval")])
+def test_cheap_quantities_are_exact_on_every_model_the_full_records_measure(cid, loss, mode):
     """The transformer's attention (``scaled_dot_product_attention``) has no forward-mode derivative on the CPU:
     the cheap record uses reverse mode only, as the full records do."""
     case = CASES.get(cid) or IO_CASES[cid]
@@ -46,12 +48,16 @@ def test_cheap_quantities_are_exact_on_every_model_the_full_records_measure(cid,
     torch.manual_seed(0)
     model, x = case.model().double(), case.data(6)
     x = x.double() if isinstance(x, torch.Tensor) else x
-    with torch.no_grad():  # the measurement's mode: eval (running statistics, no dropout)
-        f = model.eval()(**x)[output] if isinstance(x, dict) else model.eval()(x)
-    model.train()
+    J = reference_jacobian(model, x, output=output, mode=mode)
+    measured = copy.deepcopy(model).eval()  # the measurement's mode: eval, or batch statistics in batch norm
+    for m in measured.modules():
+        if mode == "batch" and isinstance(m, nn.BatchNorm2d):
+            m.train().track_running_stats = False
+    with torch.no_grad():
+        f = measured(**x)[output] if isinstance(x, dict) else measured(x)
     y = torch.randn(f.shape, dtype=F64) if loss == "mse" else torch.arange(6) % f.shape[1]
-    cheap = assert_unchanged(model, lambda: CheapTier(x, y, loss=loss, output=output).measure(model))
-    expected = _expected(reference_jacobian(model, x, output=output), f.to(F64), y, loss)
+    cheap = assert_unchanged(model, lambda: CheapTier(x, y, loss=loss, output=output, mode=mode).measure(model))
+    expected = _expected(J, f.to(F64), y, loss)
     assert cheap.dtype == F64 and (cheap.n, cheap.m) == tuple(f.shape)
     assert cheap.loss == pytest.approx(expected["loss"], rel=1e-12)
     assert cheap.grad_norm == pytest.approx(expected["grad_norm"], rel=1e-10)
