@@ -147,8 +147,8 @@ class AlignmentCallback(hf.TrainerCallback):
 
     def on_step_end(self, args: hf.TrainingArguments, state: hf.TrainerState, control: hf.TrainerControl,
                     **kwargs: Any) -> None:
-        """Record after the optimiser step if the global step is due."""
-        self._record(args, state, control, final=state.global_step >= state.max_steps)
+        """Record after the optimiser step if the global step is due (the last one in full)."""
+        self._record(args, state, control, final=state.global_step >= state.max_steps or control.should_training_stop)
 
     def on_train_end(self, args: hf.TrainingArguments, state: hf.TrainerState, control: hf.TrainerControl,
                      **kwargs: Any) -> None:
