@@ -134,7 +134,7 @@ def test_a_user_family_on_full_batch_gradient_descent_gets_the_gradient_descent_
     assert runs.loc[2, "linearised_loss"] > 0 and runs.loc[2, "init_horizon_loss_floor"] >= 0
     assert runs.loc[2, "rate_status"] == "not applicable"  # by its own premise: D1 fails below n·m = 480
     assert not runs.loc[8, "linearised_applies"] and not runs.loc[8, "horizon_applies"]
-    assert runs.loc[8, "linearised_reason"].startswith(f"ηλ_max/n = {edge[8]:.3g}: linearised gradient descent")
+    assert runs.loc[8, "linearised_reason"].startswith(f"ηλ_max/n = {edge[8]:.4g}: linearised gradient descent")
     assert math.isnan(runs.loc[8, "linearised_loss"]) and math.isnan(runs.loc[8, "init_horizon_loss_floor"])
     assert runs.loc[8, "rate_applies"]  # the rate bound needs no particular step: judged (by D1 at every record)
     bounds = result.sweep.trajectories.set_index("run_id").loc[runs.loc[8, "run_id"], "rate_bound"]
