@@ -243,6 +243,17 @@ def probe_data(data: Any, probe_size: int | None, seed: int) -> tuple[Inputs, to
     )
 
 
+def data_size(data: Any) -> int | None:
+    """Return the number of samples in ``data`` (as :func:`probe_data` reads it); ``None`` when it cannot tell."""
+    if isinstance(data, DataLoader):
+        data = data.dataset
+    if isinstance(data, Dataset):
+        return len(data) if is_map_style(data) else None
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return batch_size(normalise_inputs(data[0]))
+    return None
+
+
 def is_map_style(ds: Any) -> bool:
     """Whether ``ds`` supports ``len`` and indexing (a map-style data set)."""
     return hasattr(ds, "__len__") and hasattr(ds, "__getitem__")

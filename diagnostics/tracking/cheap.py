@@ -152,7 +152,7 @@ class CheapTier:
         return CheapMeasurement(
             loss=targets.loss_value(f),
             grad_norm=grad_norm,
-            verdict=self._verdict(witness, allowance / q_norm, residual_tol, op.dtype),
+            verdict=self._verdict(witness, allowance / q_norm, residual_tol),
             witness_residual=witness,
             witness_certificate=self._certificate(targets, g, grad_norm, gram, residuals),
             sketch=sketch,
@@ -172,17 +172,13 @@ class CheapTier:
             self._sketch = torch.randn(rows, self.sketch_size, generator=gen, dtype=torch.float64)
         return self._sketch
 
-    def _verdict(self, witness: float, allowance: float, residual_tol: float | None,
-                 dtype: torch.dtype) -> theory.Verdict:
+    def _verdict(self, witness: float, allowance: float, residual_tol: float | None) -> theory.Verdict:
         """D1 from the witness: it holds when the upper bound is below the tolerance; never refuted."""
-        tol = precision.default_residual_tol(dtype) if residual_tol is None else residual_tol
-        resolved = witness + allowance <= tol
-        note = "" if resolved else (
-            f"{self.iterations} warm-started iteration(s) bound the residual from above by {witness:.3e}"
-            + (f" (rounding allowance {allowance:.1e})" if witness <= tol else "")
-            + "; a bound above the tolerance does not refute D1: the full record decides"
-        )
-        return theory.alignment_condition(witness, tol, resolved, note)
+        tol = precision.RESIDUAL_TOL if residual_tol is None else residual_tol
+        reason = (f"{self.iterations} warm-started iteration(s) bound the residual from above by {witness:.3e} "
+                  f"(rounding allowance {allowance:.1e}); a bound above the tolerance does not refute D1: the full "
+                  "record decides")
+        return theory.alignment_condition(witness, tol, bounds=theory.witness_bounds(witness, allowance, reason))
 
     def _certificate(self, targets: Targets, g: torch.Tensor, grad_norm: float, gram: torch.Tensor,
                      residuals: torch.Tensor) -> float:

@@ -96,9 +96,8 @@ def _run(config: SweepConfig, spec: RunSpec, data: DataSplit) -> dict[str, Any]:
     kernels = pd.DataFrame(kernel_path(history["step"].tolist(), grams, targets.Q))
     history = history.merge(kernels, on="step")
     layers += [{"stage": "end", **row} for row in layer_alignment(model, X, targets.Q, dtype, groups)]
-    rate = gradient_descent_rate(lr, losses, grads, history["certificate"], _aligned(history),
-                                 cms=bool((history["output_residual"] <= history["residual_tol"]).all()),
-                                 rtol=RATE_RTOL)
+    rate = gradient_descent_rate(lr, losses, grads, history["certificate"], _over_records(history["d1_status"]),
+                                 cms=_over_records(history["data_level_status"]), rtol=RATE_RTOL)
     initial = Spectrum.of(grams[0], source_dtype=dtype)
     final = Spectrum.of(grams[-1], source_dtype=dtype)
     del grams
@@ -129,12 +128,12 @@ def _run(config: SweepConfig, spec: RunSpec, data: DataSplit) -> dict[str, Any]:
             "coordinates": capture.rows, "layers": layers}
 
 
-def _aligned(history: pd.DataFrame) -> bool | None:
-    """D1 over the records: ``False`` if refuted at one, ``True`` if it holds at all, else ``None`` (undecided)."""
-    statuses = set(history["d1_status"])
-    if "refuted" in statuses:
-        return False
-    return True if statuses == {"holds"} else None
+def _over_records(statuses: pd.Series) -> str:
+    """Return a condition over the records: *refuted* at one, *holds* at all, else *not established* (undecided)."""
+    words = set(statuses)
+    if "refuted" in words:
+        return "refuted"
+    return "holds" if words == {"holds"} else "not established"
 
 
 def _test_metrics(model: torch.nn.Module, data: DataSplit) -> dict[str, float]:
