@@ -86,7 +86,9 @@ def check_alignment(
     rank_tol
         Rank tolerance on the eigenvalues of ``K``; default ``λ_max · nm · eps`` of the Jacobian dtype.
     residual_tol
-        Residual below which the condition is declared to hold; default ``sqrt(eps)``.
+        Residual below which the condition is declared to hold; default ``sqrt(eps(float64))`` whatever the
+        dtype (it belongs to the question; the dtype decides whether the measurement can answer it, and the D1
+        verdict is *not established* where it cannot, ``theory/alignment.md#resolution``).
     params, mode, output, strategy, memory_budget
         As in :func:`diagnostics.jacobian` (on the matrix-free path ``strategy`` goes to the
         :class:`~diagnostics.engine.matrix_free.operator.JacobianOperator`). The manifest says which strategy
@@ -98,7 +100,8 @@ def check_alignment(
         ``precision_note`` says so), falling back to *not established* when float64 would not fit
         ``memory_budget``; on the matrix-free path the report says *not established* and how to re-run.
     probe_size, seed
-        Size and seed of the probe subset (``None``: all the data).
+        Size and seed of the probe subset (``None``: all the data). When the probe is a strict subset, the report
+        also gives D1 on the data given (``data_verdict``, ``theory/alignment.md#subsets``).
     path
         ``"dense"`` (the Gram and its eigen-decomposition), ``"matrix-free"`` (LSQR and Lanczos on
         Jacobian products, memory ``O(nm + d)``,
