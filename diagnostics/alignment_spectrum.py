@@ -181,7 +181,7 @@ MIN_CONLIM = 100.0
 
 
 def measured_bounds(spectrum: Spectrum | OperatorSpectrum, q: torch.Tensor, residual: float, n_params: int,
-            source_dtype: torch.dtype) -> theory.ResidualBounds | None:
+                    source_dtype: torch.dtype) -> theory.ResidualBounds | None:
     """Where the exact residual of ``q`` lies, given this measurement (``theory/alignment.md#resolution``).
 
     ``None`` under a user-supplied rank rule (it states its own question); on the matrix-free path the LSQR

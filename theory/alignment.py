@@ -102,7 +102,10 @@ def residual_bounds(residual: float, *, rows: int, n_params: int, kept_rank: int
         return ResidualBounds(0.0, upper, (
             f"the residual lies in the {rows - r} directions the rank rule discards (eigenvalues ≤ {delta:.2e}, the "
             f"resolution); up to {bound - r} of them may belong to Col J with eigenvalues below it (kept rank {r} < "
-            f"min(nm, d) = {bound}), so a Gram within the resolution has q ∈ Col J"))
+            f"min(nm, d) = {bound}), so a Gram within the resolution has q ∈ Col J. Only a kept rank that reaches "
+            "min(nm, d) can show q ∉ Col J; a J rank-deficient by construction (inputs that are 0 in every sample, "
+            "dead or rescalable ReLU units, softmax outputs) never does, and its residual says how much of q lies "
+            "outside every direction the measurement resolves"))
     if gap <= tau + delta:
         return ResidualBounds(0.0, upper, (
             f"the kept rank reaches min(nm, d) = {bound}, but its smallest eigenvalue {smallest_kept:.2e} is within "
