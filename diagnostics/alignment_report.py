@@ -8,6 +8,7 @@ The quantities are those of ``theory/alignment.md``; every pass/fail word comes 
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -137,6 +138,12 @@ class AlignmentReport:
         return self.verdict.holds
 
     @property
+    def residual_bounds(self) -> theory.ResidualBounds:
+        """Where the exact residual lies, given this measurement (``theory/alignment.md#resolution``)."""
+        details = self.verdict.details
+        return theory.ResidualBounds(details.get("lower", self.residual), details.get("upper", self.residual))
+
+    @property
     def full_rank(self) -> bool:
         """``rank J = nm``: every target is in ``Col(J)``; read the alignment curve instead."""
         return self.rank == self.n_outputs
@@ -178,12 +185,12 @@ class AlignmentReport:
         scope = f" on a probe of {self.n_samples:,} of the {self.n_data:,} samples" if probe else ""
         lines = [f"Alignment condition D1 (Q ∈ Col J){scope}: {self.verdict.status}{note}"]
         if self.verdict.status == theory.NOT_ESTABLISHED:
-            lines.append(f"  why: {self.verdict.details['reason']}")
+            lines.append(_wrapped(f"  why: {self.verdict.details['reason']}"))
         if probe:
             data = self.data_verdict
-            lines.append(f"  on all {self.n_data:,} samples given: {data.status}"
-                         + (f" — {data.details['reason']}" if data.status == theory.NOT_ESTABLISHED else
-                            f" (a ≥ a_probe‖Q_probe‖/‖Q‖ = {data.lhs:.3e} > {data.rhs:.1e})"))
+            lines.append(_wrapped(f"  on all {self.n_data:,} samples given: {data.status}"
+                                  + (f" — {data.details['reason']}" if data.status == theory.NOT_ESTABLISHED else
+                                     f" (a ≥ a_probe‖Q_probe‖/‖Q‖ = {data.lhs:.3e} > {data.rhs:.1e})")))
         lines += [
             f"  {'probe' if probe else 'measured'}: n={self.n_samples} samples × m={m} outputs = {self.n_outputs} "
             f"rows; d={self.n_params:,} parameters; mode={self.mode}, {self.dtype}",
@@ -254,6 +261,11 @@ class AlignmentReport:
                         else f"λ ≥ {span}·λ_max: not computed (matrix-free: top eigenpairs only)")
             start = end + 1
         return rows
+
+
+def _wrapped(line: str, width: int = 116) -> str:
+    """Wrap a long report line at ``width``, indenting its continuation under its text."""
+    return textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False)
 
 
 def _same(a: float, b: float) -> bool:

@@ -368,7 +368,7 @@ def test_a_probe_names_both_scopes():
     assert data.status == "not established" and "12,970 > d = 3,130" in data.details["reason"]
     lines = str(report).splitlines()
     assert lines[0].startswith("Alignment condition D1 (Q ∈ Col J) on a probe of 128 of the 1,297 samples: holds")
-    assert lines[1].startswith("  on all 1,297 samples given: not established") and "probe_size=None" in lines[1]
+    assert lines[1].startswith("  on all 1,297 samples given: not established") and "probe_size=None" in str(report)
     assert report.to_dict()["data_verdict"]["status"] == "not established"
 
 
