@@ -99,7 +99,7 @@ def convergence_rate_check(times: ArrayLike, losses: ArrayLike, certificate_bar:
 
 def gradient_descent_rate(step_sizes: float | ArrayLike, losses: ArrayLike, grad_norms_sq: ArrayLike,
                           certificate_bar: float | ArrayLike, aligned: bool | str | ArrayLike | None = None,
-                          cms: bool | None = None, rtol: float = 1e-6, recipe: Sequence[Premise] = ()) -> Verdict:
+                          cms: bool | str | None = None, rtol: float = 1e-6, recipe: Sequence[Premise] = ()) -> Verdict:
     r"""(I3) Gradient-descent rate: ``1/L_k ≥ 1/L_0 + 4τ_k/B̄² − ρ_k`` at every step of a measured run.
 
     ``τ_k = Σ_{j<k, δ_j>0} δ_j/‖∇L_j‖²`` is the effective time of the steps that lower the loss and

@@ -8,8 +8,9 @@ bound ratio, the (I2) decomposition gap and loss floor) plus how far the represe
     Δ_K^init(t) = ‖K_t − K_0‖_F / ‖K_0‖_F,    Δ_K^prev(t) = ‖K_t − K_t'‖_F / ‖K_t'‖_F,
     Δ_θ(t) = ‖θ_t − θ_0‖ / ‖θ_0‖,
 
-(``t'`` the previous record; theory/width.md#s4-lazy-versus-rich) and, for chosen modules, the linear CKA between their
-activations now and at the reference (:mod:`diagnostics.representation`).
+(``t'`` the previous record; theory/width.md#s4-lazy-versus-rich), the kernel–target alignment
+``QᵀKQ/(‖K‖_F‖Q‖²)`` and, for chosen modules, the linear CKA between their activations now and at the reference
+(:mod:`diagnostics.representation`).
 
 With ``full_every=``, most records are cheap ones (:mod:`~diagnostics.tracking.cheap`: a few Jacobian
 products instead of the Gram and its spectrum) and every ``full_every``-th is full.
@@ -332,6 +333,7 @@ class AlignmentTracker:
             "kernel_movement_prev": math.nan if self._previous_K is None
             else _ref.relative_distance(K, self._previous_K),
             "param_movement": _ref.relative_distance(theta, ref["theta0"]),
+            "kernel_target_alignment": _ref.kernel_target_alignment(K, targets.Q),
         })
         for name in self.representation:
             record[f"cka_{name}"] = cka_from_grams(grams[name], ref["grams"][name])

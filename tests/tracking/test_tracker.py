@@ -90,6 +90,9 @@ def test_movements_and_parameter_subset_match_direct_computation():
     movement = float((theta - theta0).norm() / theta0.norm())
     assert record["param_movement"] == pytest.approx(movement, rel=1e-12)
     assert record["kernel_movement_init"] == pytest.approx(float((K - K0).norm() / K0.norm()), rel=1e-10)
+    q = Y.double().reshape(-1)  # the squared loss's alignment target Q = Y, stacked sample-major as K's rows
+    alignment = float(q @ K @ q) / (float(K.norm()) * float(q @ q))
+    assert record["kernel_target_alignment"] == pytest.approx(alignment, rel=1e-10)
 
 
 def test_the_horizon_follows_the_optimiser_and_the_steps_left():
