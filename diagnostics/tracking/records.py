@@ -27,8 +27,7 @@ COLUMNS = (
     "step", "loss", "grad_norm", "residual", "residual_lower", "aligned", "d1_status", "rank", "n_outputs", "n_params",
     "lambda_max", "lambda_min_kept", "effective_rank", "certificate", "nu_norm", "bound", "bound_ratio",
     "bound_truncation", "decomposition_gap", "output_residual", "data_level_status", "loss_lower_bound",
-    "target_loss", "horizon_residual",
-    "horizon_loss_floor", "kernel_movement_init",
+    "target_loss", "horizon_residual", "horizon_loss_floor", "horizon_note", "kernel_movement_init",
     "kernel_movement_prev", "param_movement", "kernel_target_alignment",
 )
 #: Columns after the CKA columns: timing, then what makes a record self-describing for :mod:`.verify`.
@@ -67,7 +66,9 @@ def report_columns(report: AlignmentReport) -> dict[str, Any]:
         "target_loss": report.target_loss,
         "horizon_residual": report.horizon_residual,
         "horizon_loss_floor": report.horizon_loss_floor,
+        "horizon_note": report.horizon_note,
     }
+
 
 
 def trailing_columns(n: int, target_norm_sq: float, residual_tol: float, dtype: torch.dtype, loss: str,

@@ -48,7 +48,7 @@ from ..targets import Targets
 from . import reference as _ref
 from .cheap import CheapMeasurement, CheapTier
 from .history import History, load_history
-from .meta import Tag, check_tags, describe_optimizer
+from .meta import Tag, check_tags, describe_groups, describe_optimizer
 from .records import (
     CHEAP_COLUMNS,
     COLUMNS,
@@ -123,7 +123,12 @@ class AlignmentTracker:
         ``(η, T)``: the training's step size (a number, or the optimiser, whose first parameter group's
         ``lr`` is read at every record so that schedules are followed) and its total number of steps. Each
         record then has the part of ``Q`` that the remaining ``T − step`` steps cannot fit,
-        ``horizon_residual``, and its loss floor ``horizon_loss_floor`` (``nan`` without a horizon).
+        ``horizon_residual``, and its loss floor ``horizon_loss_floor`` (``nan`` without a horizon), and in
+        ``horizon_note`` the premises of :func:`theory.gradient_descent_premises`: plain gradient steps (observed
+        from an optimiser: momentum, Adam and weight decay make the horizon *not applicable*, its columns
+        ``nan``; a number is taken as plain gradient descent, assumed), full batches (assumed: the tracker does
+        not see the batches), the squared loss (not met for ``loss="ce"``) and the stable step
+        ``ηλ_max/n ≤ 2`` (observed at every record).
     tol
         Former name of ``rank_tol`` (deprecated).
     full_every
@@ -366,9 +371,11 @@ class AlignmentTracker:
         """Build the full record from an observation: its spectrum and every quantity of the alignment report."""
         outputs, K, theta, grams, targets, n_params, dtype = observation
         spectrum = Spectrum.of(K, source_dtype=dtype, rank_tol=self._rank_tol)
+        optimizer = self._horizon[0] if self._horizon is not None else None
+        groups = describe_groups(optimizer) if isinstance(optimizer, torch.optim.Optimizer) else None
         report = alignment_from_spectrum(
             outputs, targets, spectrum, n_params=n_params, source_dtype=dtype, residual_tol=self._residual_tol,
-            horizon=self._horizon_at(step),
+            horizon=self._horizon_at(step), horizon_optimizer=groups,
         )
         self.last_report = report
         ref = self._reference

@@ -118,6 +118,27 @@ def test_the_horizon_follows_the_optimiser_and_the_steps_left():
         AlignmentTracker(model, (X, Y), probe_size=None, horizon=(opt, 0))
 
 
+@pytest.mark.parametrize(("make", "why"), [
+    (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), "momentum"),
+    (lambda p: torch.optim.Adam(p, lr=0.05), "Adam is not plain gradient descent"),
+    (lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=1e-3), "weight decay"),
+])
+def test_the_horizon_is_not_applicable_to_an_optimiser_other_than_plain_gradient_descent(make, why):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+    X, Y = torch.randn(12, 4, dtype=torch.float64), torch.randn(12, 2, dtype=torch.float64)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.05)
+    plain = AlignmentTracker(model, (X, Y), probe_size=None, horizon=(sgd, 200))
+    record = plain.step(0)
+    assert math.isfinite(record["horizon_loss_floor"])
+    assert record["horizon_note"].startswith("assumed: full batch")  # the tracker does not see the batches
+    other = AlignmentTracker(model, (X, Y), probe_size=None, horizon=(make(model.parameters()), 200))
+    record = other.step(0)  # the same lr, kernel and steps: only the optimiser differs
+    assert math.isnan(record["horizon_loss_floor"]) and math.isnan(record["horizon_residual"])
+    assert record["horizon_note"].startswith("not applicable") and why in record["horizon_note"]
+    assert why in str(other.last_report)
+
+
 def test_progress_bar_and_summary(capsys):
     X, Y = _regression()
     model = _mlp()

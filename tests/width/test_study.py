@@ -136,7 +136,7 @@ def test_a_user_family_on_full_batch_gradient_descent_gets_the_gradient_descent_
     # Gram cannot show it (theory/alignment.md#resolution): the rate rests on an undecided premise, never refuted
     assert runs.loc[2, "final_d1_status"] == "not established" and runs.loc[2, "rate_status"] != "refuted"
     assert not runs.loc[8, "linearised_applies"] and not runs.loc[8, "horizon_applies"]
-    assert runs.loc[8, "linearised_reason"].startswith(f"ηλ_max/n = {edge[8]:.3g}: linearised gradient descent")
+    assert runs.loc[8, "linearised_reason"].startswith(f"ηλ_max/n = {edge[8]:.4g}: linearised gradient descent")
     assert math.isnan(runs.loc[8, "linearised_loss"]) and math.isnan(runs.loc[8, "init_horizon_loss_floor"])
     assert runs.loc[8, "rate_applies"]  # the rate bound needs no particular step: judged (by D1 at every record)
     bounds = result.sweep.trajectories.set_index("run_id").loc[runs.loc[8, "run_id"], "rate_bound"]
