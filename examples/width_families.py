@@ -202,17 +202,20 @@ def bert_study(widths: list[int] | None = None, seeds: list[int] | None = None, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m examples.width_families --out DIR``: run :func:`bert_study`, write its report, print the time."""
+    """``python -m examples.width_families --out DIR``: run :func:`bert_study`, write its report, print the time.
+
+    Finished runs are kept in ``DIR/runs/``; a rerun resumes from them.
+    """
     parser = argparse.ArgumentParser(description="The width study of a BERT built from its config (AdamW, "
                                                  "minibatches, cross-entropy) and its report.")
-    parser.add_argument("--out", type=Path, required=True, help="the report's folder")
+    parser.add_argument("--out", type=Path, required=True, help="the report's folder (finished runs in DIR/runs)")
     parser.add_argument("--widths", default="16,32,64,128", help="comma-separated")
     parser.add_argument("--seeds", default="0,1", help="comma-separated")
     parser.add_argument("--jobs", type=int, default=None, help="local processes (default: the CPUs available)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     result = bert_study([int(w) for w in args.widths.split(",")], [int(s) for s in args.seeds.split(",")],
-                        jobs=args.jobs)
+                        folder=args.out, jobs=args.jobs)
     result.report(args.out)
     print(result)
     print(f"report: {args.out}; wall time {time.perf_counter() - start:.0f} s")

@@ -22,6 +22,9 @@ EXPECTED = {
     "04_aligned_training.ipynb": (2, ["THEOREM", "Switch at iteration",
                                       "| penultimate/rank-one |"]),
     "05_training_frameworks.ipynb": (1, ["(3 full, 18 cheap)", "history file:", "I4 ", "alignment/grad_norm"]),
+    "06_your_model_family.ipynb": (7, ["Width study: make-bert on data", "What applies to what was run",
+                                       "linearised: AdamW is not plain gradient descent",
+                                       "rate: minibatches of 16 of 64 samples", "report.md", "**S1 (counting).**"]),
 }
 
 
