@@ -32,7 +32,9 @@ naming the module whose forward was running (recorded by forward pre-hooks) and 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,6 +51,14 @@ MODES = ("eval", "batch")
 #: Why a parameter is held fixed, by how it was left out.
 FROZEN = "requires_grad=False: training does not move it (params='all' measures it)"
 UNSELECTED = "not selected by params="
+RANDOM_FORWARD = (
+    "the model draws random numbers in eval mode (e.g. F.dropout(h, training=True) or noise in forward). "
+    "Measurements with random masks are not reproducible, so they are refused; make the forward deterministic "
+    "in eval mode, or pass a fixed mask as an input."
+)
+#: Attribute values that configure a module (``eps``, ``stride``, ``track_running_stats``); with its type,
+#: parameters, buffers and hooks they make up its structure (:func:`survey`).
+CONFIGURATION = (bool, int, float, str, type(None))
 
 
 class FunctionalModel:
@@ -128,6 +138,8 @@ class FunctionalModel:
         self.tf32_outside: tuple[bool, bool] | None = None
         #: Whether :meth:`prepare` copied inputs from the CPU to the model's device.
         self.inputs_moved = False
+        #: The model's structure (:func:`survey`): what the engine's memory of a model is keyed on.
+        self.structure, self._attributes = survey(model)
         self._trace = ModuleTrace(model)
         if mode == "batch":
             _refuse_synchronised_batch_norm(model)
@@ -175,41 +187,56 @@ class FunctionalModel:
         Also records the per-sample shape of the selected output in :attr:`output_shape`.
         """
         n = _inputs.leaves(x)[0].shape[0]
-        attributes = _tensor_attributes(self.module)
-        saved = {key: t.clone() for key, t in attributes.items()}
-        state = {**self.fixed, **self.params, **self.buffers}
-        versions = {k: v._version for k, v in state.items()}
         with torch.no_grad():
-            try:
+            with self.unchanged():
                 selected = _inputs.pick_output(self._forward_or_explain(x, "these inputs"), self.output, n)
-            finally:
-                changed = [k for k, t in attributes.items() if t._version != saved[k]._version]
-                for key in changed:
-                    attributes[key].copy_(saved[key])
-            changed += [k for k, v in state.items() if v._version != versions[k]]
-            if changed:
-                raise UnsupportedModelError(
-                    f"the model's forward updates {', '.join(repr(k) for k in changed)} in place (in "
-                    f"{_owners(changed)}), so the measured function would change from one call to the "
-                    "next. Compute a new tensor instead of updating a buffer or attribute, or update it "
-                    "only when self.training is True (measurements run in eval mode)."
-                )
             self.output_shape = tuple(selected.shape[1:])
             out = selected.reshape(n, -1)
             if not torch.isfinite(out).all():
                 raise DiagnosticsError("the model's outputs contain NaN or inf on these inputs")
             if not forwards_agree(self(self.params, x), out):
                 raise UnsupportedModelError(
-                    "two forward passes on the same inputs give different outputs: the model draws "
-                    "random numbers in eval mode (e.g. F.dropout(h, training=True) or noise in forward). "
-                    "Measurements with random masks are not reproducible, so they are refused; make "
-                    "the forward deterministic in eval mode, or pass a fixed mask as an input."
-                )
+                    f"two forward passes on the same inputs give different outputs: {RANDOM_FORWARD}")
             if per_sample:
                 problem = self.per_sample_problem(x, out)
                 if problem:
                     raise UnsupportedModelError(problem)
         return out
+
+    @contextlib.contextmanager
+    def unchanged(self, *, random: bool = False) -> Iterator[None]:
+        """Refuse a forward inside that updates the model's state in place (or, with ``random``, draws random numbers).
+
+        Checked on exit, at the cost of reading version counters: a parameter, buffer or tensor attribute
+        updated in place → :class:`UnsupportedModelError` (the measured function would change between
+        calls), the user's tensor attributes put back first; with ``random``, a forward that advanced the
+        global random generator of the CPU or of the model's device → :class:`UnsupportedModelError` (a
+        measurement with random masks is not reproducible). The checks :meth:`check_forward` makes once,
+        made cheap enough to guard every later measurement of a model already validated.
+        """
+        attributes = self._attributes
+        saved = {key: t.clone() for key, t in attributes.items()}
+        versions = {key: t._version for key, t in attributes.items()}
+        state = {**self.fixed, **self.params, **self.buffers}
+        state_versions = {k: v._version for k, v in state.items()}
+        rng = _rng_states(self.device) if random else None
+        try:
+            yield
+        finally:
+            changed = [k for k, t in attributes.items() if t._version != versions[k]]
+            with torch.no_grad():
+                for key in changed:
+                    attributes[key].copy_(saved[key])
+        changed += [k for k, v in state.items() if v._version != state_versions[k]]
+        if changed:
+            raise UnsupportedModelError(
+                f"the model's forward updates {', '.join(repr(k) for k in changed)} in place (in "
+                f"{_owners(changed)}), so the measured function would change from one call to the "
+                "next. Compute a new tensor instead of updating a buffer or attribute, or update it "
+                "only when self.training is True (measurements run in eval mode)."
+            )
+        if rng is not None and not all(torch.equal(a, b) for a, b in zip(rng, _rng_states(self.device), strict=True)):
+            raise UnsupportedModelError(RANDOM_FORWARD)
 
     def per_sample_problem(self, x: _inputs.Inputs, out: torch.Tensor) -> str:
         """Why a per-sample strategy cannot measure this model on ``x`` (``""`` when it can).
@@ -329,6 +356,29 @@ class FunctionalModel:
             restore.close()
 
 
+class PerModel:
+    """What the engine remembers between calls, per model (weakly referenced: never keeps a model alive) and key."""
+
+    def __init__(self) -> None:
+        self._facts: weakref.WeakKeyDictionary[nn.Module, dict[Hashable, Any]] = weakref.WeakKeyDictionary()
+
+    def get(self, model: nn.Module, key: Hashable) -> Any:
+        """Return what is remembered for ``model`` and ``key``, or ``None``."""
+        return self._facts.get(model, {}).get(key)
+
+    def put(self, model: nn.Module, key: Hashable, value: Any) -> None:
+        """Remember ``value`` for ``model`` and ``key``."""
+        self._facts.setdefault(model, {})[key] = value
+
+    def forget(self, model: nn.Module, key: Hashable) -> None:
+        """Forget what is remembered for ``model`` and ``key``."""
+        self._facts.get(model, {}).pop(key, None)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._facts.clear()
+
+
 def default_dtype(model_dtype: torch.dtype) -> torch.dtype:
     """Return the compute dtype when none is asked for: the model's, at least float32 (never half precision)."""
     if model_dtype in (torch.float16, torch.bfloat16):
@@ -371,18 +421,49 @@ def _select(named: dict[str, torch.Tensor], params: ParamSelector) -> tuple[tupl
     return tuple(names), "selected by params="
 
 
-def _tensor_attributes(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Plain tensor attributes of the modules (neither parameters nor buffers), by dotted path.
+def survey(model: nn.Module) -> tuple[tuple, dict[str, torch.Tensor]]:
+    """Return the model's structure and its plain tensor attributes, in one pass over its modules.
 
-    Inference-mode tensors are left out: they have no version counter, and outside inference mode (where
-    measurements run) an in-place update of one is an error anyway.
+    The structure is what a measurement's function depends on other than the values of its tensors:
+    for every module its name, type, configuration (attribute values of :data:`CONFIGURATION` types and
+    tuples of them, the names of functions it holds) and number of hooks; the names, shapes, dtypes and
+    ``requires_grad`` of the parameters; the names, shapes and dtypes of the buffers. It is hashable and
+    its ``repr`` is the same in every process (no object ids). Training changes none of it; replacing a
+    layer, an activation or a hook, or setting ``track_running_stats``, changes it.
+
+    The tensor attributes are the modules' tensors that are neither parameters nor buffers, by dotted
+    path; inference-mode tensors are left out (they have no version counter, and outside inference mode,
+    where measurements run, an in-place update of one is an error anyway).
     """
-    found = {}
+    modules, attributes = [], {}
     for mod_name, mod in model.named_modules():
+        config = []
         for attr, value in vars(mod).items():
-            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and not value.is_inference():
-                found[f"{mod_name}.{attr}" if mod_name else attr] = value
-    return found
+            if isinstance(value, torch.Tensor):
+                if not isinstance(value, nn.Parameter) and not value.is_inference():
+                    attributes[f"{mod_name}.{attr}" if mod_name else attr] = value
+            elif attr != "training" and _configures(value):
+                config.append((attr, value))
+            elif callable(value) and not isinstance(value, nn.Module) and hasattr(value, "__qualname__"):
+                config.append((attr, value.__qualname__))
+        hooks = (len(mod._forward_pre_hooks), len(mod._forward_hooks))
+        modules.append((mod_name, f"{type(mod).__module__}.{type(mod).__qualname__}", tuple(config), hooks))
+    params = tuple((k, tuple(p.shape), str(p.dtype), p.requires_grad) for k, p in model.named_parameters())
+    buffers = tuple((k, tuple(b.shape), str(b.dtype)) for k, b in model.named_buffers())
+    return (tuple(modules), params, buffers), attributes
+
+
+def _configures(value: object) -> bool:
+    return isinstance(value, CONFIGURATION) or (
+        isinstance(value, tuple) and all(isinstance(v, CONFIGURATION) for v in value))
+
+
+def _rng_states(device: torch.device) -> list[torch.Tensor]:
+    """Return the states of the global random generators: the CPU's, and the model's CUDA device's."""
+    states = [torch.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states
 
 
 def _owners(paths: list[str]) -> str:
