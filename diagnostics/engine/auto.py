@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from .measurement import Measurement
 
 __all__ = [
-    "BOUND_RATIO", "CHOICES", "CHUNK_ROWS", "JUDGING_SHARE", "RATE_GUESS", "SEARCH_ROWS", "SLICE_MIN_SAMPLES",
+    "BOUND_RATIO", "CHOICES", "CHUNK_ROWS", "JUDGING_SHARE", "RATE_GUESS", "SLICE_MIN_SAMPLES", "SLICE_MIN_SECONDS",
     "SLICE_RATIO", "STARTUP_GUESS", "choose", "fall_back", "knowledge", "learn",
 ]
 
@@ -54,12 +54,12 @@ JUDGING_SHARE = 0.4
 BOUND_RATIO = 2.0
 #: A plan predicted from timed slices to take this many times the fastest timed plan is ruled out.
 SLICE_RATIO = 1.5
-#: Problems of fewer samples are judged on the whole problem only (slices would be no cheaper).
+#: Slices are ``n/SLICE_MIN_SAMPLES`` and twice as many samples; problems of fewer samples, or whose fastest plan
+#: takes less than :data:`SLICE_MIN_SECONDS` (fixed costs would dominate a slice's time), are timed whole only.
 SLICE_MIN_SAMPLES = 16
+SLICE_MIN_SECONDS = 0.05
 #: Rows ``c·m`` of a chunk of the untimed ``vjp``-by-chunks plan (the chunk search refines ``c``).
 CHUNK_ROWS = 128
-#: Rows ``c·m`` of the first chunk the chunk search times (it doubles ``c`` while the predicted whole improves).
-SEARCH_ROWS = 64
 #: Seconds assumed for ``torch.func``'s one-time start-up before it has been measured on this machine.
 STARTUP_GUESS = 1.0
 #: Seconds assumed for timing the rate of matrix products before it has been measured on this machine.
@@ -99,6 +99,8 @@ def choose(job: Measurement) -> Choice:
                        "in this process), which the time spent judging plans will pay")
         return _choice(know, plan, reason)
     plan = _default(job, know)
+    if _startup(job, plan):  # paid apart, so that the measurement's time, which auto records, does not include it
+        _pay_startup(job)
     if know.no_vmap:
         reason = f"auto: {plan.label}, because vmap cannot run the model over samples: {know.no_vmap}"
     else:
@@ -197,8 +199,9 @@ def _next_step(job: Measurement, know: Knowledge) -> tuple[float, Plan | None, C
             continue
         estimate = max(know.bounds.get(plan.label, 0.0), best)
         if family:
-            steps.append((startup + _SLICES_COST * estimate, plan, lambda p=plan: _chunk_search(job, know, p)))
-        elif plan.label not in know.predicted and job.n >= SLICE_MIN_SAMPLES:
+            cost = _SLICES_COST * estimate
+            steps.append((startup + cost, plan, lambda p=plan, c=cost: _chunk_search(job, know, p, c)))
+        elif plan.label not in know.predicted and _sliced(job, know):
             steps.append((startup + _SLICES_COST * estimate, plan, lambda p=plan: _slices(job, know, p)))
         else:
             cost = startup + know.predicted.get(plan.label, estimate)
@@ -216,11 +219,16 @@ def _candidates(job: Measurement, know: Knowledge) -> list[tuple[Plan, bool]]:
     for base in bases:
         if base.label in know.chunks:
             found.append((_chunked(job, base, know.chunks[base.label]), False))
-        elif job.n >= SLICE_MIN_SAMPLES:
+        elif _sliced(job, know):
             found.append((base, True))
         else:  # too few samples for a search: the default chunk
             found.append((_chunked(job, base, max(1, -(-CHUNK_ROWS // job.m))), False))
     return found
+
+
+def _sliced(job: Measurement, know: Knowledge) -> bool:
+    """Whether plans are judged on slices before the whole problem (enough samples, and time for slices to tell)."""
+    return job.n >= SLICE_MIN_SAMPLES and know.fastest() >= SLICE_MIN_SECONDS
 
 
 def _ruled_out(know: Knowledge, plan: Plan) -> bool:
@@ -244,13 +252,18 @@ def _bound(job: Measurement, know: Knowledge, plan: Plan) -> None:
 
 
 def _slices(job: Measurement, know: Knowledge, plan: Plan) -> None:
-    """Time ``plan`` on two slices of the batch and predict the whole; rule it out when predicted too slow."""
+    """Time ``plan`` on two slices of the batch and predict the whole; rule it out when predicted too slow.
+
+    A first run on the smaller slice absorbs one-time costs; a plan whose first run alone, scaled to the whole
+    batch, would take ``2 · SLICE_RATIO`` times the fastest plan is ruled out then.
+    """
     s1 = max(1, job.n // SLICE_MIN_SAMPLES)
     s2, best = 2 * s1, know.fastest()
     try:
         warm = _timed_slice(job, plan, s1)[0]
-        if warm >= best:
-            know.rule_out(plan, f"slower on {s1} samples ({warm * 1e3:.3g} ms) than the fastest on all {job.n}")
+        if warm * job.n / s1 >= 2 * SLICE_RATIO * best:
+            know.rule_out(plan, f"{warm * 1e3:.3g} ms on {s1} of {job.n} samples, against {best * 1e3:.3g} ms for "
+                                "the fastest on all")
             return
         (t1, p1), (t2, p2) = _timed_slice(job, plan, s1), _timed_slice(job, plan, s2, keep=True)
         pn = _product_flops(job, plan, job.n)
@@ -267,21 +280,24 @@ def _slices(job: Measurement, know: Knowledge, plan: Plan) -> None:
         know.predict(plan, seconds)
 
 
-def _chunk_search(job: Measurement, know: Knowledge, base: Plan) -> None:
+def _chunk_search(job: Measurement, know: Knowledge, base: Plan, allowance: float) -> None:
     """Time ``base`` by chunks of doubling size while the predicted whole improves; keep the best chunk's plan.
 
     A chunk is a slice of the batch, so ``n/c`` times its time (less its Gram products) is the whole batch's.
+    The search starts at ``n/SLICE_MIN_SAMPLES`` samples and stops before a chunk would take it past
+    ``allowance`` seconds.
     """
-    size = min(job.n, max(1, -(-SEARCH_ROWS // job.m)))
-    best, rate, fastest = None, _rate(job), know.fastest()
+    size = max(1, job.n // SLICE_MIN_SAMPLES)
+    best, rate, fastest, used = None, _rate(job), know.fastest(), 0.0
     try:
         while True:
             seconds, flops = _timed_slice(job, base, size, keep=True)
+            used += seconds
             total = max(seconds - flops / rate, 0.0) * job.n / size + _product_flops(job, base, job.n) / rate
             if best is not None and total >= best[0]:
                 break
             best = (total, size)
-            if size >= job.n or 2 * seconds > total or seconds > fastest:  # the next chunk would cost more
+            if size >= job.n or total >= SLICE_RATIO * fastest or used + 2 * seconds > allowance:
                 break
             size = min(job.n, 2 * size)
     except Exception as exc:  # noqa: BLE001 - a plan that cannot run is ruled out, saying why
@@ -292,7 +308,7 @@ def _chunk_search(job: Measurement, know: Knowledge, base: Plan) -> None:
     know.chunks[base.label] = best[1]
     plan = _chunked(job, base, best[1])
     if best[0] >= SLICE_RATIO * fastest:
-        know.rule_out(base, f"predicted {best[0] * 1e3:.3g} ms with its best chunk ({best[1]} samples), ≥ "
+        know.rule_out(base, f"predicted {best[0] * 1e3:.3g} ms with chunks of {best[1]} samples, ≥ "
                             f"{SLICE_RATIO:g}× the fastest timed")
     elif plan.label not in know.timed:
         know.predict(plan, best[0])
