@@ -1,4 +1,4 @@
-"""First calls in a fresh process, and ``auto`` warmed until it has judged every plan (docs/benchmarks.md §5).
+"""First calls in a fresh process, and ``auto`` warmed until it has judged every plan.
 
 Most users call ``check_alignment`` once, so the first call is what they see. ``first_calls`` times it: one
 fresh Python process per method, which imports torch, the library and the model's own library (as a
@@ -9,7 +9,8 @@ anywhere), and again with what that call left there (its first call in every lat
 
     python -m bench.first_call --suite zoo --model gru-classifier --n 32 --method "ours: auto"
 
-prints one line of JSON: the seconds, and for ``auto`` the plan and why.
+prints one line of JSON: the seconds, and for ``auto`` the plan and why. Results: docs/benchmarks.md,
+"Models people bring".
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ methods taking turns, after warm-up calls (``auto``'s until it has judged every 
 difference to the per-output autograd loop in float64, what ``auto`` chose and why, and ``auto`` against the
 fastest. A method that cannot run the model says why. Then the cost of ``check_cms`` against
 ``check_alignment`` on the same probe (both in float64, their CPU default). The process's own ``auto``
-starts with an empty cache folder. Results: docs/benchmarks.md §5.
+starts with an empty cache folder. Results: docs/benchmarks.md, "Models people bring".
 """
 
 from __future__ import annotations
