@@ -127,7 +127,7 @@ def learn(job: Measurement, seconds: float) -> None:
 def fall_back(job: Measurement, exc: PerSampleFailure) -> Choice:
     """Return the plan that replaces ``auto``'s per-sample plan after ``vmap`` failed over samples (and remember it)."""
     know = knowledge(job)
-    _no_vmap(know, exc)
+    _no_vmap(job, know, exc)
     choice_store.write(_digest(job), know.to_dict())
     plan = _default(job, know)
     return _choice(know, plan, f"auto fell back to {plan.label}, because vmap cannot run the model over samples: "
@@ -158,6 +158,8 @@ def _default(job: Measurement, know: Knowledge) -> Plan:
     """Return the plan taken untimed: structured, else ``vmap(jacrev)``; without ``vmap``, ``vjp`` by chunks."""
     if not know.no_vmap:
         return PLANS["structured"] if job.eligible else PLANS["jacrev"]
+    if _structured_alone(job):
+        return PLANS["structured"]
     base = NO_VMAP[1]  # the structured layers would only add work to vjp over the same chunks until timed
     return _chunked(job, base, know.chunks.get(base.label) or max(1, -(-CHUNK_ROWS // job.m)))
 
@@ -212,7 +214,8 @@ def _next_step(job: Measurement, know: Knowledge) -> tuple[float, Plan | None, C
 def _candidates(job: Measurement, know: Knowledge) -> list[tuple[Plan, bool]]:
     """Return the plans to judge as ``(plan, family)``: a family is ``vjp`` by chunks, its chunk not yet searched."""
     if know.no_vmap:
-        plans, bases = [], ([NO_VMAP[0]] if job.eligible else []) + [NO_VMAP[1]]
+        plans = [PLANS["structured"]] if _structured_alone(job) else []
+        bases = ([NO_VMAP[0]] if job.eligible and not plans else []) + [NO_VMAP[1]]
     else:
         plans, bases = ([PLANS["structured"]] if job.eligible else []) + [PLANS["jacrev"]], [NO_VMAP[1]]
     found = [(p, False) for p in plans]
@@ -268,7 +271,7 @@ def _slices(job: Measurement, know: Knowledge, plan: Plan) -> None:
         (t1, p1), (t2, p2) = _timed_slice(job, plan, s1), _timed_slice(job, plan, s2, keep=True)
         pn = _product_flops(job, plan, job.n)
     except Exception as exc:  # noqa: BLE001 - a plan that cannot run is ruled out, saying why
-        _failed(know, plan, exc)
+        _failed(job, know, plan, exc)
         return
     finally:
         job.probed = None
@@ -301,7 +304,7 @@ def _chunk_search(job: Measurement, know: Knowledge, base: Plan, allowance: floa
                 break
             size = min(job.n, 2 * size)
     except Exception as exc:  # noqa: BLE001 - a plan that cannot run is ruled out, saying why
-        _failed(know, base, exc)
+        _failed(job, know, base, exc)
         return
     finally:
         job.probed = None
@@ -322,25 +325,31 @@ def _whole(job: Measurement, know: Knowledge, plan: Plan) -> None:
         if best < seconds < 1.25 * best:
             seconds = min(seconds, _timed_slice(job, plan, job.n)[0])
     except Exception as exc:  # noqa: BLE001 - a plan that cannot run is ruled out, saying why
-        _failed(know, plan, exc)
+        _failed(job, know, plan, exc)
         return
     know.time(plan, seconds)
 
 
-def _failed(know: Knowledge, plan: Plan, exc: Exception) -> None:
+def _failed(job: Measurement, know: Knowledge, plan: Plan, exc: Exception) -> None:
     """Rule out a plan that failed; a ``vmap`` failure rules out every per-sample plan."""
     if isinstance(exc, PerSampleFailure):
-        _no_vmap(know, exc)
+        _no_vmap(job, know, exc)
     elif isinstance(exc, (DiagnosticsError, RuntimeError, NotImplementedError)):
         know.rule_out(plan, f"{type(exc).__name__}: {_first_sentence(exc)}")
     else:
         raise exc
 
 
-def _no_vmap(know: Knowledge, exc: PerSampleFailure) -> None:
+def _no_vmap(job: Measurement, know: Knowledge, exc: PerSampleFailure) -> None:
+    """Remember that ``vmap`` cannot run the model over samples; rule out the plans that need it."""
     know.no_vmap = _first_sentence(exc)
-    for plan in (PLANS["structured"], PLANS["jacrev"]):
+    for plan in (PLANS["jacrev"], *(() if _structured_alone(job) else (PLANS["structured"],))):
         know.rule_out(plan, "vmap cannot run the model over samples")
+
+
+def _structured_alone(job: Measurement) -> bool:
+    """Whether the structured path's layers hold every measured parameter (it then needs neither vmap nor vjp)."""
+    return job.eligible.issuperset(job.fm.names)
 
 
 def _timed_slice(job: Measurement, plan: Plan, count: int, keep: bool = False) -> tuple[float, float]:
@@ -414,7 +423,7 @@ def _rate(job: Measurement) -> float:
 
 def _uses_torch_func(job: Measurement, plan: Plan) -> bool:
     """Whether ``plan`` differentiates some parameters with ``torch.func`` (all but the structured layers')."""
-    return plan.strategy != "structured" or not job.eligible.issuperset(job.fm.names)
+    return plan.strategy != "structured" or not _structured_alone(job)
 
 
 def _startup(job: Measurement, plan: Plan) -> float:

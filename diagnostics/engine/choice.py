@@ -1,24 +1,23 @@
-r"""How ``strategy="auto"`` chooses: plans, the timed probe's cost model, and the per-model cache.
+r"""How ``strategy="auto"`` chooses: the plans, the cost model of its predictions, and what it knows of a problem.
 
 A :class:`Plan` is one exact way to compute ``J`` and ``K`` (``theory/alignment.md#setup``): the structured
 path with the other parameters by per-sample ``vmap(jacrev)`` or by ``vjp``; per-sample ``vmap(jacrev)``; or
-``vjp``, over the whole batch or chunk by chunk. ``auto`` keeps the plans that can run the model (samples
-that interact leave whole-batch ``vjp``; a model ``vmap`` cannot run over samples, such as a recurrent
-layer or a padding mask read in Python, leaves ``vjp`` by chunks) and, on problems large enough for the
-choice to matter, picks the fastest by a timed probe on small slices of the samples, extrapolated to the
-whole batch by :func:`predict`:
+``vjp``, over the whole batch or chunk by chunk. ``auto`` (:mod:`~diagnostics.engine.auto`) keeps the plans
+that can run the model (samples that interact leave whole-batch ``vjp``; a model ``vmap`` cannot run over
+samples, such as a recurrent layer or a padding mask read in Python, leaves ``vjp`` by chunks) and judges
+them, recording what it finds in a :class:`Knowledge` per problem. A plan timed on two slices of the batch
+is extrapolated to the whole by :func:`predict`:
 
 .. math::
 
     t(n) = a + b\,n^e + \frac{\mathrm{FLOPs}_{\text{products}}(n)}{\text{matmul rate}},
 
-with ``a`` and ``b`` fitted to the probe's times less their products' share (``e = 1`` when ``J`` is
+with ``a`` and ``b`` fitted to the slices' times less their products' share (``e = 1`` when ``J`` is
 formed sample by sample or chunk by chunk, ``e = 2`` when each row is pulled back through the whole
 batch), the product FLOPs counted exactly from the layer shapes, and the rate of one matrix product
-timed once per process. For ``vjp`` by chunks the slice *is* a chunk, so ``n/c`` times its time (less
-products) is the whole batch's: the probe doubles ``c`` while that improves. The choice is cached per
-model, input shapes, dtype, mode, parameters and result (:class:`ChoiceCache`), so a tracker or a
-benchmark pays for the probe once.
+timed once per machine (:func:`matmul_rate`). The products' FLOPs alone bound a plan's time from below
+before it runs. For ``vjp`` by chunks a slice *is* a chunk, so ``n/c`` times its time (less products) is
+the whole batch's.
 """
 
 from __future__ import annotations

@@ -7,13 +7,18 @@ parameters, chosen mode and dtype, memory budget), chooses how to differentiate 
 :func:`~diagnostics.engine.jacobian.jacobian`, :func:`~diagnostics.engine.jacobian.ntk_gram` — and
 every check built on them runs inside one.
 
+Validation (:meth:`FunctionalModel.check_forward`: a forward on two samples before any large one, the
+forwards on the whole batch, the per-sample check) runs once per model structure and inputs' layout
+(:data:`VALIDATED`); a later call checks only what can change without either — the values (parameters,
+inputs and result finite) and what the forward does (no in-place update, no random draw) — and validates
+again on any failure, so that its error is validation's own.
+
 ``strategy="auto"`` always works where some strategy does: it differentiates the whole batch (``vjp``)
-when the samples interact or in ``mode="batch"``; otherwise it times the plans that run on two small
-slices and takes the fastest (on problems of fewer than :data:`PROBE_MIN_ROWS` rows the structured path
-without timing, and after a measurement that was not quick, the plans timed on the whole problem for
-the next call); and when ``vmap`` cannot run the model over
-samples it falls back by itself to plans without it (the other parameters by ``vjp``, over the whole
-batch or chunk by chunk). The manifest says what it chose and why.
+when the samples interact or in ``mode="batch"``; otherwise it takes the fastest plan timed on this
+problem, in this process or an earlier one, or a plan untimed on a first call, and judges the others
+within a budget after each measurement (:mod:`~diagnostics.engine.auto`); when ``vmap`` cannot run the
+model over samples it falls back by itself to plans without it (the other parameters by ``vjp``, over
+the whole batch or chunk by chunk). The manifest says what it chose and why.
 """
 
 from __future__ import annotations
