@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import weakref
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -43,7 +44,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import DiagnosticsError, UnsupportedModelError
 from . import inputs as _inputs
-from .precision import forwards_agree, tf32_off
+from .precision import all_finite, forwards_agree, tf32_off
 from .refusals import ModuleTrace, refusal
 
 ParamSelector = None | str | Sequence[str] | Callable[[str, torch.Tensor], bool]
@@ -59,6 +60,7 @@ RANDOM_FORWARD = (
 #: Attribute values that configure a module (``eps``, ``stride``, ``track_running_stats``); with its type,
 #: parameters, buffers and hooks they make up its structure (:func:`survey`).
 CONFIGURATION = (bool, int, float, str, type(None))
+_SCALARS = frozenset(CONFIGURATION)
 
 
 class FunctionalModel:
@@ -102,7 +104,8 @@ class FunctionalModel:
             raise DiagnosticsError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if mode not in MODES:
             raise DiagnosticsError(f"mode must be one of {MODES}, got {mode!r}")
-        named = dict(model.named_parameters())
+        found = survey(model)
+        named = found.parameters
         if not named:
             raise DiagnosticsError("the model has no parameters: there is no Jacobian to measure")
         first = next(iter(named.values()))
@@ -110,9 +113,10 @@ class FunctionalModel:
         self.dtype = dtype or default_dtype(first.dtype)
         if not self.dtype.is_floating_point:
             raise DiagnosticsError(f"dtype must be a floating dtype, got {self.dtype}")
-        for name, p in named.items():
-            if not torch.isfinite(p.detach()).all():
-                raise DiagnosticsError(f"parameter {name!r} contains NaN or inf values")
+        floating = {k: p.detach() for k, p in named.items() if p.is_floating_point()}
+        if not all_finite(list(floating.values())):
+            bad = next(k for k, p in floating.items() if not torch.isfinite(p).all())
+            raise DiagnosticsError(f"parameter {bad!r} contains NaN or inf values")
         self.module = model
         self.mode = mode
         self.output = output
@@ -126,7 +130,7 @@ class FunctionalModel:
             copies = {k: _ordinary(v.detach(), self.dtype) for k, v in named.items()}
             self.buffers = {
                 k: _ordinary(v.detach(), self.dtype if v.is_floating_point() else v.dtype, copy=True)
-                for k, v in model.named_buffers()
+                for k, v in found.buffers.items()
             }
         self.params = {k: copies[k] for k in self.names}
         self.fixed = {k: v for k, v in copies.items() if k not in self.params}
@@ -138,8 +142,8 @@ class FunctionalModel:
         self.tf32_outside: tuple[bool, bool] | None = None
         #: Whether :meth:`prepare` copied inputs from the CPU to the model's device.
         self.inputs_moved = False
-        #: The model's structure (:func:`survey`): what the engine's memory of a model is keyed on.
-        self.structure, self._attributes = survey(model)
+        #: The model's structure (:attr:`Survey.structure`): what the engine's memory of a model is keyed on.
+        self.structure, self._attributes = found.structure, found.attributes
         self._trace = ModuleTrace(model)
         if mode == "batch":
             _refuse_synchronised_batch_norm(model)
@@ -421,41 +425,63 @@ def _select(named: dict[str, torch.Tensor], params: ParamSelector) -> tuple[tupl
     return tuple(names), "selected by params="
 
 
-def survey(model: nn.Module) -> tuple[tuple, dict[str, torch.Tensor]]:
-    """Return the model's structure and its plain tensor attributes, in one pass over its modules.
+@dataclass(frozen=True)
+class Survey:
+    """What one pass over a model's modules finds (:func:`survey`).
 
-    The structure is what a measurement's function depends on other than the values of its tensors:
-    for every module its name, type, configuration (attribute values of :data:`CONFIGURATION` types and
-    tuples of them, the names of functions it holds) and number of hooks; the names, shapes, dtypes and
-    ``requires_grad`` of the parameters; the names, shapes and dtypes of the buffers. It is hashable and
-    its ``repr`` is the same in every process (no object ids). Training changes none of it; replacing a
-    layer, an activation or a hook, or setting ``track_running_stats``, changes it.
-
-    The tensor attributes are the modules' tensors that are neither parameters nor buffers, by dotted
-    path; inference-mode tensors are left out (they have no version counter, and outside inference mode,
-    where measurements run, an in-place update of one is an error anyway).
+    Attributes
+    ----------
+    structure
+        What a measurement's function depends on other than the values of its tensors: for every module
+        its name, type, configuration (attribute values of :data:`CONFIGURATION` types and tuples of them,
+        the names of functions it holds) and number of forward hooks; the names, shapes, dtypes and
+        ``requires_grad`` of the parameters; the names, shapes and dtypes of the buffers. It is hashable
+        and its ``repr`` is the same in every process (no object ids). Training changes none of it;
+        replacing a layer, an activation or a hook, or setting ``track_running_stats``, changes it.
+    parameters, buffers
+        As ``named_parameters()`` and ``named_buffers()`` give them (each tensor once).
+    attributes
+        The modules' tensors that are neither parameters nor buffers, by dotted path; inference-mode tensors
+        are left out (they have no version counter, and outside inference mode, where measurements run, an
+        in-place update of one is an error anyway).
     """
-    modules, attributes = [], {}
+
+    structure: tuple
+    parameters: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    attributes: dict[str, torch.Tensor]
+
+
+def survey(model: nn.Module) -> Survey:
+    """Return the model's structure, parameters, buffers and plain tensor attributes, in one pass over its modules."""
+    modules, parameters, buffers, attributes, seen = [], {}, {}, {}, set()
     for mod_name, mod in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        for kind, found in ((mod._parameters, parameters), (mod._buffers, buffers)):
+            for k, t in kind.items():
+                if t is not None and id(t) not in seen:
+                    seen.add(id(t))
+                    found[prefix + k] = t
         config = []
         for attr, value in vars(mod).items():
-            if isinstance(value, torch.Tensor):
+            if type(value) in _SCALARS:
+                if attr != "training":
+                    config.append((attr, value))
+            elif isinstance(value, torch.Tensor):
                 if not isinstance(value, nn.Parameter) and not value.is_inference():
-                    attributes[f"{mod_name}.{attr}" if mod_name else attr] = value
-            elif attr != "training" and _configures(value):
+                    attributes[prefix + attr] = value
+            elif isinstance(value, tuple) and all(isinstance(v, CONFIGURATION) for v in value):
                 config.append((attr, value))
             elif callable(value) and not isinstance(value, nn.Module) and hasattr(value, "__qualname__"):
                 config.append((attr, value.__qualname__))
         hooks = (len(mod._forward_pre_hooks), len(mod._forward_hooks))
         modules.append((mod_name, f"{type(mod).__module__}.{type(mod).__qualname__}", tuple(config), hooks))
-    params = tuple((k, tuple(p.shape), str(p.dtype), p.requires_grad) for k, p in model.named_parameters())
-    buffers = tuple((k, tuple(b.shape), str(b.dtype)) for k, b in model.named_buffers())
-    return (tuple(modules), params, buffers), attributes
-
-
-def _configures(value: object) -> bool:
-    return isinstance(value, CONFIGURATION) or (
-        isinstance(value, tuple) and all(isinstance(v, CONFIGURATION) for v in value))
+    structure = (
+        tuple(modules),
+        tuple((k, tuple(p.shape), str(p.dtype), p.requires_grad) for k, p in parameters.items()),
+        tuple((k, tuple(b.shape), str(b.dtype)) for k, b in buffers.items()),
+    )
+    return Survey(structure, parameters, buffers, attributes)
 
 
 def _rng_states(device: torch.device) -> list[torch.Tensor]:
