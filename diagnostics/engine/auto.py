@@ -206,7 +206,7 @@ def _next_step(job: Measurement, know: Knowledge) -> tuple[float, Plan | None, C
         elif plan.label not in know.predicted and _sliced(job, know):
             steps.append((startup + _SLICES_COST * estimate, plan, lambda p=plan: _slices(job, know, p)))
         else:
-            cost = startup + know.predicted.get(plan.label, estimate)
+            cost = startup + 2 * know.predicted.get(plan.label, estimate)
             steps.append((cost, plan, lambda p=plan: _whole(job, know, p)))
     return min(steps, key=lambda s: s[0], default=None)
 
@@ -318,11 +318,11 @@ def _chunk_search(job: Measurement, know: Knowledge, base: Plan, allowance: floa
 
 
 def _whole(job: Measurement, know: Knowledge, plan: Plan) -> None:
-    """Time ``plan`` on the whole problem (twice when the first run is close behind the fastest)."""
+    """Time ``plan`` on the whole problem: the faster of two runs (one run when the first is far behind)."""
     best = know.fastest()
     try:
         seconds = _timed_slice(job, plan, job.n)[0]
-        if best < seconds < 1.25 * best:
+        if seconds < SLICE_RATIO * best:  # a second run, so that one slow spell of the machine does not decide
             seconds = min(seconds, _timed_slice(job, plan, job.n)[0])
     except Exception as exc:  # noqa: BLE001 - a plan that cannot run is ruled out, saying why
         _failed(job, know, plan, exc)
