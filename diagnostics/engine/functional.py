@@ -208,22 +208,19 @@ class FunctionalModel:
         return out
 
     @contextlib.contextmanager
-    def unchanged(self, *, random: bool = False) -> Iterator[None]:
-        """Refuse a forward inside that updates the model's state in place (or, with ``random``, draws random numbers).
+    def unchanged(self) -> Iterator[None]:
+        """Refuse a forward inside that updates the model's state in place.
 
         Checked on exit, at the cost of reading version counters: a parameter, buffer or tensor attribute
         updated in place → :class:`UnsupportedModelError` (the measured function would change between
-        calls), the user's tensor attributes put back first; with ``random``, a forward that advanced the
-        global random generator of the CPU or of the model's device → :class:`UnsupportedModelError` (a
-        measurement with random masks is not reproducible). The checks :meth:`check_forward` makes once,
-        made cheap enough to guard every later measurement of a model already validated.
+        calls), the user's tensor attributes put back first. The check :meth:`check_forward` makes on its
+        forward, cheap enough to guard every later measurement of a model already validated.
         """
         attributes = self._attributes
         saved = {key: t.clone() for key, t in attributes.items()}
         versions = {key: t._version for key, t in attributes.items()}
         state = {**self.fixed, **self.params, **self.buffers}
         state_versions = {k: v._version for k, v in state.items()}
-        rng = _rng_states(self.device) if random else None
         try:
             yield
         finally:
@@ -239,8 +236,13 @@ class FunctionalModel:
                 "next. Compute a new tensor instead of updating a buffer or attribute, or update it "
                 "only when self.training is True (measurements run in eval mode)."
             )
-        if rng is not None and not all(torch.equal(a, b) for a, b in zip(rng, _rng_states(self.device), strict=True)):
-            raise UnsupportedModelError(RANDOM_FORWARD)
+
+    def random_states(self) -> list[torch.Tensor]:
+        """Return the states of the global random generators: the CPU's, and the model's CUDA device's."""
+        states = [torch.get_rng_state()]
+        if self.device.type == "cuda":
+            states.append(torch.cuda.get_rng_state(self.device))
+        return states
 
     def per_sample_problem(self, x: _inputs.Inputs, out: torch.Tensor) -> str:
         """Why a per-sample strategy cannot measure this model on ``x`` (``""`` when it can).
@@ -482,14 +484,6 @@ def survey(model: nn.Module) -> Survey:
         tuple((k, tuple(b.shape), str(b.dtype)) for k, b in buffers.items()),
     )
     return Survey(structure, parameters, buffers, attributes)
-
-
-def _rng_states(device: torch.device) -> list[torch.Tensor]:
-    """Return the states of the global random generators: the CPU's, and the model's CUDA device's."""
-    states = [torch.get_rng_state()]
-    if device.type == "cuda":
-        states.append(torch.cuda.get_rng_state(device))
-    return states
 
 
 def _owners(paths: list[str]) -> str:

@@ -64,18 +64,23 @@ class Validated:
         not otherwise, ``None`` while it has not been made.
     eligible
         The measured parameters of layers the structured path can cover (:attr:`Measurement.eligible`).
+    draws
+        Whether the forward draws random numbers that its outputs do not depend on (found on a later call;
+        the random generators are watched no more).
     """
 
     m: int
     output_shape: tuple[int, ...]
     per_sample: str | None = None
     eligible: frozenset[str] | None = None
+    draws: bool = False
 
 
 #: Validations that passed, per model and :attr:`Measurement.key`. A measurement of a model whose structure and
 #: inputs' layout were validated in this process skips the validation forwards and checks instead what can
 #: change between calls (the values: parameters and result finite; the forward: no in-place update, no random
-#: draw); on any failure it validates again, so the error is the one validation gives.
+#: draw — or, after one, two forwards that agree); on any failure it validates again, so the error is the one
+#: validation gives.
 VALIDATED = PerModel()
 
 
@@ -217,21 +222,30 @@ class Measurement:
         return self.known.per_sample
 
     def _guarded(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """Run ``compute``; after a validation skipped, with the per-call checks (:meth:`FunctionalModel.unchanged`).
+        """Run ``compute``; after a validation skipped, with the per-call checks that stand in for it.
 
-        A failure other than the engine's own errors is explained by validating again (:meth:`_explain`).
+        The state is watched for in-place updates (:meth:`FunctionalModel.unchanged`), and the random
+        generators for draws: a forward that drew random numbers is validated again (two forwards that
+        differ are refused; a model whose outputs do not depend on its draws is watched no more). A failure
+        other than the engine's own errors is explained by validating again (:meth:`_explain`).
         """
         if not self.validated_before:
             return compute()
+        before = None if self.known.draws else self.fm.random_states()
         try:
-            with self.fm.unchanged(random=True):
-                return compute()
+            with self.fm.unchanged():
+                result = compute()
         except DiagnosticsError:
             VALIDATED.forget(self.fm.module, self.key)
             raise
         except Exception:
             self._explain()
             raise
+        if before is not None and not all(map(torch.equal, before, self.fm.random_states())):
+            self._explain()  # raises when two forwards differ
+            VALIDATED.put(self.fm.module, self.key, self.known)
+            self.known.draws = True
+        return result
 
     def _explain(self) -> None:
         """After a failure on a model validated before: validate again, so that its error is validation's own."""

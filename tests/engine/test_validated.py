@@ -163,3 +163,26 @@ def test_validation_is_remembered_per_model_and_layout():
     with Measurement(model, x, dtype=torch.float32) as job:  # another dtype
         assert not job.validated_before
     assert VALIDATED.get(model, key).m == 3
+
+
+class DrawsButIgnores(nn.Module):
+    """Draws random numbers in forward but multiplies them by zero: deterministic, so measured (and the draw undone)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.lin(x) + 0 * torch.rand_like(x[:, :1])
+
+
+def test_a_forward_whose_outputs_ignore_its_random_draws_is_measured_on_later_calls_as_on_the_first():
+    torch.manual_seed(0)
+    model = DrawsButIgnores().double()
+    x = torch.randn(6, 4, dtype=F64)
+    K = assert_unchanged(model, lambda: ntk_gram(model, x, strategy="vjp"))
+    with Measurement(model, x, strategy="vjp") as job:
+        again = assert_unchanged(model, job.gram)  # the draw seen: validated again, two forwards agree
+        assert job.known.draws and VALIDATED.get(model, job.key) is job.known
+    torch.testing.assert_close(again, K, rtol=0, atol=0)
+    torch.testing.assert_close(K, reference_gram(model, x), rtol=0, atol=ATOL)
