@@ -89,9 +89,10 @@ class Measurement:
 
     Used as a context manager: entering sets the measurement mode (:meth:`FunctionalModel.measuring`),
     refuses a result that cannot fit the memory budget (from a forward on one or two samples, before
-    any forward on the whole batch), runs the validation forward (:meth:`FunctionalModel.check_forward`)
-    and chooses the plan; inside, :meth:`gram`, :meth:`jacobian_columns` and :meth:`contractions`
-    compute; leaving restores the model's modes and the TF32 switches.
+    any forward on the whole batch), runs the validation forward (:meth:`FunctionalModel.check_forward`;
+    once per model structure and inputs' layout, :data:`VALIDATED`) and chooses the plan; inside,
+    :meth:`gram`, :meth:`jacobian_columns` and :meth:`contractions` compute; leaving restores the
+    model's modes and the TF32 switches.
 
     Parameters
     ----------
@@ -114,6 +115,9 @@ class Measurement:
         Whether the samples are known to be independent (a per-sample plan's check passed).
     structured
         Parameters whose Gram columns came from the structured path (after :meth:`gram`).
+    key, known, validated_before
+        What validation and ``auto``'s knowledge are keyed on; what validation found (:class:`Validated`);
+        whether it was found by an earlier call (the per-call checks then stand in for it).
     """
 
     def __init__(
