@@ -19,8 +19,8 @@ most ``1 + JUDGING_SHARE`` times its plan's own, and later calls take a faster p
 timed. A plan is judged in up to three steps, the cheapest first, each of which can rule it out: a lower
 bound from its Gram products' FLOPs (ruled out at :data:`BOUND_RATIO` times the fastest timed, without
 running it); timed slices of the batch, extrapolated to the whole (:func:`~diagnostics.engine.choice.predict`,
-ruled out at :data:`SLICE_RATIO` times); a run on the whole problem. Only plans timed on the whole problem
-are chosen. :func:`fall_back` replaces a per-sample plan that met a model ``vmap`` cannot run over samples.
+ruled out at :data:`SLICE_RATIO` times); runs on the whole problem, taking turns with the fastest plan (so
+that a busy machine slows both alike). Only plans timed on the whole problem are chosen. :func:`fall_back` replaces a per-sample plan that met a model ``vmap`` cannot run over samples.
 """
 
 from __future__ import annotations
@@ -206,7 +206,7 @@ def _next_step(job: Measurement, know: Knowledge) -> tuple[float, Plan | None, C
         elif plan.label not in know.predicted and _sliced(job, know):
             steps.append((startup + _SLICES_COST * estimate, plan, lambda p=plan: _slices(job, know, p)))
         else:
-            cost = startup + 2 * know.predicted.get(plan.label, estimate)
+            cost = startup + 2 * (know.predicted.get(plan.label, estimate) + best)
             steps.append((cost, plan, lambda p=plan: _whole(job, know, p)))
     return min(steps, key=lambda s: s[0], default=None)
 
@@ -318,16 +318,22 @@ def _chunk_search(job: Measurement, know: Knowledge, base: Plan, allowance: floa
 
 
 def _whole(job: Measurement, know: Knowledge, plan: Plan) -> None:
-    """Time ``plan`` on the whole problem: the faster of two runs (one run when the first is far behind)."""
-    best = know.fastest()
+    """Time ``plan`` on the whole problem against the fastest plan, the two taking turns, twice.
+
+    Its time is recorded as the fastest plan's recorded time scaled by the ratio of the two plans' faster
+    runs: taking turns, the two meet the same spells of a busy machine, so the ratio holds where each
+    time alone would not.
+    """
+    best = min((k for k in know.timed if not _ruled_out(know, know.plans[k])), key=know.timed.get)
+    runs: dict[str, list[float]] = {plan.label: [], best: []}
     try:
-        seconds = _timed_slice(job, plan, job.n)[0]
-        if seconds < SLICE_RATIO * best:  # a second run, so that one slow spell of the machine does not decide
-            seconds = min(seconds, _timed_slice(job, plan, job.n)[0])
+        for _ in range(2):
+            for each in (plan, know.plans[best]):
+                runs[each.label].append(_timed_slice(job, each, job.n)[0])
     except Exception as exc:  # noqa: BLE001 - a plan that cannot run is ruled out, saying why
         _failed(job, know, plan, exc)
         return
-    know.time(plan, seconds)
+    know.time(plan, know.timed[best] * min(runs[plan.label]) / max(min(runs[best]), 1e-12))
 
 
 def _failed(job: Measurement, know: Knowledge, plan: Plan, exc: Exception) -> None:
