@@ -20,7 +20,8 @@ timed. A plan is judged in up to three steps, the cheapest first, each of which 
 bound from its Gram products' FLOPs (ruled out at :data:`BOUND_RATIO` times the fastest timed, without
 running it); timed slices of the batch, extrapolated to the whole (:func:`~diagnostics.engine.choice.predict`,
 ruled out at :data:`SLICE_RATIO` times); runs on the whole problem, taking turns with the fastest plan (so
-that a busy machine slows both alike). Only plans timed on the whole problem are chosen. :func:`fall_back` replaces a per-sample plan that met a model ``vmap`` cannot run over samples.
+that a busy machine slows both alike). Only plans timed on the whole problem are chosen. :func:`fall_back`
+replaces a per-sample plan that met a model ``vmap`` cannot run over samples.
 """
 
 from __future__ import annotations
