@@ -9,6 +9,7 @@ report's quantities and verdicts are computed, ``theory/alignment.md#numerics``)
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,8 @@ from .engine.spectral import Spectrum
 from .errors import DiagnosticsError
 from .targets import CE_SCALES, Targets, best_scale
 
-__all__ = ["alignment_from_gram", "alignment_from_operator", "alignment_from_spectrum"]
+__all__ = ["alignment_from_gram", "alignment_from_operator", "alignment_from_spectrum", "horizon_energy",
+           "measured_bounds"]
 
 TOP_K = (1, 10, 100)
 
@@ -60,18 +62,22 @@ def alignment_from_spectrum(
     source_dtype: torch.dtype | None = None,
     residual_tol: float | None = None,
     horizon: tuple[float, int] | None = None,
+    horizon_optimizer: Sequence[Mapping[str, Any]] | None = None,
 ) -> AlignmentReport:
     """Build the alignment report from outputs, targets and the spectrum of ``K``.
 
     ``spectrum`` is a :class:`~diagnostics.engine.spectral.Spectrum` or its matrix-free stand-in
     :class:`~diagnostics.engine.matrix_free.spectrum.OperatorSpectrum` (same methods). Every verdict comes
-    from :mod:`theory`: D1 (:func:`theory.alignment_condition`, *not established* when the precision
-    cannot decide it), and the statements of ``theory/results.md`` with their premises measured here.
+    from :mod:`theory`: D1 (:func:`theory.alignment_condition`) and the data-level condition
+    (:func:`theory.data_level_condition`) decided on the bounds of the exact residuals that the measurement
+    gives (:func:`theory.residual_bounds`, ``theory/alignment.md#resolution``: *not established* where the
+    resolution cannot decide), and the statements of ``theory/results.md`` with those two as premises.
+    The horizon's premises come from :func:`theory.gradient_descent_premises` (``horizon_optimizer``: the
+    optimiser's parameter groups as ``{"name", **hyper-parameters}``, when known).
     """
     n, m = outputs.shape
     source_dtype = source_dtype or outputs.dtype
-    if residual_tol is None:
-        residual_tol = precision.default_residual_tol(source_dtype)
+    residual_tol = precision.RESIDUAL_TOL if residual_tol is None else residual_tol
     f = outputs.detach().to(torch.float64).cpu()
     Q = targets.Q.cpu()
     g = targets.loss_gradient(f)
@@ -83,26 +89,32 @@ def alignment_from_spectrum(
     nu_norm = math.sqrt(spectrum.pinv_quadratic(Q))
     f_sq = float((f**2).sum())
     output_residual = math.sqrt(max(spectrum.outside_norm_sq(f), 0.0) / f_sq) if f_sq > 0 else 0.0
-    resolved, note = _resolution(spectrum, residual, residual_tol, source_dtype)
-    d1 = theory.alignment_condition(residual, residual_tol, resolved, note)
-    aligned = {theory.HOLDS: True, theory.REFUTED: False}.get(d1.status)
-    truncated = getattr(spectrum, "truncated", False)  # a matrix-free solve stopped early: residuals are upper bounds
-    cms: bool | None = output_residual <= residual_tol
-    if not cms and truncated:
-        cms = None  # a truncated solve's residual only bounds ‖(I − P)f‖ from above: f_X ∉ Col J is not shown
+    d1_bounds = measured_bounds(spectrum, Q, residual, n_params, source_dtype)
+    d1 = theory.alignment_condition(residual, residual_tol, bounds=d1_bounds)
+    data_level = theory.data_level_condition(
+        output_residual, residual_tol, bounds=measured_bounds(spectrum, f, output_residual, n_params, source_dtype)
+        if f_sq > 0 else None)
+    aligned, cms = d1.status, data_level.status  # premises: not established leaves them undecided
+    note = "" if d1.status != theory.NOT_ESTABLISHED or source_dtype == torch.float64 else (
+        f"{precision.dtype_name(source_dtype)} knows the exact residual only within [{d1.details['lower']:.2e}, "
+        f"{d1.details['upper']:.2e}] (its resolution, nm·eps·λ_max, is {precision.eps(source_dtype) * n * m:.1e}·λ_max"
+        + (f"; {d1_bounds.reason}" if isinstance(spectrum, OperatorSpectrum) else "")
+        + "); re-measure with dtype=torch.float64")
     r_q = f - Q
     decomposition_gap = (float((r_q**2).sum()) - spectrum.inside_norm_sq(r_q) - outside) / (2 * n)
     if targets.loss == "mse":
         certificate = math.sqrt(spectrum.pinv_quadratic(r_q))
         scale, target_loss = 1.0, 0.0
         bound = 0.5 * grad_norm * certificate
+        unattributed = abs(decomposition_gap) if data_level.status == theory.NOT_ESTABLISHED else 0.0
         verdicts = (
             d1,
             theory.loss_decomposition(loss, spectrum.inside_norm_sq(r_q), outside, n,
                                       rtol=precision.decomposition_rtol(source_dtype),
-                                      uncertainty=_truncation_uncertainty(spectrum, loss, r_q, outside, n)),
+                                      uncertainty=max(_truncation_uncertainty(spectrum, loss, r_q, outside, n),
+                                                      unattributed)),
             theory.necessity_at_global_minimum(loss, residual, n, q_sq, cms=cms,
-                                               uncertainty=residual if truncated else 0.0),
+                                               uncertainty=residual - d1.details["lower"]),
             theory.gradient_domination(loss, grad_norm, certificate, aligned,
                                        truncation=spectrum.outside_norm_sq(r_q) / (2 * n), cms=cms),
         )
@@ -123,10 +135,15 @@ def alignment_from_spectrum(
     captured = spectrum.captured_fraction(Q)
     top_k = {k: float(captured[min(k, captured.size) - 1]) for k in TOP_K if k <= captured.size}
     horizon_residual = horizon_floor = math.nan
+    horizon_premises: tuple[theory.Premise, ...] = ()
     if horizon is not None:
         lr, steps = validate_horizon(horizon)
-        below = spectrum.energy_below(Q, n / (lr * steps))  # ηλT/n < 1
-        horizon_residual, horizon_floor = math.sqrt(below / q_sq), below / (2 * n)
+        horizon_premises = theory.gradient_descent_premises(
+            "horizon", horizon_optimizer, squared_loss=False if targets.loss != "mse" else None, step_size=lr,
+            lambda_max=float(spectrum.eigenvalues[0]), n=n)
+        if all(p.met is not False for p in horizon_premises):
+            below = horizon_energy(spectrum, Q, n / (lr * steps), outside)
+            horizon_residual, horizon_floor = math.sqrt(below / q_sq), below / (2 * n)
     return AlignmentReport(
         verdict=d1,
         residual=residual,
@@ -161,8 +178,11 @@ def alignment_from_spectrum(
         horizon=None if horizon is None else (float(horizon[0]), int(horizon[1])),
         horizon_residual=horizon_residual,
         horizon_loss_floor=horizon_floor,
+        horizon_premises=horizon_premises,
         precision_note=note,
+        target_norm_sq=q_sq,
         dtype=precision.dtype_name(source_dtype),
+        data_level=data_level,
     )
 
 
@@ -171,25 +191,41 @@ def alignment_from_spectrum(
 MIN_CONLIM = 100.0
 
 
-def _resolution(spectrum: Spectrum | OperatorSpectrum, residual: float, residual_tol: float,
-                source_dtype: torch.dtype) -> tuple[bool, str]:
-    """Whether the precision of the measurement decides D1, and if not, why and what to do."""
-    name = precision.dtype_name(source_dtype)
+def measured_bounds(spectrum: Spectrum | OperatorSpectrum, q: torch.Tensor, residual: float, n_params: int,
+                    source_dtype: torch.dtype) -> theory.ResidualBounds | None:
+    """Where the exact residual of ``q`` lies, given this measurement (``theory/alignment.md#resolution``).
+
+    ``None`` under a user-supplied rank rule (it states its own question); on the matrix-free path the LSQR
+    residual ``‖q − Jν‖`` is a witness (an upper bound, with the rounding of ``Jν``) and no rank is counted.
+    """
     if spectrum.rank_rule.startswith("user-supplied"):
-        return True, ""
-    conlim = getattr(spectrum, "conlim", math.inf)
-    if conlim < MIN_CONLIM:
-        return False, (f"the matrix-free rank rule in {name} is an LSQR condition limit of {conlim:.3g} "
-                       f"(every eigenvalue below {1 / conlim**2:.1e}·λ_max is cut), so the residual says little; "
-                       "re-run with dtype=torch.float64")
-    if getattr(spectrum, "truncated", False) and residual > residual_tol:
-        return False, (f"LSQR stopped before its tolerance ({spectrum.solver_summary}): the residual of a truncated "
-                       "solve only bounds the least-squares residual from above, so it cannot refute D1; raise "
-                       "max_iter or the time budget, or resume from the checkpoint")
-    if source_dtype == torch.float64 or residual <= residual_tol:
-        return True, ""
-    return False, (f"{name} resolves eigenvalues only down to nm·eps·λ_max, and the residual lies in the directions "
-                   "below; re-measure with dtype=torch.float64")
+        return None
+    q = q.detach().reshape(-1).to(torch.float64).cpu()
+    q_norm = float(q.norm())
+    lam_max = max(float(spectrum.eigenvalues[0]), 0.0)
+    rows = q.shape[0]
+    if isinstance(spectrum, OperatorSpectrum):
+        nu, _ = spectrum.least_norm_solution(q)
+        rounding = rows * precision.eps(source_dtype) * math.sqrt(lam_max) * float(nu.norm()) / q_norm
+        return theory.witness_bounds(residual, rounding, _witness_reason(spectrum, precision.dtype_name(source_dtype)))
+    return theory.residual_bounds(
+        residual, rows=rows, n_params=n_params, kept_rank=spectrum.rank, resolution=spectrum.rank_tol,
+        smallest_kept=spectrum.smallest_kept, largest_discarded=spectrum.largest_discarded,
+        pinv_norm=spectrum.pinv_norm(q) / q_norm)
+
+
+def _witness_reason(spectrum: OperatorSpectrum, dtype: str) -> str:
+    """Why a matrix-free residual only bounds the exact one from above, and what to do about a large one."""
+    reason = ("the matrix-free path measures ‖q − Jν‖ for the LSQR solution ν, an upper bound on the residual, and "
+              "counts no rank, so it can show membership in Col J but not its failure; the dense path can decide a "
+              "failure when its kept rank reaches min(nm, d)")
+    if spectrum.conlim < MIN_CONLIM:
+        reason += (f"; its rank rule in {dtype} is an LSQR condition limit of {spectrum.conlim:.3g} (every eigenvalue "
+                   f"below {1 / spectrum.conlim**2:.1e}·λ_max is cut): re-run with dtype=torch.float64")
+    if spectrum.truncated:
+        reason += (f"; LSQR stopped before its tolerance ({spectrum.solver_summary}): raise max_iter or the time "
+                   "budget, or resume from the checkpoint")
+    return reason
 
 
 def _truncation_uncertainty(spectrum: Spectrum | OperatorSpectrum, loss: float, r: torch.Tensor, outside: float,
@@ -198,6 +234,22 @@ def _truncation_uncertainty(spectrum: Spectrum | OperatorSpectrum, loss: float, 
     if not getattr(spectrum, "truncated", False):
         return 0.0
     return loss + (spectrum.inside_norm_sq(r) + outside) / (2 * n)
+
+
+def horizon_energy(spectrum: Spectrum | OperatorSpectrum, q: torch.Tensor, threshold: float,
+                   outside: float | None = None) -> float:
+    """``‖(I − P_T)q‖²``: the energy of ``q`` in the directions a horizon does not fit (``theory/alignment.md``).
+
+    Those are the eigen-directions with ``λ < threshold = n/(ηT)`` and, under the same rank rule as the exact
+    floor, those at or below ``rank_tol``: the result is never below ``‖(I − P)q‖²`` (``outside``, computed when
+    not given) and equals it once ``threshold ≤ rank_tol``. ``nan`` on the matrix-free path when the threshold
+    lies below the computed eigenpairs.
+    """
+    outside = spectrum.outside_norm_sq(q) if outside is None else outside
+    if threshold <= spectrum.rank_tol:
+        return outside
+    below = spectrum.energy_below(q, threshold)
+    return below if math.isnan(below) else max(below, outside)
 
 
 def validate_horizon(horizon: tuple[float, int]) -> tuple[float, int]:

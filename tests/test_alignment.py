@@ -10,7 +10,7 @@ from cases import CASES
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from diagnostics import AlignmentReport, DiagnosticsError, check_alignment, jacobian
+from diagnostics import AlignmentReport, DiagnosticsError, check_alignment, check_cms, jacobian
 
 F64 = torch.float64
 
@@ -165,6 +165,66 @@ def test_horizon_residual_is_the_target_outside_the_directions_gd_can_fit():
             check_alignment(model, (X, Y), probe_size=None, horizon=bad)
 
 
+def _linear_problem(scales: torch.Tensor, n: int = 40, m: int = 2) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(n, scales.shape[0], generator=gen, dtype=F64) * scales
+    return nn.Linear(scales.shape[0], m).double(), X, torch.randn(n, m, generator=gen, dtype=F64)
+
+
+def test_a_horizon_beyond_the_stable_step_is_not_applicable():
+    # ten times the stable step 2n/λ_max: linearised GD multiplies the top direction by 19 per step
+    model, X, Y = _linear_problem(torch.logspace(0, -3, 6, dtype=F64))
+    n = X.shape[0]
+    A = torch.cat([X, torch.ones(n, 1, dtype=F64)], 1)
+    lam_max = float(torch.linalg.eigvalsh(A @ A.T)[-1])
+    unstable = 10 * 2 * n / lam_max
+    report = check_alignment(model, (X, Y), probe_size=None, horizon=(unstable, 3000))
+    assert not report.horizon_applicable and math.isnan(report.horizon_loss_floor)
+    assert math.isnan(report.horizon_residual)
+    assert "not applicable" in str(report) and "by 19 per step" in str(report)
+    # the ground truth: linearised gradient descent at that step diverges from the initial residual
+    with torch.no_grad():
+        r = (model(X) - Y).reshape(-1)
+    K = torch.kron(A @ A.T, torch.eye(2, dtype=F64))
+    for _ in range(20):
+        r = r - unstable / n * (K @ r)
+    assert float(r.norm()) > 1e20
+    stable = check_alignment(model, (X, Y), probe_size=None, horizon=(0.5 * 2 * n / lam_max, 3000))
+    assert stable.horizon_applicable and math.isfinite(stable.horizon_loss_floor)
+    assert [p.met for p in stable.horizon_premises] == [None, None, None, True]  # the rest is the caller's word
+    assert "assumed" in str(stable)
+
+
+def test_the_horizon_floor_never_falls_below_the_exact_floor():
+    # one input scaled by 1e-8: its eigenvalue (≈ 4e-15) lies below the rank tolerance (≈ 2e-12) but above
+    # n/(ηT) for T = 1e18, so a horizon without the rank rule would count it as fitted
+    model, X, Y = _linear_problem(torch.tensor([1.0, 1.0, 1e-8], dtype=F64))
+    report = check_alignment(model, (X, Y), probe_size=None, horizon=(0.5, 10**18))
+    assert report.loss_lower_bound > 1e-3  # the direction carries part of Y
+    assert report.horizon_loss_floor == report.loss_lower_bound  # T → ∞: the exact floor, not below it
+    assert report.horizon_residual == report.residual
+    for steps in (1, 10, 10**3, 10**6, 10**12):
+        shorter = check_alignment(model, (X, Y), probe_size=None, horizon=(0.5, steps))
+        assert shorter.horizon_loss_floor >= report.loss_lower_bound
+
+
+def test_the_matrix_free_horizon_follows_the_same_rank_rule():
+    model, X, Y = _linear_problem(torch.logspace(0, -3, 6, dtype=F64))
+    for steps in (200, 10**18):  # a cut inside the top eigenpairs; below the rank tolerance: the exact floor
+        dense = check_alignment(model, (X, Y), probe_size=None, horizon=(0.5, steps))
+        free = check_alignment(model, (X, Y), probe_size=None, horizon=(0.5, steps), path="matrix-free")
+        assert free.horizon_loss_floor == pytest.approx(dense.horizon_loss_floor, rel=1e-9)
+        assert free.horizon_loss_floor >= free.loss_lower_bound
+    assert free.horizon_loss_floor == free.loss_lower_bound
+
+
+def test_the_horizon_of_a_cross_entropy_run_is_not_applicable():
+    model, X, _ = _linear_problem(torch.ones(4, dtype=F64), m=3)
+    y = torch.arange(X.shape[0]) % 3
+    report = check_alignment(model, (X, y), loss="ce", probe_size=None, horizon=(0.1, 100))
+    assert not report.horizon_applicable and "squared loss" in str(report)
+
+
 def test_a_float32_verdict_that_cannot_decide_is_re_measured_in_float64():
     from diagnostics.models import CNN
 
@@ -274,3 +334,114 @@ def test_auto_path_goes_matrix_free_when_the_dense_gram_does_not_fit():
     torch.testing.assert_close(tight.nu_norm, small.nu_norm, rtol=1e-7, atol=0)
     with pytest.raises(DiagnosticsError, match="path must be one of"):
         check_alignment(model, (x, y), probe_size=None, path="sparse")
+
+
+# -- what a measured Gram decides (theory/alignment.md#resolution, #subsets) ---------------------------------
+
+
+def _scaled_feature_model(scale: float = 1e-7):
+    """A linear model whose first input feature is scaled by ``scale``, and a target exactly in its ``Col J``."""
+    gen = torch.Generator().manual_seed(0)
+    n, d_x = 100, 5
+    X = torch.randn(n, d_x, dtype=F64, generator=gen)
+    X[:, 0] *= scale
+    model = nn.Linear(d_x, 1).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(1, d_x, dtype=F64, generator=gen))
+    w = torch.randn(d_x, dtype=F64, generator=gen)
+    w[0] = 1e3  # the scaled feature carries a component of Y of size 1e-4 relative, below the resolution
+    return model, X, (X @ w + 0.5).reshape(n, 1)
+
+
+def test_an_exact_target_whose_small_components_lie_below_the_resolution_is_not_refuted():
+    # a tanh MLP with three hidden layers on 100 digits: Y = Jv is in Col J (residual 1e-15 by SVD), but the
+    # rank rule discards directions that carry 1e-7 of it; 89 directions of Col J may be among them
+    X, _ = _digits(100)
+    from diagnostics.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP(64, 8, 10, depth=3, activation="tanh").double()
+    J = jacobian(model, X)
+    Y = (J @ torch.randn(J.shape[1], dtype=F64, generator=torch.Generator().manual_seed(0))).reshape(100, 10)
+    U = torch.linalg.svd(J, full_matrices=False)[0]
+    assert float((Y.reshape(-1) - U @ (U.T @ Y.reshape(-1))).norm() / Y.norm()) < 1e-12
+    report = check_alignment(model, (X, Y), probe_size=None)
+    assert report.residual > report.residual_tol and report.rank < min(report.n_outputs, report.n_params)
+    assert report.verdict.status == "not established" and report.verdict.details["lower"] == 0
+    assert "may belong to Col J" in report.verdict.details["reason"] and "why:" in str(report)
+
+
+def test_a_scaled_input_feature_makes_neither_d1_nor_the_data_level_premise_refuted():
+    model, X, Y = _scaled_feature_model()
+    report = check_alignment(model, (X, Y), probe_size=None)
+    assert report.rank == 5 < report.n_params  # the scaled feature's direction is below the resolution
+    assert report.residual > 10 * report.residual_tol and report.verdict.status == "not established"
+    # f = Wx + b is in Col J exactly (A1 holds); its component along the scaled feature is not resolved either:
+    # the premise of (I2)-(I4) is undecided, not "not met", so (I3) is judged and not declared inapplicable
+    assert report.output_residual > report.residual_tol and report.data_level.status == "not established"
+    i3 = next(v for v in report.verdicts if v.statement == "I3")
+    assert i3.status in ("holds", "not established") and "undecided" in str(i3.premises[1])
+    # A1: the witness holds, and test 2 no longer claims to refute A1 for every R
+    cms = check_cms(model, X)
+    assert cms.holds and "disagreement" not in cms.verdict.details and "not shown" in str(cms)
+
+
+def test_the_same_target_gets_one_answer_in_float32_and_float64():
+    # 1e-5 of Q's norm lies in null K of a linear model with nm > d: float64 refutes D1; float32, whose
+    # resolution cannot place that residual, says not established (never holds), and check_alignment re-measures
+    gen = torch.Generator().manual_seed(1)
+    n, d_x, m = 60, 4, 2
+    X = torch.randn(n, d_x, dtype=F64, generator=gen)
+    model = nn.Linear(d_x, m).double()
+    J = jacobian(model, X)
+    Y = J @ torch.randn(J.shape[1], dtype=F64, generator=gen)
+    U = torch.linalg.svd(J)[0][:, J.shape[1]:]
+    null = U @ torch.randn(U.shape[1], dtype=F64, generator=gen)
+    Q = (Y + 1e-5 * Y.norm() * null / null.norm()).reshape(n, m)
+    f64 = check_alignment(model, (X, Q), probe_size=None)
+    assert f64.verdict.status == "refuted" and f64.residual == pytest.approx(1e-5, rel=1e-3)
+    assert f64.residual_tol == pytest.approx(math.sqrt(torch.finfo(F64).eps))
+    from diagnostics import ntk_gram
+    from diagnostics.alignment import Targets, alignment_from_gram
+
+    single = nn.Linear(d_x, m).float()
+    single.load_state_dict(model.state_dict())
+    K32 = ntk_gram(single, X.float(), dtype=torch.float32)
+    alone = alignment_from_gram(single(X.float()).detach(), Targets.build(Q, n, m, "mse"), K32, n_params=J.shape[1],
+                                source_dtype=torch.float32)
+    assert alone.residual_tol == f64.residual_tol  # the question does not depend on the dtype
+    assert alone.verdict.status == "not established" and "dtype=torch.float64" in alone.precision_note
+    again = check_alignment(single, (X.float(), Q), probe_size=None, dtype=torch.float32)
+    assert again.verdict.status == "refuted" and again.precision_note.startswith("float32 could not decide D1")
+
+
+def test_a_probe_names_both_scopes():
+    from diagnostics.data import load_dataset
+    from diagnostics.models import CNN
+
+    digits = load_dataset("digits")
+    torch.manual_seed(0)
+    model = CNN(in_channels=1, width=16, n_out=10, image_size=8)
+    report = check_alignment(model, (digits.X_train, digits.y_train), loss="ce", probe_size=128)
+    assert report.verdict.holds and report.full_rank and report.n_data == len(digits.y_train) == 1297
+    data = report.data_verdict
+    assert data.status == "not established" and "12,970 > d = 3,130" in data.details["reason"]
+    lines = str(report).splitlines()
+    assert lines[0].startswith("Alignment condition D1 (Q ∈ Col J) on a probe of 128 of the 1,297 samples: holds")
+    assert lines[1].startswith("  on all 1,297 samples given: not established") and "probe_size=None" in str(report)
+    assert report.to_dict()["data_verdict"]["status"] == "not established"
+
+
+def test_a_refuting_probe_refutes_d1_on_the_data_with_a_lower_bound():
+    gen = torch.Generator().manual_seed(2)
+    n, d_x, m = 200, 4, 2
+    X, Y = torch.randn(n, d_x, dtype=F64, generator=gen), torch.randn(n, m, dtype=F64, generator=gen)
+    model = nn.Linear(d_x, m).double()
+    report = check_alignment(model, (X, Y), probe_size=50)
+    assert report.verdict.refuted and report.data_verdict.refuted
+    A = np.hstack([X.numpy(), np.ones((n, 1))])
+    coef, *_ = np.linalg.lstsq(A, Y.numpy(), rcond=None)
+    whole = np.linalg.norm(Y.numpy() - A @ coef) / np.linalg.norm(Y.numpy())
+    assert report.residual_tol < report.data_verdict.lhs <= whole
+    assert "on all 200 samples given: refuted" in str(report)
+    assert check_alignment(model, (X, Y), probe_size=None).data_verdict is None  # the whole data: one scope
