@@ -24,11 +24,11 @@ import torch
 
 __all__ = [
     "RESIDUAL_TOL",
+    "all_finite",
     "check_rank_tol",
     "cms_identity_rtol",
     "decomposition_rtol",
     "default_rank_tol",
-    "default_residual_tol",
     "dtype_name",
     "eps",
     "forwards_agree",
@@ -102,15 +102,6 @@ def verdict_dtype(model: object) -> torch.dtype | None:
 RESIDUAL_TOL = math.sqrt(float(np.finfo(np.float64).eps))
 
 
-def default_residual_tol(dtype: torch.dtype) -> float:
-    """``sqrt(eps(dtype))``: the residual tolerance of a construction carried out in ``dtype``.
-
-    :class:`~diagnostics.aligned.AlignedTraining` recomputes its frozen block in the training dtype, so its own
-    D1 is asked at that dtype's tolerance; a measurement of a model's D1 uses :data:`RESIDUAL_TOL`.
-    """
-    return math.sqrt(eps(dtype))
-
-
 def structured_guard_rtol(dtype: torch.dtype) -> float:
     """Relative tolerance of the structured engine's random-cotangent check against autograd."""
     return 1e-9 if dtype == torch.float64 else 1e-4
@@ -124,6 +115,19 @@ def cms_identity_rtol(dtype: torch.dtype) -> float:
 def decomposition_rtol(dtype: torch.dtype) -> float:
     """``max(1e-8, 1000 · eps)``: relative tolerance of the (I2) decomposition measured in ``dtype``."""
     return max(1e-8, 1000 * eps(dtype))
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every entry of every (floating) tensor is finite, at the cost of one sum per tensor and one check.
+
+    A sum is finite unless an entry is not or the sum overflows; a sum that is not is checked entry by entry.
+    """
+    if not tensors:
+        return True
+    sums = [t.sum() for t in tensors]
+    if bool(torch.isfinite(torch.stack([s.to(sums[0]) for s in sums])).all()):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def forwards_agree(a: torch.Tensor, b: torch.Tensor) -> bool:
