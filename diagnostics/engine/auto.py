@@ -159,8 +159,8 @@ def _default(job: Measurement, know: Knowledge) -> Plan:
     """Return the plan taken untimed: structured, else ``vmap(jacrev)``; without ``vmap``, ``vjp`` by chunks."""
     if not know.no_vmap:
         return PLANS["structured"] if job.eligible else PLANS["jacrev"]
-    if _structured_alone(job):
-        return PLANS["structured"]
+    if _structured_alone(job):  # the rest by vjp: a layer the path finds it cannot cover at run time needs no vmap
+        return NO_VMAP[0]
     base = NO_VMAP[1]  # the structured layers would only add work to vjp over the same chunks until timed
     return _chunked(job, base, know.chunks.get(base.label) or max(1, -(-CHUNK_ROWS // job.m)))
 
