@@ -99,7 +99,9 @@ def make_bert(width: int) -> nn.Module:
     """Return a two-layer ``BertForSequenceClassification`` with ``hidden_size = width`` (two heads, no dropout).
 
     The feed-forward size is ``intermediate_size = 4 · width``, as in BERT; two attention heads, so ``width`` must
-    be even; dropout is off, so the loss the optimiser descends is the loss measured on the probe. Built from a
+    be even; dropout is off, so the loss the optimiser descends is the loss measured on the probe. Attention is
+    the eager (matrix-product) implementation, whose backward ``vmap`` batches over the rows of a Jacobian; the
+    fused kernel's backward has no batching rule and runs one row at a time. Built from a
     ``BertConfig``: nothing is downloaded. Its output is an object whose ``logits`` a study measures
     (``output="logits"``, ``--model-output logits``).
     """
@@ -108,7 +110,7 @@ def make_bert(width: int) -> nn.Module:
     config = transformers.BertConfig(
         vocab_size=VOCAB, hidden_size=width, intermediate_size=4 * width, num_hidden_layers=2,
         num_attention_heads=2, max_position_embeddings=LENGTH, type_vocab_size=1, num_labels=2,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, attn_implementation="eager",
     )
     return transformers.BertForSequenceClassification(config)
 

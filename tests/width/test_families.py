@@ -19,8 +19,6 @@ from diagnostics.width.figures import FIGURES
 transformers = pytest.importorskip("transformers")
 from examples.width_families import CLS, MARK_A, MARK_B, PAD, counting_task, make_bert, make_resnet  # noqa: E402
 
-pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop")  # SDPA's backward under vmap
-
 #: What every statement about gradient descent says of a run trained by AdamW on minibatches of cross-entropy.
 ADAMW_REASONS = ("AdamW is not plain gradient descent", "minibatches of 16 of 64 samples",
                  "trained on the ce loss, not (1/2n)‖f − Y‖²")
