@@ -19,6 +19,7 @@ import theory
 from .alignment_report import AlignmentReport
 from .engine import precision
 from .engine.matrix_free.operator import JacobianOperator
+from .engine.matrix_free.preconditioned import PreconditionedSpectrum, choose_method
 from .engine.matrix_free.spectrum import DEFAULT_TOP_K, OperatorSpectrum
 from .engine.spectral import Spectrum
 from .errors import DiagnosticsError
@@ -54,7 +55,7 @@ def alignment_from_gram(
 def alignment_from_spectrum(
     outputs: torch.Tensor,
     targets: Targets,
-    spectrum: Spectrum | OperatorSpectrum,
+    spectrum: Spectrum | OperatorSpectrum | PreconditionedSpectrum,
     *,
     n_params: int,
     source_dtype: torch.dtype | None = None,
@@ -63,10 +64,13 @@ def alignment_from_spectrum(
 ) -> AlignmentReport:
     """Build the alignment report from outputs, targets and the spectrum of ``K``.
 
-    ``spectrum`` is a :class:`~diagnostics.engine.spectral.Spectrum` or its matrix-free stand-in
-    :class:`~diagnostics.engine.matrix_free.spectrum.OperatorSpectrum` (same methods). Every verdict comes
-    from :mod:`theory`: D1 (:func:`theory.alignment_condition`, *not established* when the precision
-    cannot decide it), and the statements of ``theory/results.md`` with their premises measured here.
+    ``spectrum`` is a :class:`~diagnostics.engine.spectral.Spectrum` or a matrix-free stand-in
+    (:class:`~diagnostics.engine.matrix_free.spectrum.OperatorSpectrum`,
+    :class:`~diagnostics.engine.matrix_free.preconditioned.PreconditionedSpectrum`; same methods). Every verdict
+    comes from :mod:`theory`: D1 (:func:`theory.alignment_condition`, *not established* when the precision
+    cannot decide it, or, for a preconditioned solve, when its certified bounds lie on both sides of the
+    tolerance, ``theory/alignment.md#preconditioned``), and the statements of ``theory/results.md`` with their
+    premises measured here.
     """
     n, m = outputs.shape
     source_dtype = source_dtype or outputs.dtype
@@ -83,13 +87,21 @@ def alignment_from_spectrum(
     nu_norm = math.sqrt(spectrum.pinv_quadratic(Q))
     f_sq = float((f**2).sum())
     output_residual = math.sqrt(max(spectrum.outside_norm_sq(f), 0.0) / f_sq) if f_sq > 0 else 0.0
-    resolved, note = _resolution(spectrum, residual, residual_tol, source_dtype)
-    d1 = theory.alignment_condition(residual, residual_tol, resolved, note)
-    aligned = {theory.HOLDS: True, theory.REFUTED: False}.get(d1.status)
     truncated = getattr(spectrum, "truncated", False)  # a matrix-free solve stopped early: residuals are upper bounds
     cms: bool | None = output_residual <= residual_tol
-    if not cms and truncated:
-        cms = None  # a truncated solve's residual only bounds ‖(I − P)f‖ from above: f_X ∉ Col J is not shown
+    if isinstance(spectrum, PreconditionedSpectrum):  # certified bounds decide (theory/alignment.md#preconditioned)
+        (lower, residual), resolved, note = _certified(spectrum, Q, residual_tol)
+        if f_sq > 0:
+            f_lower, output_residual = spectrum.residual_bounds(f)
+            cms = True if output_residual <= residual_tol else (False if f_lower > residual_tol else None)
+        uncertainty = residual - lower
+    else:
+        resolved, note = _resolution(spectrum, residual, residual_tol, source_dtype)
+        uncertainty = residual if truncated else 0.0
+        if not cms and truncated:
+            cms = None  # a truncated solve's residual only bounds ‖(I − P)f‖ from above: f_X ∉ Col J is not shown
+    d1 = theory.alignment_condition(residual, residual_tol, resolved, note)
+    aligned = {theory.HOLDS: True, theory.REFUTED: False}.get(d1.status)
     r_q = f - Q
     decomposition_gap = (float((r_q**2).sum()) - spectrum.inside_norm_sq(r_q) - outside) / (2 * n)
     if targets.loss == "mse":
@@ -101,8 +113,7 @@ def alignment_from_spectrum(
             theory.loss_decomposition(loss, spectrum.inside_norm_sq(r_q), outside, n,
                                       rtol=precision.decomposition_rtol(source_dtype),
                                       uncertainty=_truncation_uncertainty(spectrum, loss, r_q, outside, n)),
-            theory.necessity_at_global_minimum(loss, residual, n, q_sq, cms=cms,
-                                               uncertainty=residual if truncated else 0.0),
+            theory.necessity_at_global_minimum(loss, residual, n, q_sq, cms=cms, uncertainty=uncertainty),
             theory.gradient_domination(loss, grad_norm, certificate, aligned,
                                        truncation=spectrum.outside_norm_sq(r_q) / (2 * n), cms=cms),
         )
@@ -192,6 +203,28 @@ def _resolution(spectrum: Spectrum | OperatorSpectrum, residual: float, residual
                    "below; re-measure with dtype=torch.float64")
 
 
+def _certified(spectrum: PreconditionedSpectrum, q: torch.Tensor, residual_tol: float
+               ) -> tuple[tuple[float, float], bool, str]:
+    """Return the certified bounds on D1's residual, whether they decide it, and if not, why.
+
+    ``theory/alignment.md#preconditioned``: *holds* when the upper bound (a witness) is within the tolerance,
+    *refuted* when the lower bound (on the rank-rule residual) is above it, *not established* in between.
+    """
+    lower, upper = spectrum.residual_bounds(q)
+    if upper <= residual_tol or lower > residual_tol:
+        return (lower, upper), True, ""
+    note = (f"the preconditioned solve bounds the residual within [{lower:.3e}, {upper:.3e}], on both sides of "
+            f"{residual_tol:.1e}: ")
+    if spectrum.truncated:
+        note += ("it stopped before its tolerance, and its bounds are not yet tight; raise max_iter or the time "
+                 "budget, or resume from the checkpoint")
+    else:
+        note += ("the part of the target it cannot fit lies in directions near or below the rank threshold "
+                 f"(eigenvalues of K about {spectrum.rank_tol:.2e}), which a measurement at this precision does "
+                 "not resolve")
+    return (lower, upper), False, note
+
+
 def _truncation_uncertainty(spectrum: Spectrum | OperatorSpectrum, loss: float, r: torch.Tensor, outside: float,
                             n: int) -> float:
     """Return the (I2) gap a truncated LSQR solve cannot tell from zero: all of it (``Jν_k`` is no projection)."""
@@ -225,6 +258,7 @@ def alignment_from_operator(
     rtol: float | None = None,
     max_iter: int | None = None,
     horizon: tuple[float, int] | None = None,
+    method: str = "auto",
     **solver: Any,
 ) -> AlignmentReport:
     """Compute the report of :func:`~diagnostics.check_alignment` matrix-free.
@@ -241,9 +275,22 @@ def alignment_from_operator(
     top_k, rtol, max_iter, **solver
         As in :class:`OperatorSpectrum` (``solver``: ``time_budget``, ``checkpoints``, ``checkpoint_every``,
         ``progress``, ``workspace``). The report's ``rank_rule`` states why each LSQR solve stopped.
+    method
+        The solver (:data:`~diagnostics.engine.matrix_free.preconditioned.METHODS`): ``"lsqr"`` (LSQR and
+        Lanczos on ``J``, :class:`OperatorSpectrum`), ``"gram"`` or ``"sketch"`` (preconditioned by the exact or
+        sketched ``JᵀJ``, :class:`~diagnostics.engine.matrix_free.preconditioned.PreconditionedSpectrum`, for a
+        tall ``J``), or ``"auto"``: chosen from the shape of ``J``
+        (:func:`~diagnostics.engine.matrix_free.preconditioned.choose_method`).
     """
     built = Targets.build(targets, op.n, op.m, loss, target)
-    spectrum = OperatorSpectrum(op, rank_tol=rank_tol, top_k=top_k, rtol=rtol, max_iter=max_iter, **solver)
+    method = choose_method(method, op.shape)
+    if method == "lsqr":
+        spectrum = OperatorSpectrum(op, rank_tol=rank_tol, top_k=top_k, rtol=rtol, max_iter=max_iter, **solver)
+    else:
+        floor = None if horizon is None else op.n / (horizon[0] * horizon[1])  # the horizon's eigenvalue threshold
+        spectrum = PreconditionedSpectrum(
+            op, [built.Q, op.outputs], method=method, rank_tol=rank_tol, top_k=top_k, eigen_floor=floor, rtol=rtol,
+            max_iter=max_iter, witness_tol=residual_tol, **solver)
     report = alignment_from_spectrum(
         op.outputs, built, spectrum, n_params=op.fm.n_params, source_dtype=op.dtype, residual_tol=residual_tol,
         horizon=horizon,

@@ -1,0 +1,590 @@
+"""D1 for a tall ``J`` by preconditioned LSQR, bounds certified from any iterate (theory/alignment.md#preconditioned).
+
+When ``nm ≥ d`` the parameter-space Gram is small enough to hold, and one streamed pass over the per-sample
+Jacobian blocks forms it (:mod:`~diagnostics.engine.matrix_free.sketch`):
+
+- ``method="gram"``: ``G = JᵀJ`` itself. Its eigen-decomposition ``G = VΛVᵀ`` is the non-zero spectrum of
+  ``K`` (the same rank rule as the dense path, ``λ > rank_tol``), the coefficients ``u_iᵀq = v_iᵀJᵀq/√λ_i`` give
+  the alignment curve and the horizon at every eigenvalue, and ``M = V₊Λ₊^{-1/2}`` (the kept directions)
+  preconditions ``min ‖q − JMy‖`` so well (``MᵀJᵀJM = I`` up to the Gram's rounding) that LSQR refines the
+  normal-equations solution in a few iterations; ``d ≤`` :data:`EXACT_GRAM_MAX_D`.
+- ``method="sketch"``: ``G̃ = (SJ)ᵀ(SJ)`` of a sparse sign embedding with ``s ≈ 2d`` rows (Blendenpik, LSRN).
+  ``G̃ + μI = RᵀR`` (Cholesky, ``μ = DAMPING · rank_tol``) preconditions the damped problem
+  ``min ‖q − Jν‖² + μ‖ν‖²``, whose operator ``[J; √μI]R⁻¹`` has singular values within a small factor of 1,
+  so LSQR, started from the sketch-and-solve solution ``(G̃ + μI)⁻¹(SJ)ᵀSq``, converges in tens of
+  iterations where plain LSQR needs thousands. The top eigenpairs of ``K`` come from one more pass:
+  Rayleigh–Ritz on the top eigenvectors of ``G̃`` (:mod:`~diagnostics.engine.matrix_free.ritz`), as many as
+  ``top_k`` and the horizon threshold ``eigen_floor`` need.
+
+Whatever the preconditioner, the answer is certified from ``J``'s own products, never from the sketch: every
+solve ends with ``r = q − Jν`` and ``g = Jᵀr − μν`` computed explicitly, and
+
+- ``‖r‖`` is a witness: ``‖(I − P)q‖ ≤ ‖r‖`` for the exact projector onto ``Col J`` (an upper bound);
+- the damped objective ``φ = ‖r‖² + μ‖ν‖²`` bounds its minimum ``φ* ≥ φ − ‖g‖²/μ`` (strong convexity), and
+  ``φ*`` brackets the rank-rule residual ``a(λ) = ‖(I − P_{>λ})q‖/‖q‖`` at every ``λ``:
+  ``(φ*(λ + μ)/‖q‖² − μ)/λ ≤ a(λ)² ≤ (1 + λ/μ)φ*/‖q‖²``; with ``method="gram"`` the restricted problem's
+  operator ``JM`` has ``σ_min² ≥ 1 − δ/λ₊`` (``δ`` the Gram's rounding), so ``‖r‖² − ‖Mᵀg‖²/(1 − δ/λ₊)``
+  bounds its residual from below.
+
+So a time budget or an iteration cap that stops a solve early still leaves valid bounds: a large residual is
+refuted as soon as its lower bound clears the tolerance, long before LSQR converges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.sparse.linalg import LinearOperator, eigsh
+from tqdm.auto import tqdm
+
+from ...errors import DiagnosticsError
+from ...store import RunStore
+from .. import precision
+from .lsqr import LsqrResult, lsqr
+from .operator import JacobianOperator
+from .ritz import ritz_pairs
+from .sharded import ShardedJacobian, local_block
+from .sketch import ParameterGram, parameter_gram
+
+__all__ = ["DAMPING", "EXACT_GRAM_MAX_D", "METHODS", "CertifiedSolve", "PreconditionedSpectrum", "choose_method"]
+
+#: The solvers of ``solver={"method": …}``: ``"auto"`` picks by the shape of ``J`` (:func:`choose_method`).
+METHODS = ("auto", "lsqr", "gram", "sketch")
+#: Largest ``d`` for which ``method="auto"`` forms and decomposes ``JᵀJ`` itself (``eigh`` of ``d × d``).
+EXACT_GRAM_MAX_D = 2048
+#: Most ``2·nm·d²`` flops ``method="auto"`` spends on the exact Gram before it sketches instead.
+EXACT_GRAM_MAX_FLOPS = 2e12
+#: ``μ = DAMPING · rank_tol``: the damping of the sketched solve (the bracket of ``a(rank_tol)`` loses ``DAMPING``).
+DAMPING = 1e-2
+#: Sketch rows per parameter (``s = SKETCH_FACTOR · d``) and non-zeros per row of ``J`` (``ζ``).
+SKETCH_FACTOR = 2.0
+SKETCH_NONZEROS = 1
+#: LSQR's tolerance on the preconditioned problem (its iterations converge at a rate set by the sketch, not by ``J``).
+DEFAULT_RTOL = 1e-10
+#: Ritz vectors the sketched solver computes at most for the horizon (``d × p`` per pass).
+MAX_EIGENPAIRS = 256
+
+
+def choose_method(method: str, shape: tuple[int, int]) -> str:
+    """Resolve ``method`` (one of :data:`METHODS`) for ``J`` of ``shape = (nm, d)``.
+
+    ``"auto"``: plain LSQR when ``J`` is wide (``nm < d``: ``Col J`` may be all of ``R^{nm}``, and the
+    parameter-space Gram would not be smaller than ``K``); the exact ``JᵀJ`` when it is tall and small
+    (``d ≤`` :data:`EXACT_GRAM_MAX_D` and ``2·nm·d² ≤`` :data:`EXACT_GRAM_MAX_FLOPS`); the sketch otherwise.
+    """
+    if method not in METHODS:
+        raise DiagnosticsError(f"solver method must be one of {METHODS}, got {method!r}")
+    rows, d = shape
+    if method != "auto":
+        if method != "lsqr" and rows < d:
+            raise DiagnosticsError(f"solver method {method!r} needs a tall J (n·m ≥ d), got n·m = {rows:,} < "
+                                   f"d = {d:,}; use 'lsqr'")
+        return method
+    if rows < d:
+        return "lsqr"
+    return "gram" if d <= EXACT_GRAM_MAX_D and 2.0 * rows * d * d <= EXACT_GRAM_MAX_FLOPS else "sketch"
+
+
+@dataclass
+class CertifiedSolve:
+    """One preconditioned solve of ``min ‖q − Jν‖² + μ‖ν‖²`` and what it certifies (norms, not relative).
+
+    Attributes
+    ----------
+    nu, fitted
+        ``ν`` and ``Jν`` (float64, ``Jν`` computed explicitly).
+    residual
+        ``‖q − Jν‖``, explicitly: a witness, ``≥ ‖(I − P)q‖``.
+    rounding
+        What the evaluation of ``Jν`` may be off by (``nm · eps · √λ_max · ‖ν‖``).
+    lower
+        A lower bound on the rank-rule residual ``‖(I − P_{>rank_tol})q‖`` (0 when nothing is certified).
+    iterations, reason, istop
+        LSQR's iterations (those of the witness phase included), why it stopped, and its code.
+    witness, witness_rounding
+        ``‖q − Jν_w‖`` of the undamped continuation ``ν_w`` (``inf`` when it did not run) and its rounding.
+    """
+
+    nu: torch.Tensor
+    fitted: torch.Tensor
+    residual: float
+    rounding: float
+    lower: float
+    iterations: int
+    reason: str
+    istop: int
+    witness: float = math.inf
+    witness_rounding: float = 0.0
+
+    @property
+    def upper(self) -> float:
+        """The best upper bound on ``‖(I − P)q‖``: the smaller witness, plus its rounding."""
+        return min(self.residual + self.rounding, self.witness + self.witness_rounding)
+
+    def state(self) -> dict:
+        """Return the solve as a checkpointable dictionary."""
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+class PreconditionedSpectrum:
+    """The quantities of :class:`~diagnostics.engine.spectral.Spectrum` that D1 needs, for a tall ``J``.
+
+    Parameters
+    ----------
+    op
+        The Jacobian on the data (:class:`~diagnostics.engine.matrix_free.operator.JacobianOperator`, or the
+        :class:`~diagnostics.engine.matrix_free.sharded.ShardedJacobian` of a data-parallel job: call on every
+        process). ``nm ≥ d``.
+    vectors
+        The right-hand sides the report will ask about (``Q`` and ``f_X``), each ``(nm,)``: their projections
+        come with the Gram pass (the sketch-and-solve start) and their coefficients with the eigenpairs.
+        Other vectors are answered when they lie in their span (as the report's combinations do).
+    method
+        ``"gram"`` or ``"sketch"`` (``"auto"``: :func:`choose_method`).
+    rank_tol
+        Rank tolerance on the eigenvalues of ``K`` (default ``λ_max · nm · eps(dtype of J)``).
+    top_k
+        Eigenpairs of ``K`` for the alignment curve (the sketch computes these; the exact Gram has all).
+    eigen_floor
+        Compute the eigenpairs down to this eigenvalue too (the horizon threshold ``n/(ηT)``), at most
+        :data:`MAX_EIGENPAIRS` with the sketch.
+    rtol, max_iter
+        LSQR's tolerance (default :data:`DEFAULT_RTOL`) and iteration cap per solve (default ``10·d``).
+    time_budget
+        Seconds from construction; the solves stop when it is spent (their bounds stay valid).
+    checkpoints, checkpoint_every
+        Where the preconditioner, the eigenpairs and each LSQR state are kept; a job started again on the same
+        operator resumes from them.
+    progress
+        Progress bars for the passes and the solves (process 0).
+    workspace
+        ``length ↦`` a zero float64 array for LSQR's ``nm``-vectors (a memory map for large ``nm``).
+    sketch_rows, nonzeros, seed
+        ``s`` (default ``SKETCH_FACTOR·d``, fewer if the memory budget needs), ``ζ`` and the hash seed.
+    witness_tol
+        The relative residual the undamped continuation of a sketched solve aims for, when the damped one is
+        above it and not certified above it (default ``residual_tol`` of the dtype).
+    """
+
+    min_eigenvalue = float("nan")
+    smallest_kept = float("nan")
+    effective_rank = float("nan")
+    conlim = math.inf
+
+    def __init__(
+        self,
+        op: JacobianOperator | ShardedJacobian,
+        vectors: Sequence[torch.Tensor] = (),
+        *,
+        method: str = "auto",
+        rank_tol: float | None = None,
+        top_k: int = 10,
+        eigen_floor: float | None = None,
+        rtol: float | None = None,
+        max_iter: int | None = None,
+        time_budget: float | None = None,
+        checkpoints: RunStore | None = None,
+        checkpoint_every: int = 10,
+        progress: bool = False,
+        workspace: Callable[[int], np.ndarray] | None = None,
+        sketch_rows: int | None = None,
+        nonzeros: int = SKETCH_NONZEROS,
+        seed: int = 0,
+        witness_tol: float | None = None,
+    ) -> None:
+        N, d = op.shape
+        self.method = choose_method(method, op.shape)
+        if self.method == "lsqr":
+            raise DiagnosticsError("PreconditionedSpectrum needs a tall J; use OperatorSpectrum for method='lsqr'")
+        if top_k < 1:
+            raise DiagnosticsError(f"top_k must be at least 1, got {top_k}")
+        self.op, self.top_k = op, top_k
+        self.deadline = None if time_budget is None else time.perf_counter() + time_budget
+        self.checkpoints, self.checkpoint_every = checkpoints, checkpoint_every
+        self.progress, self.workspace = progress, workspace
+        self.rtol = DEFAULT_RTOL if rtol is None else rtol
+        self.witness_tol = precision.default_residual_tol(op.dtype) if witness_tol is None else witness_tol
+        self.max_iter = max_iter or 10 * d
+        self.rank = -1
+        self.vectors = torch.stack([v.detach().reshape(-1).to(torch.float64).cpu() for v in vectors], dim=1) \
+            if len(vectors) else torch.zeros(N, 0, dtype=torch.float64)
+        local, _, _ = local_block(op)
+        if self.method == "sketch" and sketch_rows is None:
+            affordable = (local.budget // 8 - 2 * d * d) // d
+            sketch_rows = int(min(SKETCH_FACTOR * d, max(affordable, d + 1)))
+        self.sketch_rows = 0 if self.method == "gram" else int(sketch_rows)
+        self.nonzeros, self.seed = nonzeros, seed
+        self.fingerprint = _digest(op.outputs, self.vectors, (self.method, self.sketch_rows, nonzeros, seed, N, d))
+        self.gram_seconds = self.ritz_seconds = 0.0
+        self.solves: list[CertifiedSolve] = []
+        self._rhs: list[torch.Tensor] = []
+        self._setup(rank_tol, eigen_floor)
+
+    # -- the preconditioner and the eigenpairs ------------------------------------------------------
+
+    def _setup(self, rank_tol: float | None, eigen_floor: float | None) -> None:
+        """Form the Gram, the eigenpairs and the preconditioner, or read them from the checkpoint."""
+        N, d = self.op.shape
+        saved = None if self.checkpoints is None else self.checkpoints.read_state("preconditioner", self.fingerprint)
+        if saved is None:
+            gram = parameter_gram(self.op, self.vectors, sketch_rows=self.sketch_rows, nonzeros=self.nonzeros,
+                                  seed=self.seed, progress=self.progress)
+            self.gram_seconds = gram.seconds
+            saved = self._exact(gram) if gram.exact else self._sketched(gram, eigen_floor)
+            if self.checkpoints is not None:
+                self.checkpoints.write_state("preconditioner", self.fingerprint, saved)
+        self.gram_seconds, self.ritz_seconds = saved["gram_seconds"], saved["ritz_seconds"]
+        self.eigenvalues = saved["eigenvalues"].numpy()
+        self._coefficients = saved["coefficients"]  # (p, k): u_iᵀ q_j
+        self.ritz_residual = float(saved["ritz_residual"])
+        self.projections = saved["projections"]
+        lam_max = max(float(self.eigenvalues[0]), 0.0)
+        self.lambda_max = lam_max
+        self.rank_tol, self.rank_rule = precision.rank_rule(rank_tol, lam_max, N, self.op.dtype)
+        self.resolution = precision.default_rank_tol(lam_max, N, self.op.dtype)  # the Gram's rounding δ
+        if self.method == "gram":
+            kept = torch.as_tensor(self.eigenvalues > self.rank_tol)
+            self.rank = int(kept.sum())
+            self._basis = saved["basis"][:, kept]  # V₊
+            self._scale = torch.from_numpy(self.eigenvalues[kept.numpy()].copy()).rsqrt()  # Λ₊^{-1/2}
+            self.damping = 0.0
+            self.smallest_kept = float(self.eigenvalues[self.rank - 1]) if self.rank else math.nan
+            self.min_eigenvalue = 0.0 if N > d else float(self.eigenvalues[-1])
+            lam = np.clip(self.eigenvalues, 0, None)
+            p = lam[lam > 0] / lam.sum() if lam.sum() > 0 else lam[:0]
+            self.effective_rank = float(np.exp(-(p * np.log(p)).sum())) if p.size else 0.0
+        else:
+            self.damping = DAMPING * self.rank_tol
+            self._factor = self._cholesky(saved["gram"])
+        self.largest_discarded = float(np.abs(self.eigenvalues[self.eigenvalues <= self.rank_tol]).max(initial=0.0)) \
+            if self.method == "gram" else math.nan
+
+    def _exact(self, gram: ParameterGram) -> dict:
+        """``JᵀJ = VΛVᵀ``: all of ``K``'s non-zero spectrum, and the coefficients of the right-hand sides."""
+        lam, V = torch.linalg.eigh(gram.matrix)
+        _, processes, _ = local_block(self.op)
+        lam, V = processes.broadcast(lam.flip(0)), processes.broadcast(V.flip(1))
+        scale = torch.where(lam > 0, lam.clamp_min(1e-300).rsqrt(), torch.zeros_like(lam))
+        return {"eigenvalues": lam, "basis": V, "coefficients": (V.T @ gram.projections) * scale[:, None],
+                "projections": gram.projections, "ritz_residual": 0.0, "gram_seconds": gram.seconds,
+                "ritz_seconds": 0.0}
+
+    def _sketched(self, gram: ParameterGram, eigen_floor: float | None) -> dict:
+        """Keep the sketched Gram, and compute Rayleigh–Ritz eigenpairs of ``K`` on its top eigenvectors (one pass)."""
+        start = time.perf_counter()
+        _, processes, _ = local_block(self.op)
+        basis = processes.broadcast(_top_eigenvectors(gram.matrix, self.top_k, eigen_floor))
+        ritz = ritz_pairs(self.op, basis, self.vectors, progress=self.progress)
+        keep = min(self.top_k, ritz.values.size) if eigen_floor is None else ritz.values.size
+        return {"eigenvalues": torch.from_numpy(ritz.values[:keep].copy()), "coefficients": ritz.coefficients[:keep],
+                "ritz_residual": float(ritz.residuals[:keep].max()), "gram": gram.matrix,
+                "projections": gram.projections, "gram_seconds": gram.seconds,
+                "ritz_seconds": time.perf_counter() - start}
+
+    def _cholesky(self, matrix: torch.Tensor) -> torch.Tensor:
+        """``R`` with ``RᵀR = G̃ + μI`` (upper triangular), raising ``μ`` tenfold while the factorisation fails."""
+        _, processes, _ = local_block(self.op)
+        for _ in range(8):
+            shifted = matrix.clone()
+            shifted.diagonal().add_(self.damping)
+            factor, info = torch.linalg.cholesky_ex(shifted, upper=True)
+            del shifted
+            if int(info) == 0:
+                return processes.broadcast(factor)
+            self.damping *= 10
+        raise DiagnosticsError("the sketched Gram could not be factored even with a damping of "
+                               f"{self.damping:.3g}; use solver={{'method': 'lsqr'}}")
+
+    # -- the preconditioned operator and the solves ------------------------------------------------------
+
+    def _apply(self, y: torch.Tensor) -> torch.Tensor:
+        """``ν = My``: ``V₊Λ₊^{-1/2}y`` (exact Gram) or ``R⁻¹y`` (sketch)."""
+        if self.method == "gram":
+            return self._basis @ (self._scale * y)
+        return torch.linalg.solve_triangular(self._factor, y[:, None], upper=True)[:, 0]
+
+    def _apply_adjoint(self, x: torch.Tensor) -> torch.Tensor:
+        """``Mᵀx``."""
+        if self.method == "gram":
+            return self._scale * (self._basis.T @ x)
+        return torch.linalg.solve_triangular(self._factor.T, x[:, None], upper=False)[:, 0]
+
+    def _matvec(self, v: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.op.matvec(torch.as_tensor(v, dtype=torch.float64)).to(torch.float64).cpu()
+
+    def _rmatvec(self, u: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.op.rmatvec(u).to(torch.float64).cpu()
+
+    def _start(self, q: torch.Tensor) -> torch.Tensor:
+        """Return the sketch-and-solve start ``ν₀ = (G̃ + μI)⁻¹(SJ)ᵀSq``, or 0.
+
+        With the exact Gram it is the normal-equations solution ``V₊Λ₊⁻¹V₊ᵀJᵀq``. Available for ``q`` in the span
+        of the right-hand sides given at construction (their projections came with the Gram pass).
+        """
+        if not self.vectors.shape[1]:
+            return torch.zeros(self.op.shape[1], dtype=torch.float64)
+        coef, exact = _in_span(self.vectors, q)
+        if not exact:
+            return torch.zeros(self.op.shape[1], dtype=torch.float64)
+        return self._apply(self._apply_adjoint(self.projections @ coef))
+
+    def solve(self, q: torch.Tensor) -> CertifiedSolve:
+        """Solve for ``q`` (reusing earlier solves when ``q`` lies in their span) and certify the result."""
+        q = q.detach().reshape(-1).to(torch.float64).cpu()
+        if q.shape[0] != self.op.shape[0]:
+            raise ValueError(f"vector has length {q.shape[0]}, the operator has {self.op.shape[0]} rows")
+        for previous, solve in zip(self._rhs, self.solves, strict=True):
+            if torch.equal(previous, q):
+                return solve
+        if self._rhs:  # a combination of earlier right-hand sides: the same combination of their solutions
+            coef, exact = _in_span(torch.stack(self._rhs, dim=1), q)
+            if exact:
+                nu = torch.stack([s.nu for s in self.solves], dim=1) @ coef
+                fitted = torch.stack([s.fitted for s in self.solves], dim=1) @ coef
+                residual = float((q - fitted).norm())
+                return CertifiedSolve(nu, fitted, residual, self._rounding(nu), 0.0, 0, "combined", 0)
+        index = len(self.solves)
+        name = f"preconditioned-{index}"
+        saved = None if self.checkpoints is None else self.checkpoints.read_state(f"{name}-result", self.fingerprint)
+        result = CertifiedSolve(**saved) if saved is not None else self._certified(q, index)
+        if saved is None and self.checkpoints is not None and result.istop not in (7, 8):
+            self.checkpoints.write_state(f"{name}-result", self.fingerprint, result.state())
+        self.solves.append(result)
+        self._rhs.append(q)
+        return result
+
+    def _certified(self, q: torch.Tensor, index: int) -> CertifiedSolve:
+        """Run the preconditioned LSQR for ``q`` from the sketch-and-solve start, then certify its iterate."""
+        N, d = self.op.shape
+        mu = self.damping
+        nu0 = self._start(q)
+        fitted0 = self._matvec(nu0) if bool(nu0.any()) else torch.zeros(N, dtype=torch.float64)
+        y_len = self._scale.shape[0] if self.method == "gram" else d
+
+        def matvec(y: np.ndarray) -> np.ndarray:
+            nu = self._apply(torch.from_numpy(np.asarray(y, dtype=np.float64)))
+            out = self._matvec(nu)
+            return torch.cat([out, math.sqrt(mu) * nu]).numpy() if mu > 0 else out.numpy()
+
+        def rmatvec(u: np.ndarray) -> np.ndarray:
+            g = self._rmatvec(torch.from_numpy(np.asarray(u[:N], dtype=np.float64)))
+            if mu > 0:
+                g = g + math.sqrt(mu) * torch.from_numpy(np.asarray(u[N:], dtype=np.float64))
+            return self._apply_adjoint(g).numpy()
+
+        b = (q - fitted0).numpy()
+        if mu > 0:
+            b = np.concatenate([b, -math.sqrt(mu) * nu0.numpy()])
+        result = self._lsqr(matvec, rmatvec, b, y_len, f"preconditioned-{index}", float(q.norm()), self.rtol)
+        nu = nu0 + self._apply(torch.from_numpy(result.x))
+        fitted = self._matvec(nu)
+        r = q - fitted
+        g = self._rmatvec(r) - mu * nu
+        solve = CertifiedSolve(nu, fitted, float(r.norm()), self._rounding(nu), self._lower_bound(q, nu, r, g),
+                               result.iterations, result.reason, result.istop)
+        target = self.witness_tol * float(q.norm())
+        if mu > 0 and solve.residual > target >= solve.lower and solve.istop not in (7, 8):
+            self._witness(q, solve, r, index, target)
+        return solve
+
+    def _witness(self, q: torch.Tensor, solve: CertifiedSolve, r: torch.Tensor, index: int, target: float) -> None:
+        """Continue undamped (``min ‖q − Jν‖`` on ``JR⁻¹``) from the damped solution, until ``‖q − Jν‖ ≤ target``.
+
+        The damped solution leaves ``μ/(σ² + μ)`` of each component of ``q`` unfitted, so a ``q`` in ``Col J`` with
+        weight on small singular values shows a residual above the tolerance; the continuation fits them, and its
+        residual is a witness like any other (theory/alignment.md#witness-bounds).
+        """
+        def matvec(y: np.ndarray) -> np.ndarray:
+            return self._matvec(self._apply(torch.from_numpy(np.asarray(y, dtype=np.float64)))).numpy()
+
+        def rmatvec(u: np.ndarray) -> np.ndarray:
+            return self._apply_adjoint(self._rmatvec(torch.from_numpy(np.asarray(u, dtype=np.float64)))).numpy()
+
+        result = self._lsqr(matvec, rmatvec, r.numpy(), self.op.shape[1], f"preconditioned-{index}-witness",
+                            float(q.norm()), self.rtol, btol=0.5 * target / solve.residual)
+        nu = solve.nu + self._apply(torch.from_numpy(result.x))
+        solve.witness = float((q - self._matvec(nu)).norm())
+        solve.witness_rounding = self._rounding(nu)
+        solve.iterations += result.iterations
+        solve.reason = f"{solve.reason}; undamped witness: {result.reason}"
+
+    def _lsqr(self, matvec: Callable, rmatvec: Callable, b: np.ndarray, cols: int, name: str, q_norm: float,
+              atol: float, btol: float | None = None) -> LsqrResult:
+        """One LSQR run on the preconditioned problem, with its progress bar, checkpoints and time budget."""
+        remaining = None if self.deadline is None else max(self.deadline - time.perf_counter(), 0.0)
+        _, processes, _ = local_block(self.op)
+        with tqdm(total=self.max_iter, desc=name, unit="it", leave=False,
+                  disable=not (self.progress and processes.rank == 0), mininterval=2.0,
+                  bar_format="{desc}: {n_fmt} it [{elapsed}, {rate_fmt}{postfix}]") as bar:
+            def show(iteration: int, residual: float) -> None:
+                bar.update(iteration - bar.n)
+                left = "" if self.deadline is None else f", {max(self.deadline - time.perf_counter(), 0):.0f} s left"
+                bar.set_postfix_str(f"√φ/‖q‖ ≈ {residual / max(q_norm, 1e-300):.3e}{left}", refresh=False)
+
+            return lsqr(matvec, rmatvec, b, cols, atol=atol, btol=atol if btol is None else btol, conlim=0.0,
+                        iter_lim=self.max_iter, time_budget=remaining, checkpoints=self.checkpoints, name=name,
+                        checkpoint_every=self.checkpoint_every, fingerprint=self.fingerprint, callback=show,
+                        workspace=self.workspace)
+
+    def _rounding(self, nu: torch.Tensor) -> float:
+        """Return what ``‖Jν‖`` may be off by in floating point: ``nm · eps · √λ_max · ‖ν‖``."""
+        return self.op.shape[0] * precision.eps(self.op.dtype) * math.sqrt(self.lambda_max) * float(nu.norm())
+
+    def _lower_bound(self, q: torch.Tensor, nu: torch.Tensor, r: torch.Tensor, g: torch.Tensor) -> float:
+        """Return a certified lower bound on ``‖(I − P_{>rank_tol})q‖`` from the iterate ``ν`` (0 if none)."""
+        q_sq = float(q @ q)
+        slack = self._rounding(r)  # what ‖Jᵀr‖ may be off by
+        r_low = max(float(r.norm()) - self._rounding(nu), 0.0)
+        if self.method == "gram":  # σ_min²(JM) ≥ 1 − δ/λ₊ for the restricted problem
+            shrink = 1.0 - self.resolution / self.smallest_kept if self.rank else 0.0
+            if shrink <= 0:
+                return 0.0
+            step = float(self._apply_adjoint(g).norm()) + float(self._scale.max()) * slack
+            return math.sqrt(max(r_low**2 - step**2 / shrink, 0.0))
+        mu, tau = self.damping, self.rank_tol
+        phi_low = r_low**2 + mu * float(nu @ nu) - (float(g.norm()) + slack) ** 2 / mu  # φ* ≥ φ − ‖g‖²/μ
+        return math.sqrt(max((phi_low * (tau + mu) - mu * q_sq) / tau, 0.0)) if tau > 0 else 0.0
+
+    # -- the interface of Spectrum ---------------------------------------------------------------
+
+    def least_norm_solution(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ν, Jν)``: the regularised least-norm solution (``V₊Λ₊⁻¹V₊ᵀJᵀq``, or damped at ``μ``)."""
+        solve = self.solve(q)
+        return solve.nu, solve.fitted
+
+    def residual_bounds(self, q: torch.Tensor) -> tuple[float, float]:
+        """Return ``(lower, upper)`` bounds on the residual of ``q``, relative to ``‖q‖``.
+
+        ``lower`` bounds the rank-rule residual ``‖(I − P_{>rank_tol})q‖`` (certified), ``upper`` the residual
+        ``‖(I − P)q‖`` (the better witness plus its rounding).
+        """
+        solve = self.solve(q)
+        q_norm = float(q.detach().reshape(-1).to(torch.float64).norm())
+        return min(solve.lower, solve.upper) / q_norm, solve.upper / q_norm
+
+    def pinv_quadratic(self, q: torch.Tensor) -> float:
+        """``‖ν‖²`` for the regularised least-norm ``ν``."""
+        nu, _ = self.least_norm_solution(q)
+        return float(nu @ nu)
+
+    def inside_norm_sq(self, q: torch.Tensor) -> float:
+        """``‖Jν‖²``."""
+        _, fitted = self.least_norm_solution(q)
+        return float(fitted @ fitted)
+
+    def outside_norm_sq(self, q: torch.Tensor) -> float:
+        """``‖q − Jν‖²`` (a witness: at least the exact ``‖(I − P)q‖²``)."""
+        _, fitted = self.least_norm_solution(q)
+        rest = q.detach().reshape(-1).to(torch.float64).cpu() - fitted
+        return float(rest @ rest)
+
+    def outside_inner(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        """Return ``⟨a − Jν_a, b − Jν_b⟩``."""
+        parts = [v.detach().reshape(-1).to(torch.float64).cpu() - self.least_norm_solution(v)[1] for v in (a, b)]
+        return float(parts[0] @ parts[1])
+
+    def quadratic(self, q: torch.Tensor) -> float:
+        """``qᵀKq = ‖Jᵀq‖²``."""
+        g = self._rmatvec(q.detach().reshape(-1).to(torch.float64))
+        return float(g @ g)
+
+    def coefficients(self, q: torch.Tensor) -> torch.Tensor:
+        """``u_iᵀq`` on the computed eigenvectors of ``K`` (``q`` in the span of the right-hand sides given)."""
+        q = q.detach().reshape(-1).to(torch.float64).cpu()
+        coef, exact = _in_span(self.vectors, q) if self.vectors.shape[1] else (None, False)
+        if not exact:
+            raise DiagnosticsError("the eigen-coefficients of a vector not given at construction are not computed")
+        return self._coefficients @ coef
+
+    def captured_fraction(self, q: torch.Tensor) -> np.ndarray:
+        """Fraction of ``‖q‖²`` carried by the top-``k`` eigen-directions, ``k = 1..`` (as many as computed)."""
+        q = q.detach().reshape(-1).to(torch.float64).cpu()
+        total = float(q @ q)
+        if total == 0:
+            raise ValueError("the target vector is zero")
+        return (torch.cumsum(self.coefficients(q) ** 2, 0) / total).clamp(max=1.0).numpy()
+
+    def residual_curve(self, q: torch.Tensor) -> np.ndarray:
+        """``a(λ_k) = sqrt(1 −`` the captured fraction``)`` at the computed eigenvalues."""
+        return np.sqrt(np.clip(1.0 - self.captured_fraction(q), 0.0, None))
+
+    def energy_below(self, q: torch.Tensor, threshold: float) -> float:
+        """Energy of ``q`` in the eigen-directions below ``threshold``; ``nan`` below the computed eigenpairs."""
+        if self.method == "sketch" and threshold <= float(self.eigenvalues[-1]):
+            return math.nan
+        q = q.detach().reshape(-1).to(torch.float64).cpu()
+        c = self.coefficients(q)
+        above = torch.as_tensor(self.eigenvalues >= threshold)
+        return max(float(q @ q) - float((c[above] ** 2).sum()), 0.0)
+
+    def kernel_target_alignment(self, q: torch.Tensor) -> float:
+        """``qᵀKq / (‖K‖_F ‖q‖²)`` with the exact Gram (``‖K‖_F = ‖λ‖₂``); ``nan`` with the sketch."""
+        if self.method == "sketch":
+            return math.nan
+        q = q.detach().reshape(-1).to(torch.float64).cpu()
+        denom = float(np.linalg.norm(self.eigenvalues)) * float(q @ q)
+        return self.quadratic(q) / denom if denom > 0 else 0.0
+
+    @property
+    def truncated(self) -> bool:
+        """Whether a solve stopped before its tolerance (iteration cap or time budget); its bounds still hold."""
+        return any(s.istop in (7, 8) for s in self.solves)
+
+    @property
+    def solver_summary(self) -> str:
+        """How the Gram, the eigenpairs and the solves were computed, in words."""
+        N, d = self.op.shape
+        if self.method == "gram":
+            head = f"preconditioned LSQR on the exact JᵀJ (d = {d:,}, {self.gram_seconds:.1f} s)"
+        else:
+            head = (f"preconditioned LSQR on a sketch of {self.sketch_rows:,} rows (ζ = {self.nonzeros}, "
+                    f"{self.gram_seconds:.1f} s), damping μ = {self.damping:.3g}; {len(self.eigenvalues)} Ritz pairs "
+                    f"({self.ritz_seconds:.1f} s, largest residual {self.ritz_residual:.2g})")
+        its = ", ".join(str(s.iterations) for s in self.solves if s.reason != "combined")
+        stops = "; ".join(dict.fromkeys(s.reason for s in self.solves if s.reason != "combined"))
+        return head + (f"; {len(its.split(', '))} solves ({its} iterations); stopped: {stops}" if its else "")
+
+
+def _top_eigenvectors(matrix: torch.Tensor, top_k: int, floor: float | None) -> torch.Tensor:
+    """Return orthonormal top eigenvectors of a sketched Gram.
+
+    ``top_k`` of them, or those down to ``floor/4`` (the sketch's distortion allowance), doubling their number up
+    to :data:`MAX_EIGENPAIRS`.
+    """
+    d = matrix.shape[0]
+    op = LinearOperator((d, d), matvec=lambda v: (matrix @ torch.from_numpy(np.asarray(v).reshape(-1))).numpy(),
+                        dtype=np.float64)
+    start = np.random.default_rng(0).standard_normal(d)
+    p = min(max(top_k, 8), d - 1)
+    while True:
+        if p >= d - 1:  # all of them
+            lam, V = torch.linalg.eigh(matrix)
+            return V.flip(1)[:, : min(d, max(top_k, p))]
+        lam, V = eigsh(op, k=p, which="LA", v0=start, tol=1e-6)
+        order = np.argsort(lam)[::-1]
+        if floor is None or lam[order[-1]] < floor / 4 or p >= MAX_EIGENPAIRS:
+            return torch.from_numpy(np.ascontiguousarray(V[:, order]))
+        p = min(2 * p, MAX_EIGENPAIRS, d - 1)
+
+
+def _in_span(basis: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Coefficients of ``q`` on the columns of ``basis``, and whether ``q`` lies in their span (to 1e-12)."""
+    coef = torch.linalg.lstsq(basis, q[:, None]).solution[:, 0]
+    return coef, float((basis @ coef - q).norm()) <= 1e-12 * max(float(q.norm()), 1e-300)
+
+
+def _digest(outputs: torch.Tensor, vectors: torch.Tensor, settings: tuple) -> str:
+    """Fingerprint the problem by the outputs ``f_X(θ)``, the right-hand sides and the solver's settings.
+
+    The outputs change with ``θ`` and the data.
+    """
+    digest = hashlib.sha256(outputs.detach().to(torch.float64).cpu().contiguous().numpy().tobytes())
+    digest.update(vectors.contiguous().numpy().tobytes())
+    digest.update(repr(settings).encode())
+    return digest.hexdigest()
