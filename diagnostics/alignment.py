@@ -191,7 +191,7 @@ def _measure(model: nn.Module, X: _inputs.Inputs, T: torch.Tensor, *, dtype: tor
         report.mode, report.strategy = mode, op.products
         error = jacobian_error(op.fm, op.x, m=op.m, per_sample=False)
         report.manifest = MeasurementManifest.build(op.fm, op.x, strategy=op.products, n_outputs=op.m,
-                                                    choice=op.choice, error=error)
+                                                    choice=op.choice, error=error, solver=report.solver)
         return report
     with Measurement(model, X, params=params, mode=mode, output=output, dtype=dtype, strategy=strategy,
                      memory_budget=memory_budget) as job:

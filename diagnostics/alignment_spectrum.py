@@ -112,7 +112,8 @@ def alignment_from_spectrum(
             d1,
             theory.loss_decomposition(loss, spectrum.inside_norm_sq(r_q), outside, n,
                                       rtol=precision.decomposition_rtol(source_dtype),
-                                      uncertainty=_truncation_uncertainty(spectrum, loss, r_q, outside, n)),
+                                      uncertainty=_truncation_uncertainty(spectrum, loss, r_q, outside, n)
+                                      + _projection_defect(spectrum, r_q) / (2 * n)),
             theory.necessity_at_global_minimum(loss, residual, n, q_sq, cms=cms, uncertainty=uncertainty),
             theory.gradient_domination(loss, grad_norm, certificate, aligned,
                                        truncation=spectrum.outside_norm_sq(r_q) / (2 * n), cms=cms),
@@ -225,6 +226,19 @@ def _certified(spectrum: PreconditionedSpectrum, q: torch.Tensor, residual_tol: 
     return (lower, upper), False, note
 
 
+def _projection_defect(spectrum: Spectrum | OperatorSpectrum | PreconditionedSpectrum, r: torch.Tensor) -> float:
+    """Return ``|‖r‖² − ‖Jν‖² − ‖r − Jν‖²|`` of a damped fit (0 for a projection): what (I2) cannot attribute.
+
+    The damped solution's fit is not an orthogonal projection: ``⟨Jν, r − Jν⟩ = μ‖ν‖²`` at its minimum
+    (``theory/alignment.md#preconditioned``).
+    """
+    if not isinstance(spectrum, PreconditionedSpectrum):
+        return 0.0
+    r = r.detach().reshape(-1).to(torch.float64).cpu()
+    _, fitted = spectrum.least_norm_solution(r)
+    return abs(float(r @ r) - float(fitted @ fitted) - float((r - fitted) @ (r - fitted)))
+
+
 def _truncation_uncertainty(spectrum: Spectrum | OperatorSpectrum, loss: float, r: torch.Tensor, outside: float,
                             n: int) -> float:
     """Return the (I2) gap a truncated LSQR solve cannot tell from zero: all of it (``Jν_k`` is no projection)."""
@@ -296,5 +310,5 @@ def alignment_from_operator(
         horizon=horizon,
     )
     report.rank_rule = f"{spectrum.rank_rule}; {spectrum.solver_summary}"
-    report.path = "matrix-free"
+    report.path, report.solver = "matrix-free", method
     return report

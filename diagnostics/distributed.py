@@ -140,7 +140,8 @@ def check_alignment_distributed(
     first = local.first_batch()
     manifest = MeasurementManifest.build(local.fm, first, strategy=local.products, n_outputs=op.m,
                                          choice=local.choice, error=jacobian_error(local.fm, first, m=op.m,
-                                                                                   per_sample=True))
+                                                                                   per_sample=True),
+                                         solver=report.solver)
     described = (f"{type(local.dataset).__name__} of {op.n} samples streamed in batches of {local.chunk_size} "
                  f"over {world} process(es); first batch: {manifest.inputs}")
     report.manifest = dataclasses.replace(manifest, n_samples=op.n, inputs=described)

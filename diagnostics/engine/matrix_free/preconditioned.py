@@ -52,7 +52,8 @@ from .ritz import ritz_pairs
 from .sharded import ShardedJacobian, local_block
 from .sketch import ParameterGram, parameter_gram
 
-__all__ = ["DAMPING", "EXACT_GRAM_MAX_D", "METHODS", "CertifiedSolve", "PreconditionedSpectrum", "choose_method"]
+__all__ = ["DAMPING", "EXACT_GRAM_MAX_D", "METHODS", "CertifiedSolve", "PreconditionedSpectrum", "choose_method",
+           "default_rtol"]
 
 #: The solvers of ``solver={"method": …}``: ``"auto"`` picks by the shape of ``J`` (:func:`choose_method`).
 METHODS = ("auto", "lsqr", "gram", "sketch")
@@ -65,8 +66,6 @@ DAMPING = 1e-2
 #: Sketch rows per parameter (``s = SKETCH_FACTOR · d``) and non-zeros per row of ``J`` (``ζ``).
 SKETCH_FACTOR = 2.0
 SKETCH_NONZEROS = 1
-#: LSQR's tolerance on the preconditioned problem (its iterations converge at a rate set by the sketch, not by ``J``).
-DEFAULT_RTOL = 1e-10
 #: Ritz vectors the sketched solver computes at most for the horizon (``d × p`` per pass).
 MAX_EIGENPAIRS = 256
 
@@ -89,6 +88,16 @@ def choose_method(method: str, shape: tuple[int, int]) -> str:
     if rows < d:
         return "lsqr"
     return "gram" if d <= EXACT_GRAM_MAX_D and 2.0 * rows * d * d <= EXACT_GRAM_MAX_FLOPS else "sketch"
+
+
+def default_rtol(rows: int, dtype: torch.dtype) -> float:
+    """LSQR's tolerance on the preconditioned problems: ``0.1·sqrt(DAMPING · nm · eps)``, within ``[1e-12, 1e-6]``.
+
+    The damped bound ``φ* ≥ φ − ‖g‖²/μ`` is within 1 % of ``φ`` once ``‖g‖ ≤ 0.1 sqrt(μφ)``, and LSQR's test on
+    ``‖Ãᵀr̃‖/(‖Ã‖‖r̃‖)`` at this tolerance gives that (``‖g‖ ≤ ‖R‖ ‖Ãᵀr̃‖``, ``‖R‖² ≈ λ_max``,
+    ``μ = DAMPING · nm · eps · λ_max``); it also keeps ``ν`` to about as many digits.
+    """
+    return min(max(0.1 * math.sqrt(DAMPING * rows * precision.eps(dtype)), 1e-12), 1e-6)
 
 
 @dataclass
@@ -155,7 +164,7 @@ class PreconditionedSpectrum:
         Compute the eigenpairs down to this eigenvalue too (the horizon threshold ``n/(ηT)``), at most
         :data:`MAX_EIGENPAIRS` with the sketch.
     rtol, max_iter
-        LSQR's tolerance (default :data:`DEFAULT_RTOL`) and iteration cap per solve (default ``10·d``).
+        LSQR's tolerance (default :func:`default_rtol`) and iteration cap per solve (default ``10·d``).
     time_budget
         Seconds from construction; the solves stop when it is spent (their bounds stay valid).
     checkpoints, checkpoint_every
@@ -208,7 +217,7 @@ class PreconditionedSpectrum:
         self.deadline = None if time_budget is None else time.perf_counter() + time_budget
         self.checkpoints, self.checkpoint_every = checkpoints, checkpoint_every
         self.progress, self.workspace = progress, workspace
-        self.rtol = DEFAULT_RTOL if rtol is None else rtol
+        self.rtol = default_rtol(N, op.dtype) if rtol is None else rtol
         self.witness_tol = precision.default_residual_tol(op.dtype) if witness_tol is None else witness_tol
         self.max_iter = max_iter or 10 * d
         self.rank = -1
@@ -221,7 +230,7 @@ class PreconditionedSpectrum:
         self.sketch_rows = 0 if self.method == "gram" else int(sketch_rows)
         self.nonzeros, self.seed = nonzeros, seed
         self.fingerprint = _digest(op.outputs, self.vectors, (self.method, self.sketch_rows, nonzeros, seed, N, d))
-        self.gram_seconds = self.ritz_seconds = 0.0
+        self.gram_seconds, self.ritz_seconds, self.factor_seconds, self.solve_seconds = (0.0, 0.0), 0.0, 0.0, 0.0
         self.solves: list[CertifiedSolve] = []
         self._rhs: list[torch.Tensor] = []
         self._setup(rank_tol, eigen_floor)
@@ -235,11 +244,10 @@ class PreconditionedSpectrum:
         if saved is None:
             gram = parameter_gram(self.op, self.vectors, sketch_rows=self.sketch_rows, nonzeros=self.nonzeros,
                                   seed=self.seed, progress=self.progress)
-            self.gram_seconds = gram.seconds
             saved = self._exact(gram) if gram.exact else self._sketched(gram, eigen_floor)
             if self.checkpoints is not None:
                 self.checkpoints.write_state("preconditioner", self.fingerprint, saved)
-        self.gram_seconds, self.ritz_seconds = saved["gram_seconds"], saved["ritz_seconds"]
+        self.gram_seconds, self.ritz_seconds = tuple(saved["gram_seconds"]), saved["ritz_seconds"]
         self.eigenvalues = saved["eigenvalues"].numpy()
         self._coefficients = saved["coefficients"]  # (p, k): u_iᵀ q_j
         self.ritz_residual = float(saved["ritz_residual"])
@@ -261,7 +269,9 @@ class PreconditionedSpectrum:
             self.effective_rank = float(np.exp(-(p * np.log(p)).sum())) if p.size else 0.0
         else:
             self.damping = DAMPING * self.rank_tol
+            started = time.perf_counter()
             self._factor = self._cholesky(saved["gram"])
+            self.factor_seconds = time.perf_counter() - started
         self.largest_discarded = float(np.abs(self.eigenvalues[self.eigenvalues <= self.rank_tol]).max(initial=0.0)) \
             if self.method == "gram" else math.nan
 
@@ -352,7 +362,9 @@ class PreconditionedSpectrum:
         index = len(self.solves)
         name = f"preconditioned-{index}"
         saved = None if self.checkpoints is None else self.checkpoints.read_state(f"{name}-result", self.fingerprint)
+        started = time.perf_counter()
         result = CertifiedSolve(**saved) if saved is not None else self._certified(q, index)
+        self.solve_seconds += time.perf_counter() - started
         if saved is None and self.checkpoints is not None and result.istop not in (7, 8):
             self.checkpoints.write_state(f"{name}-result", self.fingerprint, result.state())
         self.solves.append(result)
@@ -540,15 +552,19 @@ class PreconditionedSpectrum:
     def solver_summary(self) -> str:
         """How the Gram, the eigenpairs and the solves were computed, in words."""
         N, d = self.op.shape
+        passed, summed = self.gram_seconds
         if self.method == "gram":
-            head = f"preconditioned LSQR on the exact JᵀJ (d = {d:,}, {self.gram_seconds:.1f} s)"
+            head = f"preconditioned LSQR on the exact JᵀJ (d = {d:,}; pass {passed:.1f} s, sums {summed:.1f} s)"
         else:
-            head = (f"preconditioned LSQR on a sketch of {self.sketch_rows:,} rows (ζ = {self.nonzeros}, "
-                    f"{self.gram_seconds:.1f} s), damping μ = {self.damping:.3g}; {len(self.eigenvalues)} Ritz pairs "
-                    f"({self.ritz_seconds:.1f} s, largest residual {self.ritz_residual:.2g})")
+            head = (f"preconditioned LSQR on a sketch of {self.sketch_rows:,} rows (ζ = {self.nonzeros}; pass "
+                    f"{passed:.1f} s, Gram {summed:.1f} s, Cholesky {self.factor_seconds:.1f} s), damping "
+                    f"μ = {self.damping:.3g}; {len(self.eigenvalues)} Ritz pairs ({self.ritz_seconds:.1f} s, largest "
+                    f"residual {self.ritz_residual / max(self.lambda_max, 1e-300):.1e}·λ_max)")
         its = ", ".join(str(s.iterations) for s in self.solves if s.reason != "combined")
         stops = "; ".join(dict.fromkeys(s.reason for s in self.solves if s.reason != "combined"))
-        return head + (f"; {len(its.split(', '))} solves ({its} iterations); stopped: {stops}" if its else "")
+        if not its:
+            return head
+        return head + f"; {len(its.split(', '))} solves ({its} iterations, {self.solve_seconds:.1f} s); stopped: {stops}"
 
 
 def _top_eigenvectors(matrix: torch.Tensor, top_k: int, floor: float | None) -> torch.Tensor:

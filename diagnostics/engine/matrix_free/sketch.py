@@ -80,14 +80,14 @@ class ParameterGram:
     nonzeros
         ``ζ``, non-zeros per column of ``S``.
     seconds
-        Wall time of the pass and the reductions.
+        Wall time of the pass over the data, and of the sums over processes and the sketch's product ``(SJ)ᵀ(SJ)``.
     """
 
     matrix: torch.Tensor
     projections: torch.Tensor
     sketch_rows: int
     nonzeros: int
-    seconds: float
+    seconds: tuple[float, float]
 
     @property
     def exact(self) -> bool:
@@ -152,6 +152,7 @@ def parameter_gram(
                 total.addmm_(block.T, block)
                 projections.addmm_(block.T, q)
             bar.update(samples.stop - samples.start)
+    passed = time.perf_counter()
     if sketch_rows:
         sketched = processes.sum(sketched)
         mine = processes.sum_rows(total)  # this process's block of rows of SJ, summed over the processes
@@ -161,4 +162,4 @@ def parameter_gram(
         matrix, projections = processes.sum(matrix), processes.sum(projections)
     else:
         matrix, projections = processes.sum(total), processes.sum(projections)
-    return ParameterGram(matrix, projections, sketch_rows, nonzeros, time.perf_counter() - start)
+    return ParameterGram(matrix, projections, sketch_rows, nonzeros, (passed - start, time.perf_counter() - passed))
