@@ -66,6 +66,8 @@ DAMPING = 1e-2
 #: Sketch rows per parameter (``s = SKETCH_FACTOR · d``) and non-zeros per row of ``J`` (``ζ``).
 SKETCH_FACTOR = 2.0
 SKETCH_NONZEROS = 1
+#: Refinement steps at most per damped solve (LSQR restarted from its iterate with a tighter tolerance).
+REFINEMENTS = 3
 #: Ritz vectors the sketched solver computes at most for the horizon (``d × p`` per pass).
 MAX_EIGENPAIRS = 256
 
@@ -372,17 +374,24 @@ class PreconditionedSpectrum:
         return result
 
     def _certified(self, q: torch.Tensor, index: int) -> CertifiedSolve:
-        """Run the preconditioned LSQR for ``q`` from the sketch-and-solve start, then certify its iterate."""
+        """Run the preconditioned LSQR for ``q`` from the sketch-and-solve start, then certify its iterate.
+
+        When the bounds do not decide ``‖(I − P)q‖ ≤ witness_tol · ‖q‖`` and LSQR's tolerance, not the iterate's
+        distance to the minimiser, is what keeps them apart, LSQR goes on from the iterate with the tolerance the
+        certificate needs (a refinement step: the right-hand side is the explicit residual), up to
+        :data:`REFINEMENTS` times; then an undamped continuation may show membership (:meth:`_witness`).
+        """
         N, d = self.op.shape
         mu = self.damping
-        nu0 = self._start(q)
-        fitted0 = self._matvec(nu0) if bool(nu0.any()) else torch.zeros(N, dtype=torch.float64)
-        y_len = self._scale.shape[0] if self.method == "gram" else d
+        nu = self._start(q)
+        fitted = self._matvec(nu) if bool(nu.any()) else torch.zeros(N, dtype=torch.float64)
+        cols = self._scale.shape[0] if self.method == "gram" else d
+        target = self.witness_tol * float(q.norm())
 
         def matvec(y: np.ndarray) -> np.ndarray:
-            nu = self._apply(torch.from_numpy(np.asarray(y, dtype=np.float64)))
-            out = self._matvec(nu)
-            return torch.cat([out, math.sqrt(mu) * nu]).numpy() if mu > 0 else out.numpy()
+            step = self._apply(torch.from_numpy(np.asarray(y, dtype=np.float64)))
+            out = self._matvec(step)
+            return torch.cat([out, math.sqrt(mu) * step]).numpy() if mu > 0 else out.numpy()
 
         def rmatvec(u: np.ndarray) -> np.ndarray:
             g = self._rmatvec(torch.from_numpy(np.asarray(u[:N], dtype=np.float64)))
@@ -390,18 +399,28 @@ class PreconditionedSpectrum:
                 g = g + math.sqrt(mu) * torch.from_numpy(np.asarray(u[N:], dtype=np.float64))
             return self._apply_adjoint(g).numpy()
 
-        b = (q - fitted0).numpy()
-        if mu > 0:
-            b = np.concatenate([b, -math.sqrt(mu) * nu0.numpy()])
-        result = self._lsqr(matvec, rmatvec, b, y_len, f"preconditioned-{index}", float(q.norm()), self.rtol)
-        nu = nu0 + self._apply(torch.from_numpy(result.x))
-        fitted = self._matvec(nu)
-        r = q - fitted
-        g = self._rmatvec(r) - mu * nu
-        solve = CertifiedSolve(nu, fitted, float(r.norm()), self._rounding(nu), self._lower_bound(q, nu, r, g),
-                               result.iterations, result.reason, result.istop)
-        target = self.witness_tol * float(q.norm())
-        if mu > 0 and solve.residual > target >= solve.lower and solve.istop not in (7, 8):
+        atol, iterations, reasons = self.rtol, 0, []
+        for refinement in range(REFINEMENTS + 1):
+            b = (q - fitted).numpy()
+            if mu > 0:
+                b = np.concatenate([b, -math.sqrt(mu) * nu.numpy()])
+            name = f"preconditioned-{index}" + (f"-refined-{refinement}" if refinement else "")
+            result = self._lsqr(matvec, rmatvec, b, cols, name, float(q.norm()), atol)
+            nu = nu + self._apply(torch.from_numpy(result.x))
+            fitted = self._matvec(nu)
+            r = q - fitted
+            g = self._rmatvec(r) - mu * nu
+            iterations += result.iterations
+            reasons.append(result.reason)
+            solve = CertifiedSolve(nu, fitted, float(r.norm()), self._rounding(nu), self._lower_bound(q, nu, r, g),
+                                   iterations, "; then ".join(dict.fromkeys(reasons)), result.istop)
+            if solve.upper <= target or solve.lower > target or result.istop in (7, 8) or mu == 0:
+                break
+            wanted = 0.1 * math.sqrt(mu) * max(solve.residual, target)  # ‖g‖ at which ‖g‖/√μ costs 10 % of ‖r‖
+            if float(g.norm()) <= wanted or atol <= 1e-15:
+                break
+            atol = max(atol * wanted / float(g.norm()), 1e-15)
+        if mu > 0 and solve.upper > target >= solve.lower and solve.istop not in (7, 8):
             self._witness(q, solve, r, index, target)
         return solve
 
@@ -460,8 +479,15 @@ class PreconditionedSpectrum:
             step = float(self._apply_adjoint(g).norm()) + float(self._scale.max()) * slack
             return math.sqrt(max(r_low**2 - step**2 / shrink, 0.0))
         mu, tau = self.damping, self.rank_tol
-        phi_low = r_low**2 + mu * float(nu @ nu) - (float(g.norm()) + slack) ** 2 / mu  # φ* ≥ φ − ‖g‖²/μ
-        return math.sqrt(max((phi_low * (tau + mu) - mu * q_sq) / tau, 0.0)) if tau > 0 else 0.0
+        if tau <= 0:
+            return 0.0
+        gap = float(g.norm()) + slack  # ‖g‖ bounds the iterate's distance to the minimiser ν*
+        phi_low = r_low**2 + mu * float(nu @ nu) - gap**2 / mu  # φ* ≥ φ − ‖g‖²/μ
+        bracket = (phi_low * (tau + mu) - mu * q_sq) / tau
+        r_star = max(r_low - gap / math.sqrt(mu), 0.0)  # ‖r*‖ ≥ ‖r‖ − ‖J(ν* − ν)‖, ‖J(ν* − ν)‖² ≤ gᵀH⁻¹g ≤ ‖g‖²/μ
+        nu_star = float(nu.norm()) + gap / mu  # ‖ν*‖ ≤ ‖ν‖ + ‖H⁻¹g‖
+        leak = r_star**2 - (mu / tau) * mu * nu_star**2  # the kept directions leave at most (μ/τ)·μ‖ν*‖² unfitted
+        return math.sqrt(max(bracket, leak, 0.0))
 
     # -- the interface of Spectrum ---------------------------------------------------------------
 
@@ -564,7 +590,8 @@ class PreconditionedSpectrum:
         stops = "; ".join(dict.fromkeys(s.reason for s in self.solves if s.reason != "combined"))
         if not its:
             return head
-        return head + f"; {len(its.split(', '))} solves ({its} iterations, {self.solve_seconds:.1f} s); stopped: {stops}"
+        count = len(its.split(", "))
+        return head + f"; {count} solves ({its} iterations, {self.solve_seconds:.1f} s); stopped: {stops}"
 
 
 def _top_eigenvectors(matrix: torch.Tensor, top_k: int, floor: float | None) -> torch.Tensor:
