@@ -172,6 +172,25 @@ def tiny(**overrides) -> SweepConfig:
     return SweepConfig(**{**values, **overrides})
 
 
+class GatedNet(nn.Module):
+    """A family the project did not write: LayerNorm, a GELU gate, a bias-free output layer; ``width`` hidden units."""
+
+    def __init__(self, width: int, d_in: int = 64, n_out: int = 10) -> None:
+        super().__init__()
+        self.proj = nn.Linear(d_in, 2 * width)
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, n_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.proj(x.flatten(1)).chunk(2, dim=1)
+        return self.out(self.norm(a) * F.gelu(b))
+
+
+def gated(width: int) -> nn.Module:
+    """The factory ``width → GatedNet(width)`` (module level, so a process pool can import it)."""
+    return GatedNet(width)
+
+
 # -- theory: numpy ------------------------------------------------------------------------------
 
 

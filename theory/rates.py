@@ -8,6 +8,7 @@ their premise, and a rate whose premise fails is *not applicable*.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -97,14 +98,15 @@ def convergence_rate_check(times: ArrayLike, losses: ArrayLike, certificate_bar:
 
 def gradient_descent_rate(step_sizes: float | ArrayLike, losses: ArrayLike, grad_norms_sq: ArrayLike,
                           certificate_bar: float | ArrayLike, aligned: bool | ArrayLike | None = None,
-                          cms: bool | None = None, rtol: float = 1e-6) -> Verdict:
+                          cms: bool | None = None, rtol: float = 1e-6, recipe: Sequence[Premise] = ()) -> Verdict:
     r"""(I3) Gradient-descent rate: ``1/L_k ≥ 1/L_0 + 4τ_k/B̄² − ρ_k`` at every step of a measured run.
 
     ``τ_k = Σ_{j<k, δ_j>0} δ_j/‖∇L_j‖²`` is the effective time of the steps that lower the loss and
     ``ρ_k = Σ_{j<k, δ_j<0} (1/L_j − 1/L_{j+1})`` the rise of those that raise it (``δ_j = L_j − L_{j+1}``;
     ``theory/results.md``). Without rises the bound is ``L_k ≤ L_0/(1 + 4L_0τ_k/B̄²)``, and ``τ_k ≥ cΣ_{j<k}η_j``
     when every step lowers the loss by at least ``cη_j‖∇L_j‖²``. The statement needs D1 and the data-level
-    condition at every step, with ``B ≤ B̄``.
+    condition at every step, with ``B ≤ B̄``, and no particular update rule: ``L_k`` and ``‖∇L(θ_k)‖²`` must be the
+    squared loss and its gradient on the whole training set at the iterates (``theory/recipe.md``).
 
     Parameters
     ----------
@@ -122,6 +124,9 @@ def gradient_descent_rate(step_sizes: float | ArrayLike, losses: ArrayLike, grad
         Whether ``f_X ∈ Col J`` was measured to hold (``None``: assumed).
     rtol
         Relative tolerance per point.
+    recipe
+        Premises on the training recipe, ``theory.gradient_descent_premises("rate", ...)``; one not met makes the
+        bound not applicable.
 
     Returns
     -------
@@ -165,4 +170,5 @@ def gradient_descent_rate(step_sizes: float | ArrayLike, losses: ArrayLike, grad
     return worst_point("I3.gd", "gradient-descent rate", loss, bounds, tol, details, "L_k",
                        "L_0/(1+4L_0τ_k/B̄²−L_0ρ_k)",
                        premises=[d1_premise(d1, "at every record"), data_level_premise(cms),
-                                 Premise("B(θ_k) ≤ B̄ at every step", None, "B̄ is the largest measured B")])
+                                 Premise("B(θ_k) ≤ B̄ at every step", None, "B̄ is the largest measured B"),
+                                 *recipe])

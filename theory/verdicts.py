@@ -11,6 +11,7 @@ from .application import (
 )
 from .cms import cms_assessment
 from .rates import convergence_rate_check, gradient_descent_rate, gradient_flow_rate
+from .recipe import gradient_descent_premises
 from .results import (
     alignment_lower_bound,
     best_convex_bound,
@@ -52,6 +53,7 @@ __all__ = [
     "gd_distance_identity",
     "gd_step_distance_condition",
     "gd_telescoping_bound",
+    "gradient_descent_premises",
     "gradient_descent_rate",
     "gradient_domination",
     "gradient_flow_rate",

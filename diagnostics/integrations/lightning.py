@@ -17,12 +17,13 @@ ckpt_path=...)`` resumes it; records also go to the trainer's TensorBoard, MLflo
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from ..tracking.meta import Tag
 from ._optional import require
 from .session import DEFAULT_EVERY, DEFAULT_FULL_EVERY, DEFAULT_PROBE_SIZE, HISTORY_NAME, TrackingSession, unwrap
 from .sinks import MLflowSink, Sink, TensorBoardSink, WandbSink
@@ -52,6 +53,9 @@ class AlignmentCallback(pl.Callback):
         More writers of the records (:mod:`~diagnostics.integrations.sinks`).
     use_loggers
         Also write to the trainer's TensorBoard, MLflow and W&B loggers.
+    tags
+        Labels of the run, written into the history's header (``meta["tags"]``); the header also describes the
+        trainer's optimiser (``meta["optimizer"]``).
     **tracker_options
         Any other argument of :class:`~diagnostics.tracking.AlignmentTracker` (``loss``, ``params``,
         ``output``, ``probe_size``, ``dtype``, ``representation``, ``horizon``, ...).
@@ -65,10 +69,10 @@ class AlignmentCallback(pl.Callback):
     def __init__(self, probe: object, *, every: int = DEFAULT_EVERY, full_every: int | None = DEFAULT_FULL_EVERY,
                  probe_size: int | None = DEFAULT_PROBE_SIZE, module: str | None = None,
                  path: str | os.PathLike[str] | None = None, sinks: Sequence[Sink] = (), use_loggers: bool = True,
-                 **tracker_options: Any) -> None:
+                 tags: Mapping[str, Tag] | None = None, **tracker_options: Any) -> None:
         super().__init__()
-        self.session = TrackingSession(
-            probe, sinks, {"every": every, "full_every": full_every, "probe_size": probe_size, **tracker_options})
+        self.session = TrackingSession(probe, sinks, {"every": every, "full_every": full_every,
+                                                      "probe_size": probe_size, "tags": tags, **tracker_options})
         self.module = module
         self.path = path
         self.use_loggers = use_loggers
@@ -85,7 +89,8 @@ class AlignmentCallback(pl.Callback):
         path = self.path or Path(_checkpoint_folder(trainer)) / HISTORY_NAME
         resume = trainer.ckpt_path is not None or trainer.global_step > 0
         sinks = logger_sinks(trainer.loggers) if self.use_loggers else []
-        self.session.start(unwrap(pl_module, self.module), path, resume=resume, sinks=sinks)
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        self.session.start(unwrap(pl_module, self.module), path, resume=resume, sinks=sinks, optimizer=optimizer)
         self.session.record(trainer.global_step)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,

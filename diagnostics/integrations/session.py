@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
+import torch
 from torch import nn
 
 from ..errors import DiagnosticsError
@@ -46,7 +47,7 @@ class TrackingSession:
     """
 
     def __init__(self, probe: object, sinks: Sequence[Sink], tracker_options: dict[str, Any]) -> None:
-        for name in ("path", "resume"):
+        for name in ("path", "resume", "optimizer"):
             if name in tracker_options:
                 raise DiagnosticsError(f"{name}= is set by the callback (the history lives next to the checkpoints; "
                                        "pass path= to the callback to choose another file)")
@@ -56,11 +57,15 @@ class TrackingSession:
         self.tracker: AlignmentTracker | None = None
         self.path: str | None = None
 
-    def start(self, model: nn.Module, path: str | os.PathLike[str], *, resume: bool,
-              sinks: Sequence[Sink] = ()) -> None:
-        """Create the tracker on ``model`` with its history at ``path`` (continued when ``resume``)."""
+    def start(self, model: nn.Module, path: str | os.PathLike[str], *, resume: bool, sinks: Sequence[Sink] = (),
+              optimizer: torch.optim.Optimizer | None = None) -> None:
+        """Create the tracker on ``model`` with its history at ``path`` (continued when ``resume``).
+
+        The trainer's ``optimizer`` is described in the history's header.
+        """
         self.path = os.fspath(path)
-        self.tracker = AlignmentTracker(model, self.probe, path=self.path, resume=resume, **self.options)
+        self.tracker = AlignmentTracker(model, self.probe, path=self.path, resume=resume, optimizer=optimizer,
+                                        **self.options)
         self.sinks += list(sinks)
 
     def record(self, step: int) -> dict[str, Any] | None:

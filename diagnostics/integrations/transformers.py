@@ -18,12 +18,13 @@ the active W&B run.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from ..tracking.meta import Tag
 from ._optional import require
 from .session import DEFAULT_EVERY, DEFAULT_FULL_EVERY, DEFAULT_PROBE_SIZE, HISTORY_NAME, TrackingSession, unwrap
 from .sinks import MLflowSink, Sink, TensorBoardSink, WandbSink
@@ -54,6 +55,9 @@ class AlignmentCallback(hf.TrainerCallback):
         More writers of the records (:mod:`~diagnostics.integrations.sinks`).
     use_report_to
         Also write to the loggers named by ``args.report_to`` (TensorBoard, MLflow, W&B).
+    tags
+        Labels of the run, written into the history's header (``meta["tags"]``); the header also describes the
+        trainer's optimiser (``meta["optimizer"]``).
     **tracker_options
         Any other argument of :class:`~diagnostics.tracking.AlignmentTracker`.
 
@@ -66,10 +70,10 @@ class AlignmentCallback(hf.TrainerCallback):
     def __init__(self, probe: object, *, every: int = DEFAULT_EVERY, full_every: int | None = DEFAULT_FULL_EVERY,
                  probe_size: int | None = DEFAULT_PROBE_SIZE, output: object = "logits", module: str | None = None,
                  path: str | os.PathLike[str] | None = None, sinks: Sequence[Sink] = (), use_report_to: bool = True,
-                 **tracker_options: Any) -> None:
+                 tags: Mapping[str, Tag] | None = None, **tracker_options: Any) -> None:
         self.session = TrackingSession(
-            probe, sinks,
-            {"every": every, "full_every": full_every, "probe_size": probe_size, "output": output, **tracker_options})
+            probe, sinks, {"every": every, "full_every": full_every, "probe_size": probe_size, "output": output,
+                           "tags": tags, **tracker_options})
         self.module = module
         self.path = path
         self.use_report_to = use_report_to
@@ -80,13 +84,15 @@ class AlignmentCallback(hf.TrainerCallback):
         return self.session.history
 
     def on_train_begin(self, args: hf.TrainingArguments, state: hf.TrainerState, control: hf.TrainerControl,
-                       model: Any = None, **kwargs: Any) -> None:
+                       model: Any = None, optimizer: Any = None, **kwargs: Any) -> None:
         """Create the tracker (after a checkpoint's state was loaded) and record the starting step."""
         if not state.is_world_process_zero:
             return
         path = self.path or Path(args.output_dir) / HISTORY_NAME
         sinks = report_to_sinks(args) if self.use_report_to else []
-        self.session.start(unwrap(model, self.module), path, resume=state.global_step > 0, sinks=sinks)
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps the trainer's optimiser
+        self.session.start(unwrap(model, self.module), path, resume=state.global_step > 0, sinks=sinks,
+                           optimizer=optimizer)
         self.session.record(state.global_step)
 
     def on_step_end(self, args: hf.TrainingArguments, state: hf.TrainerState, control: hf.TrainerControl,

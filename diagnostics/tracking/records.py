@@ -21,13 +21,13 @@ from .cheap import CheapMeasurement, sketch_distance
 __all__ = ["CHEAP_COLUMNS", "COLUMNS", "TRAILING", "cheap_record_columns", "report_columns", "tier_columns",
            "trailing_columns"]
 
-#: Columns of every record, in order (``cka_<module>`` columns follow ``param_movement``).
+#: Columns of every record, in order (``cka_<module>`` columns follow ``kernel_target_alignment``).
 COLUMNS = (
     "step", "loss", "grad_norm", "residual", "aligned", "d1_status", "rank", "n_outputs", "n_params", "lambda_max",
     "lambda_min_kept", "effective_rank", "certificate", "nu_norm", "bound", "bound_ratio", "bound_truncation",
     "decomposition_gap", "output_residual", "loss_lower_bound", "target_loss", "horizon_residual",
     "horizon_loss_floor", "kernel_movement_init",
-    "kernel_movement_prev", "param_movement",
+    "kernel_movement_prev", "param_movement", "kernel_target_alignment",
 )
 #: Columns after the CKA columns: timing, then what makes a record self-describing for :mod:`.verify`.
 TRAILING = ("measure_seconds", "wall_time", "n_samples", "target_norm_sq", "residual_tol", "loss_name", "dtype",

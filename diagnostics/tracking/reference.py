@@ -18,8 +18,8 @@ from ..engine import inputs as _inputs
 from ..errors import DiagnosticsError
 from ..store import write_torch
 
-__all__ = ["check_compatible", "check_horizon", "fingerprint", "load_reference", "relative_distance",
-           "save_reference"]
+__all__ = ["check_compatible", "check_horizon", "fingerprint", "kernel_target_alignment", "load_reference",
+           "relative_distance", "save_reference"]
 
 
 def relative_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -27,6 +27,18 @@ def relative_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     a64, b64 = a.to(torch.float64), b.to(a.device, torch.float64)
     denom = float(b64.norm())
     return float((a64 - b64).norm()) / denom if denom > 0 else math.nan
+
+
+def kernel_target_alignment(K: torch.Tensor, q: torch.Tensor) -> float:
+    """Return ``QᵀKQ / (‖K‖_F ‖Q‖²)`` in float64 (Cristianini et al.), ``Q`` stacked sample-major as the rows of ``K``.
+
+    1 when ``K`` is a multiple of ``QQᵀ``; its rise early in training is the kernel aligning to the target.
+    ``0`` for ``K = 0``.
+    """
+    K64 = K.to(torch.float64)
+    q64 = q.detach().reshape(-1).to(device=K64.device, dtype=torch.float64)
+    norm = float(K64.norm())
+    return float(q64 @ K64 @ q64) / (norm * float(q64 @ q64)) if norm > 0 else 0.0
 
 
 def fingerprint(x: _inputs.Inputs, y: torch.Tensor, target: object) -> str:

@@ -8,8 +8,9 @@ bound ratio, the (I2) decomposition gap and loss floor) plus how far the represe
     Δ_K^init(t) = ‖K_t − K_0‖_F / ‖K_0‖_F,    Δ_K^prev(t) = ‖K_t − K_t'‖_F / ‖K_t'‖_F,
     Δ_θ(t) = ‖θ_t − θ_0‖ / ‖θ_0‖,
 
-(``t'`` the previous record; theory/width.md#s4-lazy-versus-rich) and, for chosen modules, the linear CKA between their
-activations now and at the reference (:mod:`diagnostics.representation`).
+(``t'`` the previous record; theory/width.md#s4-lazy-versus-rich), the kernel–target alignment
+``QᵀKQ/(‖K‖_F‖Q‖²)`` and, for chosen modules, the linear CKA between their activations now and at the reference
+(:mod:`diagnostics.representation`).
 
 With ``full_every=``, most records are cheap ones (:mod:`~diagnostics.tracking.cheap`: a few Jacobian
 products instead of the Gram and its spectrum) and every ``full_every``-th is full.
@@ -24,7 +25,7 @@ import contextlib
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,7 @@ from ..targets import Targets
 from . import reference as _ref
 from .cheap import CheapMeasurement, CheapTier
 from .history import History, load_history
+from .meta import Tag, check_tags, describe_optimizer
 from .records import (
     CHEAP_COLUMNS,
     COLUMNS,
@@ -119,6 +121,12 @@ class AlignmentTracker:
         the full-record columns of a cheap record are ``nan``. ``None`` (default): every record is full.
     sketch_size, cheap_iterations
         Columns of the cheap tier's Gaussian sketch, and its reverse/forward pass pairs per record.
+    tags
+        Labels of the run (``{"width": 256, "seed": 3}``: strings, integers, finite floats, booleans), written
+        into the history's header as ``meta["tags"]`` (:mod:`~diagnostics.tracking.meta`).
+    optimizer
+        The training's optimiser, described in the header as ``meta["optimizer"]`` (its class name and the
+        scalar hyper-parameters of its first parameter group); default: the optimiser of ``horizon``, if any.
 
     Notes
     -----
@@ -173,6 +181,8 @@ class AlignmentTracker:
         full_every: int | None = None,
         sketch_size: int = 2,
         cheap_iterations: int = 1,
+        tags: Mapping[str, Tag] | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
         for name, value in (("every", every), ("full_every", 1 if full_every is None else full_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -192,6 +202,9 @@ class AlignmentTracker:
         self._measure_args = {"params": params, "mode": mode, "output": output, "dtype": dtype,
                               "strategy": strategy, "memory_budget": memory_budget}
         self._horizon = _ref.check_horizon(horizon)
+        if optimizer is None and self._horizon is not None and isinstance(self._horizon[0], torch.optim.Optimizer):
+            optimizer = self._horizon[0]
+        tags, recipe = check_tags(tags), describe_optimizer(optimizer)
         self._rank_tol = renamed_argument(rank_tol, tol, "tol", "rank_tol")
         self._residual_tol = residual_tol
         self._x, self._y = _inputs.probe_data(probe, probe_size, seed)
@@ -201,6 +214,7 @@ class AlignmentTracker:
             "n_params": fm.n_params, "representation": list(self.representation), "every": every,
             "probe_size": probe_size, "seed": seed, "strategy": strategy,
             "probe_sha256": _ref.fingerprint(self._x, self._y, target), "created": time.time(),
+            "tags": tags, "optimizer": recipe,
         }
         if full_every is not None:
             meta.update(full_every=full_every, sketch_size=sketch_size, cheap_iterations=cheap_iterations)
@@ -319,6 +333,7 @@ class AlignmentTracker:
             "kernel_movement_prev": math.nan if self._previous_K is None
             else _ref.relative_distance(K, self._previous_K),
             "param_movement": _ref.relative_distance(theta, ref["theta0"]),
+            "kernel_target_alignment": _ref.kernel_target_alignment(K, targets.Q),
         })
         for name in self.representation:
             record[f"cka_{name}"] = cka_from_grams(grams[name], ref["grams"][name])

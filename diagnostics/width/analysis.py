@@ -18,11 +18,17 @@ from theory.verdict import STATUSES
 from theory.verdicts import kernel_movement_trend
 
 from ..tracking.verification import verify_history
+from .recipe import GD_STATEMENTS, merge_reasons
 from .sweep import SweepResult
 
 __all__ = [
-    "EXPECTED_TREND",
+    "NOT_JUDGED",
+    "applicability",
+    "cost_findings",
+    "cost_table",
     "counting_threshold",
+    "gd_reasons",
+    "statement_applies",
     "findings",
     "movement_slopes",
     "record_verdicts",
@@ -30,9 +36,6 @@ __all__ = [
     "status_counts",
 ]
 
-#: S4 expectation per parameterisation: the NTK (and the standard one, whose step shrinks like
-#: ``1/width``) is lazy, mean-field is rich.
-EXPECTED_TREND = {"ntk": "decreasing", "standard": "decreasing", "mf": "order-one"}
 GROUP = ["family", "parameterization", "width"]
 #: Coverage of the bootstrap intervals of the fitted slopes.
 LEVEL = 0.9
@@ -74,8 +77,9 @@ def movement_slopes(runs: pd.DataFrame, column: str = "final_kernel_movement_ini
 
     The fit (:func:`theory.verdicts.kernel_movement_trend`, every run a point) uses the over-parameterised
     widths (``d ≥ n·m``) when there are two or more, else all widths; its interval is a bootstrap over
-    seeds (whole seeds resampled) at level :data:`LEVEL`, and its verdict expects ``"decreasing"`` for NTK and
-    ``"order-one"`` for mean-field: *not established* when the interval allows both.
+    seeds (whole seeds resampled) at level :data:`LEVEL`, and its verdict expects what the family's ``s4_expect``
+    says (``"decreasing"`` for NTK, ``"order-one"`` for mean-field): *not established* when the interval allows
+    both. A family without an expectation gets its slope and interval, and no verdict (status ``"not judged"``).
 
     Returns
     -------
@@ -88,9 +92,10 @@ def movement_slopes(runs: pd.DataFrame, column: str = "final_kernel_movement_ini
     for (family, param), group in runs.groupby(["family", "parameterization"]):
         fit = _overparameterised_widths(group)
         fit = fit[fit[column] > 0]
-        if fit["width"].nunique() < 2 or param not in EXPECTED_TREND:
+        if fit["width"].nunique() < 2:
             continue
-        verdict = kernel_movement_trend(fit["width"], fit[column], expect=EXPECTED_TREND[param],
+        expect = _expectation(group)
+        verdict = kernel_movement_trend(fit["width"], fit[column], expect=expect or "decreasing",
                                         groups=fit["seed"], level=LEVEL)
         low, high = verdict.details["interval"] or (math.nan, math.nan)
         rows.append({
@@ -100,15 +105,123 @@ def movement_slopes(runs: pd.DataFrame, column: str = "final_kernel_movement_ini
             "low": low,
             "high": high,
             "intercept": verdict.details["intercept"],
-            "expect": EXPECTED_TREND[param],
-            "status": verdict.status,
+            "expect": expect or "none",
+            "status": verdict.status if expect else NOT_JUDGED,
             "widths": ", ".join(str(w) for w in sorted(fit["width"].unique())),
             "seeds": int(fit["seed"].nunique()),
-            "verdict": str(verdict),
+            "verdict": str(verdict) if expect else "no S4 expectation for this family: the slope is measured, "
+                                                   "not judged",
         })
     columns = ["family", "parameterization", "slope", "low", "high", "intercept", "expect", "status", "widths",
                "seeds", "verdict"]
     return pd.DataFrame(rows, columns=columns)
+
+
+#: The status of a slope fitted for a family without an S4 expectation.
+NOT_JUDGED = "not judged"
+
+
+def _expectation(group: pd.DataFrame) -> str | None:
+    """Return the S4 expectation of a family's runs (``s4_expect``), or ``None``."""
+    if "s4_expect" not in group:
+        return None
+    values = group["s4_expect"].dropna()
+    return str(values.iloc[0]) if not values.empty else None
+
+
+def applicability(runs: pd.DataFrame) -> pd.DataFrame:
+    """Tabulate what each family was trained by, and whether each statement about gradient descent applies to it.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``family``, ``parameterization``, ``optimizer``, ``batch``, ``loss``, then one column per statement of
+        :data:`~diagnostics.width.recipe.GD_STATEMENTS` (:func:`statement_applies`).
+    """
+    rows = []
+    for (family, param), group in runs.groupby(["family", "parameterization"]):
+        batch = group["batch_size"].dropna() if "batch_size" in group else pd.Series(dtype=float)
+        rows.append({"family": family, "parameterization": param,
+                     "optimizer": _first(group, "optimizer"), "batch": "full" if batch.empty else
+                     ", ".join(str(int(b)) for b in sorted(batch.unique())), "loss": _first(group, "loss_name"),
+                     **{title: statement_applies(group, statement)
+                        for statement, (_, title) in GD_STATEMENTS.items()}})
+    return pd.DataFrame(rows)
+
+
+def statement_applies(runs: pd.DataFrame, statement: str) -> str:
+    """Say on how many of ``runs`` a statement about gradient descent applies, and why not on the others.
+
+    ``"applies (k of N runs)"``, ``"not applicable (j of N runs): reasons"`` (:func:`gd_reasons`) and, for runs read
+    from histories, ``"not measured (i of N runs): reason"``.
+    """
+    column = f"{statement}_applies"
+    if column not in runs:
+        return "unknown"
+    flags = runs[column].astype(object)
+    parts = []
+    for value, word in ((True, "applies"), (False, "not applicable"), (None, "not measured")):
+        chosen = flags.isna() if value is None else flags.eq(value)
+        if chosen.any():
+            reasons = "" if value is True else f": {merge_reasons(runs.loc[chosen, f'{statement}_reason'].dropna())}"
+            parts.append(f"{word} ({int(chosen.sum())} of {len(runs)} runs){reasons}")
+    return "; ".join(parts)
+
+
+def gd_reasons(runs: pd.DataFrame, statement: str) -> str:
+    """Why a statement about gradient descent does not apply to some of ``runs`` (their reasons merged)."""
+    column = f"{statement}_applies"
+    if column not in runs:
+        return "unknown"
+    chosen = ~runs[column].astype(object).eq(True)
+    return merge_reasons(runs.loc[chosen, f"{statement}_reason"].dropna()) or "unknown"
+
+
+def _first(group: pd.DataFrame, column: str) -> str:
+    values = group[column].dropna() if column in group else pd.Series(dtype=object)
+    return str(values.iloc[0]) if not values.empty else "unknown"
+
+
+def cost_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Seconds spent training and measuring per run (mean over seeds), per family, parameterisation and width.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``family``, ``parameterization``, ``width``, ``train s``, ``measure s``, ``measure / train`` (``nan``
+        where the training time is not known, as for runs read from histories).
+    """
+    columns = ["family", "parameterization", "width", "train s", "measure s", "measure / train"]
+    if "measure_seconds" not in runs:
+        return pd.DataFrame(columns=columns)
+    data = runs.assign(train=runs.get("train_seconds", math.nan), measure=runs["measure_seconds"])
+    table = data.groupby(GROUP, as_index=False)[["train", "measure"]].mean()
+    table["ratio"] = table["measure"] / table["train"]
+    table.columns = columns
+    return table
+
+
+def cost_findings(runs: pd.DataFrame) -> list[str]:
+    """Sentences setting the measurement time of the runs against their training time."""
+    if "measure_seconds" not in runs:
+        return ["The runs do not record their timings."]
+    measure = float(runs["measure_seconds"].sum())
+    if "train_seconds" not in runs or runs["train_seconds"].isna().all():
+        return [f"Measuring took {measure:.1f} s over {len(runs)} runs (the tracker's records); the training time "
+                "is not in the histories."]
+    train = float(runs["train_seconds"].sum())
+    parts = []
+    for (family, param), group in runs.groupby(["family", "parameterization"]):
+        t, m = float(group["train_seconds"].sum()), float(group["measure_seconds"].sum())
+        parts.append(f"{family}/{param} {m:.1f} s measuring against {t:.1f} s training ({_ratio(m, t)})")
+    return [f"Over {len(runs)} runs, measuring took {measure:.1f} s and training {train:.1f} s "
+            f"({_ratio(measure, train)}): " + "; ".join(parts) + ". Measuring is the tracker's records (a float64 "
+            "Gram and its spectrum each), the coordinate check, per-layer alignment at the start and the end, the "
+            "kernel path and the test metrics; training is the optimiser steps with their data."]
+
+
+def _ratio(measure: float, train: float) -> str:
+    return f"{measure / train:.2g}× the training time" if train > 0 else "training took no measurable time"
 
 
 def _fmt(x: float) -> str:
@@ -158,6 +271,8 @@ def status_counts(statuses: pd.Series) -> str:
     """Count the verdict words, e.g. ``"holds at 40, not applicable at 8 of 48"``."""
     counts = statuses.value_counts()
     parts = [f"{status} at {counts[status]}" for status in STATUSES if status in counts]
+    if statuses.isna().any():
+        parts.append(f"not measured at {int(statuses.isna().sum())}")
     return f"{', '.join(parts)} of {len(statuses)}"
 
 
@@ -194,7 +309,7 @@ def _findings(sweep: SweepResult) -> Iterator[str]:
     if not records.empty:
         verdicts = record_verdicts(records)
         names = {"D1": "D1", "I2": "(I2) decomposition", "I2.lower": "(I2) floor L ≥ (1/2n)‖(I−P)Y‖²",
-                 "I3": "(I3) gradient domination", "I2.necessity": "(I2) necessity"}
+                 "I3": "(I3) gradient domination", "I4": "(I4) convex-loss bound", "I2.necessity": "(I2) necessity"}
         text = "; ".join(f"{label}: {status_counts(verdicts.loc[verdicts['statement'] == key, 'status'])}"
                          for key, label in names.items() if (verdicts["statement"] == key).any())
         yield (f"**Verdicts at every record** (theory, via `verify_history`; a bound whose premise fails is "
@@ -203,36 +318,45 @@ def _findings(sweep: SweepResult) -> Iterator[str]:
         parts = []
         for (family, param), group in runs.groupby(["family", "parameterization"]):
             parts.append(f"{family}/{param}: {status_counts(group['rate_status'])} runs")
-        rising = runs.loc[runs["rate_status"] != "not applicable", "rate_rising_steps"]
+        rising = runs.loc[runs["rate_status"].isin(("holds", "refuted", "not established")),
+                          "rate_rising_steps"].dropna()
         rises = "" if rising.empty else (
             f" In {int((rising > 0).sum())} of the {len(rising)} runs where it applies some steps raised the loss "
             f"(at most {int(rising.max())} steps in one run; their rise ρ is accounted exactly).")
+        recipe = "" if "rate_applies" not in runs or runs["rate_applies"].astype(object).eq(True).all() else (
+            f" On the recipe (theory/recipe.md): {statement_applies(runs, 'rate')}.")
         yield ("**(I3) gradient-descent rate** 1/L_k ≥ 1/L_0 + 4τ_k/B̄² − ρ_k (theory/results.md#gradient-descent-rate; "
-               "not applicable where D1 fails at a record): " + "; ".join(parts) + "." + rises)
+               "it needs D1 at every record, and the squared loss and its gradient on the whole training set at "
+               "every step, under any update rule): " + "; ".join(parts) + "." + rises + recipe)
     for column, name in (("final_kernel_movement_init", "kernel"), ("final_param_movement", "parameter")):
         slopes = movement_slopes(runs, column)
         if slopes.empty:
             continue
         text = "; ".join(
             f"{r.family}/{r.parameterization} slope {r.slope:+.2f} ({LEVEL:.0%} interval over {r.seeds} seeds "
-            f"[{r.low:+.2f}, {r.high:+.2f}]) over widths {r.widths}: {r.expect} {r.status}"
+            f"[{r.low:+.2f}, {r.high:+.2f}]) over widths {r.widths}: "
+            + (f"{r.expect} {r.status}" if r.status != NOT_JUDGED else "no expectation given, not judged")
             for r in slopes.itertuples()
         )
         lead = "**S4 (lazy versus rich).** " if name == "kernel" else ""
-        note = "" if name == "kernel" else (
+        note = "" if name == "kernel" or "mf" not in set(runs["parameterization"]) else (
             " (with more than one hidden layer, maximal-update training moves the hidden-to-hidden weights "
             "by O(1/√width) of their size while the features still move by O(1), so the kernel movement, "
             "not this one, decides S4 there)"
         )
         what = f"Log-log slope of the {name} movement against width at the end of training"
         yield f"{lead}{what}: {text}{note}."
-    metric = "test_accuracy" if "test_accuracy" in means else "test_loss"
-    by = means.groupby(["family", "parameterization"])[metric]
-    best = means.loc[by.idxmax() if metric == "test_accuracy" else by.idxmin()]
-    yield "**Test " + metric.removeprefix("test_") + ".** " + "; ".join(
-        f"{r.family}/{r.parameterization}: best {_fmt(getattr(r, metric))} at width {r.width}"
-        for r in best.itertuples()
-    ) + "."
+    metric = next((m for m in ("test_accuracy", "test_loss") if m in means and means[m].notna().any()), None)
+    if metric is None:
+        yield "**Test metrics.** None: the study has no test split."
+    else:
+        scored = means.dropna(subset=[metric])
+        by = scored.groupby(["family", "parameterization"])[metric]
+        best = scored.loc[by.idxmax() if metric == "test_accuracy" else by.idxmin()]
+        yield "**Test " + metric.removeprefix("test_") + ".** " + "; ".join(
+            f"{r.family}/{r.parameterization}: best {_fmt(getattr(r, metric))} at width {r.width}"
+            for r in best.itertuples()
+        ) + "."
     if not missing.empty:
         yield (
             f"**Missing runs.** {len(missing)} run(s) have no result "

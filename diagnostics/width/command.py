@@ -1,19 +1,48 @@
-"""``python -m diagnostics width-report``: its options, the sweep config they give, and the run."""
+"""``python -m diagnostics width-report``: its options, and the study they run.
+
+Three modes, one report:
+
+- the project's own sweep (no ``--family``): the bundled families of ``--families`` on ``--dataset``, trained by
+  full-batch gradient descent (:func:`config_from` builds the :class:`~diagnostics.width.config.SweepConfig`);
+- the user's family: ``--family MODULE:FUNCTION`` (a factory ``width → nn.Module``) on ``--data MODULE:FUNCTION``
+  (a function returning the data), trained by ``--optimizer`` with ``--lr``, ``--batch-size``, ``--steps``, ...
+  (:func:`study_from`, then :func:`~diagnostics.width.study.study`);
+- runs trained elsewhere: ``--from-runs DIR``, the tagged tracker histories under ``DIR``
+  (:func:`~diagnostics.width.histories.from_runs`).
+
+Everything is checked before any run starts; a bad option, an import error, a factory whose parameter count does
+not grow with the width, batches or a probe that do not fit the model: a message, exit code 2, and nothing written.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..data import DATASETS
+from ..errors import DiagnosticsError
 from .config import FULL, SweepConfig
 from .executors import EXECUTORS
-from .report import build_report
+from .histories import from_runs
+from .recipe import AMP_DTYPES, OPTIMIZERS, SCHEDULES, optimizer_factory
+from .report import ReportResult
+from .study import build_report, study
 
-__all__ = ["config_from", "configure", "run"]
+__all__ = ["config_from", "configure", "load_object", "run", "study_from"]
+
+#: Options of the user's family that the project's own sweep does not take, with their defaults.
+_FAMILY_OPTIONS = {"data": None, "optimizer": None, "batch_size": None, "loss": None, "probe_size": None,
+                   "scheduler": None, "clip_grad_norm": None, "amp": None, "train_step": None, "name": None,
+                   "expect": None, "device": None, "model_output": None, "momentum": None, "weight_decay": None}
+#: Options of the project's own sweep that the user's family does not take.
+_SWEEP_OPTIONS = ("dataset", "data_dir", "n_train", "n_test", "teacher", "families", "parameterizations", "full",
+                  "lr_sweep", "mlp_depth", "config")
 
 
 def _comma_list(cast: Callable[[str], object]) -> Callable[[str], tuple]:
@@ -78,9 +107,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
                            "learning-rate transfer plot and the settings chosen by the rule of docs/width.md")
     runs.add_argument("--mlp-depth", type=int, help=f"hidden layers of the MLP (default {d.mlp_depth})")
     runs.add_argument("--config", type=Path, help="a config.json to start from")
+    yours = parser.add_argument_group(
+        "your model family (instead of the bundled ones; --widths, --seeds, --steps, --records, --dtype apply too)")
+    yours.add_argument("--family", metavar="MODULE:FUNCTION",
+                       help="a factory width → nn.Module, e.g. mypkg.models:make_model (imported from the current "
+                            "folder or the Python path)")
+    yours.add_argument("--data", metavar="MODULE:FUNCTION",
+                       help="a function returning the training data: a DataSplit, a pair (X, Y), a Dataset or a "
+                            "DataLoader, or a dict with keys data, probe, test")
+    yours.add_argument("--optimizer", metavar="NAME|MODULE:FUNCTION",
+                       help=f"{', '.join(OPTIMIZERS)} (with --lr), or a factory (params[, width]) → Optimizer")
+    yours.add_argument("--momentum", type=float, help="momentum of --optimizer sgd")
+    yours.add_argument("--weight-decay", type=float, help="weight decay of a named optimizer")
+    yours.add_argument("--batch-size", type=int, help="samples per step (default: the whole training set)")
+    yours.add_argument("--loss", help="mse or ce (default mse)")
+    yours.add_argument("--probe-size", type=int, help="probe samples n drawn from the data (default 128)")
+    yours.add_argument("--scheduler", choices=SCHEDULES, help="learning-rate schedule over the steps")
+    yours.add_argument("--clip-grad-norm", type=float, help="clip the gradient to this norm")
+    yours.add_argument("--amp", choices=AMP_DTYPES, help="mixed precision of the training forward pass")
+    yours.add_argument("--train-step", metavar="MODULE:FUNCTION",
+                       help="your own step train_step(model, batch, optimizer) → loss")
+    yours.add_argument("--name", help="the family's name in the report (default: the factory's name)")
+    yours.add_argument("--expect", choices=("decreasing", "order-one"),
+                       help="what S4 expects of the kernel movement against width (default: not judged)")
+    yours.add_argument("--device", help="where the runs train (default cpu)")
+    yours.add_argument("--model-output", metavar="KEY",
+                       help="the output to measure when the model returns a dict or an object (e.g. logits)")
+    yours.add_argument("--from-runs", type=Path, metavar="DIR",
+                       help="no training: the report of the tracker histories under DIR (AlignmentCallback / "
+                            "AlignmentTracker with tags={'width': ..., 'seed': ...})")
     out = parser.add_argument_group("execution and output")
     out.add_argument("-o", "--output", type=Path,
-                     help="report folder (default reports/width-<dataset>, reports/width-<dataset>-full with --full)")
+                     help="report folder (default reports/width-<dataset>, reports/width-<dataset>-full with --full, "
+                          "reports/width-<name> for --family, reports/width-<DIR name> for --from-runs)")
     out.add_argument("--executor", choices=EXECUTORS, default="local",
                      help="local processes, or one Ray task per (width, seed) run (default local)")
     out.add_argument("--address", help="address of an existing Ray cluster (--executor ray)")
@@ -158,13 +217,121 @@ def _override(current: dict | int, given: dict) -> dict | int:
     return {**base, **given}
 
 
+def load_object(reference: str, option: str) -> Any:
+    """Import ``MODULE:FUNCTION`` (the current folder first on the path) and return the object.
+
+    Raises
+    ------
+    DiagnosticsError
+        A reference without ``:``, a module that fails to import, or a missing name.
+    """
+    module_name, sep, name = reference.partition(":")
+    if not sep or not module_name or not name:
+        raise DiagnosticsError(f"{option} expects MODULE:FUNCTION, e.g. mypkg.models:make_model; got {reference!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise DiagnosticsError(f"{option} {reference}: cannot import {module_name}: "
+                               f"{type(exc).__name__}: {exc}") from exc
+    try:
+        obj = module
+        for part in name.split("."):
+            obj = getattr(obj, part)
+    except AttributeError as exc:
+        raise DiagnosticsError(f"{option} {reference}: {module_name} has no {name!r}") from exc
+    return obj
+
+
+def study_from(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the arguments of :func:`~diagnostics.width.study.study` that the options of ``--family`` give.
+
+    Raises
+    ------
+    DiagnosticsError
+        An option of the project's sweep given with ``--family``, a missing ``--data``/``--optimizer``, an import
+        that fails, or a value ``study`` refuses.
+    """
+    given = [f"--{k.replace('_', '-')}" for k in _SWEEP_OPTIONS if getattr(args, k) not in (None, False)]
+    if given:
+        raise DiagnosticsError(f"{', '.join(given)} belong to the bundled families; with --family give --data and "
+                               "the recipe instead")
+    for option in ("data", "optimizer"):
+        if getattr(args, option) is None:
+            raise DiagnosticsError(f"--family needs --{option}")
+    factory = load_object(args.family, "--family")
+    loaded = load_object(args.data, "--data")
+    data = loaded() if callable(loaded) else loaded
+    parts = dict(data) if isinstance(data, dict) else {"data": data}
+    unknown = set(parts) - {"data", "probe", "test"}
+    if unknown or "data" not in parts:
+        raise DiagnosticsError(f"--data {args.data} returned a dict with keys {sorted(parts)}; expected data (and "
+                               "probe, test)")
+    lr = _one(args.lr, "--lr", float)
+    if args.optimizer in OPTIMIZERS:
+        options = {k: v for k in ("momentum", "weight_decay") if (v := getattr(args, k)) is not None}
+        optimizer = optimizer_factory(args.optimizer, lr, **options)
+    else:
+        if lr is not None or args.momentum is not None or args.weight_decay is not None:
+            raise DiagnosticsError("--lr, --momentum and --weight-decay go with a named --optimizer")
+        optimizer = load_object(args.optimizer, "--optimizer")
+    widths = tuple(w for item in (args.widths or ()) for w in _comma_list(int)(item)) or None
+    values = {
+        "models": factory, **parts, "optimizer": optimizer, "widths": widths,
+        "steps": _one(args.steps, "--steps", int), "batch_size": args.batch_size, "loss": args.loss,
+        "seeds": args.seeds, "records": args.records, "probe_size": args.probe_size, "scheduler": args.scheduler,
+        "clip_grad_norm": args.clip_grad_norm, "amp": args.amp, "expect": args.expect, "device": args.device,
+        "dtype": args.dtype, "output": args.model_output,
+        "train_step": load_object(args.train_step, "--train-step") if args.train_step else None,
+        "name": args.name or _name(args.family),
+    }
+    return {k: v for k, v in values.items() if v is not None or k in ("batch_size", "widths")}
+
+
+def _one(values: list[str] | None, option: str, cast: Callable[[str], Any]) -> Any:
+    """Return the single value of an option that takes several for the bundled families (``--lr``, ``--steps``)."""
+    if not values:
+        return None
+    if len(values) != 1 or "=" in values[0]:
+        raise DiagnosticsError(f"{option} takes one value with --family, got {' '.join(values)}")
+    try:
+        return cast(values[0])
+    except ValueError as exc:
+        raise DiagnosticsError(f"{option}: {exc}") from exc
+
+
+def _name(reference: str) -> str:
+    """Return a family name from ``MODULE:FUNCTION``: the function's name, with ``_`` as ``-``."""
+    return reference.rpartition(":")[2].rpartition(".")[2].replace("_", "-") or "model"
+
+
+def _report(args: argparse.Namespace) -> ReportResult:
+    """Run the mode the options ask for and write its report."""
+    if args.from_runs is not None:
+        if args.family is not None:
+            raise DiagnosticsError("--from-runs reads runs trained elsewhere: it takes no --family")
+        folder = args.output or Path("reports") / f"width-{args.from_runs.resolve().name}"
+        return from_runs(args.from_runs, family=args.name or "model").report(folder)
+    if args.family is not None:
+        values = study_from(args)
+        folder = args.output or Path("reports") / f"width-{values['name']}"
+        result = study(**values, folder=folder, executor=args.executor, jobs=args.jobs, address=args.address,
+                       resume=args.resume, progress=args.progress)
+        return result.report(folder)
+    given = [f"--{k.replace('_', '-')}" for k, default in _FAMILY_OPTIONS.items() if getattr(args, k) != default]
+    if given:
+        raise DiagnosticsError(f"{', '.join(given)} go with --family MODULE:FUNCTION (your own model family)")
+    config = config_from(args)
+    folder = args.output or Path("reports") / f"width-{config.dataset}{'-full' if args.full else ''}"
+    return build_report(config, folder, executor=args.executor, jobs=args.jobs, address=args.address,
+                        resume=args.resume, progress=args.progress, lr_sweep=args.lr_sweep)
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the report; exit code 0, 1 (some runs missing) or 2 (bad options or data)."""
     try:
-        config = config_from(args)
-        folder = args.output or Path("reports") / f"width-{config.dataset}{'-full' if args.full else ''}"
-        result = build_report(config, folder, executor=args.executor, jobs=args.jobs, address=args.address,
-                              resume=args.resume, progress=args.progress, lr_sweep=args.lr_sweep)
+        result = _report(args)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

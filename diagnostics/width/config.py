@@ -1,4 +1,10 @@
-"""What a width sweep runs: its runs ``(family, parameterization, width, seed)``, its settings and its data.
+"""The project's own width sweep (``width-report`` without ``--family``): its settings, data and families.
+
+A :class:`SweepConfig` names the bundled families (``mlp``, ``cnn``, ...), their parameterisations, widths and
+seeds, and a data set of :func:`~diagnostics.data.load_dataset`; :func:`config_plan` registers those families as
+factories of a :class:`~diagnostics.width.plan.Plan` (full-batch gradient descent on the squared loss, the whole
+training set as the probe), so they run through the same study as the user's own families
+(:func:`diagnostics.width.study`).
 
 Learning rates (S4). ``lr = lr₀ · learning_rate_multiplier(parameterization, width)``:
 ``lr₀`` for ``"ntk"`` (the NTK has a width-independent limit, so the step stays ``O(1)`` and the
@@ -21,20 +27,23 @@ their initial kernel.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..data import DataSplit, load_dataset
-from ..models import FAMILIES, PARAMETERIZATIONS, build_model, count_parameters, learning_rate_multiplier
+from ..models import FAMILIES, PARAMETERIZATIONS, build_model, learning_rate_multiplier
+from .batches import StudyData, study_data
+from .plan import Family, Plan, RunSpec, record_steps, widths_around_threshold
+from .recipe import OptimizerFactory, Recipe
 
 __all__ = [
-    "DEFAULT_LR", "DEFAULT_STEPS", "FULL", "LOSS_LEVEL", "RunSpec", "SweepConfig", "build_run_model", "default_widths",
-    "load_data", "record_steps",
+    "DEFAULT_LR", "DEFAULT_STEPS", "EXPECTED_TREND", "FULL", "LOSS_LEVEL", "BuiltinFactory", "RunSpec", "SweepConfig",
+    "TRADED", "build_run_model", "config_data", "config_plan", "config_setup", "default_widths", "load_data",
+    "record_steps",
 ]
 
 #: Base learning rates ``lr₀``, per ``"family/parameterization"`` (chosen by ``--lr-sweep``, see the module
@@ -49,14 +58,15 @@ DEFAULT_STEPS: dict[str, int] = {
     "standard": 300, "ntk": 300, "mf": 300,
     "mlp/ntk": 945, "mlp/mf": 258, "cnn/ntk": 2798, "cnn/mf": 1384,
 }
+#: S4 expectation per parameterisation: the NTK (and the standard one, whose step shrinks like ``1/width``) is lazy,
+#: mean-field is rich (``theory/width.md#s4-lazy-versus-rich``).
+EXPECTED_TREND = {"ntk": "decreasing", "standard": "decreasing", "mf": "order-one"}
 #: The training loss at which the step budgets were matched (``--lr-sweep``).
 LOSS_LEVEL = 0.05
 #: The learning-rate grid of ``--lr-sweep``: ``lr₀`` from 1/4 to 16 in factors of 2.
 LR_GRID: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 _MLP_FAMILIES = ("mlp", "deep-linear", "bias-free-relu")
 _IMAGE_FAMILIES = ("cnn", "resnet")
-#: Largest width of the default grid: the first power of two with ``d ≥ _MAX_OVER · n·m``.
-_MAX_OVER = 15
 #: The full configuration of ``docs/width.md`` (``width-report --full``): five seeds, at least five widths above
 #: the counting threshold per family on the digits. Every other setting is the default's, so the runs the two
 #: share have the same fingerprint and a full report in the default's folder reuses them.
@@ -65,25 +75,6 @@ FULL: dict[str, Any] = {
     "seeds": (0, 1, 2, 3, 4),
 }
 _DTYPES = ("float32", "float64")
-
-
-@dataclass(frozen=True, order=True)
-class RunSpec:
-    """One run of a sweep: a model family, its parameterisation, a width and an initialisation seed."""
-
-    family: str
-    parameterization: str
-    width: int
-    seed: int
-
-    @property
-    def run_id(self) -> str:
-        """File-name-safe identifier, e.g. ``"mlp_ntk_w32_s0"``."""
-        return f"{self.family}_{self.parameterization}_w{self.width}_s{self.seed}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the four fields as a plain dictionary."""
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -216,19 +207,6 @@ class SweepConfig:
             raise ValueError(f"unknown config keys {sorted(unknown)}")
         return cls(**values)
 
-    def fingerprint(self, spec: RunSpec) -> str:
-        """Hash of the run and of every field its result depends on.
-
-        Families, parameterisations, widths and seeds choose *which* runs exist, ``data_dir`` only
-        where the files are, the learning-rate grid only ``--lr-sweep``, and only the run's own ``lr₀`` and
-        step budget matter, so extending a sweep reuses its finished runs.
-        """
-        skip = {"families", "parameterizations", "widths", "seeds", "data_dir", "lr", "steps", "lr_grid"}
-        keyed = {k: v for k, v in self.to_dict().items() if k not in skip}
-        keyed.update(spec.to_dict(), lr=self.base_lr(spec.family, spec.parameterization),
-                     steps=self.steps_for(spec.family, spec.parameterization))
-        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
-
     # -- the runs ----------------------------------------------------------------------------------
     def resolve(self, data: DataSplit) -> SweepConfig:
         """Return a copy with explicit widths for every family (:func:`default_widths` where missing)."""
@@ -249,16 +227,6 @@ class SweepConfig:
             for w in self.widths[fam]
             for s in self.seeds
         ]
-
-
-def record_steps(steps: int, records: int) -> tuple[int, ...]:
-    """Step 0 and ``records`` steps log-spaced over ``[1, steps]`` (rounded, without repeats), ending at ``steps``.
-
-    Log spacing resolves the early phase of training, where the kernel moves fastest, with as many records
-    as the late phase; e.g. ``record_steps(300, 6) == (0, 3, 7, 17, 45, 116, 300)``.
-    """
-    points = {0, steps} | {round(steps ** (i / records)) for i in range(1, records + 1)}
-    return tuple(sorted(points))
 
 
 def _per_run(given: dict[str, Any], defaults: dict[str, Any], families: tuple[str, ...],
@@ -326,33 +294,108 @@ def load_data(config: SweepConfig) -> DataSplit:
 def build_run_model(family: str, width: int, data: DataSplit, parameterization: str, seed: int,
                     mlp_depth: int) -> nn.Module:
     """Build the seeded model of one run for ``data`` (the MLP families with ``mlp_depth`` hidden layers)."""
-    extra = {"depth": mlp_depth} if family in _MLP_FAMILIES else {}
-    return build_model(
-        family, width, input_shape=data.input_shape, n_out=data.n_outputs, parameterization=parameterization,
-        seed=seed, **extra,
-    )
+    factory = BuiltinFactory(family, parameterization, data.input_shape, data.n_outputs, mlp_depth)
+    return Family(family, factory, parameterization=parameterization).model(width, seed)
 
 
 def default_widths(family: str, data: DataSplit, mlp_depth: int = 1) -> tuple[int, ...]:
-    """Widths spanning the counting threshold ``d = n·m`` of S1 (``theory/width.md#s1-counting``) for one family.
+    """Widths spanning the counting threshold ``d = n·m`` of S1 for one of the project's families on ``data``.
 
-    Powers of two: the three largest with ``d < n·m`` (as many as exist), then every one from the first with
-    ``d ≥ n·m`` to the first with ``d ≥ 15·n·m``. On the digits (``n·m = 1280``) this gives MLP widths
+    :func:`~diagnostics.width.plan.widths_around_threshold` of its factory: on the digits (``n·m = 1280``) MLP widths
     4, 8, 16 | 32, 64, 128, 256 and CNN widths 2, 4, 8 | 16, 32, 64.
     """
+    factory = BuiltinFactory(family, "ntk", data.input_shape, data.n_outputs, mlp_depth)
+    return widths_around_threshold(Family(family, factory), data.n_train * data.n_outputs)
+
+
+@dataclass(frozen=True)
+class BuiltinFactory:
+    """The factory ``width → nn.Module`` of one of the project's families and parameterisations (picklable).
+
+    Called under ``torch.manual_seed(seed)`` by :meth:`~diagnostics.width.plan.Family.model`, it builds the model
+    :func:`~diagnostics.models.build_model` seeds with that same seed.
+    """
+
+    family: str
+    parameterization: str
+    input_shape: tuple[int, ...]
+    n_out: int
+    mlp_depth: int = 1
+
+    def __call__(self, width: int) -> nn.Module:
+        """Build the model of ``width``, seeded with the seed the caller set."""
+        extra = {"depth": self.mlp_depth} if self.family in _MLP_FAMILIES else {}
+        return build_model(self.family, width, input_shape=self.input_shape, n_out=self.n_out,
+                           parameterization=self.parameterization, seed=torch.initial_seed(), **extra)
+
+    def key(self) -> dict[str, Any]:
+        """Return a JSON-ready description (for fingerprints)."""
+        return {"family": self.family, "parameterization": self.parameterization,
+                "mlp_depth": self.mlp_depth if self.family in _MLP_FAMILIES else None}
+
+
+def config_plan(config: SweepConfig, data: DataSplit) -> Plan:
+    """Return the plan of a resolved config: its families registered as factories.
+
+    Each is trained by full-batch gradient descent on the squared loss with step
+    ``lr₀ · learning_rate_multiplier(parameterization, width)`` for its step budget, and judged against the S4
+    expectation of its parameterisation.
+    """
+    families = tuple(
+        Family(fam, BuiltinFactory(fam, p, data.input_shape, data.n_outputs, config.mlp_depth),
+               widths=config.widths[fam], parameterization=p,
+               recipe=Recipe(OptimizerFactory("sgd", config.base_lr(fam, p), scaling=p), config.steps_for(fam, p)),
+               expect=EXPECTED_TREND.get(p))
+        for fam in config.families for p in config.parameterizations
+    )
+    return Plan(families, config.seeds, config.records, config.dtype)
+
+
+def config_data(config: SweepConfig, data: DataSplit) -> StudyData:
+    """Return the data of a config's runs: the training set is the probe (``n = n_train``), the test split tests."""
+    return study_data(data, probe_size=None, name=data.name)
+
+
+#: What the default configuration gives up to finish in about ten minutes on two cores, against ``--full``.
+TRADED = (
+    "The default keeps every measurement in float64 (the certificate B and the D1 verdict near the counting "
+    "threshold depend on eigenvalues float32 cannot resolve) and pays for it with size: three seeds, widths up to "
+    "256 (MLP) and 64 (CNN) with three or four of them above the counting threshold, and {records} log-spaced "
+    "records per run. The slopes of S4 then rest on three seeds and a width range of 8 (MLP) or 4 (CNN), so "
+    "their bootstrap intervals are wide; `--full` (docs/width.md) has five seeds, five or more widths above the "
+    "threshold per family, and reuses the default's runs when written to the same folder."
+)
+
+
+def config_setup(config: SweepConfig, data: DataSplit) -> list[str]:
+    """Sentences of the report's *Setup* section for the project's own sweep: data, families, steps, trade-offs."""
     nm = data.n_train * data.n_outputs
-    below, above = [], []
-    width, previous = 1, 0
-    while True:
-        d = count_parameters(build_run_model(family, width, data, "ntk", 0, mlp_depth))
-        if d == previous:
-            raise ValueError(f"the parameter count of {family} does not grow with the width: give its widths")
-        previous = d
-        if d < nm:
-            below.append(width)
-        else:
-            above.append(width)
-            if d >= _MAX_OVER * nm:
-                break
-        width *= 2
-    return tuple(below[-3:] + above)
+    widths = "; ".join(f"{fam}: {', '.join(map(str, ws))}" for fam, ws in config.widths.items())
+    rules = "; ".join(
+        f"{fam}/{p}: lr = {config.base_lr(fam, p):g} × {_multiplier_text(p)} for {config.steps_for(fam, p)} steps "
+        f"(records at {', '.join(map(str, record_steps(config.steps_for(fam, p), config.records)))})"
+        for fam in config.families for p in config.parameterizations
+    )
+    task = "one-hot class targets" if data.task == "classification" else "real-valued targets"
+    return [
+        f"Data: {data.name}, n = {data.n_train} training samples ({task}, m = {data.n_outputs} "
+        f"outputs), {data.n_test} test samples. The probe is the whole training set, so n·m = {nm} and "
+        "the tracked loss is the training loss.",
+        f"Families {', '.join(config.families)} (MLP: {config.mlp_depth} hidden layer(s); CNN: two 3×3 "
+        f"convolutions with max-pooling), widths {widths}; seeds {', '.join(map(str, config.seeds))}.",
+        "Training: full-batch gradient descent on the squared loss L = (1/2n)‖f_X − Y‖², measured by "
+        f"`AlignmentTracker` in {config.dtype or 'float64'} at log-spaced records. Step sizes and budgets "
+        f"(theory/width.md#s4-lazy-versus-rich): {rules}. NTK keeps an O(1) step (its kernel has a "
+        "width-independent limit); mean-field scales the step up by the width (its kernel shrinks like 1/width), "
+        "the maximal-update choice that keeps feature learning O(1).",
+        "Comparable points: the base rates and step budgets come from `--lr-sweep` on the smallest "
+        "over-parameterised width (the largest lr₀ of the grid whose loss never rises in a step and that diverges "
+        f"at no width; the steps at which that width reaches the training loss {LOSS_LEVEL:g}), so the two "
+        "parameterisations are compared at the same loss on the reference width, not at the same step count.",
+        "What the default trades: " + TRADED.format(records=config.records),
+    ]
+
+
+def _multiplier_text(parameterization: str) -> str:
+    factor = learning_rate_multiplier(parameterization, 2)
+    return {0.5: "1/width", 1.0: "1", 2.0: "width"}[factor]

@@ -1,8 +1,8 @@
 """Where the runs of a sweep execute: in this process, in a pool of spawned processes, or as Ray tasks.
 
-Each executor takes the task ``(config, spec, data) -> outcome`` (a module-level function, so it can be
-sent to other processes) and yields ``(spec, outcome)`` in completion order; a run whose worker was
-lost yields the exception instead, so one lost run never loses the sweep.
+Each executor takes the task ``(plan, spec, data) -> outcome`` (a module-level function, so it can be
+sent to other processes, with a picklable plan and data) and yields ``(spec, outcome)`` in completion order;
+a run whose worker was lost yields the exception instead, so one lost run never loses the sweep.
 """
 
 from __future__ import annotations
@@ -18,16 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..data import DataSplit
-    from .sweep import RunSpec
+    from .plan import RunSpec
 
 __all__ = ["EXECUTORS", "local", "ray"]
 
-Task = Callable[[dict, "RunSpec", "DataSplit"], dict]
+Task = Callable[[Any, "RunSpec", Any], dict]
 Outcomes = Iterator[tuple["RunSpec", "dict[str, Any] | BaseException"]]
 
 
-def local(task: Task, config: dict, specs: list[RunSpec], data: DataSplit, jobs: int,
+def local(task: Task, config: Any, specs: list[RunSpec], data: Any, jobs: int,
           address: str | None) -> Outcomes:
     """In-process when ``jobs == 1``; otherwise a pool of ``jobs`` spawned processes.
 
@@ -55,15 +54,15 @@ def local(task: Task, config: dict, specs: list[RunSpec], data: DataSplit, jobs:
                 yield spec, RuntimeError(f"the worker process running it died ({exc})")
 
 
-def _pool(jobs: int, data: DataSplit) -> ProcessPoolExecutor:
+def _pool(jobs: int, data: Any) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_init_worker,
                                initargs=(data, os.getpid()))
 
 
-_WORKER_DATA: list[DataSplit] = []
+_WORKER_DATA: list[Any] = []
 
 
-def _init_worker(data: DataSplit, parent: int) -> None:
+def _init_worker(data: Any, parent: int) -> None:
     """Keep the data; exit when the driver dies (a killed sweep leaves no orphaned workers)."""
     _WORKER_DATA[:] = [data]
 
@@ -75,11 +74,11 @@ def _init_worker(data: DataSplit, parent: int) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _pool_task(task: Task, config: dict, spec: RunSpec) -> dict[str, Any]:
+def _pool_task(task: Task, config: Any, spec: RunSpec) -> dict[str, Any]:
     return task(config, spec, _WORKER_DATA[0])
 
 
-def ray(task: Task, config: dict, specs: list[RunSpec], data: DataSplit, jobs: int,
+def ray(task: Task, config: Any, specs: list[RunSpec], data: Any, jobs: int,
         address: str | None) -> Outcomes:
     """One Ray task per run on the running Ray instance, else on ``address``, else a new local one.
 

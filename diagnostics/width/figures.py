@@ -20,18 +20,22 @@ import seaborn as sns
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from .analysis import LEVEL, counting_threshold, movement_slopes
+from .analysis import LEVEL, NOT_JUDGED, counting_threshold, movement_slopes
 from .figures_evidence import coordinate_check, kernel_dynamics, layer_alignment
 from .figures_predictors import certificate, loss_predictors, rate_bound, representation_gain
 from .plotting import (
     FLOOR,
-    LABELS,
-    PALETTE,
     FigureFile,
+    Placeholder,
     at_floor,
+    colour,
     family_titles,
     grid,
+    hue_order,
     legend_right,
+    param_label,
+    parameterizations,
+    placeholder,
     threshold_line,
     width_axis,
     width_lines,
@@ -39,7 +43,7 @@ from .plotting import (
 )
 from .sweep import SweepResult
 
-__all__ = ["FIGURES", "FLOOR", "FigureFile", "make_figures", "save_figure"]
+__all__ = ["FIGURES", "FLOOR", "FigureFile", "draw_figures", "make_figures", "save_figure"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -70,7 +74,7 @@ def residual_training(sweep: SweepResult) -> Figure:
     data = records.copy()
     data["residual"] = at_floor(data["residual"])
     families = sorted(data["family"].unique())
-    params = [p for p in LABELS if p in set(data["parameterization"])]
+    params = parameterizations(data)
     fig, axes = grid(families, nrows=len(params), height=3.0)
     norm = LogNorm(data["width"].min(), data["width"].max())
     for i, param in enumerate(params):
@@ -80,9 +84,9 @@ def residual_training(sweep: SweepResult) -> Figure:
             sns.lineplot(data=sub, x="step", y="residual", hue="width", palette="viridis", hue_norm=norm,
                          errorbar=None, marker="o", markersize=4, ax=ax, legend="full")
             ax.set_yscale("log")
-            ax.set_title(f"{family.upper()}, {LABELS[param]}")
+            ax.set_title(f"{family.upper()}, {param_label(param)}")
             ax.set_xlabel("training step")
-            ax.set_ylabel(f"residual ({LABELS[param]})" if j == 0 else "")
+            ax.set_ylabel(f"residual ({param_label(param)})" if j == 0 else "")
             ax.grid(True, alpha=0.3)
             ax.legend(title="width", fontsize=7, title_fontsize=8, ncols=2, loc="lower left")
     return fig
@@ -111,8 +115,14 @@ def rank(sweep: SweepResult) -> Figure:
 
 
 def loss_lower_bound(sweep: SweepResult) -> Figure:
-    """Draw the training loss and its (I2) floor ``(1/2n)‖(I−P)Y‖²``: against width, every record."""
+    """Draw the training loss and its (I2) floor ``(1/2n)‖(I−P)Y‖²``: against width, every record (squared loss)."""
     runs, records = sweep.runs, sweep.records
+    if "measure_loss" in runs:
+        runs = runs[runs["measure_loss"] == "mse"]
+        records = records[records["run_id"].isin(runs["run_id"])]
+    if runs.empty:
+        return placeholder("Not applicable: the (I2) floor (1/2n)‖(I−P)Y‖² bounds the squared loss, and these runs "
+                           "are measured in cross-entropy; their (I4) bound is in the bound-ratio figure.")
     data, families = with_labels(runs), sorted(runs["family"].unique())
     thresholds = counting_threshold(runs)
     long = pd.concat([
@@ -122,16 +132,16 @@ def loss_lower_bound(sweep: SweepResult) -> Figure:
     fig, axes = grid(families, nrows=2, height=3.6, sharey=False)
     points = records.assign(
         floor=at_floor(records["loss_lower_bound"]), loss=at_floor(records["loss"]),
-        parameterisation=records["parameterization"].map(LABELS),
+        parameterisation=records["parameterization"].map(param_label),
     )
     norm = LogNorm(points["width"].min(), points["width"].max())
     for j, family in enumerate(families):
         last = j == len(families) - 1
         ax = axes[0, j]
         sub = long[long["family"] == family]
-        hue_order = [p for p in PALETTE if p in set(sub["parameterisation"])]
-        sns.lineplot(data=sub, x="width", y="value", hue="parameterisation", hue_order=hue_order,
-                     palette=PALETTE, style="quantity", estimator="mean", errorbar="sd", marker="o", ax=ax,
+        order, palette = hue_order(sub)
+        sns.lineplot(data=sub, x="width", y="value", hue="parameterisation", hue_order=order,
+                     palette=palette, style="quantity", estimator="mean", errorbar="sd", marker="o", ax=ax,
                      legend=last)
         threshold_line(ax, thresholds.get(family), label=last)
         ax.set_yscale("log")
@@ -207,10 +217,12 @@ def kernel_movement(sweep: SweepResult) -> Figure:
             notes = []
             for r in slopes[slopes["family"] == family].itertuples():
                 w = np.array([float(x) for x in r.widths.split(", ")])
-                ax.plot(w, np.exp(r.intercept) * w**r.slope, color=PALETTE[LABELS[r.parameterization]],
+                words = [param_label(p) for p in parameterizations(sub)]
+                ax.plot(w, np.exp(r.intercept) * w**r.slope, color=colour(param_label(r.parameterization), words),
                         linestyle=":", linewidth=1.5)
-                notes.append(f"{LABELS[r.parameterization]}: slope {r.slope:+.2f} [{r.low:+.2f}, {r.high:+.2f}], "
-                             f"{r.expect}: {r.status}")
+                verdict = "no expectation, not judged" if r.status == NOT_JUDGED else f"{r.expect}: {r.status}"
+                notes.append(f"{param_label(r.parameterization)}: slope {r.slope:+.2f} [{r.low:+.2f}, {r.high:+.2f}], "
+                             f"{verdict}")
             ax.text(0.03, 0.04, "\n".join(notes), transform=ax.transAxes, fontsize=8, va="bottom",
                     bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"})
             threshold_line(ax, thresholds.get(family), label=last)
@@ -229,6 +241,8 @@ def test_performance(sweep: SweepResult) -> Figure:
     data, families = with_labels(runs), sorted(runs["family"].unique())
     classification = "test_accuracy" in data and data["test_accuracy"].notna().any()
     column = "test_accuracy" if classification else "test_loss"
+    if column not in data or data[column].isna().all():
+        return placeholder("No test split: the study was given no test data (test=), so there is no test metric.")
     thresholds = counting_threshold(runs)
     fig, axes = grid(families)
     for j, family in enumerate(families):
@@ -283,8 +297,8 @@ FIGURES: list[tuple[str, str, Callable[[SweepResult], Figure], str]] = [
      "reached; 1 (black line) means the kernel's own learning added nothing. Mean ± sd over the seeds whose "
      "linearised dynamics converge (L_lin(T) ≤ L_0; runs with ηλ_max(K_0)/n > 2 in a direction of r_0 diverge)."),
     ("coordinate_check", "Coordinate check: layer outputs against width at steps 0–3", coordinate_check,
-     "Mean |z_t| of every layer's output (rows 1 and 3) and mean |z_t − z_0| (rows 2 and 4) in the training "
-     "forward pass of steps t = 0…3, against width, per parameterisation; flat in width when the "
+     "Mean |z_t| of every layer's output (rows 1 and 3) and mean |z_t − z_0| (rows 2 and 4) on the probe, in "
+     "evaluation mode, at steps t = 0…3, against width, per parameterisation; flat in width when the "
      "parameterisation keeps every coordinate of order one. Mean over seeds."),
     ("kernel_dynamics", "Kernel velocity, distance to the end kernel and kernel–target alignment", kernel_dynamics,
      "Over training (log-spaced records, symmetric-log step axis), one line per width (mean over seeds): the "
@@ -298,6 +312,12 @@ FIGURES: list[tuple[str, str, Callable[[SweepResult], Figure], str]] = [
      "Test accuracy (classification) or test loss (regression) at the end of training; mean ± sd over "
      "seeds."),
 ]
+
+
+def draw_figures(sweep: SweepResult) -> dict[str, Figure]:
+    """Draw every figure of :data:`FIGURES` (for a notebook), by name."""
+    with sns.axes_style("ticks"), sns.plotting_context("notebook", font_scale=0.85):
+        return {name: draw(sweep) for name, _, draw, _ in FIGURES}
 
 
 def make_figures(sweep: SweepResult, folder: str | Path) -> list[FigureFile]:
@@ -323,6 +343,7 @@ def save_figure(fig: Figure, folder: str | Path, name: str, title: str, caption:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fig.suptitle(title, fontsize=12)
+    caption = f"Not drawn. {fig.reason}" if isinstance(fig, Placeholder) else caption
     png, svg = folder / f"{name}.png", folder / f"{name}.svg"
     fig.savefig(png)
     fig.savefig(svg)

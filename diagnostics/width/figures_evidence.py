@@ -18,12 +18,14 @@ from matplotlib.figure import Figure
 from .analysis import counting_threshold
 from .plotting import (
     FLOOR,
-    LABELS,
     at_floor,
     grid,
     legend_right,
     panel_title,
     panels,
+    param_label,
+    parameterizations,
+    placeholder,
     threshold_line,
     width_axis,
 )
@@ -35,9 +37,12 @@ __all__ = ["coordinate_check", "kernel_dynamics", "layer_alignment", "lr_transfe
 def coordinate_check(sweep: SweepResult) -> Figure:
     """Draw mean ``|z_t|`` and mean ``|z_t − z_0|`` per layer against width at steps 0–3 (rows: parameterisation)."""
     data = sweep.coordinates
+    if data.empty:
+        return placeholder("Not measured: these runs were read from histories, which hold the tracker's records "
+                           "only, not the layer outputs of the first steps.")
     columns = [(family, layer) for family in sorted(data["family"].unique())
                for layer in data.loc[data["family"] == family, "layer"].unique()]
-    params = [p for p in LABELS if p in set(data["parameterization"])]
+    params = parameterizations(data)
     rows = [(p, q) for p in params for q in ("mean_abs", "mean_abs_change")]
     fig, axes = grid(columns, nrows=len(rows), height=2.6, sharey=False)
     thresholds = counting_threshold(sweep.runs)
@@ -53,7 +58,7 @@ def coordinate_check(sweep: SweepResult) -> Figure:
             threshold_line(ax, thresholds.get(family), label=False)
             ax.set_yscale("log")
             width_axis(ax, sub["width"] if not sub.empty else data["width"])
-            ax.set_title(f"{family.upper()} {layer}, {LABELS[param]}", fontsize=9)
+            ax.set_title(f"{family.upper()} {layer}, {param_label(param)}", fontsize=9)
             ax.set_ylabel(("mean |z_t|" if quantity == "mean_abs" else "mean |z_t − z_0|") if j == 0 else "")
             if i < len(rows) - 1:
                 ax.set_xlabel("")
@@ -78,11 +83,15 @@ def kernel_dynamics(sweep: SweepResult) -> Figure:
             sub = sub.dropna(subset=[column])
             if column == "kernel_distance_end":
                 sub = sub[sub[column] > 0]
-            sns.lineplot(data=sub, x="step", y=column, hue="width", palette="viridis", hue_norm=norm, errorbar=None,
-                         marker="o", markersize=3, ax=ax, legend="full" if i == 0 and j == len(pairs) - 1 else False)
+            if sub.empty:
+                ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", va="center", color="0.4")
+            else:
+                sns.lineplot(data=sub, x="step", y=column, hue="width", palette="viridis", hue_norm=norm,
+                             errorbar=None, marker="o", markersize=3, ax=ax,
+                             legend="full" if i == 0 and j == len(pairs) - 1 else False)
             ax.set_xscale("symlog", linthresh=1)
             ax.set_xlim(left=0)
-            if column != "kernel_target_alignment":
+            if column != "kernel_target_alignment" and not sub.empty:
                 ax.set_yscale("log")
             ax.set_title(panel_title(family, param) if i == 0 else "")
             ax.set_xlabel("training step t" if i == len(quantities) - 1 else "")
@@ -95,6 +104,9 @@ def kernel_dynamics(sweep: SweepResult) -> Figure:
 def layer_alignment(sweep: SweepResult) -> Figure:
     """Draw each layer's share of ``QᵀKQ`` and its own residual against width, at the start (dashed) and end (solid)."""
     layers = sweep.layers
+    if layers.empty:
+        return placeholder("Not measured: these runs were read from histories, which hold the tracker's records "
+                           "only, not the per-layer Grams at the start and the end.")
     pairs = panels(layers)
     thresholds = counting_threshold(sweep.runs)
     fig, axes = grid(pairs, nrows=2, height=3.2, sharey="row")

@@ -3,9 +3,10 @@ r"""What the NTK Gram of one run did during training, and what its initial and f
 Pure functions of Gram matrices ``K_t`` measured at the records of a run (``theory/alignment.md``,
 ``theory/width.md#s4-lazy-versus-rich``), all in float64:
 
-- kernel–target alignment ``QᵀKQ / (‖K‖_F ‖Q‖²)`` (Cristianini et al.), the kernel velocity
-  ``‖K_t − K_{t'}‖_F / ‖K_{t'}‖_F / (t − t')`` per step since the previous record ``t'`` and the distance to the
-  end kernel ``‖K_t − K_T‖_F / ‖K_T‖_F`` (Fort et al. 2020);
+- the kernel velocity ``‖K_t − K_{t'}‖_F / ‖K_{t'}‖_F / (t − t')`` per step since the previous record ``t'`` (the
+  tracker's ``kernel_movement_prev`` over the steps between) and the distance to the end kernel
+  ``‖K_t − K_T‖_F / ‖K_T‖_F`` (Fort et al. 2020); the kernel–target alignment ``QᵀKQ / (‖K‖_F ‖Q‖²)`` is the
+  tracker's own column;
 - the loss of the *linearised* dynamics: gradient descent with step ``η`` on ``(1/2n)‖f − Y‖²`` with the kernel
   frozen at ``K_0`` moves the residual by ``r ← (I − ηK_0/n) r``, so after ``T`` steps
   ``L_lin(T) = (1/2n) Σ_k (1 − ηλ_k/n)^{2T} (u_kᵀ r_0)²`` in the eigenbasis of ``K_0``;
@@ -22,9 +23,11 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
+from ..engine.inputs import OutputSelector
 from ..engine.measurement import Measurement
 from ..engine.precision import rank_rule
 from ..engine.spectral import Spectrum
@@ -32,44 +35,34 @@ from ..engine.spectral import Spectrum
 __all__ = ["horizon_floor", "kernel_path", "layer_alignment", "layer_groups", "linearised_loss"]
 
 
-def _vector(q: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
-    return q.detach().reshape(-1).to(device=K.device, dtype=torch.float64)
-
-
-def kernel_path(steps: Sequence[int], grams: Sequence[torch.Tensor], q: torch.Tensor) -> list[dict[str, float]]:
-    """Kernel–target alignment, velocity per step and distance to the last Gram, one dictionary per record.
+def kernel_path(history: pd.DataFrame, grams: Sequence[torch.Tensor] | None = None) -> pd.DataFrame:
+    """Kernel velocity per step and distance to the last Gram, one row per full record of a tracker history.
 
     Parameters
     ----------
-    steps
-        Increasing steps of the records.
+    history
+        Tracker records: ``step`` and ``kernel_movement_prev`` ``‖K_t − K_{t'}‖_F / ‖K_{t'}‖_F`` (since the
+        previous full record ``t'``); cheap records (``tier == "cheap"``) are left out.
     grams
-        ``K_t`` at those steps, ``(nm, nm)``.
-    q
-        The alignment target ``Q`` (stacked sample-major, as the rows of ``K``).
+        ``K_t`` at the steps of the full records, ``(nm, nm)``; ``None`` when they were not kept (a history read
+        from a file): the distance to the end kernel is then ``nan``.
 
     Returns
     -------
-    list of dict
-        ``step``, ``kernel_target_alignment``, ``kernel_velocity`` (``nan`` at the first record) and
-        ``kernel_distance_end``.
+    pandas.DataFrame
+        ``step``, ``kernel_velocity`` (``nan`` at the first record) and ``kernel_distance_end``.
     """
-    end = grams[-1].to(torch.float64)
-    end_norm = float(end.norm())
-    rows, previous = [], None
-    for step, K in zip(steps, grams, strict=True):
-        K = K.to(torch.float64)
-        q64 = _vector(q, K)
-        norm = float(K.norm())
-        kta = float(q64 @ K @ q64) / (norm * float(q64 @ q64)) if norm > 0 else 0.0
-        velocity = math.nan
-        if previous is not None:
-            before, K_before = previous
-            velocity = float((K - K_before).norm()) / float(K_before.norm()) / (step - before)
-        rows.append({"step": int(step), "kernel_target_alignment": kta, "kernel_velocity": velocity,
-                     "kernel_distance_end": float((K - end).norm()) / end_norm if end_norm > 0 else math.nan})
-        previous = (step, K)
-    return rows
+    full = history[history["tier"] == "full"] if "tier" in history else history
+    steps = full["step"].to_numpy()
+    velocity = full["kernel_movement_prev"].to_numpy(float) / np.diff(steps, prepend=np.nan)
+    if grams is None:
+        distance = np.full(len(steps), math.nan)
+    else:
+        end = grams[-1].to(torch.float64)
+        end_norm = float(end.norm())
+        distance = np.array([float((K.to(torch.float64) - end).norm()) / end_norm if end_norm > 0 else math.nan
+                             for K in grams])
+    return pd.DataFrame({"step": steps, "kernel_velocity": velocity, "kernel_distance_end": distance})
 
 
 def linearised_loss(spectrum: Spectrum, residual: torch.Tensor, lr: float, steps: int, n: int) -> float:
@@ -100,8 +93,9 @@ def layer_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
     return out
 
 
-def layer_alignment(model: nn.Module, X: torch.Tensor, q: torch.Tensor, dtype: torch.dtype,
-                    groups: dict[str, tuple[str, ...]] | None = None) -> list[dict[str, float | str]]:
+def layer_alignment(model: nn.Module, X: object, q: torch.Tensor, dtype: torch.dtype,
+                    groups: dict[str, tuple[str, ...]] | None = None,
+                    output: OutputSelector = None) -> list[dict[str, float | str]]:
     """Share of ``QᵀKQ`` and own residual ``‖(I − P_{K_g})Q‖/‖Q‖`` of every layer's Gram ``K_g = J_gJ_gᵀ``.
 
     ``Col K_g = Col J_g`` keeps the eigenvalues of ``K_g`` above the rank rule of
@@ -114,13 +108,15 @@ def layer_alignment(model: nn.Module, X: torch.Tensor, q: torch.Tensor, dtype: t
     model
         The model (not changed).
     X
-        The probe inputs (the whole training set in a sweep).
+        The probe inputs (a tensor, tuple or dict of tensors).
     q
         The alignment target ``Q``, ``(n, m)`` or stacked.
     dtype
         Compute dtype of the Jacobian blocks and Grams.
     groups
         Parameter names per layer (default :func:`layer_groups`).
+    output
+        The output selector, as :func:`diagnostics.jacobian`'s.
 
     Returns
     -------
@@ -130,7 +126,7 @@ def layer_alignment(model: nn.Module, X: torch.Tensor, q: torch.Tensor, dtype: t
     groups = groups if groups is not None else layer_groups(model)
     rows = []
     for layer, names in groups.items():
-        with Measurement(model, X, params=list(names), dtype=dtype) as job:
+        with Measurement(model, X, params=list(names), dtype=dtype, output=output) as job:
             q64 = q.detach().reshape(-1).to(device=job.fm.device, dtype=torch.float64)
             if job.fm.n_params < job.rows:
                 quadratic, outside, rank = _thin_layer(job.jacobian_columns(job.fm.names), q64, dtype)

@@ -18,6 +18,7 @@ and the first step at which the
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -29,11 +30,11 @@ from tqdm.auto import tqdm
 from ..data import DataSplit
 from ..engine.jacobian import ntk_gram
 from ..models import count_parameters, learning_rate_multiplier
-from ..targets import Targets
 from .config import LOSS_LEVEL, RunSpec, SweepConfig, build_run_model, load_data
 from .executors import EXECUTORS
+from .recipe import OptimizerFactory, Recipe
 from .run import RATE_RTOL
-from .training import gradient_descent
+from .training import Trainer
 
 __all__ = ["choose_settings", "lr_sweep"]
 
@@ -45,7 +46,6 @@ def _at_every_rate(config: dict[str, Any], spec: RunSpec, data: DataSplit) -> di
     torch.set_num_threads(1)
     try:
         n = data.X_train.shape[0]
-        Y = Targets.build(data.y_train, n, data.n_outputs, "mse").Y.to(data.X_train.dtype)
         steps = cfg.steps_for(spec.family, spec.parameterization)
         multiplier = learning_rate_multiplier(spec.parameterization, spec.width)
         rows = []
@@ -54,9 +54,11 @@ def _at_every_rate(config: dict[str, Any], spec: RunSpec, data: DataSplit) -> di
             if not rows:  # the same initialisation for every lr₀: one kernel
                 K = ntk_gram(model, data.X_train, dtype=torch.float32)
                 lam = float(torch.linalg.eigvalsh(K.double())[-1])
+            recipe = Recipe(OptimizerFactory("sgd", lr0, scaling=spec.parameterization), steps)
+            trainer = Trainer(model, recipe, itertools.repeat((data.X_train, data.y_train)), spec.width)
             losses, diverged = [], False
             try:
-                losses = [loss for _, loss, _ in gradient_descent(model, data.X_train, Y, lr0 * multiplier, steps)]
+                losses = [trainer.step()[0] for _ in range(steps)] + [trainer.loss()]
             except FloatingPointError:
                 diverged = True
             rows.append({**spec.to_dict(), "lr0": lr0, "run_id": f"{spec.run_id}_lr{lr0:g}", "lr": lr0 * multiplier,

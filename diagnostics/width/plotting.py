@@ -1,13 +1,16 @@
 """Shared drawing helpers of the width-report figures (seaborn on :class:`matplotlib.figure.Figure`, no ``pyplot``).
 
 Conventions: one column per model family (or per family and parameterisation); lines are the mean over
-seeds and bands one standard deviation; NTK and mean-field have one colour each; the counting threshold
-``d = n·m`` of S1 is the dashed vertical line; quantities that reach exactly zero are drawn at :data:`FLOOR`
-on logarithmic axes.
+seeds and bands one standard deviation; NTK and mean-field have one colour each, any other parameterisation
+label one of :data:`EXTRA_COLOURS`; the counting threshold ``d = n·m`` of S1 is the dashed vertical line; quantities
+that reach exactly zero are drawn at :data:`FLOOR` on logarithmic axes. A figure whose data the study does not have
+(a test split, per-step losses, statements that do not apply to its recipe) is drawn as a :func:`placeholder` that
+says why.
 """
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,14 +22,17 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 
 __all__ = [
-    "FLOOR", "LABELS", "PALETTE", "WIDTH_LABEL", "FigureFile", "at_floor", "family_titles", "grid", "legend_right",
-    "panel_title", "panels", "threshold_line", "width_axis", "width_lines", "with_labels",
+    "EXTRA_COLOURS", "FLOOR", "LABELS", "PALETTE", "WIDTH_LABEL", "FigureFile", "Placeholder", "at_floor", "colour",
+    "family_titles", "grid", "hue_order", "legend_right", "param_label", "panel_title", "panels", "parameterizations",
+    "placeholder", "threshold_line", "width_axis", "width_lines", "with_labels",
 ]
 
 #: Values below this are drawn at it on logarithmic axes.
 FLOOR = 1e-8
 PALETTE = {"NTK": "#1f66b3", "mean-field": "#d95f02", "standard": "#6b6b6b"}
 LABELS = {"ntk": "NTK", "mf": "mean-field", "standard": "standard"}
+#: Colours of other parameterisation labels, in order of appearance.
+EXTRA_COLOURS = ("#1b9e77", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d")
 WIDTH_LABEL = "width (hidden units / channels)"
 THRESHOLD_STYLE = {"color": "0.35", "linestyle": "--", "linewidth": 1.2}
 
@@ -42,11 +48,52 @@ class FigureFile:
     svg: Path
 
 
+def param_label(parameterization: str) -> str:
+    """Return the legend's word for a parameterisation (``"ntk"`` → ``"NTK"``; other labels as they are)."""
+    return LABELS.get(parameterization, parameterization)
+
+
+def parameterizations(table: pd.DataFrame) -> list[str]:
+    """List the parameterisations of a table: the known ones in legend order, then the others sorted."""
+    present = set(table["parameterization"])
+    return [p for p in LABELS if p in present] + sorted(present - set(LABELS))
+
+
+def colour(word: str, words: list[str] | None = None) -> str:
+    """Return the colour of a parameterisation's legend word (:data:`PALETTE`, else by its place among ``words``)."""
+    if word in PALETTE:
+        return PALETTE[word]
+    others = [w for w in (words or [word]) if w not in PALETTE]
+    return EXTRA_COLOURS[others.index(word) % len(EXTRA_COLOURS)] if word in others else EXTRA_COLOURS[0]
+
+
+def hue_order(data: pd.DataFrame) -> tuple[list[str], dict[str, str]]:
+    """Return the legend words of ``data``'s ``parameterisation`` column in order, and their colours."""
+    words = [param_label(p) for p in parameterizations(data)]
+    return words, {w: colour(w, words) for w in words}
+
+
 def with_labels(runs: pd.DataFrame) -> pd.DataFrame:
     """Return a copy with a ``parameterisation`` column in words (the legend's labels)."""
     out = runs.copy()
-    out["parameterisation"] = out["parameterization"].map(LABELS)
+    out["parameterisation"] = out["parameterization"].map(param_label)
     return out
+
+
+class Placeholder(Figure):
+    """A figure that says why it has nothing to draw (its caption in the report is the reason)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(figsize=(7.0, 1.8), layout="constrained", dpi=150)
+        self.reason = reason
+        ax = self.subplots()
+        ax.text(0.5, 0.5, "\n".join(textwrap.wrap(reason, 90)), ha="center", va="center", fontsize=10)
+        ax.set_axis_off()
+
+
+def placeholder(reason: str) -> Placeholder:
+    """Return a figure that says why it has nothing to draw."""
+    return Placeholder(reason)
 
 
 def grid(families: list, nrows: int = 1, height: float = 3.6, sharey: str | bool = "row") -> tuple[Figure, np.ndarray]:
@@ -80,9 +127,9 @@ def width_lines(ax: Axes, data: pd.DataFrame, y: str, legend: bool, **kwargs) ->
     """Draw ``y`` against width, one line per parameterisation: mean over seeds, band ± one sd (nothing if empty)."""
     if data.empty:
         return
-    hue_order = [p for p in PALETTE if p in set(data["parameterisation"])]
+    order, palette = hue_order(data)
     sns.lineplot(
-        data=data, x="width", y=y, hue="parameterisation", hue_order=hue_order, palette=PALETTE,
+        data=data, x="width", y=y, hue="parameterisation", hue_order=order, palette=palette,
         estimator="mean", errorbar="sd", marker="o", ax=ax, legend=legend, **kwargs,
     )
 
@@ -112,11 +159,11 @@ def family_titles(axes, families: list[str], row_labels: list[str] | None = None
 
 def panels(table: pd.DataFrame) -> list[tuple[str, str]]:
     """List the ``(family, parameterization)`` pairs of a table: families sorted, parameterisations in legend order."""
-    order = {p: i for i, p in enumerate(LABELS)}
+    order = {p: i for i, p in enumerate(parameterizations(table))}
     pairs = set(zip(table["family"], table["parameterization"], strict=True))
-    return sorted(pairs, key=lambda fp: (fp[0], order.get(fp[1], len(order))))
+    return sorted(pairs, key=lambda fp: (fp[0], order[fp[1]]))
 
 
 def panel_title(family: str, parameterization: str) -> str:
     """``"MLP, NTK"``."""
-    return f"{family.upper()}, {LABELS.get(parameterization, parameterization)}"
+    return f"{family.upper()}, {param_label(parameterization)}"

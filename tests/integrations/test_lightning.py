@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from diagnostics.tracking import AlignmentTracker
+from diagnostics.tracking.history import read_history
 
 pl = pytest.importorskip("lightning.pytorch")
 from diagnostics.integrations.lightning import AlignmentCallback  # noqa: E402
@@ -99,12 +100,14 @@ def test_fit_records_what_the_plain_tracker_records_and_resumes_from_a_checkpoin
     plain = _plain_history(digits)
     assert plain.step.tolist() == [0, 2, 4, 6] and plain.tier.tolist() == ["full", "cheap", "full", "cheap"]
 
-    callback = AlignmentCallback(digits, **OPTIONS)
+    callback = AlignmentCallback(digits, tags={"width": 16, "seed": 0}, **OPTIONS)
     _trainer(tmp_path / "whole", STEPS).fit(DigitsModule(), _loader(digits))
     whole = _trainer(tmp_path / "whole-2", STEPS, callbacks=[callback])
     whole.fit(DigitsModule(), _loader(digits))
     _assert_same_measurements(callback.history, plain)
-    assert (tmp_path / "whole-2" / "alignment.jsonl").exists()  # no checkpoint callback: the root folder
+    meta, _ = read_history(tmp_path / "whole-2" / "alignment.jsonl")  # no checkpoint callback: the root folder
+    assert meta["tags"] == {"width": 16, "seed": 0}
+    assert {k: meta["optimizer"][k] for k in ("name", "lr", "momentum")} == {"name": "SGD", "lr": 0.1, "momentum": 0.9}
 
     # interrupted after 3 steps (a checkpoint at step 3), then resumed from it to the end
     folder = tmp_path / "resumed"

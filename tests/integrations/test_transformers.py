@@ -9,6 +9,7 @@ import torch
 from sklearn.datasets import load_digits
 
 from diagnostics.tracking import AlignmentTracker
+from diagnostics.tracking.history import read_history
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
@@ -79,8 +80,11 @@ def _train(folder, callback, report_to="none", max_steps=STEPS, save_steps=None,
 def test_train_records_what_the_plain_tracker_records_and_leaves_training_untouched(tmp_path):
     accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     probe = DigitTokens(16).probe()
-    callback = AlignmentCallback(probe, **OPTIONS)
+    callback = AlignmentCallback(probe, tags={"model": "bert"}, **OPTIONS)
     watched = _train(tmp_path / "watched", callback, report_to=["tensorboard"])
+    meta, _ = read_history(tmp_path / "watched" / "alignment.jsonl")
+    assert meta["tags"] == {"model": "bert"}
+    assert meta["optimizer"]["name"] == "AdamW" and meta["optimizer"]["lr"] == 3e-3
     snapshots = Snapshots()
     reference = _train(tmp_path / "reference", snapshots)
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from diagnostics.errors import DiagnosticsError
 from diagnostics.tracking import AlignmentTracker
+from diagnostics.tracking.history import read_history
 from diagnostics.tracking.tracker import COLUMNS, TRAILING
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,6 +90,9 @@ def test_movements_and_parameter_subset_match_direct_computation():
     movement = float((theta - theta0).norm() / theta0.norm())
     assert record["param_movement"] == pytest.approx(movement, rel=1e-12)
     assert record["kernel_movement_init"] == pytest.approx(float((K - K0).norm() / K0.norm()), rel=1e-10)
+    q = Y.double().reshape(-1)  # the squared loss's alignment target Q = Y, stacked sample-major as K's rows
+    alignment = float(q @ K @ q) / (float(K.norm()) * float(q @ q))
+    assert record["kernel_target_alignment"] == pytest.approx(alignment, rel=1e-10)
 
 
 def test_the_horizon_follows_the_optimiser_and_the_steps_left():
@@ -244,3 +248,26 @@ def test_load_reads_a_history_written_by_the_tracker(tmp_path):
     loaded = AlignmentTracker.load(path)
     assert loaded.equals(tracker.history)
     assert loaded.attrs["meta"]["loss"] == "mse" and path.read_text().startswith('{"meta"')
+
+
+def test_tags_and_the_optimiser_are_written_into_the_header(tmp_path):
+    X, Y = _regression()
+    model = _mlp()
+    path = tmp_path / "run.jsonl"
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    AlignmentTracker(model, (X, Y), path=path, probe_size=None, tags={"width": 12, "seed": np.int64(3), "lazy": True},
+                     horizon=(opt, 100))
+    meta, _ = read_history(path)
+    assert meta["tags"] == {"width": 12, "seed": 3, "lazy": True}
+    assert meta["optimizer"] == {"name": "SGD", "lr": 0.05, "momentum": 0.9, "dampening": 0, "weight_decay": 0,
+                                 "nesterov": False, "maximize": False, "differentiable": False}
+    adam = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-3, dtype=torch.float64))
+    AlignmentTracker(model, (X, Y), path=path, resume=False, probe_size=None, optimizer=adam)
+    meta, _ = read_history(path)
+    assert meta["tags"] == {} and meta["optimizer"]["name"] == "AdamW" and meta["optimizer"]["lr"] == 1e-3
+    assert "betas" not in meta["optimizer"] and "params" not in meta["optimizer"]
+    assert AlignmentTracker(model, (X, Y), probe_size=None)._history.meta["optimizer"] is None
+    for bad, message in (({"width": [1]}, "tag 'width'"), ({1: "a"}, "tag names"), ("width", "mapping"),
+                         ({"lr": float("nan")}, "finite")):
+        with pytest.raises(DiagnosticsError, match=message):
+            AlignmentTracker(model, (X, Y), probe_size=None, tags=bad)

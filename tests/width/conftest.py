@@ -3,7 +3,7 @@
 import pytest
 from helpers import tiny
 
-from diagnostics.width.report import build_report
+from diagnostics.width.study import build_report
 
 
 @pytest.fixture(scope="package")

@@ -8,7 +8,16 @@ import pytest
 from helpers import tiny
 
 from diagnostics.data import load_dataset
-from diagnostics.width.config import FULL, RunSpec, SweepConfig, default_widths, load_data, record_steps
+from diagnostics.width.config import (
+    FULL,
+    RunSpec,
+    SweepConfig,
+    config_data,
+    config_plan,
+    default_widths,
+    load_data,
+    record_steps,
+)
 
 
 def test_default_widths_span_the_counting_threshold():
@@ -56,8 +65,15 @@ def test_config_validation_and_round_trip():
             tiny(**bad)
     with pytest.raises(ValueError, match="image inputs"):
         load_data(SweepConfig(dataset="teacher-student", families=("cnn",)))
-    spec = config.resolve(load_data(config)).runs()[0]
-    assert config.fingerprint(spec) == tiny(seeds=(5,), widths={"mlp": (64,)}).fingerprint(spec)
-    assert config.fingerprint(spec) == tiny(lr={"mf": 9.0}, lr_grid=(1.0,)).fingerprint(spec)  # not this run's
-    assert config.fingerprint(spec) != tiny(steps=8).fingerprint(spec)
-    assert config.fingerprint(spec) != tiny(records=3).fingerprint(spec)
+    data = load_data(config)
+    spec = config.resolve(data).runs()[0]
+
+    def fingerprint(cfg):
+        cfg = cfg.resolve(data)
+        return config_plan(cfg, data).fingerprint(spec, config_data(cfg, data).key())
+
+    assert fingerprint(config) == fingerprint(tiny(seeds=(5,), widths={"mlp": (64, 2)}))
+    assert fingerprint(config) == fingerprint(tiny(lr={"mf": 9.0}, lr_grid=(1.0,)))  # not this run's
+    assert fingerprint(config) != fingerprint(tiny(steps=8))
+    assert fingerprint(config) != fingerprint(tiny(records=3))
+    assert fingerprint(config) != fingerprint(tiny(lr={"ntk": 3.0}))

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 from helpers import ROOT, tiny
 
-from diagnostics.width.sweep import TIMING_COLUMNS, run_sweep
+from diagnostics.width.study import config_study
+from diagnostics.width.sweep import TIMING_COLUMNS
 
 
 def comparable(frame: pd.DataFrame) -> pd.DataFrame:
@@ -19,11 +20,11 @@ def comparable(frame: pd.DataFrame) -> pd.DataFrame:
 def test_ray_and_local_executors_give_identical_tables(tmp_path):
     ray = pytest.importorskip("ray")
     config = tiny(widths={"mlp": (2, 8)})
-    local = run_sweep(config, tmp_path / "local", jobs=1, progress=False)
+    local = config_study(config, tmp_path / "local", jobs=1, progress=False).sweep
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     try:
-        remote = run_sweep(config, tmp_path / "ray", executor="ray", progress=False)
+        remote = config_study(config, tmp_path / "ray", executor="ray", progress=False).sweep
     finally:
         ray.shutdown()
     assert remote.missing.empty and remote.executed == 8

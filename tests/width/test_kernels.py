@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import F64, assert_unchanged
@@ -12,6 +13,7 @@ from helpers import F64, assert_unchanged
 from diagnostics import reference_jacobian
 from diagnostics.engine.spectral import Spectrum
 from diagnostics.models import build_model
+from diagnostics.tracking.reference import relative_distance
 from diagnostics.width.kernels import horizon_floor, kernel_path, layer_alignment, layer_groups, linearised_loss
 
 
@@ -41,17 +43,18 @@ def test_horizon_floor_counts_the_slow_directions():
 
 
 def test_kernel_path_by_hand():
-    q = torch.tensor([1.0, 0.0], dtype=F64)
     grams = [torch.eye(2, dtype=F64), 2 * torch.eye(2, dtype=F64), torch.diag(torch.tensor([4.0, 0.0], dtype=F64))]
-    rows = kernel_path([0, 2, 6], grams, q)
+    moved = [math.nan] + [relative_distance(b, a) for a, b in zip(grams, grams[1:], strict=False)]
+    history = pd.DataFrame({"step": [0, 2, 3, 6], "kernel_movement_prev": [moved[0], moved[1], math.nan, moved[2]],
+                            "tier": ["full", "full", "cheap", "full"]})  # a cheap record between: left out
+    rows = kernel_path(history, grams).to_dict("records")
     assert [r["step"] for r in rows] == [0, 2, 6]
-    assert rows[0]["kernel_target_alignment"] == pytest.approx(1 / math.sqrt(2))
-    assert rows[2]["kernel_target_alignment"] == pytest.approx(1.0)
     assert math.isnan(rows[0]["kernel_velocity"])
     assert rows[1]["kernel_velocity"] == pytest.approx(1.0 / 2)  # ‖K₂ − K₀‖/‖K₀‖ = 1 over 2 steps
     assert rows[2]["kernel_velocity"] == pytest.approx(math.sqrt(8) / math.sqrt(8) / 4)
     assert rows[0]["kernel_distance_end"] == pytest.approx(math.sqrt(10) / 4)
     assert rows[2]["kernel_distance_end"] == 0.0
+    assert kernel_path(history)["kernel_distance_end"].isna().all()  # a history read from a file has no Grams
 
 
 def test_layer_alignment_splits_the_gram_by_layer():

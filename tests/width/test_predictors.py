@@ -37,13 +37,34 @@ def test_predictor_errors_in_decades():
     assert above.loc["rate_bound", "runs"] == 1 and below.loc["final_horizon_floor", "ratio"] == pytest.approx(0.01)
 
 
-def test_best_predictor_per_side():
-    best = best_predictors(runs_table()).set_index("side")
-    assert best.loc["d ≥ n·m", "best"] == "linearised dynamics at K_0"
-    assert best.loc["d ≥ n·m", "second"] == "horizon floor of K_T"
-    assert best.loc["d < n·m", "best"] == "exact (I2) floor" and best.loc["d < n·m", "ratio"] == 2.0
+def test_best_predictor_per_side_and_kind():
+    best = best_predictors(runs_table()).set_index(["side", "kind"])
+    assert best.loc[("d ≥ n·m", "a priori"), "best"] == "linearised dynamics at K_0"
+    assert best.loc[("d ≥ n·m", "a priori"), "second"] == "horizon floor of K_0"
+    assert best.loc[("d ≥ n·m", "post hoc"), "best"] == "horizon floor of K_T"
+    assert best.loc[("d ≥ n·m", "post hoc"), "second"] == "gradient-descent rate bound"
+    assert best.loc[("d < n·m", "a priori"), "best"] == "horizon floor of K_0"
+    assert best.loc[("d < n·m", "post hoc"), "best"] == "exact (I2) floor"
+    assert best.loc[("d < n·m", "post hoc"), "ratio"] == 2.0
     text = " ".join(predictor_findings(runs_table()))
+    assert "a priori: d < n·m: **horizon floor of K_0**" in text
     assert "**linearised dynamics at K_0** (final loss / prediction = 1" in text
+    assert "post hoc: d < n·m: **exact (I2) floor**" in text
+
+
+def test_no_predictor_applies_to_adamw_on_cross_entropy():
+    reasons = {f"{s}_reason": "AdamW is not plain gradient descent" for s in ("horizon", "linearised", "final_horizon")}
+    runs = runs_table().assign(**{f"{s}_applies": False for s in ("horizon", "linearised", "final_horizon", "rate")},
+                               **reasons, rate_reason="trained on the ce loss", measure_loss="ce",
+                               init_horizon_loss_floor=None, final_horizon_floor=None, linearised_loss=None,
+                               rate_bound=None)
+    assert best_predictors(runs).empty
+    text = " ".join(predictor_findings(runs))
+    assert ("a priori: none applies (the horizon floor of K_0 does not apply (AdamW is not plain gradient descent); "
+            "the linearised dynamics at K_0 does not apply (AdamW is not plain gradient descent))") in text
+    assert "the gradient-descent rate bound does not apply (trained on the ce loss)" in text
+    assert "the (I2) floor bounds the squared loss, and these runs are measured in ce" in text
+    assert gain_table(runs)["gain"].isna().all() and (gain_table(runs)["diverged"] == 0).all()
 
 
 def test_gain_is_the_geometric_mean_over_seeds():

@@ -13,7 +13,7 @@ import pytest
 from helpers import tiny
 
 import theory
-from diagnostics.width.config import RunSpec, load_data, record_steps
+from diagnostics.width.config import RunSpec, config_data, config_plan, load_data, record_steps
 from diagnostics.width.run import RATE_RTOL, run_one
 
 
@@ -21,7 +21,8 @@ from diagnostics.width.run import RATE_RTOL, run_one
 def affine_run():
     config = tiny(mlp_depth=0, steps=30, records=4, lr={"ntk": 2.0})
     data = load_data(config)
-    return config, run_one(config.resolve(data), RunSpec("mlp", "ntk", 4, 0), data)
+    config = config.resolve(data)
+    return config, run_one(config_plan(config, data), RunSpec("mlp", "ntk", 4, 0), config_data(config, data))
 
 
 def test_the_affine_model_follows_its_linearised_dynamics(affine_run):
@@ -35,6 +36,10 @@ def test_the_affine_model_follows_its_linearised_dynamics(affine_run):
     assert [r["step"] for r in records] == list(record_steps(30, 4))
     assert all(r["kernel_distance_end"] < 1e-9 for r in records)
     assert records[-1]["kernel_target_alignment"] == pytest.approx(records[0]["kernel_target_alignment"], rel=1e-9)
+    assert all(s[f"{k}_applies"] for k in ("horizon", "linearised", "final_horizon", "rate"))  # full-batch GD
+    assert s["init_step_ratio"] == pytest.approx(2.0 * s["init_lambda_max"] / 24) and s["init_step_ratio"] <= 2
+    assert s["train_seconds"] > 0 and s["measure_seconds"] > 0 and s["seconds"] >= s["train_seconds"] + s[
+        "measure_seconds"]
 
 
 def test_the_run_keeps_every_step_and_judges_its_rate(affine_run):

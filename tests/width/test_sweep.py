@@ -13,17 +13,16 @@ from helpers import ROOT, tiny
 
 from diagnostics.width import sweep as sweep_module
 from diagnostics.width.config import SweepConfig
-from diagnostics.width.report import build_report
-from diagnostics.width.sweep import run_sweep
+from diagnostics.width.study import build_report, config_study
 
 
 def test_rerun_skips_finished_runs(report, tmp_path):
     config, folder = tiny(), report.folder
-    again = run_sweep(config, folder, jobs=1, progress=False)
+    again = config_study(config, folder, jobs=1, progress=False).sweep
     assert again.executed == 0
     pd.testing.assert_frame_equal(again.runs, report.sweep.runs)
     (folder / "runs" / "mlp_mf_w8_s1.json").unlink()
-    assert run_sweep(config, folder, jobs=1, progress=False).executed == 1
+    assert config_study(config, folder, jobs=1, progress=False).sweep.executed == 1
 
 
 def test_failed_run_is_listed_missing_and_rerun(tmp_path, monkeypatch):
@@ -41,7 +40,7 @@ def test_failed_run_is_listed_missing_and_rerun(tmp_path, monkeypatch):
     assert result.sweep.missing["status"].iloc[0] == "failed"
     assert "injected failure" in (tmp_path / "report.md").read_text()
     monkeypatch.setattr(sweep_module, "run_one", real)
-    again = run_sweep(config, tmp_path, jobs=1, progress=False)
+    again = config_study(config, tmp_path, jobs=1, progress=False).sweep
     assert again.executed == 1 and again.missing.empty and len(again.runs) == 4
 
 
@@ -74,6 +73,6 @@ def test_killed_sweep_resumes_with_only_the_missing_runs(tmp_path):
 def test_teacher_student_regression(tmp_path):
     config = SweepConfig(dataset="teacher-student", families=("mlp",), widths={"mlp": (4, 64)}, seeds=(0,),
                          parameterizations=("ntk",), n_train=16, n_test=16, steps=2, records=1)
-    result = run_sweep(config, tmp_path, jobs=1, progress=False)
+    result = config_study(config, tmp_path, jobs=1, progress=False).sweep
     assert len(result.runs) == 2 and "test_accuracy" not in result.runs
     assert (result.runs["n_outputs"] == 16 * 3).all()
