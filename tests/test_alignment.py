@@ -195,7 +195,7 @@ def test_a_low_lsqr_condition_limit_is_not_established():
     model = nn.Sequential(nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, 3))
     x = torch.randn(320, 6, generator=torch.Generator().manual_seed(1))
     y = torch.arange(320) % 3
-    report = alignment_from_operator(JacobianOperator(model, x), y, loss="ce")
+    report = alignment_from_operator(JacobianOperator(model, x), y, loss="ce", method="lsqr")
     assert report.verdict.status == "not established"
     assert "condition limit" in report.precision_note and "dtype=torch.float64" in report.precision_note
     assert str(report).splitlines()[0].endswith("not established")
@@ -261,6 +261,25 @@ def test_matrix_free_alignment_matches_dense(cid, loss):
     np.testing.assert_allclose(free.alignment_curve, dense.alignment_curve[:top], atol=1e-7)
     assert free.rank == -1 and np.isnan(free.kernel_target_alignment)
     assert "matrix-free" in str(free)
+
+
+@pytest.mark.parametrize(("method", "loss"), [("auto", "mse"), ("gram", "ce"), ("sketch", "mse"), ("lsqr", "mse")])
+def test_the_whole_set_solvers_of_a_tall_j_match_dense(method, loss):
+    # n·m = 120 > d = 57: Col J cannot be all of R^{nm}; the tanh MLP's J has full column rank
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x = torch.randn(40, 5, dtype=F64)
+    gen = torch.Generator().manual_seed(3)
+    y = torch.randn(40, 3, generator=gen, dtype=F64) if loss == "mse" else torch.arange(40) % 3
+    dense = check_alignment(model, (x, y), loss=loss, probe_size=None, path="dense")
+    free = check_alignment(model, (x, y), loss=loss, probe_size=None, path="matrix-free", solver={"method": method})
+    assert free.solver == ("gram" if method == "auto" else method) and dense.solver == ""
+    assert free.verdict.status == dense.verdict.status == "refuted"
+    fields = REPORT_FIELDS if method != "sketch" else ("residual", "grad_norm", "loss_lower_bound")
+    for name in fields:  # the sketch's ν is the damped one: the residual and the gradient, not ‖ν‖, to 1e-8
+        torch.testing.assert_close(getattr(free, name), getattr(dense, name), rtol=1e-8, atol=1e-9, msg=name)
+    policy = " ".join(free.manifest.precision)
+    assert ("preconditioned" in policy) == (method != "lsqr")
 
 
 def test_auto_path_goes_matrix_free_when_the_dense_gram_does_not_fit():

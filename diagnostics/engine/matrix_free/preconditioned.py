@@ -597,14 +597,15 @@ class PreconditionedSpectrum:
 def _top_eigenvectors(matrix: torch.Tensor, top_k: int, floor: float | None) -> torch.Tensor:
     """Return orthonormal top eigenvectors of a sketched Gram.
 
-    ``top_k`` of them, or those down to ``floor/4`` (the sketch's distortion allowance), doubling their number up
+    ``2·top_k + 10`` of them (oversampled, so that the Ritz values of the top ``top_k`` come out accurate from one
+    pass), or as many as reach down to ``floor/4`` (the sketch's distortion allowance), doubling their number up
     to :data:`MAX_EIGENPAIRS`.
     """
     d = matrix.shape[0]
     op = LinearOperator((d, d), matvec=lambda v: (matrix @ torch.from_numpy(np.asarray(v).reshape(-1))).numpy(),
                         dtype=np.float64)
     start = np.random.default_rng(0).standard_normal(d)
-    p = min(max(top_k, 8), d - 1)
+    p = min(max(2 * top_k + 10, 20), d - 1)  # oversampled: the Ritz values of the top_k are the better for it
     while True:
         if p >= d - 1:  # all of them
             lam, V = torch.linalg.eigh(matrix)

@@ -53,9 +53,9 @@ def sketch_hash(rows: torch.Tensor, size: int, nonzeros: int, seed: int) -> tupl
     if not (1 <= nonzeros <= size):
         raise DiagnosticsError(f"the sketch needs 1 ≤ nonzeros ≤ rows, got {nonzeros} and {size}")
     block = size // nonzeros
-    x = (rows.cpu().numpy().astype(np.uint64)[None, :] * np.uint64(nonzeros)
-         + np.arange(nonzeros, dtype=np.uint64)[:, None] + np.uint64(seed) * _GOLDEN)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore"):  # 64-bit arithmetic modulo 2⁶⁴ is the hash
+        x = (rows.cpu().numpy().astype(np.uint64)[None, :] * np.uint64(nonzeros)
+             + np.arange(nonzeros, dtype=np.uint64)[:, None] + np.uint64(seed) * _GOLDEN)
         for mix in _MIX:
             x ^= x >> np.uint64(33)
             x *= mix
