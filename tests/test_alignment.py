@@ -282,6 +282,23 @@ def test_the_whole_set_solvers_of_a_tall_j_match_dense(method, loss):
     assert ("preconditioned" in policy) == (method != "lsqr")
 
 
+@pytest.mark.parametrize("steps", [10, 1000])
+def test_the_horizon_of_a_tall_j_comes_with_the_preconditioned_solvers(steps):
+    # d = 147, n·m = 600: the exact Gram has every eigenpair; the sketch computes Ritz pairs down to n/(ηT)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    x, y = torch.randn(200, 5, dtype=F64), torch.randn(200, 3, dtype=F64)
+    horizon = (0.5, steps)
+    dense = check_alignment(model, (x, y), probe_size=None, path="dense", horizon=horizon)
+    gram = check_alignment(model, (x, y), probe_size=None, path="matrix-free", horizon=horizon,
+                           solver={"method": "gram"})
+    sketch = check_alignment(model, (x, y), probe_size=None, path="matrix-free", horizon=horizon,
+                             solver={"method": "sketch"})
+    assert abs(gram.horizon_residual - dense.horizon_residual) <= 1e-10
+    assert abs(sketch.horizon_residual - dense.horizon_residual) <= 1e-3 * dense.horizon_residual  # Ritz pairs
+    assert sketch.eigenvalues[-1] < 200 / (0.5 * steps) < sketch.eigenvalues[0]  # computed down to the threshold
+
+
 def test_auto_path_goes_matrix_free_when_the_dense_gram_does_not_fit():
     case = CASES["cnn"]
     model, x = case.model(), case.data(8)

@@ -68,6 +68,9 @@ SKETCH_FACTOR = 2.0
 SKETCH_NONZEROS = 1
 #: Refinement steps at most per damped solve (LSQR restarted from its iterate with a tighter tolerance).
 REFINEMENTS = 3
+#: Rayleigh–Ritz passes of the sketched solver when the horizon needs eigenpairs down to its threshold (the
+#: second one on the subspace ``JᵀJV`` of the first: a step of subspace iteration).
+HORIZON_PASSES = 2
 #: Ritz vectors the sketched solver computes at most for the horizon (``d × p`` per pass).
 MAX_EIGENPAIRS = 256
 
@@ -292,7 +295,9 @@ class PreconditionedSpectrum:
         start = time.perf_counter()
         _, processes, _ = local_block(self.op)
         basis = processes.broadcast(_top_eigenvectors(gram.matrix, self.top_k, eigen_floor))
-        ritz = ritz_pairs(self.op, basis, self.vectors, progress=self.progress)
+        for _ in range(1 if eigen_floor is None else HORIZON_PASSES):  # each pass a step of subspace iteration
+            ritz = ritz_pairs(self.op, basis, self.vectors, progress=self.progress)
+            basis = ritz.next_basis
         keep = min(self.top_k, ritz.values.size) if eigen_floor is None else ritz.values.size
         return {"eigenvalues": torch.from_numpy(ritz.values[:keep].copy()), "coefficients": ritz.coefficients[:keep],
                 "ritz_residual": float(ritz.residuals[:keep].max()), "gram": gram.matrix,
