@@ -72,16 +72,17 @@ def ritz_pairs(op: JacobianOperator | ShardedJacobian, basis: torch.Tensor, vect
         Show a progress bar over the samples (on process 0).
     """
     local, processes, first_row = local_block(op)
-    basis = basis.to(torch.float64).cpu()
-    vectors = vectors.to(torch.float64).cpu().reshape(op.shape[0], -1)
+    device = local.fm.device  # accumulated where the blocks are formed
+    basis = basis.to(torch.float64).to(device)
+    vectors = vectors.to(torch.float64).reshape(op.shape[0], -1).to(device)
     p = basis.shape[1]
-    H = torch.zeros(p, p, dtype=torch.float64)
+    H = torch.zeros(p, p, dtype=torch.float64, device=device)
     Y = torch.zeros_like(basis)
-    C = torch.zeros(p, vectors.shape[1], dtype=torch.float64)
+    C = torch.zeros(p, vectors.shape[1], dtype=torch.float64, device=device)
     with tqdm(total=local.n, desc=f"Jacobian pass (Rayleigh–Ritz, {p} vectors)", unit="sample",
               disable=not (progress and processes.rank == 0), leave=False, mininterval=2.0) as bar:
         for samples, block in local.row_blocks(BLOCK_BYTES):
-            block = block.to(torch.float64).cpu()
+            block = block.to(torch.float64)
             rows = slice(first_row + samples.start * local.m, first_row + samples.stop * local.m)
             W = block @ basis
             H.addmm_(W.T, W)
@@ -89,6 +90,7 @@ def ritz_pairs(op: JacobianOperator | ShardedJacobian, basis: torch.Tensor, vect
             C.addmm_(W.T, vectors[rows])
             bar.update(samples.stop - samples.start)
     H, Y, C = processes.sum(H), processes.sum(Y), processes.sum(C)
+    basis = basis.cpu()
     theta, Z = torch.linalg.eigh((H + H.T) / 2)
     theta, Z = processes.broadcast(theta.flip(0)), processes.broadcast(Z.flip(1))  # one decomposition for all
     scale = torch.where(theta > 0, theta.clamp_min(1e-300).rsqrt(), torch.zeros_like(theta))

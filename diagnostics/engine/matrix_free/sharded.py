@@ -89,7 +89,7 @@ class Processes:
             shared = part.to(self.device)
             dist.reduce(shared, dst=r if self.group is None else dist.get_global_rank(self.group, r), group=self.group)
             if r == self.rank and shared.data_ptr() != part.data_ptr():
-                part.copy_(shared.cpu())
+                part.copy_(shared)
         return slice(bounds[self.rank], bounds[self.rank + 1])
 
     def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:

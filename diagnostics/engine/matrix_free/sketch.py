@@ -126,25 +126,26 @@ def parameter_gram(
     """
     start = time.perf_counter()
     local, processes, first_row = local_block(op)
-    d = op.shape[1]
-    vectors = vectors.to(torch.float64).cpu().reshape(op.shape[0], -1)
+    d, device = op.shape[1], local.fm.device  # accumulated where the blocks are formed (a GPU's memory, say)
+    vectors = vectors.to(torch.float64).reshape(op.shape[0], -1).to(device)
     memory.require(gram_bytes(d, sketch_rows), local.budget, f"the parameter-space Gram (d = {d:,}"
                    + (f", a sketch of {sketch_rows:,} rows)" if sketch_rows else ")"),
                    "Use fewer sketch rows, raise memory_budget, or solver={'method': 'lsqr'}.")
     if sketch_rows:
-        total = torch.zeros(sketch_rows, d, dtype=torch.float64)
-        sketched = torch.zeros(sketch_rows, vectors.shape[1], dtype=torch.float64)
+        total = torch.zeros(sketch_rows, d, dtype=torch.float64, device=device)
+        sketched = torch.zeros(sketch_rows, vectors.shape[1], dtype=torch.float64, device=device)
     else:
-        total = torch.zeros(d, d, dtype=torch.float64)
-        projections = torch.zeros(d, vectors.shape[1], dtype=torch.float64)
+        total = torch.zeros(d, d, dtype=torch.float64, device=device)
+        projections = torch.zeros(d, vectors.shape[1], dtype=torch.float64, device=device)
     with tqdm(total=local.n, desc="Jacobian pass (Gram)" + (" [sketch]" if sketch_rows else ""), unit="sample",
               disable=not (progress and processes.rank == 0), leave=False, mininterval=2.0) as bar:
         for samples, block in local.row_blocks(BLOCK_BYTES):
-            block = block.to(torch.float64).cpu()
+            block = block.to(torch.float64)
             rows = slice(first_row + samples.start * local.m, first_row + samples.stop * local.m)
             q = vectors[rows]
             if sketch_rows:
-                buckets, signs = sketch_hash(torch.arange(rows.start, rows.stop), sketch_rows, nonzeros, seed)
+                buckets, signs = (t.to(device) for t in sketch_hash(torch.arange(rows.start, rows.stop),
+                                                                    sketch_rows, nonzeros, seed))
                 for k in range(nonzeros):
                     total.index_add_(0, buckets[k], block * signs[k, :, None])
                     sketched.index_add_(0, buckets[k], q * signs[k, :, None])
@@ -154,7 +155,7 @@ def parameter_gram(
             bar.update(samples.stop - samples.start)
     passed = time.perf_counter()
     if sketch_rows:
-        sketched = processes.sum(sketched)
+        sketched = processes.sum(sketched).to(device)
         mine = processes.sum_rows(total)  # this process's block of rows of SJ, summed over the processes
         block = total[mine]
         matrix, projections = block.T @ block, block.T @ sketched[mine]
