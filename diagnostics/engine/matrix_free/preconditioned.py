@@ -274,14 +274,22 @@ class PreconditionedSpectrum:
             self.effective_rank = float(np.exp(-(p * np.log(p)).sum())) if p.size else 0.0
         else:
             self.damping = DAMPING * self.rank_tol
+            self._say(f"λ_max ≈ {lam_max:.4g} (Rayleigh–Ritz), rank_tol = {self.rank_tol:.3g}; Cholesky of the "
+                      f"sketched Gram + μI (μ = {self.damping:.3g})")
             started = time.perf_counter()
             self._factor = self._cholesky(saved["gram"])
             self.factor_seconds = time.perf_counter() - started
         self.largest_discarded = float(np.abs(self.eigenvalues[self.eigenvalues <= self.rank_tol]).max(initial=0.0)) \
             if self.method == "gram" else math.nan
 
+    def _say(self, message: str) -> None:
+        """Tell the user what the solver is doing between progress bars (process 0, with ``progress``)."""
+        if self.progress and local_block(self.op)[1].rank == 0:
+            tqdm.write(message)
+
     def _exact(self, gram: ParameterGram) -> dict:
         """``JᵀJ = VΛVᵀ``: all of ``K``'s non-zero spectrum, and the coefficients of the right-hand sides."""
+        self._say(f"JᵀJ formed ({sum(gram.seconds):.0f} s); its eigen-decomposition (d = {gram.matrix.shape[0]:,})")
         lam, V = torch.linalg.eigh(gram.matrix)
         _, processes, _ = local_block(self.op)
         lam, V = processes.broadcast(lam.flip(0)), processes.broadcast(V.flip(1))
@@ -294,6 +302,7 @@ class PreconditionedSpectrum:
         """Keep the sketched Gram, and compute Rayleigh–Ritz eigenpairs of ``K`` on its top eigenvectors (one pass)."""
         start = time.perf_counter()
         _, processes, _ = local_block(self.op)
+        self._say(f"sketched Gram formed ({gram.seconds[1]:.0f} s); its top eigenvectors for Rayleigh–Ritz")
         basis = processes.broadcast(_top_eigenvectors(gram.matrix, self.top_k, eigen_floor))
         for _ in range(1 if eigen_floor is None else HORIZON_PASSES):  # each pass a step of subspace iteration
             ritz = ritz_pairs(self.op, basis, self.vectors, progress=self.progress)

@@ -154,6 +154,10 @@ def parameter_gram(
                 projections.addmm_(block.T, q)
             bar.update(samples.stop - samples.start)
     passed = time.perf_counter()
+    if progress and processes.rank == 0:
+        tqdm.write(f"Jacobian pass done in {passed - start:.0f} s; " + (
+            f"summing the {sketch_rows:,} × {d:,} sketch over the processes and squaring it" if sketch_rows
+            else f"summing the {d:,} × {d:,} Gram over the processes"))
     if sketch_rows:
         sketched = processes.sum(sketched).to(device)
         mine = processes.sum_rows(total)  # this process's block of rows of SJ, summed over the processes
