@@ -290,9 +290,9 @@ class PreconditionedSpectrum:
     def _exact(self, gram: ParameterGram) -> dict:
         """``JᵀJ = VΛVᵀ``: all of ``K``'s non-zero spectrum, and the coefficients of the right-hand sides."""
         self._say(f"JᵀJ formed ({sum(gram.seconds):.0f} s); its eigen-decomposition (d = {gram.matrix.shape[0]:,})")
-        lam, V = torch.linalg.eigh(gram.matrix)
         _, processes, _ = local_block(self.op)
-        lam, V = processes.broadcast(lam.flip(0)), processes.broadcast(V.flip(1))
+        decomposition = processes.share(lambda: _descending(*torch.linalg.eigh(gram.matrix)))
+        lam, V = decomposition[0], decomposition[1:]
         scale = torch.where(lam > 0, lam.clamp_min(1e-300).rsqrt(), torch.zeros_like(lam))
         return {"eigenvalues": lam, "basis": V, "coefficients": (V.T @ gram.projections) * scale[:, None],
                 "projections": gram.projections, "ritz_residual": 0.0, "gram_seconds": gram.seconds,
@@ -303,7 +303,7 @@ class PreconditionedSpectrum:
         start = time.perf_counter()
         _, processes, _ = local_block(self.op)
         self._say(f"sketched Gram formed ({gram.seconds[1]:.0f} s); its top eigenvectors for Rayleigh–Ritz")
-        basis = processes.broadcast(_top_eigenvectors(gram.matrix, self.top_k, eigen_floor))
+        basis = processes.share(lambda: _top_eigenvectors(gram.matrix, self.top_k, eigen_floor))
         for _ in range(1 if eigen_floor is None else HORIZON_PASSES):  # each pass a step of subspace iteration
             ritz = ritz_pairs(self.op, basis, self.vectors, progress=self.progress)
             basis = ritz.next_basis
@@ -316,16 +316,25 @@ class PreconditionedSpectrum:
     def _cholesky(self, matrix: torch.Tensor) -> torch.Tensor:
         """``R`` with ``RᵀR = G̃ + μI`` (upper triangular), raising ``μ`` tenfold while the factorisation fails."""
         _, processes, _ = local_block(self.op)
-        for _ in range(8):
-            shifted = matrix.clone()
-            shifted.diagonal().add_(self.damping)
-            factor, info = torch.linalg.cholesky_ex(shifted, upper=True)
-            del shifted
-            if int(info) == 0:
-                return processes.broadcast(factor)
-            self.damping *= 10
-        raise DiagnosticsError("the sketched Gram could not be factored even with a damping of "
-                               f"{self.damping:.3g}; use solver={{'method': 'lsqr'}}")
+
+        def factor() -> torch.Tensor:  # on process 0: the factor with the damping it needed in its last row
+            damping = self.damping
+            for _ in range(8):
+                shifted = matrix.clone()
+                shifted.diagonal().add_(damping)
+                upper, info = torch.linalg.cholesky_ex(shifted, upper=True)
+                del shifted
+                if int(info) == 0:
+                    return torch.cat([upper, torch.full((1, matrix.shape[0]), damping, dtype=upper.dtype)])
+                damping *= 10
+            return torch.full((1, matrix.shape[0]), math.nan, dtype=matrix.dtype)
+
+        shared = processes.share(factor)
+        if shared.shape[0] == 1:
+            raise DiagnosticsError("the sketched Gram could not be factored even with a damping of "
+                                   f"{self.damping * 1e8:.3g}; use solver={{'method': 'lsqr'}}")
+        self.damping = float(shared[-1, 0])
+        return shared[:-1]
 
     # -- the preconditioned operator and the solves ------------------------------------------------------
 
@@ -629,6 +638,11 @@ def _top_eigenvectors(matrix: torch.Tensor, top_k: int, floor: float | None) -> 
         if floor is None or lam[order[-1]] < floor / 4 or p >= MAX_EIGENPAIRS:
             return torch.from_numpy(np.ascontiguousarray(V[:, order]))
         p = min(2 * p, MAX_EIGENPAIRS, d - 1)
+
+
+def _descending(values: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Eigenvalues (first row) and eigenvectors (the rows below, as columns) in descending order, in one matrix."""
+    return torch.cat([values.flip(0)[None, :], vectors.flip(1)])
 
 
 def _in_span(basis: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, bool]:

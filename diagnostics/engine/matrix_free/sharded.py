@@ -28,6 +28,7 @@ what it read to every process, so all resume at the same iteration whether or no
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -91,6 +92,21 @@ class Processes:
             if r == self.rank and shared.data_ptr() != part.data_ptr():
                 part.copy_(shared)
         return slice(bounds[self.rank], bounds[self.rank + 1])
+
+    def share(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run ``compute`` on process 0 only and give its float64 result to every process (CPU).
+
+        For what one process should decide for all (an eigen-decomposition, a factorisation, a choice of how many
+        vectors): the others wait instead of repeating the work, and cannot decide otherwise.
+        """
+        if self.world == 1:
+            return compute().to(torch.float64).cpu()
+        result = compute().to(torch.float64) if self.rank == 0 else None
+        shape = [None if result is None else tuple(result.shape)]
+        dist.broadcast_object_list(shape, src=_root(self.group), group=self.group)
+        if result is None:
+            result = torch.empty(shape[0], dtype=torch.float64)
+        return self.broadcast(result)
 
     def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
         """Process 0's ``tensor`` on every process (CPU): what one process computed, shared bit for bit."""
