@@ -439,6 +439,8 @@ class PreconditionedSpectrum:
                                    iterations, "; then ".join(dict.fromkeys(reasons)), result.istop)
             if solve.upper <= target or solve.lower > target or result.istop in (7, 8) or mu == 0:
                 break
+            if solve.residual**2 - (mu / self.rank_tol) * mu * float(nu @ nu) <= target**2:
+                break  # the damping's leak alone can carry this residual: no refinement refutes it; a witness may hold
             wanted = 0.1 * math.sqrt(mu) * max(solve.residual, target)  # ‖g‖ at which ‖g‖/√μ costs 10 % of ‖r‖
             if float(g.norm()) <= wanted or atol <= 1e-15:
                 break
