@@ -28,6 +28,7 @@ what it read to every process, so all resume at the same iteration whether or no
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -97,11 +98,19 @@ class Processes:
         """Run ``compute`` on process 0 only and give its float64 result to every process (CPU).
 
         For what one process should decide for all (an eigen-decomposition, a factorisation, a choice of how many
-        vectors): the others wait instead of repeating the work, and cannot decide otherwise.
+        vectors): the others wait instead of repeating the work, and cannot decide otherwise. Process 0 computes
+        with the intra-op threads of all the processes on its machine (up to its CPUs), since they wait.
         """
         if self.world == 1:
             return compute().to(torch.float64).cpu()
-        result = compute().to(torch.float64) if self.rank == 0 else None
+        result = None
+        if self.rank == 0:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(max(threads, min(threads * self.world, os.cpu_count() or 1)))
+            try:
+                result = compute().to(torch.float64)
+            finally:
+                torch.set_num_threads(threads)
         shape = [None if result is None else tuple(result.shape)]
         dist.broadcast_object_list(shape, src=_root(self.group), group=self.group)
         if result is None:

@@ -11,7 +11,8 @@ from one pass over the per-sample Jacobian blocks ``J_b`` (rows of ``J`` for a c
 the dense engine, :meth:`~diagnostics.engine.matrix_free.operator.JacobianOperator.row_blocks`), each process
 over its own shard, and the same pass gives the projections ``Jᵀq`` (or ``(SJ)ᵀ(Sq)``) of the right-hand sides
 known in advance. ``JᵀJ`` has the non-zero eigenvalues of ``K = JJᵀ``, so its spectrum is ``K``'s; it costs
-``2·nm·d²`` flops. The sketch costs ``nm·d·ζ`` additions and ``s·d²`` flops for its Gram.
+``nm·d²`` flops (the panels on and above the diagonal, mirrored). The sketch costs ``nm·d·ζ`` additions and
+``s·d²`` flops for its Gram.
 
 ``S ∈ R^{s×nm}`` is a sparse sign embedding: row ``j`` of ``J`` is added, with sign ``±1/√ζ``, to one row in
 each of ``ζ`` blocks of ``s/ζ`` rows (``ζ = 1``: CountSketch). The bucket and sign of a row are a hash of
@@ -95,6 +96,18 @@ class ParameterGram:
         return self.sketch_rows == 0
 
 
+def gram_of(rows: torch.Tensor, panels: int = 8) -> torch.Tensor:
+    """``AᵀA`` from the panels of columns on and above the diagonal, mirrored: about half a full product's flops."""
+    d = rows.shape[1]
+    out = torch.empty(d, d, dtype=rows.dtype, device=rows.device)
+    bounds = [d * k // panels for k in range(panels + 1)]
+    for i in range(panels):
+        a, b = bounds[i], bounds[i + 1]
+        out[a:b, a:] = rows[:, a:b].T @ rows[:, a:]
+        out[a:, a:b] = out[a:b, a:].T
+    return out
+
+
 def gram_bytes(d: int, sketch_rows: int) -> int:
     """Peak memory of :func:`parameter_gram` beyond one Jacobian block: the sketch and two ``d × d`` matrices."""
     return 8 * (sketch_rows * d + 2 * d * d)
@@ -150,7 +163,7 @@ def parameter_gram(
                     total.index_add_(0, buckets[k], block * signs[k, :, None])
                     sketched.index_add_(0, buckets[k], q * signs[k, :, None])
             else:
-                total.addmm_(block.T, block)
+                total += gram_of(block)
                 projections.addmm_(block.T, q)
             bar.update(samples.stop - samples.start)
     passed = time.perf_counter()
@@ -162,7 +175,7 @@ def parameter_gram(
         sketched = processes.sum(sketched).to(device)
         mine = processes.sum_rows(total)  # this process's block of rows of SJ, summed over the processes
         block = total[mine]
-        matrix, projections = block.T @ block, block.T @ sketched[mine]
+        matrix, projections = gram_of(block), block.T @ sketched[mine]
         del block, total
         matrix, projections = processes.sum(matrix), processes.sum(projections)
     else:
