@@ -613,10 +613,13 @@ class PreconditionedSpectrum:
                     f"residual {self.ritz_residual / max(self.lambda_max, 1e-300):.1e}·λ_max)")
         its = ", ".join(str(s.iterations) for s in self.solves if s.reason != "combined")
         stops = "; ".join(dict.fromkeys(s.reason for s in self.solves if s.reason != "combined"))
+        bounds = ", ".join(f"[{min(s.lower, s.upper) / float(q.norm()):.4g}, {s.upper / float(q.norm()):.4g}]"
+                           for s, q in zip(self.solves, self._rhs, strict=True) if s.reason != "combined")
         if not its:
             return head
         count = len(its.split(", "))
-        return head + f"; {count} solves ({its} iterations, {self.solve_seconds:.1f} s); stopped: {stops}"
+        return head + (f"; {count} solves ({its} iterations, {self.solve_seconds:.1f} s; certified residuals "
+                       f"‖(I − P)q‖/‖q‖ in {bounds}); stopped: {stops}")
 
 
 def _top_eigenvectors(matrix: torch.Tensor, top_k: int, floor: float | None) -> torch.Tensor:
