@@ -20,11 +20,12 @@ Whatever the preconditioner, the answer is certified from ``J``'s own products, 
 solve ends with ``r = q − Jν`` and ``g = Jᵀr − μν`` computed explicitly, and
 
 - ``‖r‖`` is a witness: ``‖(I − P)q‖ ≤ ‖r‖`` for the exact projector onto ``Col J`` (an upper bound);
-- the damped objective ``φ = ‖r‖² + μ‖ν‖²`` bounds its minimum ``φ* ≥ φ − ‖g‖²/μ`` (strong convexity), and
-  ``φ*`` brackets the rank-rule residual ``a(λ) = ‖(I − P_{>λ})q‖/‖q‖`` at every ``λ``:
-  ``(φ*(λ + μ)/‖q‖² − μ)/λ ≤ a(λ)² ≤ (1 + λ/μ)φ*/‖q‖²``; with ``method="gram"`` the restricted problem's
-  operator ``JM`` has ``σ_min² ≥ 1 − δ/λ₊`` (``δ`` the Gram's rounding), so ``‖r‖² − ‖Mᵀg‖²/(1 − δ/λ₊)``
-  bounds its residual from below.
+- ``‖g‖`` bounds the iterate's distance to the damped minimiser ``ν*`` (``‖J(ν* − ν)‖ ≤ ‖g‖/√μ``,
+  ``‖ν* − ν‖ ≤ ‖g‖/μ``: strong convexity), and the minimiser's residual bounds the rank rule's residual
+  ``a(λ) = ‖(I − P_{>λ})q‖/‖q‖`` from below, ``a(λ)²‖q‖² ≥ ‖r*‖² − (μ/λ)μ‖ν*‖²`` (the kept directions leave at most
+  that unfitted), at ``λ = rank_tol``; with ``method="gram"`` the restricted problem's operator ``JM`` has
+  ``σ_min² ≥ 1 − δ/λ₊`` (``δ`` the Gram's rounding), so ``‖r‖² − ‖Mᵀg‖²/(1 − δ/λ₊)`` bounds its residual from
+  below.
 
 So a time budget or an iteration cap that stops a solve early still leaves valid bounds: a large residual is
 refuted as soon as its lower bound clears the tolerance, long before LSQR converges.
