@@ -1,26 +1,27 @@
-"""Overhead of AlignmentTracker records relative to one training step, on the digits: both tiers.
+"""Overhead of AlignmentTracker records relative to a training step: start-up, full and cheap records.
 
-For the digits MLP, CNN and the ResNet of docs/application.md (``diagnostics.models``), trained with SGD
-and momentum on mini-batches, prints the median wall time of one training step (forward, backward,
-optimiser step) and of one record of each tier, for each probe size, measured side by side: training
-steps and records alternate in the same process, so both see the same load. On the CPU the times are the
-process's CPU time (``time.process_time``, one intra-op thread with ``--threads 1``), which other processes
-on a shared machine do not inflate; on an accelerator, wall time. A full record slower than
-``--max-full-seconds`` in the warm-up round is timed there only.
+For the digits CNN (``diagnostics.models``) and a tiny BERT built from a config (default attention, SDPA; the
+digits read as 64 tokens each), trained on mini-batches (the CNN with SGD and momentum, BERT with AdamW, dropout
+on), prints for each probe size, measured side by side in one process (training steps and records alternate, so
+all see the same load):
 
-- full record: ``AlignmentTracker.measure`` without a cheap tier (Gram on the probe set, float64
-  eigen-decomposition, movements);
-- cheap record: the cheap tier's record (``full_every=``: loss, ``‖∇L‖``, the warm-started witness of
-  the alignment residual and certificate, the sketched kernel alignment and velocity).
+- a training step (forward, backward, optimiser step on a batch);
+- the start-up, what a callback pays when training starts: creating the tracker on the fresh model (its
+  reference ``K_0``, ``θ_0``, ``J_0ᵀQ``) and its first record, which reuses that measurement;
+- a full record (the Gram on the probe set, its float64 eigen-decomposition, every quantity of the report);
+- a cheap record (the loss, ``‖∇L‖``, ``QᵀKQ/‖Q‖²`` and the movement of ``JᵀQ``: one forward and two reverse
+  passes over the probe in the model's dtype), and the same in float64.
 
-The amortised overhead of ``every``/``full_every`` is ``(cheap + full/full_every) / every`` training
-steps per step (every record runs the cheap pass, every ``full_every``-th also the full one).
-``--agreement`` also trains each model and compares, at every full record, the cheap tier's witness
-residual with the full record's residual.
+The targets: a cheap record ≤ 2 training steps, the start-up ≤ 2 full records. The last column is the cost of the
+callbacks' default cadence over a run of 10,000 steps (records every 500 steps, full at the start, at step 5,000
+and at the end: start-up + 2 full + 18 cheap). On the CPU the times are the process's CPU time
+(``time.process_time``, one intra-op thread with ``--threads 1``), which other processes on a shared machine do not
+inflate; on an accelerator, wall time. A full record slower than ``--max-full-seconds`` in the warm-up round is
+timed there only.
 
-    python bench/bench_tracker.py --threads 1                         # probe sizes 128 512, 7 rounds
-    python bench/bench_tracker.py --threads 1 --agreement             # and the witness against the full residual
-    python bench/bench_tracker.py --probe-sizes 128 --device cuda
+    python -m bench.bench_tracker --threads 1                      # probe 128, 7 rounds
+    python -m bench.bench_tracker --threads 1 --probe-sizes 128 512
+    python -m bench.bench_tracker --probe-sizes 128 --device cuda
 """
 
 from __future__ import annotations
@@ -29,25 +30,21 @@ import argparse
 import os
 import statistics
 import time
+from collections.abc import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
 
-from diagnostics.data import load_dataset
 from diagnostics.engine.choice import synchronize
-from diagnostics.integrations.session import DEFAULT_EVERY, DEFAULT_FULL_EVERY
-from diagnostics.models import CNN, MLP, ResNet
+from diagnostics.models import CNN
 from diagnostics.tracking import AlignmentTracker
 
-MODELS = {
-    "MLP 64-128-128-10": lambda: MLP(64, 128, 10, depth=2),
-    "CNN width 16": lambda: CNN(1, 16, 10, image_size=8),
-    "ResNet width 8 (BN)": lambda: ResNet(1, 8, 10, n_blocks=2, image_size=8),
-}
+#: Records of the callbacks' default cadence over a run of 10,000 steps, besides the start-up: (full, cheap).
+DEFAULT_RUN = (10_000, 2, 18)
 
 
-def _timed(fn, device: torch.device) -> float:
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
     """Seconds of ``fn()``: CPU time of this process on the CPU (other processes on a shared machine do not
     count), wall time with synchronisation on an accelerator."""
     clock = time.process_time if device.type == "cpu" else time.perf_counter
@@ -58,136 +55,113 @@ def _timed(fn, device: torch.device) -> float:
     return clock() - start
 
 
-class Run:
-    """A model, its optimiser and a seeded stream of mini-batches."""
+class Workload:
+    """A model, its optimiser, its data and a seeded stream of mini-batches."""
 
-    def __init__(self, build, X: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> None:
+    def __init__(self, name: str, batch_size: int, device: torch.device) -> None:
+        digits = load_digits()
+        self.y = torch.as_tensor(digits.target, dtype=torch.long, device=device)
         torch.manual_seed(0)
-        self.model = build().to(device)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
+        if name == "CNN width 16":
+            self.inputs = (torch.as_tensor(digits.images, dtype=torch.float32, device=device) / 16).unsqueeze(1)
+            self.model = CNN(1, 16, 10, image_size=8).to(device)
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
+            self.options: dict = {}
+        else:
+            transformers = __import__("transformers")
+            config = transformers.BertConfig(vocab_size=18, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                             intermediate_size=64, max_position_embeddings=64, num_labels=10)
+            ids = torch.as_tensor(digits.data, dtype=torch.long, device=device) + 1  # intensities 0–16; 0 pads
+            self.inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+            self.model = transformers.BertForSequenceClassification(config).to(device)
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+            self.options = {"output": "logits"}
         self.generator = torch.Generator().manual_seed(0)
-        self.X, self.y, self.batch_size, self.device = X, y, batch_size, device
+        self.batch_size, self.device = batch_size, device
+
+    def forward(self, index: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.inputs, dict):
+            return self.model(**{k: v[index] for k, v in self.inputs.items()}).logits
+        return self.model(self.inputs[index])
 
     def step(self) -> None:
-        batch = torch.randint(0, self.X.shape[0], (self.batch_size,), generator=self.generator).to(self.device)
+        index = torch.randint(0, len(self.y), (self.batch_size,), generator=self.generator).to(self.device)
         self.opt.zero_grad()
-        F.cross_entropy(self.model(self.X[batch]), self.y[batch]).backward()
+        F.cross_entropy(self.forward(index), self.y[index]).backward()
         self.opt.step()
 
+    def tracker(self, n: int, **options) -> AlignmentTracker:
+        return AlignmentTracker(self.model, (self.inputs, self.y), loss="ce", probe_size=n, full_every=10**9,
+                                **self.options, **options)
 
-def overhead(build, X, y, n: int, args, device) -> dict[str, float]:
-    """Median seconds of a training step, a full record and a cheap record, alternating, ``args.repeats`` rounds."""
-    run = Run(build, X, y, args.batch_size, device)
-    full = AlignmentTracker(run.model, (X, y), loss="ce", probe_size=n)
-    cheap = AlignmentTracker(run.model, (X, y), loss="ce", probe_size=n, full_every=10**9)
-    times: dict[str, list[float]] = {"step": [], "full": [], "cheap": []}
+
+def overhead(name: str, n: int, args, device: torch.device) -> dict[str, float]:
+    """Median seconds of a training step, a full and a cheap record (alternating, ``args.repeats`` rounds after a
+    warm-up round), and the start-up on the fresh model."""
+    work = Workload(name, args.batch_size, device)
+    work.model.train()
+    trackers: dict[str, AlignmentTracker] = {}
+
+    def start() -> None:  # what a callback does when training starts
+        trackers["tracker"] = work.tracker(n)
+        trackers["tracker"].measure(0)
+
+    startup = _timed(start, device)
+    tracker = trackers["tracker"]
+    float64 = work.tracker(n, dtype=torch.float64)
+    times: dict[str, list[float]] = {"step": [], "full": [], "cheap": [], "cheap float64": []}
     slow = False
     for round_ in range(args.repeats + 1):  # round 0 warms up
-        step_times = [_timed(run.step, device) for _ in range(10)]
-        full_s = None if slow else _timed(lambda r=round_: full.measure(r + 1), device)
-        cheap_s = _timed(lambda r=round_: cheap.measure(r + 1), device)
-        if round_ == 0 and full_s > args.max_full_seconds:  # timed once: its warm-up is a small part of it
+        step_times = [_timed(work.step, device) for _ in range(10)]
+        step = 2 * round_ + 1
+        cheap = _timed(lambda s=step: tracker.measure(s, full=False), device)
+        cheap64 = _timed(lambda s=step: float64.measure(s, full=False), device)
+        full = None if slow else _timed(lambda s=step: tracker.measure(s + 1, full=True), device)
+        if round_ == 0 and full > args.max_full_seconds:  # timed once: its warm-up is a small part of it
             slow = True
-            times["full"].append(full_s)
+            times["full"].append(full)
         if round_:
             times["step"] += step_times
-            times["cheap"].append(cheap_s)
-            if full_s is not None:
-                times["full"].append(full_s)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def cheap_variants(build, X, y, n: int, args, device) -> dict[str, float]:
-    """Median seconds of a training step and of cheap records with fewer columns or in float32."""
-    run = Run(build, X, y, args.batch_size, device)
-    variants = {
-        "default (float64 on CPU, sketch 2, 1 iteration)": {},
-        "sketch 0": {"sketch_size": 0},
-        "float32": {"dtype": torch.float32},
-        "float32, sketch 0": {"dtype": torch.float32, "sketch_size": 0},
-        "3 iterations": {"cheap_iterations": 3},
-    }
-    trackers = {k: AlignmentTracker(run.model, (X, y), loss="ce", probe_size=n, full_every=10**9, **v)
-                for k, v in variants.items()}
-    times: dict[str, list[float]] = {"step": [], **{k: [] for k in variants}}
-    for round_ in range(args.repeats + 1):
-        step_times = [_timed(run.step, device) for _ in range(5)]
-        record_times = {k: _timed(lambda t=t, r=round_: t.measure(r + 1), device) for k, t in trackers.items()}
-        if round_:
-            times["step"] += step_times
-            for k, v in record_times.items():
-                times[k].append(v)
-    return {k: statistics.median(v) for k, v in times.items()}
-
-
-def agreement(build, X, y, n: int, args, device) -> tuple[np.ndarray, np.ndarray]:
-    """Witness and full residuals at the full records of a training run (every 20 steps, full every 5)."""
-    run = Run(build, X, y, args.batch_size, device)
-    tracker = AlignmentTracker(run.model, (X, y), loss="ce", probe_size=n, every=20, full_every=5)
-    for step in range(args.agreement_steps + 1):
-        tracker.step(step)
-        run.step()
-    h = tracker.history
-    full = h[h.tier == "full"].iloc[1:]  # the first full record is also the first record: no warm start yet
-    return full.witness_residual.to_numpy(), full.residual.to_numpy()
+            times["cheap"].append(cheap)
+            times["cheap float64"].append(cheap64)
+            if full is not None:
+                times["full"].append(full)
+    return {"startup": startup, **{k: statistics.median(v) for k, v in times.items()},
+            "d": sum(p.numel() for p in work.model.parameters())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--probe-sizes", type=int, nargs="+", default=[128, 512])
+    parser.add_argument("--models", nargs="+", default=["CNN width 16", "tiny BERT"],
+                        choices=["CNN width 16", "tiny BERT"])
+    parser.add_argument("--probe-sizes", type=int, nargs="+", default=[128])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--max-full-seconds", type=float, default=10.0,
                         help="a full record slower than this in the warm-up round is timed there only")
-    parser.add_argument("--every", type=int, default=DEFAULT_EVERY)
-    parser.add_argument("--full-every", type=int, default=DEFAULT_FULL_EVERY)
-    parser.add_argument("--agreement", action="store_true", help="compare the witness with the full residual")
-    parser.add_argument("--agreement-steps", type=int, default=600)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    digits = load_dataset("digits")
-    X, y = digits.X_train.to(device), digits.y_train.to(device)
     clock = "CPU time of the process" if device.type == "cpu" else "wall time"
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads; training in float32, "
-          f"batch {args.batch_size}; records in the tracker's default dtype; {clock}, median of {args.repeats} rounds "
-          f"(training steps: 10 per round); "
+          f"batch {args.batch_size}; full records in the tracker's default dtype, cheap ones in the model's; "
+          f"{clock}, median of {args.repeats} rounds (training steps: 10 per round); "
           f"load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    every, full_every = args.every, args.full_every
-    print(f"| model | d | probe n | n·m | train step | full record | cheap record | full / step | cheap / step "
-          f"| amortised, every={every}, full_every={full_every} |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name, build in MODELS.items():
-        d = sum(p.numel() for p in build().parameters())
+    runs, full_records, cheap_records = DEFAULT_RUN
+    print("| model | d | probe n | n·m | train step | cheap record | cheap, float64 | full record | start-up "
+          "| cheap / step (≤ 2) | start-up / full (≤ 2) | default cadence, 10⁴ steps |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.models:
         for n in args.probe_sizes:
-            t = overhead(build, X, y, n, args, device)
-            amortised = (t["cheap"] + t["full"] / full_every) / every / t["step"]
-            print(f"| {name} | {d:,} | {n} | {10 * n:,} | {1e3 * t['step']:.2f} ms | {1e3 * t['full']:.0f} ms "
-                  f"| {1e3 * t['cheap']:.1f} ms | {t['full'] / t['step']:.0f}× | {t['cheap'] / t['step']:.1f}× "
-                  f"| {100 * amortised:.0f} % |", flush=True)
-    name, build = next(iter(MODELS.items()))
-    n = args.probe_sizes[0]
-    t = cheap_variants(build, X, y, n, args, device)
-    step = t.pop("step")
-    print(f"\ncheap record variants, {name}, probe {n} (training step {1e3 * step:.2f} ms in the same rounds)")
-    print("| cheap record | time | per training step |")
-    print("|---|---|---|")
-    for variant, seconds in t.items():
-        print(f"| {variant} | {1e3 * seconds:.1f} ms | {seconds / step:.1f}× |")
-    if args.agreement:
-        print(f"\nwitness residual (cheap tier) against the full record's residual, probe {args.probe_sizes[0]}, "
-              f"{args.agreement_steps} steps, records every 20 steps, full every 5th")
-        print("| model | full records | full residual (range) | witness residual (range) | witness − full (max) "
-              "| witness < full |")
-        print("|---|---|---|---|---|---|")
-        for name, build in MODELS.items():
-            witness, residual = agreement(build, X, y, args.probe_sizes[0], args, device)
-            print(f"| {name} | {len(residual)} | {residual.min():.2e} – {residual.max():.2e} "
-                  f"| {witness.min():.2e} – {witness.max():.2e} | {(witness - residual).max():.2e} "
-                  f"| {int((witness < residual - 1e-12).sum())} |", flush=True)
+            t = overhead(name, n, args, device)
+            run = (t["startup"] + full_records * t["full"] + cheap_records * t["cheap"]) / (runs * t["step"])
+            print(f"| {name} | {t['d']:,} | {n} | {10 * n:,} | {1e3 * t['step']:.2f} ms | {1e3 * t['cheap']:.2f} ms "
+                  f"| {1e3 * t['cheap float64']:.2f} ms | {1e3 * t['full']:.0f} ms | {1e3 * t['startup']:.0f} ms "
+                  f"| {t['cheap'] / t['step']:.2f}× | {t['startup'] / t['full']:.2f}× | {100 * run:.1f} % |",
+                  flush=True)
     print(f"\nload average at the end {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

@@ -10,7 +10,7 @@ recorded with its error or its partial output, and the next one runs):
 2. the empirical-NTK benchmark (:mod:`bench.ntk`: MLP, CNN, ResNet-BN at n·m = 1,000 and 10,000, every method);
 3. ResNet-18 at 224×224 against neural-tangents' published figures, and at 32×32 up to n·m = 10⁴
    (:mod:`bench.resnet18`);
-4. the tracker's overhead against a training step (:mod:`bench.bench_tracker`);
+4. the tracker's overhead against a training step, on the digits CNN and a tiny BERT (:mod:`bench.bench_tracker`);
 5. one aligned-training run on the digits (``python -m diagnostics aligned-training``).
 
 The summary names the device, the torch/CUDA/cuDNN versions and, per step, its command, status, time and
@@ -75,8 +75,8 @@ def steps(quick: bool) -> list[Step]:
                                "--max-seconds", "5", "--output", "{out}"), 120),
         Step("ResNet-18 NTK against neural-tangents", ("bench.resnet18", "--device", "{device}", "--output", "{out}"),
              100),
-        Step("Tracker overhead", ("bench.bench_tracker", "--device", "{device}", "--probe-sizes", "128", "512",
-                                  "--repeats", "3"), 45),
+        Step("Tracker overhead", ("bench.bench_tracker", "--device", "{device}", "--probe-sizes", "128",
+                                  "--repeats", "3"), 60),
         Step("Aligned training on the digits", _aligned("{device}", "--width", "16", "--epochs", "3"), 45,
              "table.md"),
         Step("Whole-set D1, preconditioned (6·10⁵ rows)", ("bench.distributed_scale", "--n", "60000", "--nproc", "1",

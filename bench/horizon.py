@@ -1,8 +1,9 @@
-"""Which number predicts where full-batch gradient descent's loss levels off: the exact D1 floor or the horizon floor?
+"""Where full-batch gradient descent's loss levels off, against the exact D1 floor and the horizon floors.
 
 On the digits (``n`` training images, one-hot targets, the squared loss ``(1/2n)‖f − Y‖²``), a one-hidden-layer
 tanh MLP is trained by full-batch gradient descent at step ``η`` for ``T`` steps, for several widths. For each
-run the table gives the measured final loss and three predictions of it:
+run the table gives the measured final loss and three numbers beside it — one known before training (a priori),
+two computed from the final kernel (post hoc: they explain the loss after the fact, they do not predict it):
 
 - the exact D1 floor ``(1/2n)‖(I − P)Y‖²`` of the final kernel (the loss no training of the coefficients can
   remove at that Jacobian; ``theory/results.md#alignment-lower-bound``),
@@ -10,7 +11,7 @@ run the table gives the measured final loss and three predictions of it:
   gradient descent with step ``η`` cannot fit in ``T`` steps (``ηλT/n < 1``; ``theory/alignment.md``), and
 - the same horizon floor of the *final* kernel.
 
-The gap between the two horizon predictions is the representation learning the paper is about: the kernel
+The gap between the two horizon floors is the representation learning the paper is about: the kernel
 moved towards the target.
 
     python -m bench.horizon --output horizon.md      # a few minutes on 2 CPU cores
@@ -31,7 +32,7 @@ from diagnostics.models import build_model
 
 
 def run(width: int, n: int, lr: float, steps: int, seed: int) -> dict:
-    """Train one width and measure the predictions at the start and the end."""
+    """Train one width and measure the floors at the start and the end."""
     data = load_dataset("digits", n_train=n, seed=seed, flatten=True)
     X, y = data.X_train, data.y_train
     Y = F.one_hot(y, 10).to(X.dtype)
@@ -51,12 +52,21 @@ def run(width: int, n: int, lr: float, steps: int, seed: int) -> dict:
         "width": width, "d": sum(p.numel() for p in model.parameters()), "final_loss": end.loss,
         "d1": end.verdict.status, "exact_floor": end.loss_lower_bound, "residual": end.residual,
         "horizon_initial": start.horizon_loss_floor, "horizon_final": end.horizon_loss_floor,
-        "initial_loss": start.loss,
+        "ratio_initial": lr * float(start.eigenvalues[0]) / data.X_train.shape[0],
+        "ratio_final": lr * float(end.eigenvalues[0]) / data.X_train.shape[0], "initial_loss": start.loss,
     }
 
 
+def _floor(r: dict, when: str) -> str:
+    """A horizon floor as a multiple of the final loss, or why it is not applicable (the step ratio ηλ_max/n)."""
+    floor, step_ratio = r[f"horizon_{when}"], r[f"ratio_{when}"]
+    if floor != floor:  # nan: a premise not met
+        return f"not applicable (ηλ_max/n = {step_ratio:.3f})"
+    return f"{floor:.4f} ({floor / r['final_loss']:.2f}×; ηλ_max/n = {step_ratio:.3f})"
+
+
 def table(rows: list[dict], n: int, lr: float, steps: int) -> str:
-    """The markdown table, with how far each prediction is from the measured final loss (× the loss)."""
+    """The markdown table, with each floor as a multiple of the measured final loss."""
     lines = [
         f"n = {n} digits, m = 10 outputs (n·m = {10 * n}), tanh MLP with one hidden layer, full-batch GD, "
         f"η = {lr}, T = {steps} steps, float64 measurements:",
@@ -68,8 +78,7 @@ def table(rows: list[dict], n: int, lr: float, steps: int) -> str:
     for r in rows:
         lines.append(
             f"| {r['width']} | {r['d']:,} | {r['final_loss']:.4f} | {r['d1']} | {r['exact_floor']:.2e} | "
-            f"{r['horizon_initial']:.4f} ({r['horizon_initial'] / r['final_loss']:.2f}×) | "
-            f"{r['horizon_final']:.4f} ({r['horizon_final'] / r['final_loss']:.2f}×) |"
+            f"{_floor(r, 'initial')} | {_floor(r, 'final')} |"
         )
     return "\n".join(lines)
 

@@ -60,8 +60,13 @@ class AlignmentReport:
         The smallest eigenvalue, relative to ``λ_max``, that the compute dtype resolves: ``nm · eps``.
     horizon, horizon_residual, horizon_loss_floor
         The training horizon ``(η, T)`` if one was given; the part of ``Q`` in the eigen-directions that
-        gradient descent on ``(1/2n)‖f − Q‖²`` with step ``η`` cannot fit in ``T`` steps (``ηλT/n < 1``), as
-        ``‖(I − P_T)Q‖/‖Q‖``, and its loss floor ``(1/2n)‖(I − P_T)Q‖²``; ``nan`` without a horizon.
+        gradient descent on ``(1/2n)‖f − Q‖²`` with step ``η`` cannot fit in ``T`` steps (``ηλT/n < 1``, and those
+        the rank rule discards), as ``‖(I − P_T)Q‖/‖Q‖``, and its loss floor ``(1/2n)‖(I − P_T)Q‖²``, never below
+        ``loss_lower_bound``; ``nan`` without a horizon, or when it is not applicable.
+    horizon_premises
+        What the horizon assumes of the training (:func:`theory.gradient_descent_premises`): plain full-batch
+        gradient steps on the squared loss at a stable step ``ηλ_max/n ≤ 2``. One not met (an unstable step,
+        cross-entropy, an optimiser other than plain gradient descent) makes the horizon *not applicable*.
     precision_note
         How the precision of the measurement bears on the D1 verdict (empty when it decides it plainly).
     manifest
@@ -110,6 +115,7 @@ class AlignmentReport:
     horizon: tuple[float, int] | None = None
     horizon_residual: float = math.nan
     horizon_loss_floor: float = math.nan
+    horizon_premises: tuple[theory.Premise, ...] = ()
     precision_note: str = ""
     manifest: MeasurementManifest | None = field(default=None, repr=False)
     mode: str = "eval"
@@ -152,6 +158,7 @@ class AlignmentReport:
         out["alignment_curve"] = {"eigenvalue": self.eigenvalues.tolist(), "residual": self.alignment_curve.tolist()}
         out["top_k_capture"] = {int(k): float(v) for k, v in self.top_k_capture.items()}
         out["horizon"] = list(self.horizon) if self.horizon is not None else None
+        out["horizon_premises"] = [p.to_dict() for p in self.horizon_premises]
         out["manifest"] = self.manifest.to_dict() if self.manifest is not None else None
         return out
 
@@ -172,11 +179,7 @@ class AlignmentReport:
         lines.append("  alignment curve a(λ) = ‖(I − P_{≥λ})Q‖/‖Q‖, tolerance-free:")
         lines += ["    " + row for row in self._curve_rows()]
         if self.horizon is not None:
-            lr, steps = self.horizon
-            lines.append(
-                f"  horizon (η={lr:g}, T={steps}): residual {self.horizon_residual:.3e} in directions with "
-                f"ηλT/n < 1; loss floor (1/2n)‖(I−P_T)Q‖² = {self.horizon_loss_floor:.4g}"
-            )
+            lines.append(self._horizon_line())
         lines.append(
             f"  loss ({self.loss_name}) = {self.loss:.6g}   ‖∇L‖ = {self.grad_norm:.4g}   "
             f"B = {self.certificate:.4g}   ‖ν‖ = ‖J⁺Q‖ = {self.nu_norm:.4g}"
@@ -197,6 +200,29 @@ class AlignmentReport:
         if self.manifest is not None:
             lines.append(str(self.manifest))
         return "\n".join(lines)
+
+    @property
+    def horizon_applicable(self) -> bool:
+        """A horizon was given and none of its premises is observed to fail."""
+        return self.horizon is not None and all(p.met is not False for p in self.horizon_premises)
+
+    @property
+    def horizon_note(self) -> str:
+        """The horizon's premises in words: those not met (then it is not applicable), else those assumed."""
+        unmet = [f"{p.name} ({p.note})" if p.note else p.name for p in self.horizon_premises if p.met is False]
+        if unmet:
+            return "not applicable (premise not met: " + "; ".join(unmet) + ")"
+        assumed = [p.name for p in self.horizon_premises if p.met is None]
+        return "assumed: " + "; ".join(assumed) if assumed else ""
+
+    def _horizon_line(self) -> str:
+        lr, steps = self.horizon
+        head = f"  horizon (η={lr:g}, T={steps}): "
+        if not self.horizon_applicable:
+            return head + self.horizon_note
+        note = f" ({self.horizon_note})" if self.horizon_note else ""
+        return (head + f"residual {self.horizon_residual:.3e} in directions with ηλT/n < 1; loss floor "
+                f"(1/2n)‖(I−P_T)Q‖² = {self.horizon_loss_floor:.4g}{note}")
 
     def _curve_rows(self) -> list[str]:
         """``a(t·λ_max)`` at decades of ``t`` down to below the resolution limit (marked); equal runs merged."""

@@ -9,6 +9,7 @@ report's quantities and verdicts are computed, ``theory/alignment.md#numerics``)
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,7 +26,7 @@ from .engine.spectral import Spectrum
 from .errors import DiagnosticsError
 from .targets import CE_SCALES, Targets, best_scale
 
-__all__ = ["alignment_from_gram", "alignment_from_operator", "alignment_from_spectrum"]
+__all__ = ["alignment_from_gram", "alignment_from_operator", "alignment_from_spectrum", "horizon_energy"]
 
 TOP_K = (1, 10, 100)
 
@@ -61,6 +62,7 @@ def alignment_from_spectrum(
     source_dtype: torch.dtype | None = None,
     residual_tol: float | None = None,
     horizon: tuple[float, int] | None = None,
+    horizon_optimizer: Sequence[Mapping[str, Any]] | None = None,
 ) -> AlignmentReport:
     """Build the alignment report from outputs, targets and the spectrum of ``K``.
 
@@ -70,7 +72,8 @@ def alignment_from_spectrum(
     comes from :mod:`theory`: D1 (:func:`theory.alignment_condition`, *not established* when the precision
     cannot decide it, or, for a preconditioned solve, when its certified bounds lie on both sides of the
     tolerance, ``theory/alignment.md#preconditioned``), and the statements of ``theory/results.md`` with their
-    premises measured here.
+    premises measured here. The horizon's premises come from :func:`theory.gradient_descent_premises`
+    (``horizon_optimizer``: the optimiser's parameter groups as ``{"name", **hyper-parameters}``, when known).
     """
     n, m = outputs.shape
     source_dtype = source_dtype or outputs.dtype
@@ -135,10 +138,15 @@ def alignment_from_spectrum(
     captured = spectrum.captured_fraction(Q)
     top_k = {k: float(captured[min(k, captured.size) - 1]) for k in TOP_K if k <= captured.size}
     horizon_residual = horizon_floor = math.nan
+    horizon_premises: tuple[theory.Premise, ...] = ()
     if horizon is not None:
         lr, steps = validate_horizon(horizon)
-        below = spectrum.energy_below(Q, n / (lr * steps))  # ηλT/n < 1
-        horizon_residual, horizon_floor = math.sqrt(below / q_sq), below / (2 * n)
+        horizon_premises = theory.gradient_descent_premises(
+            "horizon", horizon_optimizer, squared_loss=False if targets.loss != "mse" else None, step_size=lr,
+            lambda_max=float(spectrum.eigenvalues[0]), n=n)
+        if all(p.met is not False for p in horizon_premises):
+            below = horizon_energy(spectrum, Q, n / (lr * steps), outside)
+            horizon_residual, horizon_floor = math.sqrt(below / q_sq), below / (2 * n)
     return AlignmentReport(
         verdict=d1,
         residual=residual,
@@ -173,6 +181,7 @@ def alignment_from_spectrum(
         horizon=None if horizon is None else (float(horizon[0]), int(horizon[1])),
         horizon_residual=horizon_residual,
         horizon_loss_floor=horizon_floor,
+        horizon_premises=horizon_premises,
         precision_note=note,
         dtype=precision.dtype_name(source_dtype),
     )
@@ -245,6 +254,22 @@ def _truncation_uncertainty(spectrum: Spectrum | OperatorSpectrum, loss: float, 
     if not getattr(spectrum, "truncated", False):
         return 0.0
     return loss + (spectrum.inside_norm_sq(r) + outside) / (2 * n)
+
+
+def horizon_energy(spectrum: Spectrum | OperatorSpectrum, q: torch.Tensor, threshold: float,
+                   outside: float | None = None) -> float:
+    """``‖(I − P_T)q‖²``: the energy of ``q`` in the directions a horizon does not fit (``theory/alignment.md``).
+
+    Those are the eigen-directions with ``λ < threshold = n/(ηT)`` and, under the same rank rule as the exact
+    floor, those at or below ``rank_tol``: the result is never below ``‖(I − P)q‖²`` (``outside``, computed when
+    not given) and equals it once ``threshold ≤ rank_tol``. ``nan`` on the matrix-free path when the threshold
+    lies below the computed eigenpairs.
+    """
+    outside = spectrum.outside_norm_sq(q) if outside is None else outside
+    if threshold <= spectrum.rank_tol:
+        return outside
+    below = spectrum.energy_below(q, threshold)
+    return below if math.isnan(below) else max(below, outside)
 
 
 def validate_horizon(horizon: tuple[float, int]) -> tuple[float, int]:

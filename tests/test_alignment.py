@@ -165,6 +165,66 @@ def test_horizon_residual_is_the_target_outside_the_directions_gd_can_fit():
             check_alignment(model, (X, Y), probe_size=None, horizon=bad)
 
 
+def _linear_problem(scales: torch.Tensor, n: int = 40, m: int = 2) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(n, scales.shape[0], generator=gen, dtype=F64) * scales
+    return nn.Linear(scales.shape[0], m).double(), X, torch.randn(n, m, generator=gen, dtype=F64)
+
+
+def test_a_horizon_beyond_the_stable_step_is_not_applicable():
+    # ten times the stable step 2n/λ_max: linearised GD multiplies the top direction by 19 per step
+    model, X, Y = _linear_problem(torch.logspace(0, -3, 6, dtype=F64))
+    n = X.shape[0]
+    A = torch.cat([X, torch.ones(n, 1, dtype=F64)], 1)
+    lam_max = float(torch.linalg.eigvalsh(A @ A.T)[-1])
+    unstable = 10 * 2 * n / lam_max
+    report = check_alignment(model, (X, Y), probe_size=None, horizon=(unstable, 3000))
+    assert not report.horizon_applicable and math.isnan(report.horizon_loss_floor)
+    assert math.isnan(report.horizon_residual)
+    assert "not applicable" in str(report) and "by 19 per step" in str(report)
+    # the ground truth: linearised gradient descent at that step diverges from the initial residual
+    with torch.no_grad():
+        r = (model(X) - Y).reshape(-1)
+    K = torch.kron(A @ A.T, torch.eye(2, dtype=F64))
+    for _ in range(20):
+        r = r - unstable / n * (K @ r)
+    assert float(r.norm()) > 1e20
+    stable = check_alignment(model, (X, Y), probe_size=None, horizon=(0.5 * 2 * n / lam_max, 3000))
+    assert stable.horizon_applicable and math.isfinite(stable.horizon_loss_floor)
+    assert [p.met for p in stable.horizon_premises] == [None, None, None, True]  # the rest is the caller's word
+    assert "assumed" in str(stable)
+
+
+def test_the_horizon_floor_never_falls_below_the_exact_floor():
+    # one input scaled by 1e-8: its eigenvalue (≈ 4e-15) lies below the rank tolerance (≈ 2e-12) but above
+    # n/(ηT) for T = 1e18, so a horizon without the rank rule would count it as fitted
+    model, X, Y = _linear_problem(torch.tensor([1.0, 1.0, 1e-8], dtype=F64))
+    report = check_alignment(model, (X, Y), probe_size=None, horizon=(0.5, 10**18))
+    assert report.loss_lower_bound > 1e-3  # the direction carries part of Y
+    assert report.horizon_loss_floor == report.loss_lower_bound  # T → ∞: the exact floor, not below it
+    assert report.horizon_residual == report.residual
+    for steps in (1, 10, 10**3, 10**6, 10**12):
+        shorter = check_alignment(model, (X, Y), probe_size=None, horizon=(0.5, steps))
+        assert shorter.horizon_loss_floor >= report.loss_lower_bound
+
+
+def test_the_matrix_free_horizon_follows_the_same_rank_rule():
+    model, X, Y = _linear_problem(torch.logspace(0, -3, 6, dtype=F64))
+    for steps in (200, 10**18):  # a cut inside the top eigenpairs; below the rank tolerance: the exact floor
+        dense = check_alignment(model, (X, Y), probe_size=None, horizon=(0.5, steps))
+        free = check_alignment(model, (X, Y), probe_size=None, horizon=(0.5, steps), path="matrix-free")
+        assert free.horizon_loss_floor == pytest.approx(dense.horizon_loss_floor, rel=1e-9)
+        assert free.horizon_loss_floor >= free.loss_lower_bound
+    assert free.horizon_loss_floor == free.loss_lower_bound
+
+
+def test_the_horizon_of_a_cross_entropy_run_is_not_applicable():
+    model, X, _ = _linear_problem(torch.ones(4, dtype=F64), m=3)
+    y = torch.arange(X.shape[0]) % 3
+    report = check_alignment(model, (X, y), loss="ce", probe_size=None, horizon=(0.1, 100))
+    assert not report.horizon_applicable and "squared loss" in str(report)
+
+
 def test_a_float32_verdict_that_cannot_decide_is_re_measured_in_float64():
     from diagnostics.models import CNN
 

@@ -143,7 +143,7 @@ def _stability_premise(eta: float | None, lambda_max: float | None, n: int | Non
         return Premise(name, None, "assumed: ηλ_max(K)/n not measured here")
     ratio = nonneg("step_size", eta) * nonneg("lambda_max", lambda_max) / count("n", n, 1)
     if ratio <= STABLE_STEP:
-        return Premise(name, True, f"ηλ_max/n = {ratio:.3g}")
-    return Premise(name, False, f"ηλ_max/n = {ratio:.3g}: linearised gradient descent multiplies the top direction "
+        return Premise(name, True, f"ηλ_max/n = {ratio:.4g}")
+    return Premise(name, False, f"ηλ_max/n = {ratio:.4g}: linearised gradient descent multiplies the top direction "
                                 f"by {ratio - 1:.3g} per step, and every direction with ηλ/n > 2 diverges instead "
                                 "of being fitted")

@@ -120,19 +120,19 @@ def deep_linear_rank_bound(rank: int, n_out: int, d_in: int, bias: bool = False,
 
 
 def kernel_movement_trend(widths: ArrayLike, movements: ArrayLike, expect: str = "decreasing",
-                          slope_tol: float = 0.25, groups: ArrayLike | None = None, level: float = 0.9,
-                          n_boot: int = 2000, seed: int = 0) -> Verdict:
+                          slope_tol: float = 0.25, groups: ArrayLike | None = None, level: float = 0.9) -> Verdict:
     r"""(S4) Lazy versus rich: the log-log slope of kernel (or parameter) movement against width, with its interval.
 
     Fits ``log Δ = α log w + β`` by least squares. NTK parameterisation: ``Δ = O(w^{-1/2})``, so ``α ≈ −½``
     (``expect="decreasing"``: the statement is ``α ≤ −slope_tol``). Mean-field / maximal-update:
     ``Δ = Θ(1)``, so ``α ≈ 0`` (``expect="order-one"``: ``|α| ≤ slope_tol``). ``theory/width.md``.
 
-    A slope is only as good as its interval. With ``groups`` (the seed of each run) the interval is a
-    bootstrap over seeds (whole seeds resampled with replacement, the slope refitted); without, the
-    ``t``-interval of the least-squares fit (at least three widths). The statement *holds* when the whole
-    interval satisfies it, is *refuted* when none of it does, and is *not established* otherwise, e.g.
-    when the interval contains both ``−½`` and ``0``.
+    A slope is only as good as its interval (``theory/width.md#the-interval-of-the-slope``). With ``groups`` (the
+    seed of each run) the slope is fitted per seed and the interval is the Student ``t``-interval of the mean of
+    those slopes, ``s − 1`` degrees of freedom for ``s`` seeds (a seed is one independent replicate; the runs of
+    one seed share its initialisation draws and are not); without, the ``t``-interval of the least-squares fit (at
+    least three widths). The statement *holds* when the whole interval satisfies it, is *refuted* when none of it
+    does, and is *not established* otherwise, e.g. when the interval contains both ``−½`` and ``0``.
 
     Parameters
     ----------
@@ -145,20 +145,19 @@ def kernel_movement_trend(widths: ArrayLike, movements: ArrayLike, expect: str =
     slope_tol
         Threshold on the slope (default ``0.25``, half of the NTK exponent).
     groups
-        The seed (or any group label) of each run, for the bootstrap interval.
+        The seed (or any group label) of each run: the interval is then over the per-seed slopes (seeds with
+        fewer than two distinct widths are left out; with fewer than two seeds left, the fit's own interval).
     level
         Coverage of the interval.
-    n_boot
-        Bootstrap resamples.
-    seed
-        Seed of the bootstrap.
 
     Returns
     -------
     Verdict
         decreasing: ``lhs = α``, ``rhs = −slope_tol``; order-one: ``lhs = |α|``, ``rhs = slope_tol``;
-        ``margin`` from the point estimate. ``details``: ``slope``, ``intercept``, ``interval`` ``(lo, hi)``
-        (``None`` when it cannot be estimated), ``interval_method``, ``ntk_slope`` (−½), ``expect``.
+        ``margin`` from the point estimate (the mean of the per-seed slopes with ``groups``, which is the pooled
+        fit's slope when every seed has the same widths). ``details``: ``slope``, ``intercept``, ``interval``
+        ``(lo, hi)`` (``None`` when it cannot be estimated), ``interval_method``, ``seed_slopes``, ``ntk_slope``
+        (−½), ``expect``.
     """
     w = array("widths", widths, min_len=2)
     mv = array("movements", movements, min_len=2)
@@ -174,9 +173,15 @@ def kernel_movement_trend(widths: ArrayLike, movements: ArrayLike, expect: str =
         raise ValueError(f"level must lie in (0, 1), got {level}")
     x, y = np.log(w), np.log(mv)
     slope, intercept = (float(v) for v in np.polyfit(x, y, 1))
-    interval, method = _slope_interval(x, y, groups, level, count("n_boot", n_boot, 1), seed)
+    seed_slopes = _seed_slopes(x, y, groups)
+    if len(seed_slopes) >= 2:
+        slope = float(np.mean(seed_slopes))
+        interval: tuple[float, float] | None = _t_interval(seed_slopes, level)
+        method = f"t-interval over the slopes of {len(seed_slopes)} seeds"
+    else:
+        interval, method = _fit_interval(x, y, level)
     details = {"slope": slope, "intercept": intercept, "interval": interval, "interval_method": method,
-               "level": level, "ntk_slope": -0.5, "expect": expect}
+               "seed_slopes": seed_slopes, "level": level, "ntk_slope": -0.5, "expect": expect}
     if expect == "decreasing":
         lhs, rhs, title, labels = slope, -slope_tol, "kernel movement shrinks with width", ("slope", "−slope_tol")
     else:
@@ -199,24 +204,28 @@ def kernel_movement_trend(widths: ArrayLike, movements: ArrayLike, expect: str =
     return Verdict("S4", title, status, lhs, rhs, margin, 0.0, details, *labels)
 
 
-def _slope_interval(x: np.ndarray, y: np.ndarray, groups: ArrayLike | None, level: float, n_boot: int,
-                    seed: int) -> tuple[tuple[float, float] | None, str]:
-    """Interval of the least-squares slope: bootstrap over groups, else the ``t``-interval of the fit."""
-    alpha = (1 - level) / 2
-    if groups is not None:
-        labels = np.asarray(groups)
-        if labels.shape != x.shape:
-            raise ValueError("groups must give one label per run")
-        members = [np.flatnonzero(labels == g) for g in np.unique(labels)]
-        if len(members) >= 2:
-            rng = np.random.default_rng(seed)
-            slopes = []
-            for _ in range(n_boot):
-                idx = np.concatenate([members[k] for k in rng.integers(len(members), size=len(members))])
-                if np.unique(x[idx]).shape[0] >= 2:
-                    slopes.append(np.polyfit(x[idx], y[idx], 1)[0])
-            lo, hi = np.quantile(slopes, [alpha, 1 - alpha])
-            return (float(lo), float(hi)), f"bootstrap over {len(members)} seeds"
+def _seed_slopes(x: np.ndarray, y: np.ndarray, groups: ArrayLike | None) -> list[float]:
+    """Least-squares slope of every group that spans two or more widths (none without groups)."""
+    if groups is None:
+        return []
+    labels = np.asarray(groups)
+    if labels.shape != x.shape:
+        raise ValueError("groups must give one label per run")
+    members = [np.flatnonzero(labels == g) for g in np.unique(labels)]
+    return [float(np.polyfit(x[idx], y[idx], 1)[0]) for idx in members if np.unique(x[idx]).shape[0] >= 2]
+
+
+def _t_interval(values: list[float], level: float) -> tuple[float, float]:
+    """Student ``t``-interval of the mean of independent replicates."""
+    from scipy.stats import t as student_t
+
+    v = np.asarray(values)
+    half = float(student_t.ppf((1 + level) / 2, v.size - 1)) * float(v.std(ddof=1)) / math.sqrt(v.size)
+    return float(v.mean() - half), float(v.mean() + half)
+
+
+def _fit_interval(x: np.ndarray, y: np.ndarray, level: float) -> tuple[tuple[float, float] | None, str]:
+    """``t``-interval of the least-squares slope of all points (``None`` below three distinct widths)."""
     n = x.shape[0]
     if n < 3 or np.unique(x).shape[0] < 3:
         return None, "none"
@@ -225,5 +234,5 @@ def _slope_interval(x: np.ndarray, y: np.ndarray, groups: ArrayLike | None, leve
     slope, intercept = np.polyfit(x, y, 1)
     resid = y - (slope * x + intercept)
     se = math.sqrt(float(resid @ resid) / (n - 2) / float(((x - x.mean()) ** 2).sum()))
-    half = float(student_t.ppf(1 - alpha, n - 2)) * se
+    half = float(student_t.ppf((1 + level) / 2, n - 2)) * se
     return (float(slope - half), float(slope + half)), "t-interval of the least-squares fit"

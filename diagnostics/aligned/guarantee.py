@@ -33,7 +33,10 @@ class StepRecord:
 
     ``update_error`` is ``‖x_{k+1} − x_k + η∇_{ω,u}L_k‖`` for the update the optimiser actually applied to
     ``x = (ω, u)``, ``update_size`` ``‖η∇_{ω,u}L_k‖``, ``rounding`` what the parameters' precision allows the
-    former to be, and ``x_norm`` ``‖x_{k+1}‖``.
+    former to be, and ``x_norm`` ``‖x_{k+1}‖``. ``outside_change`` is ``‖x_k − x_k'‖`` between the parameters the
+    step started from and those the previous step left (an outside write; 0 when the two are the same),
+    ``eps`` the machine epsilon of the recorded numbers (the coarser of the parameters' and the loss's dtype), and
+    ``training_loss`` the loss of the whole training set at ``x_k`` when it was measured (``nan`` otherwise).
     """
 
     iteration: int
@@ -47,11 +50,32 @@ class StepRecord:
     update_size: float = 0.0
     rounding: float = 0.0
     x_norm: float = 0.0
+    outside_change: float = 0.0
+    eps: float = float(np.finfo(np.float32).eps)
+    training_loss: float = math.nan
 
     @property
     def plain_step(self) -> bool:
         """The applied update is ``−η∇_{ω,u}L`` up to rounding."""
         return math.isfinite(self.update_error) and self.update_error <= self.rounding + 1e-9 * self.update_size
+
+    @property
+    def identity_rounding(self) -> float:
+        """What rounding allows the one-step identity to miss by: the parameters' and the losses' arithmetic."""
+        return (2 * math.sqrt(self.distance_next_sq) * (self.rounding + 2 * self.eps * self.x_norm)
+                + 2 * self.eps * (4 * self.lr * abs(self.loss) + self.lr**2 * self.grad_sq))
+
+    @property
+    def diverged(self) -> bool:
+        """Whether the run has diverged by this step.
+
+        A recorded number is infinite or not a number (a loss merely not given, ``nan``, does not count), or the
+        identity's rounding overflows.
+        """
+        numbers = (self.grad_sq, self.distance_sq, self.distance_next_sq, self.x_norm, self.update_size)
+        if math.isinf(self.loss) or not all(math.isfinite(x) for x in numbers):
+            return True
+        return math.isfinite(self.loss) and math.isfinite(self.lr) and not math.isfinite(self.identity_rounding)
 
 
 def scale_for_loss(target_loss: float, m: int) -> float:
@@ -124,7 +148,7 @@ class Trajectory:
                            bound_ratio=verdict.details["bound_ratio"], bound_holds=verdict.holds)
             else:
                 row.update(bound=math.nan, margin=math.nan, bound_ratio=math.nan, bound_holds=False)
-            if math.isfinite(r.loss) and math.isfinite(r.lr) and r.lr > 0:
+            if math.isfinite(r.loss) and math.isfinite(r.lr) and r.lr > 0 and math.isfinite(r.grad_sq):
                 step = theory.gd_step_distance_condition(
                     r.lr, r.grad_sq, r.loss, target_loss=None if self.loss == "mse" else self.distance_target_loss)
                 row.update(step_margin=step.margin, step_ok=step.holds)
@@ -135,37 +159,46 @@ class Trajectory:
             elapsed += r.lr
         return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
 
+    def finite_records(self) -> list[StepRecord]:
+        """Return the records before the first that :attr:`~StepRecord.diverged` (all of them if none did)."""
+        out = []
+        for r in self.records:
+            if r.diverged:
+                break
+            out.append(r)
+        return out
+
     def identity(self, aligned: bool) -> theory.Verdict | None:
-        """Judge the one-step identity (squared loss) or inequality (convex loss) at every recorded step."""
-        rows = [r for r in self.records if math.isfinite(r.loss) and math.isfinite(r.lr)]
-        if not rows or len(rows) != len(self.records):
+        """Judge the one-step identity (squared loss) or inequality (convex loss) at every finite recorded step.
+
+        The rounding allowed at a step is that of the dtype its numbers were computed in (:attr:`StepRecord.eps`).
+        """
+        rows = self.finite_records()
+        if not rows or any(not (math.isfinite(r.lr) and math.isfinite(r.loss)) for r in rows):
             return None
         d2 = [r.distance_sq for r in rows] + [rows[-1].distance_next_sq]
-        eps = 2 * np.finfo(np.float32).eps  # the losses and gradients come from float32 (or better) arithmetic
-        rounding = [2 * math.sqrt(r.distance_next_sq) * (r.rounding + eps * r.x_norm)
-                    + eps * (4 * r.lr * abs(r.loss) + r.lr**2 * r.grad_sq) for r in rows]
         return theory.gd_distance_identity(
             d2, [r.loss for r in rows], [r.grad_sq for r in rows], [r.lr for r in rows],
-            target_loss=None if self.loss == "mse" else self.distance_target_loss, rounding=rounding,
-            aligned=aligned)
+            target_loss=None if self.loss == "mse" else self.distance_target_loss,
+            rounding=[r.identity_rounding for r in rows], aligned=aligned)
 
     def report(self, aligned: bool, departures: list[str], full_batch: bool) -> GuaranteeReport:
         """Check the guarantee on the recorded steps (see :class:`~diagnostics.aligned.reports.GuaranteeReport`).
 
         ``theorem`` is earned, not assumed: D1 for the frozen block, no departure of the optimiser's
-        configuration, every applied update ``−η∇_{ω,u}L`` up to rounding, the one-step identity (inequality
-        for cross-entropy) at every step, and the step condition at every step. Otherwise ``check``, with every
-        premise that failed named and the step where it first did.
+        configuration, every applied update ``−η∇_{ω,u}L`` up to rounding, no outside write between steps, the
+        one-step identity (inequality for cross-entropy) at every step, the step condition at every step, and a
+        declared full batch observed (else listed as assumed). Otherwise ``check``, with every premise that failed
+        named and the step where it first did. A run that diverged is checked on its steps before the divergence.
         """
-        hist = self.history()
+        finite = self.finite_records()
+        hist = self.history().iloc[:len(finite)]
         later = hist[hist.step >= 1]
-        finite = later[np.isfinite(later.margin)]
-        worst_margin = float(finite.margin.min()) if len(finite) else math.nan
-        worst_ratio = float(finite.bound_ratio.max()) if len(finite) else math.nan
+        bounded = later[np.isfinite(later.margin)]
+        worst_margin = float(bounded.margin.min()) if len(bounded) else math.nan
+        worst_ratio = float(bounded.bound_ratio.max()) if len(bounded) else math.nan
         steps_ok = hist.step_ok.to_numpy(dtype=bool)
-        distances = [math.sqrt(r.distance_sq) for r in self.records]
-        if self.records:
-            distances.append(math.sqrt(self.records[-1].distance_next_sq))
+        distances = [math.sqrt(r.distance_sq) for r in finite] + [math.sqrt(finite[-1].distance_next_sq)] * bool(finite)
         distance = (theory.distance_non_increasing(distances, step_condition=bool(steps_ok.all()))
                     if len(distances) >= 2 else None)
         identity = self.identity(aligned)
@@ -174,10 +207,12 @@ class Trajectory:
         if len(hist) and np.isfinite(hist.loss).all() and np.all(lrs == lrs[0]) and math.isfinite(lrs[0]):
             telescoping = theory.gd_telescoping_bound(
                 hist.loss.to_numpy(), hist.grad_sq.to_numpy(), float(lrs[0]), self.omega_sq,
-                self.distance_scale**2 * self.nu_sq, self.records[-1].distance_next_sq,
+                self.distance_scale**2 * self.nu_sq, finite[-1].distance_next_sq,
                 target_loss=None if self.loss == "mse" else self.distance_target_loss, aligned=aligned)
-        departures = list(departures)
-        first_update = next((r.step for r in self.records if not r.plain_step), None)
+        departures = list(departures) + self._divergence(finite) + self._outside_writes()
+        observed_batch, batch_departure = self._full_batch(full_batch)
+        departures += batch_departure
+        first_update = next((r.step for r in finite if not r.plain_step), None)
         if first_update is not None:
             r = self.records[first_update]
             departures.append(
@@ -189,13 +224,15 @@ class Trajectory:
                 f"the one-step distance identity fails from step {k} (relative error up to "
                 f"{identity.details['max_relative_error']:.2g}): the gradient applied is not ∇L of the recorded loss "
                 "(gradient clipping, gradient or loss scaling, or a loss other than the one recorded)")
-        elif identity is None and self.records:
+        elif identity is None and finite:
             departures.append("the one-step identity cannot be checked: some steps lack their loss or step size")
         if len(steps_ok) and not steps_ok.all():
             departures.append(f"the step condition η‖∇_(ω,u)L‖² ≤ {'4L' if self.loss == 'mse' else '2(L−L(Q))'} "
                               f"fails at {int((~steps_ok).sum())} of {len(steps_ok)} steps, first at step "
                               f"{int(np.flatnonzero(~steps_ok)[0])}")
         status = "no guarantee" if not aligned else ("check" if departures else "theorem")
+        assumed = () if not full_batch or observed_batch else (
+            "full batch (declared full_batch=True, not observed: the loss was passed after the user's own step)",)
         losses = hist.loss.to_numpy()
         return GuaranteeReport(
             status=status,
@@ -211,4 +248,39 @@ class Trajectory:
             step_condition_failures=int((~steps_ok).sum()),
             telescoping=telescoping,
             monotone_loss=bool(np.all(np.diff(losses) <= 0)) if len(losses) > 1 else True,
+            assumed=assumed,
         )
+
+    def _divergence(self, finite: list[StepRecord]) -> list[str]:
+        """Name a divergence: a number that stopped being finite, or ``‖x − x*‖`` larger at the end than at ``τ``."""
+        if len(finite) < len(self.records):
+            r = self.records[len(finite)]
+            return [f"the run diverged at step {r.step} (loss {r.loss:.3g}, ‖∇_(ω,u)L‖² {r.grad_sq:.3g}): its numbers "
+                    f"are no longer finite, so the statements are checked on the {len(finite)} steps before"]
+        if finite and finite[-1].distance_next_sq > finite[0].distance_sq:
+            first, last = finite[0], finite[-1]
+            return [f"‖x − x*‖ grew from {math.sqrt(first.distance_sq):.3g} at τ to "
+                    f"{math.sqrt(last.distance_next_sq):.3g} and the loss from {first.loss:.3g} to {last.loss:.3g}: "
+                    "the run diverges from x* instead of approaching it"]
+        return []
+
+    def _outside_writes(self) -> list[str]:
+        """Name the first step whose parameters differ from those the previous step left."""
+        r = next((r for r in self.records if r.outside_change > 0), None)
+        if r is None:
+            return []
+        return [f"(ω, u) at the start of step {r.step} differ from what step {r.step - 1} left (‖Δ‖ = "
+                f"{r.outside_change:.3g}): the parameters were written outside the optimiser between steps"]
+
+    def _full_batch(self, full_batch: bool) -> tuple[bool, list[str]]:
+        """Whether a declared full batch was observed, and the first step whose loss is not the training loss."""
+        observed = [r for r in self.records if math.isfinite(r.training_loss)]
+        if not full_batch or not observed:
+            return False, []
+        for r in observed:
+            if abs(r.loss - r.training_loss) > math.sqrt(r.eps) * max(abs(r.training_loss), theory.TINY):
+                return True, [
+                    f"full_batch=True, but at step {r.step} the closure's loss {r.loss:.6g} differs from the training "
+                    f"loss {r.training_loss:.6g} by {ratio(abs(r.loss - r.training_loss), r.training_loss):.2%}: "
+                    "minibatches, or a loss other than L"]
+        return True, []

@@ -95,11 +95,13 @@ class GuaranteeReport:
     status
         ``"theorem"``, earned: D1 holds for the frozen block, the optimiser takes plain gradient steps on
         ``(ω, u)`` with one step size, every applied update was observed to be ``−η∇_{ω,u}L`` up to
-        rounding, the one-step identity (squared loss) or inequality (convex loss) held at every step with
-        the recorded distances, and so did the step condition. Then the summed identity and the
-        average-loss bound are theorems for this run (the body may do anything).
-        ``"check"``: some premise failed; ``departures`` names each, with the step where it first did,
-        and every number is a check. ``"no guarantee"``: D1 fails for the frozen block.
+        rounding, no outside write changed ``(ω, u)`` between steps, the one-step identity (squared loss) or
+        inequality (convex loss) held at every step with the recorded distances, and so did the step
+        condition; a declared full batch was observed (or is listed in ``assumed``). Then the summed identity
+        and the average-loss bound are theorems for this run (the body may do anything).
+        ``"check"``: some premise failed; ``departures`` names each, with the step where it first did
+        (a divergence included), and every number is a check. ``"no guarantee"``: D1 fails for the frozen
+        block.
     departures
         Plain statements of how the run departs from the theorem.
     loss
@@ -119,6 +121,10 @@ class GuaranteeReport:
         :func:`theory.gd_telescoping_bound` with the recorded final distance (constant step), else ``None``.
     monotone_loss
         Whether the recorded loss never increased (needed for a last-iterate bound under GD).
+    assumed
+        Premises taken on the caller's word rather than observed: a declared ``full_batch=True`` when the loss was
+        passed after the user's own step (with a closure it is observed: the closure's loss against the training
+        loss). ``theorem`` then says so instead of "every premise observed".
     """
 
     status: str
@@ -134,6 +140,7 @@ class GuaranteeReport:
     step_condition_failures: int
     telescoping: theory.Verdict | None
     monotone_loss: bool
+    assumed: tuple[str, ...] = ()
 
     @property
     def all_bounds_hold(self) -> bool:
@@ -141,8 +148,9 @@ class GuaranteeReport:
         return self.bound_holds == self.records
 
     def __str__(self) -> str:
+        observed = "every premise observed" if not self.assumed else "assumed, not observed: " + "; ".join(self.assumed)
         head = {
-            "theorem": "THEOREM: gradient descent on (ω, u) with D1 for the frozen block, every premise observed",
+            "theorem": f"THEOREM: gradient descent on (ω, u) with D1 for the frozen block, {observed}",
             "check": "CHECK ONLY: this run departs from the theorem; the numbers below are checks",
             "no guarantee": "NO GUARANTEE: D1 fails for the frozen block",
         }[self.status]
@@ -169,6 +177,7 @@ class GuaranteeReport:
         """Plain JSON-serialisable fields (the verdicts as their own ``to_dict()``)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["departures"] = list(self.departures)
+        out["assumed"] = list(self.assumed)
         for key in ("distance", "identity", "telescoping"):
             out[key] = out[key].to_dict() if out[key] is not None else None
         return out

@@ -86,7 +86,10 @@ class AlignedTraining:
     residual_tol
         Residual tolerance of D1; default ``sqrt(eps)`` of the model's dtype (the engine's default).
     full_batch
-        Declare that every step uses the whole training set (the recorded loss is then the training loss).
+        Declare that every step uses the whole training set (the recorded loss is then the training loss). With a
+        closure this is observed: the closure's loss is compared with the training loss at the same parameters
+        (one extra forward pass per step), and a mismatch is a departure; after the user's own step it cannot be
+        observed and the guarantee lists it as assumed.
     target_loss
         For ce: the distance is recorded to ``x* = (0, cν₀)`` with ``L(cQ₀) = target_loss`` (the distance is
         non-increasing only while ``L ≥ L(cQ₀)``, ``theory/application.md``).
@@ -345,26 +348,35 @@ class AlignedTraining:
         return lrs.pop() if len(lrs) == 1 else math.nan
 
     def _record_step(self, closure: Callable[[], torch.Tensor] | None, loss: float | None) -> float:
-        """Take (or follow) one step and record it with the update actually applied to ``(ω, u)``."""
+        """Take (or follow) one step and record it with the update actually applied to ``(ω, u)``.
+
+        With a closure the step starts from the parameters as they are now, which are compared with those the
+        last step left (an outside write between steps is recorded, ``outside_change``), and with
+        ``full_batch=True`` the closure's loss is compared with the training loss at the same parameters (one
+        extra forward pass over the training set). After the user's own step neither can be observed.
+        """
         captured: dict = {}
+        dtype = self._omega[0].dtype
         if closure is not None:
             before, x_before, lr = self._distance_sq(), self._flat_trained(), self._common_lr()
 
             def wrapped() -> torch.Tensor:
                 value = closure()
                 if not captured:
-                    captured["loss"] = _as_float(value)
-                    captured["grad"] = self._flat_grad()
+                    captured.update(loss=_as_float(value), grad=self._flat_grad(), dtype=_dtype_of(value, dtype))
+                    if self.full_batch:
+                        captured["training_loss"] = self._training_loss()
                 return value
 
             self._optimizer.step(wrapped)
         else:
             before, x_before, lr = self._last_distance_sq, self._last_x, self._common_lr()
-            captured = {"loss": math.nan if loss is None else _as_float(loss), "grad": self._flat_grad()}
+            captured = {"loss": math.nan if loss is None else _as_float(loss), "grad": self._flat_grad(),
+                        "dtype": _dtype_of(loss, dtype)}
         after, x_after = self._distance_sq(), self._flat_trained()
         grad = captured["grad"]
         step = -lr * grad if math.isfinite(lr) else torch.full_like(grad, math.nan)
-        eps = precision.eps(self._omega[0].dtype)
+        eps = precision.eps(dtype)
         records = self._trajectory.records
         records.append(StepRecord(
             self.iteration, len(records), captured["loss"], float(grad @ grad), lr, before, after,
@@ -372,9 +384,26 @@ class AlignedTraining:
             update_size=float(step.norm()),
             rounding=2 * eps * (float(x_after.norm()) + float(step.norm())),
             x_norm=float(x_after.norm()),
+            outside_change=float((x_before - self._last_x).norm()),
+            eps=max(eps, precision.eps(captured["dtype"])),
+            training_loss=captured.get("training_loss", math.nan),
         ))
         self._last_distance_sq, self._last_x = after, x_after
         return captured["loss"]
+
+    def _training_loss(self) -> float:
+        """``L`` of the whole training set at the current parameters, in the model's current mode.
+
+        One forward pass over the training set (not chunked: batch statistics in train mode are those of the
+        whole set, as in a full-batch closure); buffers (running statistics) and the random state are restored.
+        """
+        like = next(self.base_model.parameters())
+        buffers = [(b, b.clone()) for b in self.model.buffers()]
+        with torch.no_grad(), torch.random.fork_rng(devices=[like.device] if like.device.type == "cuda" else []):
+            f = _inputs.call(self.model, _inputs.to(self._X, like.device, like.dtype))
+        for b, saved in buffers:
+            b.copy_(saved)
+        return self.targets.loss_value(f.cpu())
 
     # -- verification ---------------------------------------------------------------------------
     def history(self) -> pd.DataFrame:
@@ -419,6 +448,11 @@ class AlignedTraining:
 
 def _as_float(value: object) -> float:
     return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _dtype_of(value: object, default: torch.dtype) -> torch.dtype:
+    """Return the floating dtype a loss was computed in (``default`` for Python numbers)."""
+    return value.dtype if isinstance(value, torch.Tensor) and value.dtype.is_floating_point else default
 
 
 def _chunked(fn: Callable[[_inputs.Inputs], torch.Tensor], x: _inputs.Inputs, n: int) -> torch.Tensor:

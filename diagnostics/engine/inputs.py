@@ -15,12 +15,14 @@ flattened in C (row-major) order into ``m = prod(S)`` outputs, so output ``c`` o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import random
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, default_collate
 
 from ..errors import DiagnosticsError
 from .precision import dtype_name
@@ -209,38 +211,68 @@ def probe_data(data: Any, probe_size: int | None, seed: int) -> tuple[Inputs, to
     """Return the inputs and targets of a seeded probe subset of ``data``.
 
     ``data`` may be a pair ``(X, Y)`` of tensors/arrays (``X`` may be a tuple or dict of tensors),
-    a map-style :class:`~torch.utils.data.Dataset` of ``(x, y)`` pairs, or a
-    :class:`~torch.utils.data.DataLoader` (its data set is sampled when it is map-style, otherwise
-    the first ``probe_size`` samples it yields are used). The subset keeps the original order of the
-    chosen samples, so the same seed always gives the same probe.
+    a map-style :class:`~torch.utils.data.Dataset` (or any object with ``len`` and indexing, or a list of dict
+    samples) of samples, or a
+    :class:`~torch.utils.data.DataLoader` (its data set is sampled when it is map-style and its samples are
+    collated with the loader's ``collate_fn``, e.g. a padding collator; otherwise the first ``probe_size``
+    samples it yields are used). A sample is an ``(x, y)`` pair or, as in Hugging Face data sets, a dict
+    whose ``"labels"`` (or ``"label"``) entry is ``y`` and whose other entries are the model's inputs.
+    The subset keeps the original order of the chosen samples, so the same seed always gives the same probe.
+
+    Reading the data leaves the global random state (torch, numpy, Python) as it was: a DataLoader draws
+    its workers' seed from it, a data set may shuffle with it, and training must not see the difference.
     """
     if probe_size is not None and probe_size < 1:
         raise DiagnosticsError(f"probe_size must be a positive integer or None, got {probe_size}")
-    if isinstance(data, DataLoader):
-        if is_map_style(data.dataset):
-            data = data.dataset
-        else:
-            return _from_iterable(data, probe_size)
-    if isinstance(data, Dataset) and is_map_style(data):
-        n = len(data)
-        if n == 0:
-            raise DiagnosticsError("the data set is empty")
-        idx = _choose(n, probe_size, seed)
-        X, Y = split_pair(default_collate([data[int(i)] for i in idx]))
-        return normalise_inputs(X), as_tensor(Y, "targets")
-    if isinstance(data, (tuple, list)) and len(data) == 2:
-        X, Y = normalise_inputs(data[0]), as_tensor(data[1], "targets")
-        n = batch_size(X)
-        if Y.ndim == 0 or Y.shape[0] != n:
-            raise DiagnosticsError(
-                f"targets have shape {tuple(Y.shape)} but the inputs hold {n} samples"
-            )
-        idx = torch.as_tensor(_choose(n, probe_size, seed))
-        return take(X, idx), Y[idx]
+    with random_state_kept():
+        collate = default_collate
+        samples = (is_map_style(data) and not isinstance(data, (tuple, list, Mapping, torch.Tensor, np.ndarray))
+                   or isinstance(data, list) and len(data) > 0 and all(isinstance(s, Mapping) for s in data))
+        if isinstance(data, DataLoader):
+            if not is_map_style(data.dataset):
+                return _from_iterable(data, probe_size)
+            data, collate, samples = data.dataset, data.collate_fn, True
+        if samples:
+            n = len(data)
+            if n == 0:
+                raise DiagnosticsError("the data set is empty")
+            idx = _choose(n, probe_size, seed)
+            try:
+                batch = collate([data[int(i)] for i in idx])
+            except (RuntimeError, TypeError, ValueError) as exc:
+                raise DiagnosticsError(
+                    f"the probe's samples cannot be stacked into one batch ({exc}); if they have different lengths, "
+                    "pass a DataLoader over the data set with a padding collate_fn (e.g. the trainer's data "
+                    "collator)"
+                ) from exc
+            X, Y = split_pair(batch)
+            return normalise_inputs(X), as_tensor(Y, "targets")
+        if isinstance(data, (tuple, list)) and len(data) == 2:
+            X, Y = normalise_inputs(data[0]), as_tensor(data[1], "targets")
+            n = batch_size(X)
+            if Y.ndim == 0 or Y.shape[0] != n:
+                raise DiagnosticsError(
+                    f"targets have shape {tuple(Y.shape)} but the inputs hold {n} samples"
+                )
+            idx = torch.as_tensor(_choose(n, probe_size, seed))
+            return take(X, idx), Y[idx]
     raise DiagnosticsError(
-        "data must be a pair (X, Y), a map-style Dataset of (x, y) pairs or a DataLoader; "
-        f"got {type(data).__name__}"
+        "data must be a pair (X, Y), a map-style Dataset of (x, y) pairs or of dicts with 'labels', or a "
+        f"DataLoader; got {type(data).__name__}"
     )
+
+
+@contextlib.contextmanager
+def random_state_kept() -> Iterator[None]:
+    """Restore the global random states of torch (CPU and CUDA), numpy and Python on exit."""
+    python, numpy = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy)
 
 
 def is_map_style(ds: Any) -> bool:
@@ -255,11 +287,23 @@ def _choose(n: int, probe_size: int | None, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, size=probe_size, replace=False))
 
 
+#: Keys of a dict sample that hold its label (the Hugging Face conventions).
+LABEL_KEYS = ("labels", "label")
+
+
 def split_pair(batch: Any) -> tuple[Any, Any]:
-    """Split a collated sample or batch into its ``(x, y)`` pair, refusing anything else."""
+    """Split a collated sample or batch into its ``(x, y)`` pair, refusing anything else.
+
+    A dict with a ``"labels"`` (or ``"label"``) entry is split into the other entries (the model's keyword
+    inputs) and that entry.
+    """
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
-    raise DiagnosticsError("each sample of the data set must be an (x, y) pair")
+    if isinstance(batch, Mapping):
+        key = next((k for k in LABEL_KEYS if k in batch), None)
+        if key is not None:
+            return {k: v for k, v in batch.items() if k != key}, batch[key]
+    raise DiagnosticsError("each sample of the data set must be an (x, y) pair, or a dict with a 'labels' entry")
 
 
 def _from_iterable(loader: DataLoader, probe_size: int | None) -> tuple[Inputs, torch.Tensor]:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DiagnosticsError
+from ..store import write_atomic
 
 __all__ = ["History", "load_history", "read_history"]
 
@@ -99,6 +100,22 @@ class History:
                 _write_line(fh, clean)
         self.records.append(clean)
 
+    def drop_after(self, step: int) -> int:
+        """Forget the records after ``step`` and return how many there were.
+
+        A run resumed from a checkpoint at ``step`` measures the later steps again: the records that the
+        interrupted run wrote after its checkpoint belong to a trajectory that no longer exists. The file is
+        rewritten without them atomically (:func:`~diagnostics.store.write_atomic`: a crash leaves the old or
+        the new file, never a mix).
+        """
+        kept = [r for r in self.records if int(r["step"]) <= step]
+        dropped = len(self.records) - len(kept)
+        if dropped and self.path is not None:
+            lines = [{"meta": {"format": FORMAT, **self.meta}}, *kept]
+            write_atomic(self.path, lambda fh: fh.write(b"".join(_line(obj) for obj in lines)))
+        self.records = kept
+        return dropped
+
     def frame(self) -> pd.DataFrame:
         """Return the records as a DataFrame, one row per record."""
         return pd.DataFrame.from_records(self.records)
@@ -123,8 +140,12 @@ def load_history(path: str | os.PathLike[str]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------
 
 
+def _line(obj: Mapping[str, Any]) -> bytes:
+    return (json.dumps(obj, allow_nan=True, separators=(",", ":")) + "\n").encode()
+
+
 def _write_line(fh, obj: Mapping[str, Any]) -> None:
-    fh.write((json.dumps(obj, allow_nan=True, separators=(",", ":")) + "\n").encode())
+    fh.write(_line(obj))
     fh.flush()
     os.fsync(fh.fileno())
 

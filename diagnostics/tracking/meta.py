@@ -19,7 +19,7 @@ import torch
 
 from ..errors import DiagnosticsError
 
-__all__ = ["Tag", "check_tags", "describe_optimizer"]
+__all__ = ["Tag", "check_tags", "describe_groups", "describe_optimizer"]
 
 #: The value of a tag.
 Tag = str | int | float | bool
@@ -52,12 +52,23 @@ def describe_optimizer(optimizer: torch.optim.Optimizer | None) -> dict[str, Any
     Tuples (Adam's ``betas``), ``None`` entries and the parameters themselves are left out; a 0-d tensor (a
     learning rate kept as a tensor) is read as its number.
     """
-    if optimizer is None:
-        return None
+    return None if optimizer is None else describe_groups(optimizer)[0]
+
+
+def describe_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
+    """Describe every parameter group as :func:`describe_optimizer` describes the first.
+
+    The form :func:`theory.gradient_descent_premises` reads to decide whether the steps are plain gradient steps
+    with one step size.
+    """
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise DiagnosticsError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-    out: dict[str, Any] = {"name": type(optimizer).__name__}
-    for key, value in optimizer.param_groups[0].items():
+    return [_describe(type(optimizer).__name__, group) for group in optimizer.param_groups]
+
+
+def _describe(name: str, group: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name}
+    for key, value in group.items():
         if isinstance(value, torch.Tensor) and value.ndim == 0:
             value = value.item()
         if key != "params" and isinstance(value, str | int | float | bool):

@@ -1,7 +1,7 @@
 """The tracker's reference state and the checks that let a history resume (:mod:`.tracker`).
 
 The reference holds what movements are measured against: ``K_0``, ``θ_0``, the activation Grams of
-the representation modules and, with a cheap tier, the sketch ``K_0 S``. It is written atomically
+the representation modules and, with a cheap tier, the pullback ``J_0ᵀQ`` of the target. It is written atomically
 next to the history (``<path>.ref.pt``) and read back on resume, after the settings and the probe's
 fingerprint were checked to be those of the history.
 """
@@ -70,9 +70,9 @@ def save_reference(path: Path, reference: dict) -> None:
 
 
 def load_reference(path: Path, device: torch.device) -> dict:
-    """Read a reference written by :func:`save_reference` onto ``device`` (``KS0`` is ``None`` if absent)."""
+    """Read a reference written by :func:`save_reference` onto ``device`` (``pullback0`` is ``None`` if absent)."""
     raw = torch.load(path, map_location=device, weights_only=True)
-    return {"K0": raw["K0"], "theta0": raw["theta0"], "grams": dict(raw["grams"]), "KS0": raw.get("KS0")}
+    return {"K0": raw["K0"], "theta0": raw["theta0"], "grams": dict(raw["grams"]), "pullback0": raw.get("pullback0")}
 
 
 def _to_cpu(value: torch.Tensor | dict) -> torch.Tensor | dict:

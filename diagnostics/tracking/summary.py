@@ -48,11 +48,8 @@ def summarize(history: pd.DataFrame) -> str:
     if "tier" in history.columns:
         lines += [
             "  the cheap tier, at every record:",
-            trend("witness_residual", "witness residual ‖Q−Jν‖/‖Q‖ (≥ a)", ".3e", history)
-            + "; D1 " + _d1_counts(history[history["tier"] == "cheap"]) + " (cheap)",
-            trend("witness_certificate", "witness certificate ‖ν_r‖ (≥ B)", ".4g", history),
-            trend("kernel_alignment_sketch", "kernel-target alignment (sketch)", ".3f", history),
-            trend("kernel_movement_sketch", "kernel movement (sketch)", ".3f", history),
+            trend("target_quotient", "QᵀKQ/‖Q‖²", ".4g", history),
+            trend("pullback_movement_init", "movement of JᵀQ ‖p_t−p_0‖/‖p_0‖", ".3f", history),
         ]
     lines.append("  the paper's statements on this trajectory (theory.verdicts):")
     try:

@@ -12,8 +12,9 @@ bound ratio, the (I2) decomposition gap and loss floor) plus how far the represe
 ``QᵀKQ/(‖K‖_F‖Q‖²)`` and, for chosen modules, the linear CKA between their activations now and at the reference
 (:mod:`diagnostics.representation`).
 
-With ``full_every=``, most records are cheap ones (:mod:`~diagnostics.tracking.cheap`: a few Jacobian
-products instead of the Gram and its spectrum) and every ``full_every``-th is full.
+With ``full_every=``, most records are cheap ones (:mod:`~diagnostics.tracking.cheap`: one forward and two
+reverse passes over the probe, about a training step, instead of the Gram and its spectrum) and every
+``full_every``-th is full.
 
 Records go to a DataFrame (:attr:`AlignmentTracker.history`) and, with ``path=``, to an append-only
 JSON-lines file that survives a crash and resumes (:mod:`diagnostics.history`).
@@ -27,7 +28,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 import torch
@@ -38,9 +39,8 @@ from ..alignment import alignment_from_spectrum
 from ..alignment_report import AlignmentReport
 from ..engine import inputs as _inputs
 from ..engine.functional import FunctionalModel, ParamSelector
-from ..engine.matrix_free.operator import JacobianOperator
 from ..engine.measurement import Measurement
-from ..engine.precision import dtype_name, verdict_dtype
+from ..engine.precision import default_residual_tol, dtype_name, verdict_dtype
 from ..engine.spectral import Spectrum
 from ..errors import DiagnosticsError, renamed_argument
 from ..representation import capture_grams, cka_from_grams
@@ -48,7 +48,7 @@ from ..targets import Targets
 from . import reference as _ref
 from .cheap import CheapMeasurement, CheapTier
 from .history import History, load_history
-from .meta import Tag, check_tags, describe_optimizer
+from .meta import Tag, check_tags, describe_groups, describe_optimizer
 from .records import (
     CHEAP_COLUMNS,
     COLUMNS,
@@ -58,9 +58,23 @@ from .records import (
     tier_columns,
     trailing_columns,
 )
+from .settings import check_options
 from .summary import summarize
 
 __all__ = ["CHEAP_COLUMNS", "COLUMNS", "TRAILING", "AlignmentTracker"]
+
+
+class Observation(NamedTuple):
+    """What a full measurement sees at the current ``θ``: outputs, Gram, measured parameters, activation Grams."""
+
+    outputs: torch.Tensor
+    K: torch.Tensor
+    theta: torch.Tensor
+    grams: dict[str, torch.Tensor]
+    targets: Targets
+    n_params: int
+    dtype: torch.dtype
+
 
 class AlignmentTracker:
     r"""Measure the alignment quantities on a fixed probe set during training.
@@ -109,18 +123,21 @@ class AlignmentTracker:
         ``(η, T)``: the training's step size (a number, or the optimiser, whose first parameter group's
         ``lr`` is read at every record so that schedules are followed) and its total number of steps. Each
         record then has the part of ``Q`` that the remaining ``T − step`` steps cannot fit,
-        ``horizon_residual``, and its loss floor ``horizon_loss_floor`` (``nan`` without a horizon).
+        ``horizon_residual``, and its loss floor ``horizon_loss_floor`` (``nan`` without a horizon), and in
+        ``horizon_note`` the premises of :func:`theory.gradient_descent_premises`: plain gradient steps (observed
+        from an optimiser: momentum, Adam and weight decay make the horizon *not applicable*, its columns
+        ``nan``; a number is taken as plain gradient descent, assumed), full batches (assumed: the tracker does
+        not see the batches), the squared loss (not met for ``loss="ce"``) and the stable step
+        ``ηλ_max/n ≤ 2`` (observed at every record).
     tol
         Former name of ``rank_tol`` (deprecated).
     full_every
-        Turn on the cheap tier: every record is a cheap one (:mod:`~diagnostics.tracking.cheap`: loss,
-        ``‖∇L‖``, an upper bound of the alignment residual and of the certificate from a few warm-started
-        Jacobian products, sketched kernel-target alignment and kernel velocity), and every
-        ``full_every``-th record (steps that are multiples of ``every · full_every``) is also a full one.
-        Records then have the columns :data:`CHEAP_COLUMNS` too (``tier`` is ``"full"`` or ``"cheap"``);
-        the full-record columns of a cheap record are ``nan``. ``None`` (default): every record is full.
-    sketch_size, cheap_iterations
-        Columns of the cheap tier's Gaussian sketch, and its reverse/forward pass pairs per record.
+        Turn on the cheap tier: every record is a cheap one (:mod:`~diagnostics.tracking.cheap`: loss, ``‖∇L‖``,
+        ``QᵀKQ/‖Q‖²`` and the Jacobian's movement along the target, from one forward and two reverse passes
+        over the probe), and every ``full_every``-th record (steps that are multiples of ``every · full_every``)
+        is also a full one. Records then have the columns :data:`CHEAP_COLUMNS` too (``tier`` is ``"full"`` or
+        ``"cheap"``); the full-record columns of a cheap record are ``nan``. ``None`` (default): every record
+        is full.
     tags
         Labels of the run (``{"width": 256, "seed": 3}``: strings, integers, finite floats, booleans), written
         into the history's header as ``meta["tags"]`` (:mod:`~diagnostics.tracking.meta`).
@@ -133,11 +150,14 @@ class AlignmentTracker:
     Memory: the tracker holds ``K_0`` and the previous record's ``K``, two ``nm × nm`` matrices in
     the compute dtype on the model's device (``n = probe_size``, ``m`` outputs; e.g. 210 MB each for
     ``n = 512``, ``m = 10`` in float64), plus one copy of the measured parameters (``θ_0``) and an
-    ``n × n`` Gram per ``representation`` module. A record costs one Gram (the engine's
-    ``ntk_gram``), one float64 eigen-decomposition of it and one extra forward pass. A cheap record
-    costs ``cheap_iterations`` reverse and forward passes over the probe (``2 + s`` and ``4 + s`` columns
-    in the first) and holds ``[ν_Q, ν_f]``, two parameter vectors, for the next; ``bench/bench_tracker.py``
-    measures both tiers against a training step.
+    ``n × n`` Gram per ``representation`` module; with a cheap tier, two more parameter-sized vectors
+    (``J_0ᵀQ`` and the previous record's ``JᵀQ``). A full record costs one Gram (the engine's
+    ``ntk_gram``), one float64 eigen-decomposition of it and one extra forward pass; a cheap record one
+    forward and two reverse passes over the probe, in the model's dtype unless ``dtype`` is given
+    (``bench/bench_tracker.py`` measures both against a training step).
+
+    The reference is measured when the tracker is created; the first record, when the parameters and buffers
+    have not changed since, reuses that measurement instead of measuring twice.
 
     Measuring never runs under autocast (it is switched off around each record) and restores the random
     state afterwards; ``kernel_movement_prev`` compares with the previous *full* record.
@@ -179,47 +199,49 @@ class AlignmentTracker:
         horizon: tuple[float | torch.optim.Optimizer, int] | None = None,
         tol: float | None = None,
         full_every: int | None = None,
-        sketch_size: int = 2,
-        cheap_iterations: int = 1,
         tags: Mapping[str, Tag] | None = None,
         optimizer: torch.optim.Optimizer | None = None,
     ) -> None:
-        for name, value in (("every", every), ("full_every", 1 if full_every is None else full_every)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DiagnosticsError(f"{name} must be a positive integer, got {value!r}")
-        self.full_every = full_every
-        self._cheap = None if full_every is None else CheapTier(sketch_size=sketch_size, iterations=cheap_iterations,
-                                                                 seed=seed)
+        check_options({"every": every, "full_every": full_every, "loss": loss, "mode": mode, "strategy": strategy,
+                       "probe_size": probe_size, "seed": seed, "dtype": dtype, "representation": representation,
+                       "rank_tol": rank_tol, "residual_tol": residual_tol, "tol": tol, "memory_budget": memory_budget,
+                       "horizon": horizon, "tags": tags, "progress": progress, "resume": resume})
         self.model = model
         self.every = every
+        self.full_every = full_every
         self.loss = loss
         self.mode = mode
         self.target = target
         if isinstance(representation, str):
             representation = [representation]
         self.representation = tuple(representation or ())
+        self._x, self._y = _inputs.probe_data(probe, probe_size, seed)
+        # the cheap tier computes in the model's dtype unless told: it makes no verdict
+        self._cheap = None if full_every is None else CheapTier(
+            self._x, self._y, loss=loss, target=target, params=params, mode=mode, output=output, dtype=dtype)
         dtype = dtype or verdict_dtype(model)
         self._measure_args = {"params": params, "mode": mode, "output": output, "dtype": dtype,
                               "strategy": strategy, "memory_budget": memory_budget}
         self._horizon = _ref.check_horizon(horizon)
         if optimizer is None and self._horizon is not None and isinstance(self._horizon[0], torch.optim.Optimizer):
             optimizer = self._horizon[0]
-        tags, recipe = check_tags(tags), describe_optimizer(optimizer)
         self._rank_tol = renamed_argument(rank_tol, tol, "tol", "rank_tol")
         self._residual_tol = residual_tol
-        self._x, self._y = _inputs.probe_data(probe, probe_size, seed)
         fm = FunctionalModel(model, params=params, mode=mode, output=output, dtype=dtype)  # validates early
         meta = {
             "loss": loss, "mode": mode, "dtype": dtype_name(fm.dtype), "params": list(fm.names),
             "n_params": fm.n_params, "representation": list(self.representation), "every": every,
-            "probe_size": probe_size, "seed": seed, "strategy": strategy,
+            "probe_size": _inputs.batch_size(self._x), "seed": seed, "strategy": strategy,
             "probe_sha256": _ref.fingerprint(self._x, self._y, target), "created": time.time(),
-            "tags": tags, "optimizer": recipe,
+            "residual_tol": default_residual_tol(fm.dtype) if residual_tol is None else residual_tol,
+            "tags": check_tags(tags), "optimizer": describe_optimizer(optimizer),
         }
         if full_every is not None:
-            meta.update(full_every=full_every, sketch_size=sketch_size, cheap_iterations=cheap_iterations)
+            meta["full_every"] = full_every
         self._ref_path = Path(f"{path}.ref.pt") if path is not None else None
         self._history = History(path, meta=meta, resume=resume)
+        #: The measurements taken with the reference, for the first record while the model has not changed.
+        self._pending: tuple[list[torch.Tensor], Observation, CheapMeasurement | None, float] | None = None
         if self._history.resumed and self._ref_path.exists():
             _ref.check_compatible(self._history.meta, meta, path)
             self._reference = _ref.load_reference(self._ref_path, fm.device)
@@ -231,15 +253,17 @@ class AlignmentTracker:
         else:
             if self._history.resumed:  # a header without records: start again
                 self._history = History(path, meta=meta, resume=False)
+            start = time.perf_counter()
             with self._quiet():
-                _, K, theta, grams, _ = self._observe()
-                cheap = self._measure_cheap() if self._cheap is not None else None
-            self._reference = {"K0": K, "theta0": theta, "grams": grams,
-                               "KS0": None if cheap is None else cheap.sketch}
+                observation = self._observe()
+                cheap = self._measure_cheap() if self._tiered else None
+            self._reference = {"K0": observation.K, "theta0": observation.theta, "grams": observation.grams,
+                               "pullback0": None if cheap is None else cheap.pullback}
+            self._pending = (_state(model), observation, cheap, time.perf_counter() - start)
             if self._ref_path is not None:
                 _ref.save_reference(self._ref_path, self._reference)
         self._previous_K: torch.Tensor | None = None
-        self._previous_sketch: torch.Tensor | None = None
+        self._previous_pullback: torch.Tensor | None = None
         #: The report of the last full record (its spectrum and alignment curve feed the sinks).
         self.last_report: AlignmentReport | None = None
         last = self._history.last_step
@@ -290,40 +314,68 @@ class AlignmentTracker:
             return None
         return self.measure(current)
 
-    def measure(self, step: int) -> dict[str, Any]:
+    def measure(self, step: int, *, full: bool | None = None) -> dict[str, Any]:
         """Measure now and append the record for ``step`` (which must follow the last record).
 
-        With a cheap tier, the record is full when ``step`` is a multiple of ``every · full_every``.
+        With a cheap tier, the record is full when ``step`` is a multiple of ``every · full_every``, or when
+        ``full=True`` (``full=False``: cheap); without one, every record is full.
         """
         step = int(step)
         if self.last_step is not None and step <= self.last_step:
             raise DiagnosticsError(f"step {step} is not after the last recorded step {self.last_step}")
+        if full is None or not self._tiered:
+            full = not self._tiered or step % (self.every * self.full_every) == 0
         start = time.perf_counter()
-        full = self._cheap is None or step % (self.every * self.full_every) == 0
+        observation, cheap, seconds = self._take_pending()
         with self._quiet():
-            cheap = self._measure_cheap() if self._cheap is not None else None
+            if self._tiered and cheap is None:
+                cheap = self._measure_cheap()
             if full:
-                record = self._full_record(step)
+                record = self._full_record(step, observation or self._observe())
             else:
                 record = cheap_record_columns(step, cheap, self.representation, self.loss, self.mode)
                 record["param_movement"] = _ref.relative_distance(cheap.theta, self._reference["theta0"])
-        record.update({"measure_seconds": time.perf_counter() - start, "wall_time": time.time()})
+        record.update({"measure_seconds": seconds + time.perf_counter() - start, "wall_time": time.time()})
         if cheap is not None:
-            record.update(tier_columns(cheap, full, self._previous_sketch, self._reference.get("KS0")))
-            self._previous_sketch = cheap.sketch
+            record.update(tier_columns(cheap, full, self._previous_pullback, self._reference.get("pullback0")))
+            self._previous_pullback = cheap.pullback
         self._history.append(record)
         if self._bar is not None:
-            residual = record["residual"] if full else record["witness_residual"]
-            self._bar.set_postfix(loss=f"{record['loss']:.3g}", residual=f"{residual:.2e}", refresh=True)
+            shown = {"residual": f"{record['residual']:.2e}"} if full else {"grad_norm": f"{record['grad_norm']:.3g}"}
+            self._bar.set_postfix(loss=f"{record['loss']:.3g}", **shown, refresh=True)
         return dict(self._history.records[-1])
 
-    def _full_record(self, step: int) -> dict[str, Any]:
-        """Measure the full record: the Gram, its spectrum and every quantity of the alignment report."""
-        outputs, K, theta, grams, (targets, n_params, dtype) = self._observe()
+    def resume_at(self, step: int) -> None:
+        """Continue the history from a checkpoint taken at ``step``: forget the records after it.
+
+        A run restarted from an earlier checkpoint than its last record trains the later steps again; the
+        records an interrupted run wrote after its checkpoint describe parameters that no longer exist, so
+        they are removed from the history (and its file, atomically) and measured again as training reaches them.
+        """
+        if self._history.drop_after(int(step)):
+            self._previous_K = self._previous_pullback = None
+        last = self.last_step
+        self._next_step = 0 if last is None else last + 1
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Return the run's fixed settings from the history's header, as scalars (for loggers' hyper-parameters)."""
+        keys = ("loss", "mode", "dtype", "n_params", "probe_size", "every", "full_every", "seed", "strategy",
+                "residual_tol")
+        meta = self._history.meta
+        out = {k: meta[k] for k in keys if meta.get(k) is not None}
+        out.update({f"tags/{k}": v for k, v in (meta.get("tags") or {}).items()})
+        return out
+
+    def _full_record(self, step: int, observation: Observation) -> dict[str, Any]:
+        """Build the full record from an observation: its spectrum and every quantity of the alignment report."""
+        outputs, K, theta, grams, targets, n_params, dtype = observation
         spectrum = Spectrum.of(K, source_dtype=dtype, rank_tol=self._rank_tol)
+        optimizer = self._horizon[0] if self._horizon is not None else None
+        groups = describe_groups(optimizer) if isinstance(optimizer, torch.optim.Optimizer) else None
         report = alignment_from_spectrum(
             outputs, targets, spectrum, n_params=n_params, source_dtype=dtype, residual_tol=self._residual_tol,
-            horizon=self._horizon_at(step),
+            horizon=self._horizon_at(step), horizon_optimizer=groups,
         )
         self.last_report = report
         ref = self._reference
@@ -340,19 +392,24 @@ class AlignmentTracker:
         record.update(trailing_columns(report.n_samples, float((targets.Q**2).sum()), report.residual_tol, dtype,
                                        self.loss, self.mode))
         self._previous_K = K
-        if self._cheap is not None:  # warm-start the next cheap record from the least-norm ν = Jᵀ K⁺ [Q, f]
-            rhs = torch.stack([targets.Q.reshape(-1), outputs.detach().to(torch.float64).cpu().reshape(-1)], 1)
-            alpha = torch.stack([spectrum.pinv_apply(v).cpu() for v in rhs.T], dim=1)
-            self._cheap.adopt(JacobianOperator(self.model, self._x, **self._operator_args).rmatmat(alpha))
         return record
 
-    def _measure_cheap(self) -> CheapMeasurement:
-        return self._cheap.measure(self.model, self._x, self._y, loss=self.loss, target=self.target,
-                                   residual_tol=self._residual_tol, **self._operator_args)
-
     @property
-    def _operator_args(self) -> dict[str, Any]:
-        return {k: self._measure_args[k] for k in ("params", "mode", "output", "dtype")}
+    def _tiered(self) -> bool:
+        return self._cheap is not None
+
+    def _measure_cheap(self) -> CheapMeasurement:
+        return self._cheap.measure(self.model)
+
+    def _take_pending(self) -> tuple[Observation | None, CheapMeasurement | None, float]:
+        """Return the reference's measurements if the model's parameters and buffers are those they were taken at.
+
+        They serve the first record only; afterwards they are dropped.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None or not _same_state(pending[0], _state(self.model)):
+            return None, None, 0.0
+        return pending[1], pending[2], pending[3]
 
     def summary(self) -> str:
         """Describe the history so far in readable text (see :func:`summarize`)."""
@@ -394,7 +451,7 @@ class AlignmentTracker:
             with torch.autocast(device.type, enabled=False):
                 yield
 
-    def _observe(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict, tuple]:
+    def _observe(self) -> Observation:
         """Measure outputs, Gram, flat measured parameters and activation Grams at the current ``θ``."""
         with Measurement(self.model, self._x, **self._measure_args) as job:
             targets = Targets.build(self._y, job.n, job.m, self.loss, self.target)
@@ -402,4 +459,13 @@ class AlignmentTracker:
                 outputs = job.fm(job.fm.params, job.x)
             K = job.gram()
             theta = job.fm.flatten(job.fm.params).detach().clone()
-        return outputs, K, theta, grams, (targets, job.fm.n_params, job.fm.dtype)
+        return Observation(outputs, K, theta, grams, targets, job.fm.n_params, job.fm.dtype)
+
+
+def _state(model: nn.Module) -> list[torch.Tensor]:
+    """Return copies of the model's parameters and buffers (to tell whether it changed since)."""
+    return [t.detach().clone() for t in (*model.parameters(), *model.buffers())]
+
+
+def _same_state(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b, strict=True))

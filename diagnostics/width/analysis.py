@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 GROUP = ["family", "parameterization", "width"]
-#: Coverage of the bootstrap intervals of the fitted slopes.
+#: Coverage of the intervals of the fitted slopes.
 LEVEL = 0.9
 
 
@@ -76,10 +76,11 @@ def movement_slopes(runs: pd.DataFrame, column: str = "final_kernel_movement_ini
     """Fit the log-log slope of a movement against width, its interval and S4 verdict, per family and parameterisation.
 
     The fit (:func:`theory.verdicts.kernel_movement_trend`, every run a point) uses the over-parameterised
-    widths (``d ≥ n·m``) when there are two or more, else all widths; its interval is a bootstrap over
-    seeds (whole seeds resampled) at level :data:`LEVEL`, and its verdict expects what the family's ``s4_expect``
-    says (``"decreasing"`` for NTK, ``"order-one"`` for mean-field): *not established* when the interval allows
-    both. A family without an expectation gets its slope and interval, and no verdict (status ``"not judged"``).
+    widths (``d ≥ n·m``) when there are two or more, else all widths; its interval is the ``t``-interval of the
+    mean of the per-seed slopes at level :data:`LEVEL` (``theory/width.md#the-interval-of-the-slope``), and its
+    verdict expects what the family's ``s4_expect`` says (``"decreasing"`` for NTK, ``"order-one"`` for
+    mean-field): *not established* when the interval allows both. A family without an expectation gets its slope
+    and interval, and no verdict (status ``"not judged"``).
 
     Returns
     -------

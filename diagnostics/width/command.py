@@ -30,6 +30,7 @@ from ..errors import DiagnosticsError
 from .config import FULL, SweepConfig
 from .executors import EXECUTORS
 from .histories import from_runs
+from .plan import family_name
 from .recipe import AMP_DTYPES, OPTIMIZERS, SCHEDULES, optimizer_factory
 from .report import ReportResult
 from .study import build_report, study
@@ -284,7 +285,7 @@ def study_from(args: argparse.Namespace) -> dict[str, Any]:
         "clip_grad_norm": args.clip_grad_norm, "amp": args.amp, "expect": args.expect, "device": args.device,
         "dtype": args.dtype, "output": args.model_output,
         "train_step": load_object(args.train_step, "--train-step") if args.train_step else None,
-        "name": args.name or _name(args.family),
+        "name": args.name,
     }
     return {k: v for k, v in values.items() if v is not None or k in ("batch_size", "widths")}
 
@@ -301,11 +302,6 @@ def _one(values: list[str] | None, option: str, cast: Callable[[str], Any]) -> A
         raise DiagnosticsError(f"{option}: {exc}") from exc
 
 
-def _name(reference: str) -> str:
-    """Return a family name from ``MODULE:FUNCTION``: the function's name, with ``_`` as ``-``."""
-    return reference.rpartition(":")[2].rpartition(".")[2].replace("_", "-") or "model"
-
-
 def _report(args: argparse.Namespace) -> ReportResult:
     """Run the mode the options ask for and write its report."""
     if args.from_runs is not None:
@@ -315,7 +311,7 @@ def _report(args: argparse.Namespace) -> ReportResult:
         return from_runs(args.from_runs, family=args.name or "model").report(folder)
     if args.family is not None:
         values = study_from(args)
-        folder = args.output or Path("reports") / f"width-{values['name']}"
+        folder = args.output or Path("reports") / f"width-{values.get('name') or family_name(values['models'])}"
         result = study(**values, folder=folder, executor=args.executor, jobs=args.jobs, address=args.address,
                        resume=args.resume, progress=args.progress)
         return result.report(folder)

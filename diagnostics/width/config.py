@@ -362,8 +362,8 @@ TRADED = (
     "threshold depend on eigenvalues float32 cannot resolve) and pays for it with size: three seeds, widths up to "
     "256 (MLP) and 64 (CNN) with three or four of them above the counting threshold, and {records} log-spaced "
     "records per run. The slopes of S4 then rest on three seeds and a width range of 8 (MLP) or 4 (CNN), so "
-    "their bootstrap intervals are wide; `--full` (docs/width.md) has five seeds, five or more widths above the "
-    "threshold per family, and reuses the default's runs when written to the same folder."
+    "their intervals (t over three per-seed slopes) are wide; `--full` (docs/width.md) has five seeds, five or "
+    "more widths above the threshold per family, and reuses the default's runs when written to the same folder."
 )
 
 

@@ -277,7 +277,7 @@ FIGURES: list[tuple[str, str, Callable[[SweepResult], Figure], str]] = [
     ("kernel_movement", "Kernel and parameter movement against width (S4)", kernel_movement,
      "Relative movement of the empirical NTK and of the parameters from initialisation to the end of "
      "training, log-log; dotted lines are the fitted power laws over the over-parameterised widths, with the "
-     f"{LEVEL:.0%} bootstrap interval of the slope over seeds and the S4 verdict "
+     f"{LEVEL:.0%} t-interval of the mean of the per-seed slopes and the S4 verdict "
      "(theory/width.md#s4-lazy-versus-rich)."),
     ("certificate", "Certificate B and least-norm ‖ν‖ against width (I3)", certificate,
      "B = ‖J⁺(f_X − Y)‖ controls the rate of (I3): its largest value over the records (B̄, solid) and at the end "

@@ -10,9 +10,9 @@ Pure functions of Gram matrices ``K_t`` measured at the records of a run (``theo
 - the loss of the *linearised* dynamics: gradient descent with step ``η`` on ``(1/2n)‖f − Y‖²`` with the kernel
   frozen at ``K_0`` moves the residual by ``r ← (I − ηK_0/n) r``, so after ``T`` steps
   ``L_lin(T) = (1/2n) Σ_k (1 − ηλ_k/n)^{2T} (u_kᵀ r_0)²`` in the eigenbasis of ``K_0``;
-- the horizon floor of a kernel: the part of ``Q`` in its eigen-directions with ``ηλT/n < 1``, which ``T`` steps
-  of size ``η`` cannot fit, ``(1/2n) Σ_{ηλ_k T/n < 1} (u_kᵀQ)²`` (as ``horizon_loss_floor`` of
-  :func:`~diagnostics.check_alignment`);
+- the horizon floor of a kernel: the part of ``Q`` in its eigen-directions with ``ηλT/n < 1`` (and those the rank
+  rule discards), which ``T`` steps of size ``η`` cannot fit, ``(1/2n) Σ_{ηλ_k T/n < 1} (u_kᵀQ)²`` (as
+  ``horizon_loss_floor`` of :func:`~diagnostics.check_alignment`);
 - per-layer alignment: ``K = Σ_g K_g`` over parameter groups ``g`` (one layer each), the share
   ``QᵀK_gQ / QᵀKQ`` of each group and its own residual ``‖(I − P_{K_g})Q‖ / ‖Q‖``.
 """
@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from ..alignment_spectrum import horizon_energy
 from ..engine.inputs import OutputSelector
 from ..engine.measurement import Measurement
 from ..engine.precision import rank_rule
@@ -79,8 +80,11 @@ def linearised_loss(spectrum: Spectrum, residual: torch.Tensor, lr: float, steps
 
 
 def horizon_floor(spectrum: Spectrum, q: torch.Tensor, lr: float, steps: int, n: int) -> float:
-    """``(1/2n) Σ_{ηλ_k T/n < 1} (u_kᵀQ)²``: the part of the loss that ``T`` steps of size ``η`` cannot fit."""
-    return spectrum.energy_below(q, n / (lr * steps)) / (2 * n)
+    """Return ``(1/2n) Σ_{ηλ_k T/n < 1 or λ_k ≤ rank_tol} (u_kᵀQ)²``, the loss ``T`` steps of size ``η`` cannot fit.
+
+    Never below the exact floor ``(1/2n)‖(I − P)Q‖²`` (:func:`~diagnostics.alignment_spectrum.horizon_energy`).
+    """
+    return horizon_energy(spectrum, q, n / (lr * steps)) / (2 * n)
 
 
 def layer_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:

@@ -27,6 +27,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from theory.recipe import STABLE_STEP
+
 from ..data import DataSplit
 from ..engine.jacobian import ntk_gram
 from ..models import count_parameters, learning_rate_multiplier
@@ -63,7 +65,7 @@ def _at_every_rate(config: dict[str, Any], spec: RunSpec, data: DataSplit) -> di
                 diverged = True
             rows.append({**spec.to_dict(), "lr0": lr0, "run_id": f"{spec.run_id}_lr{lr0:g}", "lr": lr0 * multiplier,
                          "steps": steps, "n_params": count_parameters(model), "n_outputs": n * data.n_outputs,
-                         "lambda_max": lam, "edge_lr0": 2 * n / (lam * multiplier),
+                         "lambda_max": lam, "edge_lr0": STABLE_STEP * n / (lam * multiplier),
                          **_losses(losses, diverged)})
         return {"status": "ok", "rows": rows}
     except Exception as exc:  # noqa: BLE001 - a failed run is data for the table

@@ -30,7 +30,8 @@ from ..errors import DiagnosticsError
 from ..models import count_parameters
 from .recipe import Recipe, setting_key
 
-__all__ = ["Family", "Plan", "RunSpec", "as_families", "check_growth", "record_steps", "widths_around_threshold"]
+__all__ = ["Family", "Plan", "RunSpec", "as_families", "check_growth", "family_name", "record_steps",
+           "widths_around_threshold"]
 
 #: Largest width of the default grid: the first power of two with ``d ≥ _MAX_OVER · n·m``.
 _MAX_OVER = 15
@@ -133,12 +134,20 @@ class _FromDict:
         return {str(w): setting_key(f) for w, f in self.factories}
 
 
-def as_families(models: Any, *, name: str = "model", widths: Sequence[int] | None = None,
+def family_name(factory: Any) -> str:
+    """Name a family after its factory: ``__name__`` with ``_`` as ``-`` when that is a valid name, else ``"model"``."""
+    name = getattr(factory, "__name__", "").replace("_", "-")
+    return name if re.fullmatch(r"[A-Za-z0-9.-]+", name) else "model"
+
+
+def as_families(models: Any, *, name: str | None = None, widths: Sequence[int] | None = None,
                 parameterization: str = "standard", expect: str | None = None) -> tuple[Family, ...]:
     """Normalise ``models`` to families.
 
     ``models`` may be a callable ``width → nn.Module`` (``widths`` its widths), a mapping ``{width: callable}`` of
-    factories without arguments (the widths are its keys), a :class:`Family` or a sequence of families.
+    factories without arguments (the widths are its keys), a :class:`Family` or a sequence of families. ``name``
+    names the family of a callable or mapping (default :func:`family_name` of the callable, ``"model"`` for a
+    mapping).
     """
     if isinstance(models, Family):
         return (models,)
@@ -152,7 +161,7 @@ def as_families(models: Any, *, name: str = "model", widths: Sequence[int] | Non
         if bad:
             raise DiagnosticsError(f"the models of widths {bad} are not callables returning an nn.Module")
         build = _FromDict(tuple(sorted(models.items())))
-        return (Family(name, build, tuple(keys), parameterization, expect=expect),)
+        return (Family(name or "model", build, tuple(keys), parameterization, expect=expect),)
     if isinstance(models, Iterable) and not isinstance(models, nn.Module | str):
         families = tuple(models)
         if not families or not all(isinstance(f, Family) for f in families):
@@ -162,7 +171,8 @@ def as_families(models: Any, *, name: str = "model", widths: Sequence[int] | Non
             raise DiagnosticsError(f"two families share a name and parameterisation: {keys}")
         return families
     if callable(models) and not isinstance(models, nn.Module):
-        return (Family(name, models, None if widths is None else tuple(widths), parameterization, expect=expect),)
+        return (Family(name or family_name(models), models, None if widths is None else tuple(widths),
+                       parameterization, expect=expect),)
     raise DiagnosticsError(
         "models must be a callable width → nn.Module, a dict {width: callable}, a Family or a list of families; "
         f"got {type(models).__name__}"

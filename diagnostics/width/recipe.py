@@ -223,10 +223,6 @@ class Recipe:
             "clip_grad_norm": self.clip_grad_norm, "amp": self.amp, "train_step": setting_key(self.train_step),
         }
 
-    def replace(self, **changes: Any) -> Recipe:
-        """Return a copy with some fields changed."""
-        return dataclasses.replace(self, **changes)
-
 
 #: The statements about gradient descent the width report makes, by the key of their columns in the runs table,
 #: with the statement of :func:`theory.gradient_descent_premises` each is and the words the report uses.

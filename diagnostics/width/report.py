@@ -237,7 +237,7 @@ def _document(study: Study, figures: list[FigureFile], lr_table: pd.DataFrame | 
         doc.table(_summary_table(sweep.runs))
         slopes = movement_slopes(sweep.runs)
         if not slopes.empty:
-            doc.heading(2, f"S4 verdicts ({LEVEL:.0%} bootstrap intervals over seeds)")
+            doc.heading(2, f"S4 verdicts ({LEVEL:.0%} t-intervals over the per-seed slopes)")
             doc.table(slopes[["family", "parameterization", "slope", "low", "high", "expect", "status", "widths",
                               "seeds"]])
     doc.heading(2, "Missing runs")

@@ -151,7 +151,7 @@ def study(
     clip_grad_norm: float | None = None,
     amp: str | None = None,
     train_step: Callable[[nn.Module, Any, torch.optim.Optimizer], Any] | None = None,
-    name: str = "model",
+    name: str | None = None,
     parameterization: str = "standard",
     expect: str | None = None,
     output: _inputs.OutputSelector = None,
@@ -197,8 +197,9 @@ def study(
     test
         Test data for the test metrics (default: a ``DataSplit``'s test split).
     name, parameterization, expect
-        The family's name and parameterisation label in tables and figures, and what S4 expects of its kernel
-        movement against width (``"decreasing"``, ``"order-one"``, or ``None``: the slope is not judged).
+        The family's name (default: the factory's, else ``"model"``) and parameterisation label in tables and
+        figures, and what S4 expects of its kernel movement against width (``"decreasing"``, ``"order-one"``, or
+        ``None``: the slope is not judged).
     output
         Output selector of the model (``"logits"``, an index, a callable), for the loss and the measurements.
     device

@@ -7,6 +7,7 @@ post-τ record under the bound. The linear algebra is in ``test_solve.py``, the 
 """
 
 import copy
+import dataclasses
 import math
 
 import numpy as np
@@ -133,6 +134,109 @@ def test_an_update_that_is_not_the_gradient_step_is_named_with_its_step():
     guarantee = trainer.guarantee()
     assert guarantee.status == "check"
     assert any("differs from −η∇L at step" in d for d in guarantee.departures) or guarantee.identity.refuted
+
+
+def test_a_diverged_run_is_a_check_naming_the_divergence():
+    model, X, y = aligned_problem()
+    trainer = AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=50.0), train_data=(X, y),
+                              switch_step=0, full_batch=True)
+    closure = aligned_closure(trainer, X, y, "mse")
+    loss = 0.0
+    while loss < 1e42:  # the loss grows geometrically: diverged, but every number still finite
+        loss = trainer.step(closure)
+    guarantee = trainer.guarantee()  # formerly: ValueError("rounding must be finite")
+    assert guarantee.status == "check" and "diverges" in " ".join(guarantee.departures)
+    with np.errstate(all="ignore"):
+        while math.isfinite(loss):  # then the numbers overflow
+            loss = trainer.step(closure)
+        trainer.step(closure)
+    guarantee = trainer.guarantee()
+    diverged = [d for d in guarantee.departures if d.startswith("the run diverged at step")]
+    assert guarantee.status == "check" and diverged, guarantee.departures
+    assert guarantee.identity is not None and len(trainer.history()) > guarantee.records + 1  # the steps before
+
+
+def test_an_outside_write_between_closure_steps_is_seen_even_when_it_keeps_the_distance():
+    # flipping the head's sign keeps ‖x − x*‖ (x* = (0, ν)), so neither the identity nor the distance sees it
+    model, X, y = aligned_problem()
+    trainer = AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.02), train_data=(X, y),
+                              switch_step=2, full_batch=True)
+    closure = aligned_closure(trainer, X, y, "mse")
+    for k in range(8):
+        trainer.step(closure)
+        if k == 4:
+            with torch.no_grad():
+                trainer.model.model.head.weight.neg_()
+                trainer.model.model.head.bias.neg_()
+    hist, guarantee = trainer.history(), trainer.guarantee()
+    assert hist.distance[3] == pytest.approx(hist.distance_next[2], rel=1e-12)  # the write kept the distance
+    assert hist.loss[3] > hist.loss[2]  # and raised the loss
+    assert guarantee.identity.holds and guarantee.status == "check"
+    assert any("start of step 3 differ from what step 2 left" in d for d in guarantee.departures)
+    assert "every premise observed" not in str(guarantee)
+
+
+def test_a_float64_run_is_judged_with_float64_rounding():
+    model, X, y = aligned_problem()
+    assert next(model.parameters()).dtype == F64
+    # an outside write of 1e-6 between steps
+    trainer = AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.02), train_data=(X, y),
+                              switch_step=2, full_batch=True)
+    closure = aligned_closure(trainer, X, y, "mse")
+    for k in range(6):
+        trainer.step(closure)
+        if k == 3:
+            with torch.no_grad():
+                trainer.model.model.head.bias.add_(1e-6)
+    assert any("written outside the optimiser" in d for d in trainer.guarantee().departures)
+    # a recorded loss 1e-5 off the one differentiated: the identity misses by 4ηL·1e-5 ≈ 5e-7, which float32's
+    # epsilon would excuse (its rounding allowance here is ≈ 5e-6) and float64's does not
+    model, X, y = aligned_problem()
+    trainer = AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.02), train_data=(X, y),
+                              switch_step=2)
+    inner = aligned_closure(trainer, X, y, "mse")
+    for _ in range(6):
+        trainer.step(lambda: inner() * (1 + 1e-5))
+    guarantee = trainer.guarantee()
+    assert guarantee.identity.refuted and guarantee.status == "check"
+    records = trainer._trajectory.records
+    assert all(r.eps == torch.finfo(F64).eps for r in records)
+    float32 = [dataclasses.replace(r, eps=float(torch.finfo(torch.float32).eps)) for r in records]
+    missed = 4 * 0.02 * 1e-5 * min(r.loss for r in records) / (1 + 1e-5)
+    assert all(r.identity_rounding > missed for r in float32)  # what the former float32 epsilon excused
+
+
+def test_a_declared_full_batch_is_observed_with_a_closure_and_assumed_without():
+    model, X, y = aligned_problem()
+    trainer = AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.02), train_data=(X, y),
+                              switch_step=2, full_batch=True)
+    Y = torch.nn.functional.one_hot(y, 3).to(F64)
+
+    def minibatch():  # two thirds of the training set, taken as the full batch
+        trainer.optimizer.zero_grad()
+        value = ((trainer.model(X[:20]) - Y[:20]) ** 2).sum() / 40
+        value.backward()
+        return value
+
+    for _ in range(6):
+        trainer.step(minibatch)
+    guarantee = trainer.guarantee()
+    assert guarantee.identity.holds  # the identity holds per batch: only the comparison sees it
+    assert guarantee.status == "check" and any("differs from the training loss" in d for d in guarantee.departures)
+    full = train_aligned("penultimate", "full", steps=6)
+    assert full.guarantee().status == "theorem" and not full.guarantee().assumed
+    assert "every premise observed" in str(full.guarantee())
+    model, X, y = aligned_problem()
+    trainer = AlignedTraining(model, torch.optim.SGD(model.parameters(), lr=0.02), train_data=(X, y),
+                              switch_step=2, full_batch=True)
+    closure = aligned_closure(trainer, X, y, "mse")
+    for _ in range(6):
+        value = closure()
+        trainer.optimizer.step()
+        trainer.step(loss=value)
+    guarantee = trainer.guarantee()
+    assert guarantee.status == "theorem" and "full batch" in guarantee.assumed[0]
+    assert "assumed, not observed: full batch" in str(guarantee)
 
 
 @pytest.mark.parametrize("make,reason", [

@@ -238,3 +238,76 @@ def test_inputs_on_another_device_than_the_model_are_refused_and_nothing_changes
     for call in calls.values():
         with pytest.raises(DiagnosticsError, match=rf"^the inputs are on {other.type}"):
             assert_unchanged(model, call)
+
+
+# -- probe subsets of data sets ------------------------------------------------------------------------------
+
+
+class _TokenSamples(torch.utils.data.Dataset):
+    """Hugging Face-style samples: dicts of token ids of varying length, with their ``labels``."""
+
+    def __init__(self, n: int, ragged: bool = True) -> None:
+        self.lengths = [3 + i % 4 if ragged else 3 for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        ids = torch.arange(1, self.lengths[i] + 1)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.tensor(i % 3)}
+
+
+def _pad(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    longest = max(len(s["input_ids"]) for s in samples)
+    out = {k: torch.stack([nn.functional.pad(s[k], (0, longest - len(s[k]))) for s in samples])
+           for k in ("input_ids", "attention_mask")}
+    return {**out, "labels": torch.stack([s["labels"] for s in samples])}
+
+
+def test_dict_samples_with_labels_are_probes_and_a_loaders_collate_fn_pads_them():
+    from diagnostics.engine.inputs import probe_data
+
+    data = _TokenSamples(10)
+    with pytest.raises(DiagnosticsError, match="padding collate_fn"):
+        probe_data(data, 6, 0)  # lengths differ: default_collate cannot stack them
+    x, y = probe_data(torch.utils.data.DataLoader(data, batch_size=4, collate_fn=_pad), 6, 0)
+    assert set(x) == {"input_ids", "attention_mask"} and x["input_ids"].shape[0] == 6 and y.shape == (6,)
+    assert x["input_ids"].shape[1] == 6 and (x["attention_mask"].sum(1) == x["input_ids"].ne(0).sum(1)).all()
+    x, y = probe_data(_TokenSamples(10, ragged=False), None, 0)
+    assert x["input_ids"].shape == (10, 3) and y.tolist() == [i % 3 for i in range(10)]
+    listed = [_TokenSamples(10, ragged=False)[i] for i in range(10)]  # a list of dict samples, as Trainer takes
+    assert torch.equal(probe_data(listed, 4, 0)[0]["input_ids"],
+                       probe_data(_TokenSamples(10, ragged=False), 4, 0)[0]["input_ids"])
+    unlabelled = torch.utils.data.DataLoader([{"input_ids": torch.ones(3)}] * 3, batch_size=2)
+    with pytest.raises(DiagnosticsError, match="'labels' entry"):
+        probe_data(unlabelled, None, 0)
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """Draws from every global random stream while it yields, as shuffling buffers do."""
+
+    def __iter__(self):
+        import random
+
+        import numpy as np
+
+        for i in range(100):
+            random.random(), np.random.rand(), torch.rand(())
+            yield torch.full((2,), float(i)), torch.tensor(i % 2)
+
+
+def test_reading_a_probe_leaves_every_global_random_stream_alone():
+    import random
+
+    import numpy as np
+
+    from diagnostics.engine.inputs import probe_data
+
+    loader = torch.utils.data.DataLoader(_Stream(), batch_size=8)
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    expected = torch.rand(3), np.random.rand(3), random.random()
+    torch.manual_seed(0), np.random.seed(0), random.seed(0)
+    x, y = probe_data(loader, 12, 0)  # creating the loader's iterator draws its base seed from torch's stream
+    assert x.shape == (12, 2) and y.tolist() == [i % 2 for i in range(12)]
+    assert torch.equal(torch.rand(3), expected[0]) and (np.random.rand(3) == expected[1]).all()
+    assert random.random() == expected[2]

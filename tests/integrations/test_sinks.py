@@ -31,15 +31,23 @@ def test_scalars_are_the_finite_numeric_columns(tracked_records):
 
 def test_tensorboard_event_files_hold_every_scalar_the_histogram_and_the_figure(tmp_path, tracked_records):
     accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    sink = TensorBoardSink(tmp_path)
-    for record, report in tracked_records:
-        sink.write(record, report)
-    sink.close()
     everything = {accumulator.SCALARS: 0, accumulator.HISTOGRAMS: 0, accumulator.IMAGES: 0}
-    events = accumulator.EventAccumulator(str(tmp_path), size_guidance=everything)
+    for folder, scalars_too in ((tmp_path / "all", True), (tmp_path / "extras", False)):
+        sink = TensorBoardSink(folder, scalars=scalars_too)
+        sink.start({"loss": "ce", "n_params": 170})
+        for record, report in tracked_records:
+            sink.write(record, report)
+        sink.close()
+    extras = accumulator.EventAccumulator(str(tmp_path / "extras"), size_guidance=everything)
+    extras.Reload()
+    assert not extras.Tags()["scalars"] and not extras.Tags()["tensors"]  # the trainer's logger has them
+    assert [e.step for e in extras.Histograms("alignment/log10_eigenvalues")] == [0, 2]
+    events = accumulator.EventAccumulator(str(tmp_path / "all"), size_guidance=everything)
     events.Reload()
+    assert events.Tags()["tensors"] == ["alignment/settings/text_summary"]  # the settings, once
     expected = _expected(tracked_records)
     assert set(events.Tags()["scalars"]) == set(expected)
+    assert not any(tag.endswith(("n_params", "n_samples", "residual_tol", "measure_seconds")) for tag in expected)
     for tag, by_step in expected.items():
         read = {e.step: e.value for e in events.Scalars(tag)}
         assert read == pytest.approx(by_step, rel=1e-6), tag  # event files store float32
@@ -54,9 +62,11 @@ def test_mlflow_file_store_holds_every_metric_and_the_spectrum(tmp_path, tracked
     client = tracking.MlflowClient(uri)
     run = client.create_run(client.create_experiment("alignment"))
     sink = MLflowSink(uri, run.info.run_id)
+    sink.start({"loss": "ce", "n_params": 170})
     for record, report in tracked_records:
         sink.write(record, report)
     reader = tracking.MlflowClient(uri)
+    assert reader.get_run(run.info.run_id).data.params == {"alignment/loss": "ce", "alignment/n_params": "170"}
     for tag, by_step in _expected(tracked_records).items():
         history = reader.get_metric_history(run.info.run_id, tag)
         assert {m.step: m.value for m in history} == by_step, tag

@@ -51,7 +51,7 @@ def test_gpu_check_quick_smoke_run_on_the_cpu_writes_every_section(tmp_path):
         assert "Status: ok" in section, section[-2000:]
     if not torch.cuda.is_available():
         assert "no CUDA device on this machine" in summary  # the CUDA cases, skipped with the reason
-    for table in ("| MLP | 40 | ours: auto |", "| 16×16 | 1 × 2 | auto", "| MLP 64-128-128-10 |",
+    for table in ("| MLP | 40 | ours: auto |", "| 16×16 | 1 × 2 | auto", "| tiny BERT |",
                   "| penultimate/rank-one |"):
         assert table in summary, table
 

@@ -20,7 +20,7 @@ EXPECTED = {
                                    "rank J ="]),
     "04_aligned_training.ipynb": (2, ["THEOREM", "Switch at iteration",
                                       "| penultimate/rank-one |"]),
-    "05_training_frameworks.ipynb": (1, ["(3 full, 6 cheap)", "history file:", "I4 "]),
+    "05_training_frameworks.ipynb": (1, ["(3 full, 18 cheap)", "history file:", "I4 ", "alignment/grad_norm"]),
 }
 
 

@@ -74,6 +74,18 @@ NOT_ESTABLISHED = {
 }
 
 
+#: training recipes the gradient-descent statements do not describe → a premise ``gradient_descent_premises`` must
+#: observe to fail (theory/recipe.md), which makes the statement not applicable.
+NOT_GRADIENT_DESCENT = {
+    "momentum": lambda: theory.gradient_descent_premises("horizon", {"name": "SGD", "lr": 0.1, "momentum": 0.9}),
+    "Adam": lambda: theory.gradient_descent_premises("linearised", {"name": "Adam", "lr": 0.1}),
+    "unstable step": lambda: theory.gradient_descent_premises("horizon", step_size=1.0, lambda_max=30.0, n=10),
+    "minibatch": lambda: theory.gradient_descent_premises("horizon", full_batch=False),
+    "cross-entropy": lambda: theory.gradient_descent_premises("linearised", squared_loss=False),
+    "minibatch losses for the rate": lambda: theory.gradient_descent_premises("rate", full_batch=False),
+}
+
+
 def _verdict_functions() -> set[str]:
     names = set()
     for name in theory.__all__:
@@ -105,6 +117,14 @@ def test_a_failed_premise_makes_it_not_applicable(name):
 def test_inconclusive_evidence_is_not_established(name):
     v = NOT_ESTABLISHED[name]()
     assert v.status == theory.NOT_ESTABLISHED and v.details.get("reason"), str(v)
+
+
+@pytest.mark.parametrize("name", sorted(NOT_GRADIENT_DESCENT))
+def test_a_recipe_other_than_plain_full_batch_gradient_descent_makes_the_statements_not_applicable(name):
+    premises = NOT_GRADIENT_DESCENT[name]()
+    assert any(p.met is False for p in premises), [str(p) for p in premises]
+    v = theory.gradient_descent_rate(1.0, [1.0, 0.5], [1.0], 1.0, recipe=premises)
+    assert v.status == theory.NOT_APPLICABLE and not v.evidence
 
 
 def test_the_necessity_bound_follows_i2_not_a_fixed_threshold():

@@ -84,3 +84,29 @@ def test_kernel_movement_trend():
         theory.kernel_movement_trend([5, 10], [0.0, 0.2])
     with pytest.raises(ValueError, match="expect"):
         theory.kernel_movement_trend([5, 10], [0.1, 0.2], expect="up")
+
+
+
+@pytest.mark.parametrize(("seeds", "reps"), [(3, 2000), (5, 1000)])
+def test_the_s4_interval_has_its_coverage_at_the_threshold(seeds, reps):
+    # seeded sweeps with the true slope exactly at −slope_tol (bench/s4_coverage.py): a 90 % interval may say
+    # "holds" (entirely ≤ −0.25) in 5 % of them
+    from bench.s4_coverage import coverage
+
+    rates = coverage(seeds, reps)
+    sd = math.sqrt(0.05 * 0.95 / reps)  # binomial standard deviation of the rate at 5 %
+    assert abs(rates["holds"] - 0.05) <= 3 * sd, rates
+    assert abs(rates["coverage"] - 0.90) <= 3 * math.sqrt(0.9 * 0.1 / reps), rates
+    assert rates["bootstrap_holds"] - 0.05 > 3 * sd, rates  # the former percentile bootstrap fails this band
+
+
+def test_the_s4_slope_and_interval_come_from_the_per_seed_slopes():
+    widths = np.repeat([16.0, 64.0, 256.0], 3)
+    groups = np.tile([0, 1, 2], 3)
+    per_seed = np.array([-0.6, -0.5, -0.4])
+    movements = np.exp(per_seed[groups] * np.log(widths) + groups)  # exact lines, one per seed, offsets 0, 1, 2
+    v = theory.kernel_movement_trend(widths, movements, groups=groups)
+    assert v.details["seed_slopes"] == pytest.approx(per_seed) and v.details["slope"] == pytest.approx(-0.5)
+    half = 2.919986 * 0.1 / math.sqrt(3)  # t_{2, 0.95} · sd / √3
+    assert v.details["interval"] == pytest.approx((-0.5 - half, -0.5 + half), rel=1e-6)
+    assert v.details["interval_method"] == "t-interval over the slopes of 3 seeds" and v.holds

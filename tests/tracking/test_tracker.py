@@ -118,6 +118,27 @@ def test_the_horizon_follows_the_optimiser_and_the_steps_left():
         AlignmentTracker(model, (X, Y), probe_size=None, horizon=(opt, 0))
 
 
+@pytest.mark.parametrize(("make", "why"), [
+    (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), "momentum"),
+    (lambda p: torch.optim.Adam(p, lr=0.05), "Adam is not plain gradient descent"),
+    (lambda p: torch.optim.SGD(p, lr=0.05, weight_decay=1e-3), "weight decay"),
+])
+def test_the_horizon_is_not_applicable_to_an_optimiser_other_than_plain_gradient_descent(make, why):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2)).double()
+    X, Y = torch.randn(12, 4, dtype=torch.float64), torch.randn(12, 2, dtype=torch.float64)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.05)
+    plain = AlignmentTracker(model, (X, Y), probe_size=None, horizon=(sgd, 200))
+    record = plain.step(0)
+    assert math.isfinite(record["horizon_loss_floor"])
+    assert record["horizon_note"].startswith("assumed: full batch")  # the tracker does not see the batches
+    other = AlignmentTracker(model, (X, Y), probe_size=None, horizon=(make(model.parameters()), 200))
+    record = other.step(0)  # the same lr, kernel and steps: only the optimiser differs
+    assert math.isnan(record["horizon_loss_floor"]) and math.isnan(record["horizon_residual"])
+    assert record["horizon_note"].startswith("not applicable") and why in record["horizon_note"]
+    assert why in str(other.last_report)
+
+
 def test_progress_bar_and_summary(capsys):
     X, Y = _regression()
     model = _mlp()
@@ -271,3 +292,38 @@ def test_tags_and_the_optimiser_are_written_into_the_header(tmp_path):
                          ({"lr": float("nan")}, "finite")):
         with pytest.raises(DiagnosticsError, match=message):
             AlignmentTracker(model, (X, Y), probe_size=None, tags=bad)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"loss": "cross_entropy"}, "loss must be one of"), ({"every": 0}, "every must be an integer ≥ 1"),
+    ({"full_every": 2.5}, "full_every"), ({"mode": "train"}, "mode must be one of"),
+    ({"strategy": "fast"}, "strategy must be one of"), ({"residual_tol": -1}, "residual_tol"),
+    ({"dtype": torch.int64}, "floating"), ({"representation": [1]}, "module name"), ({"progress": "yes"}, "True or"),
+])
+def test_options_are_checked_before_anything_is_measured(options, message):
+    X, Y = _regression()
+    model = _mlp()
+    with pytest.raises(DiagnosticsError, match=message):
+        assert_unchanged(model, lambda: AlignmentTracker(model, (X, Y), probe_size=None, **options))
+
+
+def test_resuming_from_an_earlier_checkpoint_forgets_the_later_records(tmp_path):
+    """A run killed after its checkpoint at step 2 had recorded steps 3 and 4: resumed at step 2, they are measured
+    again on the new trajectory, and the history file holds the new records, not the old ones."""
+    X, Y = _regression()
+    path = tmp_path / "run.jsonl"
+    model = _mlp()
+    tracker = AlignmentTracker(model, (X, Y), path=path, probe_size=None)
+    for step in range(5):
+        tracker.step(step)
+        _gd_step(model, X, Y)
+    crashed = tracker.history
+    resumed = AlignmentTracker(model, (X, Y), path=path, probe_size=None)
+    resumed.resume_at(2)
+    assert resumed.history.step.tolist() == [0, 1, 2] and AlignmentTracker.load(path).step.tolist() == [0, 1, 2]
+    for step in (3, 4):
+        _gd_step(model, X, Y, lr=0.5)  # another trajectory after the checkpoint
+        resumed.step(step)
+    history = AlignmentTracker.load(path)
+    assert history.step.tolist() == [0, 1, 2, 3, 4] and history.equals(resumed.history)
+    assert history.iloc[:3].equals(crashed.iloc[:3]) and (history.loss.iloc[3:] != crashed.loss.iloc[3:]).all()
