@@ -69,6 +69,8 @@ SKETCH_FACTOR = 2.0
 SKETCH_NONZEROS = 1
 #: Refinement steps at most per damped solve (LSQR restarted from its iterate with a tighter tolerance).
 REFINEMENTS = 3
+#: Iterations the undamped witness continuation runs at least (at most as many as its damped solve otherwise).
+WITNESS_ITERATIONS = 20
 #: Rayleigh–Ritz passes of the sketched solver when the horizon needs eigenpairs down to its threshold (the
 #: second one on the subspace ``JᵀJV`` of the first: a step of subspace iteration).
 HORIZON_PASSES = 2
@@ -455,7 +457,9 @@ class PreconditionedSpectrum:
 
         The damped solution leaves ``μ/(σ² + μ)`` of each component of ``q`` unfitted, so a ``q`` in ``Col J`` with
         weight on small singular values shows a residual above the tolerance; the continuation fits them, and its
-        residual is a witness like any other (theory/alignment.md#witness-bounds).
+        residual is a witness like any other (theory/alignment.md#witness-bounds). Directions far below ``√μ``
+        converge slowly here, so it runs at most as many iterations as the damped solve took (at least
+        :data:`WITNESS_ITERATIONS`): a witness it does not reach leaves the question open, not wrong.
         """
         def matvec(y: np.ndarray) -> np.ndarray:
             return self._matvec(self._apply(torch.from_numpy(np.asarray(y, dtype=np.float64)))).numpy()
@@ -464,7 +468,8 @@ class PreconditionedSpectrum:
             return self._apply_adjoint(self._rmatvec(torch.from_numpy(np.asarray(u, dtype=np.float64)))).numpy()
 
         result = self._lsqr(matvec, rmatvec, r.numpy(), self.op.shape[1], f"preconditioned-{index}-witness",
-                            float(q.norm()), self.rtol, btol=0.5 * target / solve.residual)
+                            float(q.norm()), self.rtol, btol=0.5 * target / solve.residual,
+                            iter_lim=min(self.max_iter, max(WITNESS_ITERATIONS, solve.iterations)))
         nu = solve.nu + self._apply(torch.from_numpy(result.x))
         solve.witness = float((q - self._matvec(nu)).norm())
         solve.witness_rounding = self._rounding(nu)
@@ -472,7 +477,7 @@ class PreconditionedSpectrum:
         solve.reason = f"{solve.reason}; undamped witness: {result.reason}"
 
     def _lsqr(self, matvec: Callable, rmatvec: Callable, b: np.ndarray, cols: int, name: str, q_norm: float,
-              atol: float, btol: float | None = None) -> LsqrResult:
+              atol: float, btol: float | None = None, iter_lim: int | None = None) -> LsqrResult:
         """One LSQR run on the preconditioned problem, with its progress bar, checkpoints and time budget."""
         remaining = None if self.deadline is None else max(self.deadline - time.perf_counter(), 0.0)
         _, processes, _ = local_block(self.op)
@@ -485,7 +490,8 @@ class PreconditionedSpectrum:
                 bar.set_postfix_str(f"√φ/‖q‖ ≈ {residual / max(q_norm, 1e-300):.3e}{left}", refresh=False)
 
             return lsqr(matvec, rmatvec, b, cols, atol=atol, btol=atol if btol is None else btol, conlim=0.0,
-                        iter_lim=self.max_iter, time_budget=remaining, checkpoints=self.checkpoints, name=name,
+                        iter_lim=iter_lim or self.max_iter, time_budget=remaining, checkpoints=self.checkpoints,
+                        name=name,
                         checkpoint_every=self.checkpoint_every, fingerprint=self.fingerprint, callback=show,
                         workspace=self.workspace)
 
