@@ -87,7 +87,9 @@ def check_alignment(
     rank_tol
         Rank tolerance on the eigenvalues of ``K``; default ``λ_max · nm · eps`` of the Jacobian dtype.
     residual_tol
-        Residual below which the condition is declared to hold; default ``sqrt(eps)``.
+        Residual below which the condition is declared to hold; default ``sqrt(eps(float64))`` whatever the
+        dtype (it belongs to the question; the dtype decides whether the measurement can answer it, and the D1
+        verdict is *not established* where it cannot, ``theory/alignment.md#resolution``).
     params, mode, output, strategy, memory_budget
         As in :func:`diagnostics.jacobian` (on the matrix-free path ``strategy`` goes to the
         :class:`~diagnostics.engine.matrix_free.operator.JacobianOperator`). The manifest says which strategy
@@ -99,7 +101,8 @@ def check_alignment(
         ``precision_note`` says so), falling back to *not established* when float64 would not fit
         ``memory_budget``; on the matrix-free path the report says *not established* and how to re-run.
     probe_size, seed
-        Size and seed of the probe subset (``None``: all the data).
+        Size and seed of the probe subset (``None``: all the data). When the probe is a strict subset, the report
+        also gives D1 on the data given (``data_verdict``, ``theory/alignment.md#subsets``).
     path
         ``"dense"`` (the Gram and its eigen-decomposition), ``"matrix-free"`` (LSQR and Lanczos on
         Jacobian products, memory ``O(nm + d)``,
@@ -164,12 +167,30 @@ def check_alignment(
             report.precision_note += " (a float64 re-measurement would not fit the memory budget)"
         else:
             again.precision_note = (
-                f"{report.dtype} could not decide D1 (a = {report.residual:.3e} at its resolution); re-measured "
-                f"in float64: a = {again.residual:.3e}" + (f"; {again.precision_note}" if again.precision_note else "")
-            )
+                f"{report.dtype} could not decide D1 (a = {report.residual:.3e}, the exact residual within "
+                f"[{report.verdict.details['lower']:.2e}, {report.verdict.details['upper']:.2e}] at its resolution); "
+                f"re-measured in float64: a = {again.residual:.3e}")
             report = again
+    _scope(report, data, loss=loss, target=target)
     report.elapsed_s = time.perf_counter() - start
     return report
+
+
+def _scope(report: AlignmentReport, data: object, *, loss: str, target: object) -> None:
+    """When a probe of larger data was measured, add D1 on the data given (``theory/alignment.md#subsets``)."""
+    n_data = _inputs.data_size(data)
+    if n_data is None or n_data <= report.n_samples:
+        return
+    m = report.n_outputs // report.n_samples
+    data_norm_sq = None
+    if target is None and isinstance(data, tuple | list):
+        data_norm_sq = float((Targets.build(_inputs.as_tensor(data[1], "targets"), n_data, m, loss).Q ** 2).sum())
+    elif target is None and loss == "ce":
+        data_norm_sq = n_data * (1 - 1 / m)  # every row of the centred one-hot Q₀ has ‖e_y − 1/m‖² = 1 − 1/m
+    report.n_data = n_data
+    report.data_verdict = theory.alignment_from_subset(
+        report.verdict, probe_rows=report.n_outputs, data_rows=n_data * m, n_params=report.n_params,
+        probe_norm_sq=report.target_norm_sq, data_norm_sq=data_norm_sq)
 
 
 def _measure(model: nn.Module, X: _inputs.Inputs, T: torch.Tensor, *, dtype: torch.dtype | None, target: object,

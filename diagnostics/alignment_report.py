@@ -8,6 +8,7 @@ The quantities are those of ``theory/alignment.md``; every pass/fail word comes 
 from __future__ import annotations
 
 import math
+import textwrap
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -26,10 +27,21 @@ class AlignmentReport:
     Attributes
     ----------
     verdict
-        The D1 verdict (:func:`theory.alignment_condition`): *holds*, *refuted*, or *not established* when
-        the precision cannot decide (``precision_note`` says why and what to do).
+        The D1 verdict on the measured samples (:func:`theory.alignment_condition`): *holds*, *refuted*, or
+        *not established* when the measurement's resolution cannot decide (``verdict.details`` gives the bounds
+        on the exact residual and the reason, ``theory/alignment.md#resolution``).
     aligned
         ``verdict.holds``.
+    data_verdict
+        When the measured samples are a probe of larger data: D1 on the data given
+        (:func:`theory.alignment_from_subset`): *refuted* when the probe's residual, rescaled, still exceeds
+        the tolerance, else *not established* with the counting bound and what would decide it. ``None`` when
+        the whole data was measured (or its size is unknown).
+    n_data
+        Samples in the data given (``None`` when unknown, e.g. an iterable ``DataLoader``).
+    data_level
+        The data-level condition ``f_X ∈ Col J`` (:func:`theory.data_level_condition`), the premise of
+        (I2)–(I4), decided like D1.
     residual
         ``a = ‖(I−P)Q‖/‖Q‖`` with ``P`` the projector onto the eigen-directions of ``K`` above ``rank_tol``.
     verdicts
@@ -52,6 +64,8 @@ class AlignmentReport:
         same rank tolerance: the premise of (I2)–(I4).
     loss_lower_bound
         ``(1/2n)‖(I−P)Q‖²``: under ``f_X ∈ Col J`` the squared loss is never below it (I2).
+    target_norm_sq
+        ``‖Q‖²`` on the measured samples.
     eigenvalues, alignment_curve
         The eigenvalues ``λ_1 ≥ λ_2 ≥ …`` of ``K`` and the alignment curve
         ``a(λ_k) = ‖(I − P_{≥λ_k})Q‖/‖Q‖``: the residual when only the directions with eigenvalue ``≥ λ_k`` are
@@ -68,7 +82,7 @@ class AlignmentReport:
         gradient steps on the squared loss at a stable step ``ηλ_max/n ≤ 2``. One not met (an unstable step,
         cross-entropy, an optimiser other than plain gradient descent) makes the horizon *not applicable*.
     precision_note
-        How the precision of the measurement bears on the D1 verdict (empty when it decides it plainly).
+        How the dtype of the measurement bore on the D1 verdict (a float64 re-measurement; empty when none).
     manifest
         What was measured (:class:`~diagnostics.engine.manifest.MeasurementManifest`); ``None`` for reports
         built from a Gram.
@@ -117,6 +131,10 @@ class AlignmentReport:
     horizon_loss_floor: float = math.nan
     horizon_premises: tuple[theory.Premise, ...] = ()
     precision_note: str = ""
+    target_norm_sq: float = math.nan
+    data_level: theory.Verdict | None = None
+    data_verdict: theory.Verdict | None = None
+    n_data: int | None = None
     manifest: MeasurementManifest | None = field(default=None, repr=False)
     mode: str = "eval"
     dtype: str = "float32"
@@ -129,6 +147,12 @@ class AlignmentReport:
     def aligned(self) -> bool:
         """The D1 verdict holds."""
         return self.verdict.holds
+
+    @property
+    def residual_bounds(self) -> theory.ResidualBounds:
+        """Where the exact residual lies, given this measurement (``theory/alignment.md#resolution``)."""
+        details = self.verdict.details
+        return theory.ResidualBounds(details.get("lower", self.residual), details.get("upper", self.residual))
 
     @property
     def full_rank(self) -> bool:
@@ -154,6 +178,9 @@ class AlignmentReport:
         out["aligned"] = self.aligned
         out["verdict"] = self.verdict.to_dict()
         out["verdicts"] = [v.to_dict() for v in self.verdicts]
+        for name in ("data_level", "data_verdict"):
+            verdict = getattr(self, name)
+            out[name] = verdict.to_dict() if verdict is not None else None
         out["eigenvalues"] = self.eigenvalues.tolist()
         out["alignment_curve"] = {"eigenvalue": self.eigenvalues.tolist(), "residual": self.alignment_curve.tolist()}
         out["top_k_capture"] = {int(k): float(v) for k, v in self.top_k_capture.items()}
@@ -164,11 +191,21 @@ class AlignmentReport:
 
     def __str__(self) -> str:
         m = self.n_outputs // self.n_samples
-        note = "  (J has full row rank: every target is in Col(J))" if self.full_rank and self.aligned else ""
-        lines = [
-            f"Alignment condition D1 (Q ∈ Col J): {self.verdict.status}{note}",
-            f"  probe: n={self.n_samples} samples × m={m} outputs = {self.n_outputs} rows; "
-            f"d={self.n_params:,} parameters; mode={self.mode}, {self.dtype}",
+        probe = self.data_verdict is not None
+        there = " on the probe: every target is in Col J there" if probe else ": every target is in Col(J)"
+        note = f"  (J has full row rank{there})" if self.full_rank and self.aligned else ""
+        scope = f" on a probe of {self.n_samples:,} of the {self.n_data:,} samples" if probe else ""
+        lines = [f"Alignment condition D1 (Q ∈ Col J){scope}: {self.verdict.status}{note}"]
+        if self.verdict.status == theory.NOT_ESTABLISHED:
+            lines.append(_wrapped(f"  why: {self.verdict.details['reason']}"))
+        if probe:
+            data = self.data_verdict
+            lines.append(_wrapped(f"  on all {self.n_data:,} samples given: {data.status}"
+                                  + (f" — {data.details['reason']}" if data.status == theory.NOT_ESTABLISHED else
+                                     f" (a ≥ a_probe‖Q_probe‖/‖Q‖ = {data.lhs:.3e} > {data.rhs:.1e})")))
+        lines += [
+            f"  {'probe' if probe else 'measured'}: n={self.n_samples} samples × m={m} outputs = {self.n_outputs} "
+            f"rows; d={self.n_params:,} parameters; mode={self.mode}, {self.dtype}",
             f"  rank J = {self.rank} / {self.n_outputs}  (rank_tol {self.rank_tol:.3g} = {self.rank_rule})"
             if self.rank >= 0
             else f"  rank J not computed (matrix-free; rank_tol {self.rank_tol:.3g} = {self.rank_rule})",
@@ -186,8 +223,9 @@ class AlignmentReport:
         )
         lines.append("  statements checked on this measurement:")
         lines += [f"    {v}" for v in self.verdicts[1:]]
+        premise = f" (f_X ∈ Col J: {self.data_level.status})" if self.data_level is not None else ""
         lines.append(
-            f"  f_X outside the kept directions: ‖(I−P)f‖/‖f‖ = {self.output_residual:.2e}; (I2) gap "
+            f"  f_X outside the kept directions: ‖(I−P)f‖/‖f‖ = {self.output_residual:.2e}{premise}; (I2) gap "
             f"{self.decomposition_gap:.2e}; loss floor (1/2n)‖(I−P)Q‖² = {self.loss_lower_bound:.4g}"
         )
         cap = ", ".join(f"top-{k}: {100 * v:.1f}%" for k, v in self.top_k_capture.items())
@@ -254,6 +292,11 @@ class AlignmentReport:
                         else f"λ ≥ {span}·λ_max: not computed (matrix-free: top eigenpairs only)")
             start = end + 1
         return rows
+
+
+def _wrapped(line: str, width: int = 116) -> str:
+    """Wrap a long report line at ``width``, indenting its continuation under its text."""
+    return textwrap.fill(line, width, subsequent_indent="    ", break_on_hyphens=False)
 
 
 def _same(a: float, b: float) -> bool:

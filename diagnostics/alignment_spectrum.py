@@ -20,13 +20,14 @@ import theory
 from .alignment_report import AlignmentReport
 from .engine import precision
 from .engine.matrix_free.operator import JacobianOperator
-from .engine.matrix_free.preconditioned import PreconditionedSpectrum, choose_method
+from .engine.matrix_free.preconditioned import EXACT_GRAM_MAX_D, PreconditionedSpectrum, choose_method
 from .engine.matrix_free.spectrum import DEFAULT_TOP_K, OperatorSpectrum
 from .engine.spectral import Spectrum
 from .errors import DiagnosticsError
 from .targets import CE_SCALES, Targets, best_scale
 
-__all__ = ["alignment_from_gram", "alignment_from_operator", "alignment_from_spectrum", "horizon_energy"]
+__all__ = ["alignment_from_gram", "alignment_from_operator", "alignment_from_spectrum", "horizon_energy",
+           "measured_bounds"]
 
 TOP_K = (1, 10, 100)
 
@@ -69,16 +70,17 @@ def alignment_from_spectrum(
     ``spectrum`` is a :class:`~diagnostics.engine.spectral.Spectrum` or a matrix-free stand-in
     (:class:`~diagnostics.engine.matrix_free.spectrum.OperatorSpectrum`,
     :class:`~diagnostics.engine.matrix_free.preconditioned.PreconditionedSpectrum`; same methods). Every verdict
-    comes from :mod:`theory`: D1 (:func:`theory.alignment_condition`, *not established* when the precision
-    cannot decide it, or, for a preconditioned solve, when its certified bounds lie on both sides of the
-    tolerance, ``theory/alignment.md#preconditioned``), and the statements of ``theory/results.md`` with their
-    premises measured here. The horizon's premises come from :func:`theory.gradient_descent_premises`
-    (``horizon_optimizer``: the optimiser's parameter groups as ``{"name", **hyper-parameters}``, when known).
+    comes from :mod:`theory`: D1 (:func:`theory.alignment_condition`) and the data-level condition
+    (:func:`theory.data_level_condition`) decided on the bounds of the exact residuals that the measurement
+    gives (:func:`theory.residual_bounds`, ``theory/alignment.md#resolution``: *not established* where the
+    resolution cannot decide; for a preconditioned solve its certified bounds,
+    ``theory/alignment.md#preconditioned``), and the statements of ``theory/results.md`` with those two as
+    premises. The horizon's premises come from :func:`theory.gradient_descent_premises` (``horizon_optimizer``:
+    the optimiser's parameter groups as ``{"name", **hyper-parameters}``, when known).
     """
     n, m = outputs.shape
     source_dtype = source_dtype or outputs.dtype
-    if residual_tol is None:
-        residual_tol = precision.default_residual_tol(source_dtype)
+    residual_tol = precision.RESIDUAL_TOL if residual_tol is None else residual_tol
     f = outputs.detach().to(torch.float64).cpu()
     Q = targets.Q.cpu()
     g = targets.loss_gradient(f)
@@ -90,34 +92,35 @@ def alignment_from_spectrum(
     nu_norm = math.sqrt(spectrum.pinv_quadratic(Q))
     f_sq = float((f**2).sum())
     output_residual = math.sqrt(max(spectrum.outside_norm_sq(f), 0.0) / f_sq) if f_sq > 0 else 0.0
-    truncated = getattr(spectrum, "truncated", False)  # a matrix-free solve stopped early: residuals are upper bounds
-    cms: bool | None = output_residual <= residual_tol
-    if isinstance(spectrum, PreconditionedSpectrum):  # certified bounds decide (theory/alignment.md#preconditioned)
-        (lower, residual), resolved, note = _certified(spectrum, Q, residual_tol)
-        if f_sq > 0:
-            f_lower, output_residual = spectrum.residual_bounds(f)
-            cms = True if output_residual <= residual_tol else (False if f_lower > residual_tol else None)
-        uncertainty = residual - lower
-    else:
-        resolved, note = _resolution(spectrum, residual, residual_tol, source_dtype)
-        uncertainty = residual if truncated else 0.0
-        if not cms and truncated:
-            cms = None  # a truncated solve's residual only bounds ‖(I − P)f‖ from above: f_X ∉ Col J is not shown
-    d1 = theory.alignment_condition(residual, residual_tol, resolved, note)
-    aligned = {theory.HOLDS: True, theory.REFUTED: False}.get(d1.status)
+    if isinstance(spectrum, PreconditionedSpectrum):  # the best witness, with its rounding, is the measured residual
+        residual = spectrum.residual_bounds(Q)[1]
+        output_residual = spectrum.residual_bounds(f)[1] if f_sq > 0 else 0.0
+    d1_bounds = measured_bounds(spectrum, Q, residual, n_params, source_dtype)
+    d1 = theory.alignment_condition(residual, residual_tol, bounds=d1_bounds)
+    data_level = theory.data_level_condition(
+        output_residual, residual_tol, bounds=measured_bounds(spectrum, f, output_residual, n_params, source_dtype)
+        if f_sq > 0 else None)
+    aligned, cms = d1.status, data_level.status  # premises: not established leaves them undecided
+    note = "" if d1.status != theory.NOT_ESTABLISHED or source_dtype == torch.float64 else (
+        f"{precision.dtype_name(source_dtype)} knows the exact residual only within [{d1.details['lower']:.2e}, "
+        f"{d1.details['upper']:.2e}] (its resolution, nm·eps·λ_max, is {precision.eps(source_dtype) * n * m:.1e}·λ_max"
+        + (f"; {d1_bounds.reason}" if isinstance(spectrum, OperatorSpectrum | PreconditionedSpectrum) else "")
+        + "); re-measure with dtype=torch.float64")
     r_q = f - Q
     decomposition_gap = (float((r_q**2).sum()) - spectrum.inside_norm_sq(r_q) - outside) / (2 * n)
     if targets.loss == "mse":
         certificate = math.sqrt(spectrum.pinv_quadratic(r_q))
         scale, target_loss = 1.0, 0.0
         bound = 0.5 * grad_norm * certificate
+        unattributed = abs(decomposition_gap) if data_level.status == theory.NOT_ESTABLISHED else 0.0
         verdicts = (
             d1,
             theory.loss_decomposition(loss, spectrum.inside_norm_sq(r_q), outside, n,
                                       rtol=precision.decomposition_rtol(source_dtype),
-                                      uncertainty=_truncation_uncertainty(spectrum, loss, r_q, outside, n)
-                                      + _projection_defect(spectrum, r_q) / (2 * n)),
-            theory.necessity_at_global_minimum(loss, residual, n, q_sq, cms=cms, uncertainty=uncertainty),
+                                      uncertainty=max(_truncation_uncertainty(spectrum, loss, r_q, outside, n),
+                                                      unattributed) + _projection_defect(spectrum, r_q) / (2 * n)),
+            theory.necessity_at_global_minimum(loss, residual, n, q_sq, cms=cms,
+                                               uncertainty=residual - d1.details["lower"]),
             theory.gradient_domination(loss, grad_norm, certificate, aligned,
                                        truncation=spectrum.outside_norm_sq(r_q) / (2 * n), cms=cms),
         )
@@ -183,7 +186,9 @@ def alignment_from_spectrum(
         horizon_loss_floor=horizon_floor,
         horizon_premises=horizon_premises,
         precision_note=note,
+        target_norm_sq=q_sq,
         dtype=precision.dtype_name(source_dtype),
+        data_level=data_level,
     )
 
 
@@ -192,47 +197,76 @@ def alignment_from_spectrum(
 MIN_CONLIM = 100.0
 
 
-def _resolution(spectrum: Spectrum | OperatorSpectrum, residual: float, residual_tol: float,
-                source_dtype: torch.dtype) -> tuple[bool, str]:
-    """Whether the precision of the measurement decides D1, and if not, why and what to do."""
-    name = precision.dtype_name(source_dtype)
+def measured_bounds(spectrum: Spectrum | OperatorSpectrum | PreconditionedSpectrum, q: torch.Tensor, residual: float,
+                    n_params: int, source_dtype: torch.dtype) -> theory.ResidualBounds | None:
+    """Where the exact residual of ``q`` lies, given this measurement (``theory/alignment.md#resolution``).
+
+    ``None`` under a user-supplied rank rule (it states its own question); on the matrix-free path the LSQR
+    residual ``‖q − Jν‖`` is a witness (an upper bound, with the rounding of ``Jν``) and no rank is counted;
+    a preconditioned solve certifies both sides (:func:`_preconditioned_bounds`).
+    """
     if spectrum.rank_rule.startswith("user-supplied"):
-        return True, ""
-    conlim = getattr(spectrum, "conlim", math.inf)
-    if conlim < MIN_CONLIM:
-        return False, (f"the matrix-free rank rule in {name} is an LSQR condition limit of {conlim:.3g} "
-                       f"(every eigenvalue below {1 / conlim**2:.1e}·λ_max is cut), so the residual says little; "
-                       "re-run with dtype=torch.float64")
-    if getattr(spectrum, "truncated", False) and residual > residual_tol:
-        return False, (f"LSQR stopped before its tolerance ({spectrum.solver_summary}): the residual of a truncated "
-                       "solve only bounds the least-squares residual from above, so it cannot refute D1; raise "
-                       "max_iter or the time budget, or resume from the checkpoint")
-    if source_dtype == torch.float64 or residual <= residual_tol:
-        return True, ""
-    return False, (f"{name} resolves eigenvalues only down to nm·eps·λ_max, and the residual lies in the directions "
-                   "below; re-measure with dtype=torch.float64")
+        return None
+    q = q.detach().reshape(-1).to(torch.float64).cpu()
+    q_norm = float(q.norm())
+    lam_max = max(float(spectrum.eigenvalues[0]), 0.0)
+    rows = q.shape[0]
+    if isinstance(spectrum, PreconditionedSpectrum):
+        return _preconditioned_bounds(spectrum, q, n_params)
+    if isinstance(spectrum, OperatorSpectrum):
+        nu, _ = spectrum.least_norm_solution(q)
+        rounding = rows * precision.eps(source_dtype) * math.sqrt(lam_max) * float(nu.norm()) / q_norm
+        return theory.witness_bounds(residual, rounding, _witness_reason(spectrum, precision.dtype_name(source_dtype)))
+    return theory.residual_bounds(
+        residual, rows=rows, n_params=n_params, kept_rank=spectrum.rank, resolution=spectrum.rank_tol,
+        smallest_kept=spectrum.smallest_kept, largest_discarded=spectrum.largest_discarded,
+        pinv_norm=spectrum.pinv_norm(q) / q_norm)
 
 
-def _certified(spectrum: PreconditionedSpectrum, q: torch.Tensor, residual_tol: float
-               ) -> tuple[tuple[float, float], bool, str]:
-    """Return the certified bounds on D1's residual, whether they decide it, and if not, why.
+def _witness_reason(spectrum: OperatorSpectrum, dtype: str) -> str:
+    """Why a matrix-free residual only bounds the exact one from above, and what to do about a large one."""
+    reason = ("the matrix-free path measures ‖q − Jν‖ for the LSQR solution ν, an upper bound on the residual, and "
+              "counts no rank, so it can show membership in Col J but not its failure; the dense path can decide a "
+              "failure when its kept rank reaches min(nm, d)")
+    if spectrum.conlim < MIN_CONLIM:
+        reason += (f"; its rank rule in {dtype} is an LSQR condition limit of {spectrum.conlim:.3g} (every eigenvalue "
+                   f"below {1 / spectrum.conlim**2:.1e}·λ_max is cut): re-run with dtype=torch.float64")
+    if spectrum.truncated:
+        reason += (f"; LSQR stopped before its tolerance ({spectrum.solver_summary}): raise max_iter or the time "
+                   "budget, or resume from the checkpoint")
+    return reason
 
-    ``theory/alignment.md#preconditioned``: *holds* when the upper bound (a witness) is within the tolerance,
-    *refuted* when the lower bound (on the rank-rule residual) is above it, *not established* in between.
+
+def _preconditioned_bounds(spectrum: PreconditionedSpectrum, q: torch.Tensor, n_params: int) -> theory.ResidualBounds:
+    """Where the exact residual of ``q`` lies after a preconditioned solve (``theory/alignment.md#preconditioned``).
+
+    Above: the better witness, with its rounding. Below: the certified bound on the rank rule's residual, which
+    bounds the exact one only when no direction of ``Col J`` can hide below the threshold, i.e. when the kept
+    rank reaches ``min(nm, d)`` (``theory/alignment.md#resolution``): counted on the exact ``JᵀJ`` by the dense
+    path's argument; with a sketch, from its smallest eigenvalue, within the sketch's distortion (a premise).
     """
     lower, upper = spectrum.residual_bounds(q)
-    if upper <= residual_tol or lower > residual_tol:
-        return (lower, upper), True, ""
-    note = (f"the preconditioned solve bounds the residual within [{lower:.3e}, {upper:.3e}], on both sides of "
-            f"{residual_tol:.1e}: ")
+    rows = q.numel()
+    if spectrum.method == "gram":  # the dense path's argument on JᵀJ, from both of the solve's bounds
+        settings = {"rows": rows, "n_params": n_params, "kept_rank": spectrum.rank, "resolution": spectrum.resolution,
+                    "smallest_kept": spectrum.smallest_kept, "largest_discarded": spectrum.largest_discarded,
+                    "pinv_norm": spectrum.pinv_norm(q) / float(q.detach().reshape(-1).to(torch.float64).norm())}
+        above, below = theory.residual_bounds(upper, **settings), theory.residual_bounds(lower, **settings)
+        return theory.ResidualBounds(min(below.lower, above.upper), above.upper, below.reason or above.reason)
+    certified = (f"the preconditioned solve certifies ‖(I − P_>)q‖/‖q‖ ≥ {lower:.3e} for the directions the rank rule "
+                 f"keeps (eigenvalues of K above {spectrum.rank_tol:.2e}), and ≤ {upper:.3e} for all of Col J")
     if spectrum.truncated:
-        note += ("it stopped before its tolerance, and its bounds are not yet tight; raise max_iter or the time "
-                 "budget, or resume from the checkpoint")
-    else:
-        note += ("the part of the target it cannot fit lies in directions near or below the rank threshold "
-                 f"(eigenvalues of K about {spectrum.rank_tol:.2e}), which a measurement at this precision does "
-                 "not resolve")
-    return (lower, upper), False, note
+        certified += ("; a solve stopped before its tolerance, so the bounds are not yet tight: raise max_iter or the "
+                      "time budget, or resume from the checkpoint")
+    if spectrum.rank_resolved:
+        return theory.ResidualBounds(min(lower, upper), upper, certified + (
+            f"; the sketch's smallest eigenvalue puts every singular value of J above the threshold (assuming the "
+            f"sketch distorts norms by at most a factor {spectrum.distortion:g}), so that is the exact residual"))
+    return theory.ResidualBounds(0.0, upper, certified + (
+        f"; J may have directions below the threshold (a sketch does not count the rank, and its smallest "
+        f"eigenvalue does not exclude them: J is rank-deficient, or nearly), which a residual can hide in, so "
+        f"the exact residual is bounded below only by 0; the exact Gram (solver={{'method': 'gram'}}, d ≤ "
+        f"{EXACT_GRAM_MAX_D:,}) counts the rank"))
 
 
 def _projection_defect(spectrum: Spectrum | OperatorSpectrum | PreconditionedSpectrum, r: torch.Tensor) -> float:

@@ -30,6 +30,7 @@ from torch import nn
 
 import theory
 
+from .alignment_spectrum import measured_bounds
 from .engine import inputs as _inputs
 from .engine import precision
 from .engine.functional import ParamSelector
@@ -127,7 +128,10 @@ class CMSReport:
         if not self.candidates:
             lines.append("    no candidate: the outputs are not linear in any set of parameter tensors tried")
         lines.append(f"  test 2, ‖(I−P) f_X‖/‖f_X‖ = {self.column_space_residual:.2e} "
-                     f"(necessary: a residual above {details['data_tol']:.1e} refutes A1, unless a witness holds)")
+                     f"(necessary: a residual shown to exceed {details['data_tol']:.1e} refutes A1, unless a witness "
+                     "holds)")
+        if details.get("data_undecided"):
+            lines.append(f"    not shown: {details['data_undecided']}")
         note = "conclusive" if self.transfer_conclusive else "inconclusive: rank J_A < rank [J_A; J_B]"
         lines.append(f"  test 3, least-norm R fitted on half, error on the other = {self.transfer_error:.2e} ({note})")
         if details.get("disagreement"):
@@ -198,12 +202,12 @@ def check_cms(
         errors = {s: _relative_error(f[s], V[s] @ c) for s in SETS}
         candidates[name] = {"what": what, **errors, "passes": max(errors.values()) <= rtol}
     kind = next((k for k, c in candidates.items() if c["passes"]), None)
-    col_res, transfer, rank_fit, rank_union = _data_level_tests(K, f_all, half, m, fm.dtype)
+    col_res, col_bounds, transfer, rank_fit, rank_union = _data_level_tests(K, f_all, half, m, fm.dtype, fm.n_params)
     best = min(candidates.values(), key=lambda c: max(c["fresh"], c["perturbed"]), default=None)
     chosen = candidates[kind] if kind is not None else best
     verdict = theory.cms_assessment(
         None if chosen is None else max(chosen["fresh"], chosen["perturbed"]), col_res, transfer, rank_fit, rank_union,
-        tol=rtol, data_tol=precision.default_residual_tol(fm.dtype),
+        tol=rtol, data_tol=precision.RESIDUAL_TOL, data_bounds=col_bounds, rank_bound=min(K.shape[0], fm.n_params),
     )
     R = None
     if kind is not None and verdict.holds:
@@ -276,15 +280,16 @@ def _perturb(x: _inputs.Inputs, scale: float, seed: int) -> _inputs.Inputs:
     return _inputs.map_inputs(noisy, x)
 
 
-def _data_level_tests(K: torch.Tensor, f: torch.Tensor, half: int, m: int, dtype: torch.dtype
-                      ) -> tuple[float, float, int, int]:
-    """Test 2 (``f_X ∈ Col J``), test 3 (least-norm transfer), ``rank J_A`` and ``rank [J_A; J_B]``."""
+def _data_level_tests(K: torch.Tensor, f: torch.Tensor, half: int, m: int, dtype: torch.dtype, n_params: int
+                      ) -> tuple[float, theory.ResidualBounds | None, float, int, int]:
+    """Test 2 (``f_X ∈ Col J``) with the bounds of its exact residual, test 3, ``rank J_A`` and ``rank [J_A; J_B]``."""
     f = f.to(torch.float64).reshape(-1).cpu()
     whole = Spectrum.of(K, source_dtype=dtype)
     col_res = math.sqrt(whole.outside_norm_sq(f) / float(f @ f))
+    col_bounds = measured_bounds(whole, f, col_res, n_params, dtype)
     a = half * m
     K64 = K.to(torch.float64).cpu()
     fit = Spectrum.of(K64[:a, :a], rank_tol=whole.rank_tol)  # one tolerance for both ranks
     predicted = K64[a:, :a] @ fit.pinv_apply(f[:a]).cpu()
     transfer = float((f[a:] - predicted).norm() / f[a:].norm())
-    return col_res, transfer, fit.rank, whole.rank
+    return col_res, col_bounds, transfer, fit.rank, whole.rank

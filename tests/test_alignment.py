@@ -10,7 +10,7 @@ from cases import CASES
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from diagnostics import AlignmentReport, DiagnosticsError, check_alignment, jacobian
+from diagnostics import AlignmentReport, DiagnosticsError, check_alignment, check_cms, jacobian
 
 F64 = torch.float64
 
@@ -334,12 +334,29 @@ def test_the_whole_set_solvers_of_a_tall_j_match_dense(method, loss):
     dense = check_alignment(model, (x, y), loss=loss, probe_size=None, path="dense")
     free = check_alignment(model, (x, y), loss=loss, probe_size=None, path="matrix-free", solver={"method": method})
     assert free.solver == ("gram" if method == "auto" else method) and dense.solver == ""
-    assert free.verdict.status == dense.verdict.status == "refuted"
+    assert dense.verdict.status == "refuted"  # the kept rank reaches d = min(nm, d): the residual is resolved
+    # LSQR's witness cannot refute; the preconditioned solvers certify the lower bound and count the rank
+    assert free.verdict.status == ("not established" if method == "lsqr" else "refuted")
     fields = REPORT_FIELDS if method != "sketch" else ("residual", "grad_norm", "loss_lower_bound")
     for name in fields:  # the sketch's ν is the damped one: the residual and the gradient, not ‖ν‖, to 1e-8
         torch.testing.assert_close(getattr(free, name), getattr(dense, name), rtol=1e-8, atol=1e-9, msg=name)
     policy = " ".join(free.manifest.precision)
     assert ("preconditioned" in policy) == (method != "lsqr")
+
+
+@pytest.mark.parametrize("method", ["gram", "sketch"])
+def test_a_rank_deficient_tall_j_is_not_refuted_by_its_large_residual(method):
+    # deep linear: rank J = 15 < d = 51 (its GL(6) directions are null), Q far outside Col J: like the dense path,
+    # the preconditioned solvers cannot exclude directions below the threshold that would carry the residual
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 3)).double()
+    x, y = torch.randn(40, 4, dtype=F64), torch.randn(40, 3, generator=torch.Generator().manual_seed(3), dtype=F64)
+    dense = check_alignment(model, (x, y), probe_size=None, path="dense")
+    free = check_alignment(model, (x, y), probe_size=None, path="matrix-free", solver={"method": method})
+    assert dense.verdict.status == free.verdict.status == "not established"
+    torch.testing.assert_close(free.residual, dense.residual, rtol=1e-8, atol=0)
+    reason = free.verdict.details["reason"]
+    assert ("rank" in reason) and (method == "gram" or "certifies" in reason)
 
 
 @pytest.mark.parametrize("steps", [10, 1000])
@@ -370,3 +387,114 @@ def test_auto_path_goes_matrix_free_when_the_dense_gram_does_not_fit():
     torch.testing.assert_close(tight.nu_norm, small.nu_norm, rtol=1e-7, atol=0)
     with pytest.raises(DiagnosticsError, match="path must be one of"):
         check_alignment(model, (x, y), probe_size=None, path="sparse")
+
+
+# -- what a measured Gram decides (theory/alignment.md#resolution, #subsets) ---------------------------------
+
+
+def _scaled_feature_model(scale: float = 1e-7):
+    """A linear model whose first input feature is scaled by ``scale``, and a target exactly in its ``Col J``."""
+    gen = torch.Generator().manual_seed(0)
+    n, d_x = 100, 5
+    X = torch.randn(n, d_x, dtype=F64, generator=gen)
+    X[:, 0] *= scale
+    model = nn.Linear(d_x, 1).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(1, d_x, dtype=F64, generator=gen))
+    w = torch.randn(d_x, dtype=F64, generator=gen)
+    w[0] = 1e3  # the scaled feature carries a component of Y of size 1e-4 relative, below the resolution
+    return model, X, (X @ w + 0.5).reshape(n, 1)
+
+
+def test_an_exact_target_whose_small_components_lie_below_the_resolution_is_not_refuted():
+    # a tanh MLP with three hidden layers on 100 digits: Y = Jv is in Col J (residual 1e-15 by SVD), but the
+    # rank rule discards directions that carry 1e-7 of it; 89 directions of Col J may be among them
+    X, _ = _digits(100)
+    from diagnostics.models import MLP
+
+    torch.manual_seed(0)
+    model = MLP(64, 8, 10, depth=3, activation="tanh").double()
+    J = jacobian(model, X)
+    Y = (J @ torch.randn(J.shape[1], dtype=F64, generator=torch.Generator().manual_seed(0))).reshape(100, 10)
+    U = torch.linalg.svd(J, full_matrices=False)[0]
+    assert float((Y.reshape(-1) - U @ (U.T @ Y.reshape(-1))).norm() / Y.norm()) < 1e-12
+    report = check_alignment(model, (X, Y), probe_size=None)
+    assert report.residual > report.residual_tol and report.rank < min(report.n_outputs, report.n_params)
+    assert report.verdict.status == "not established" and report.verdict.details["lower"] == 0
+    assert "may belong to Col J" in report.verdict.details["reason"] and "why:" in str(report)
+
+
+def test_a_scaled_input_feature_makes_neither_d1_nor_the_data_level_premise_refuted():
+    model, X, Y = _scaled_feature_model()
+    report = check_alignment(model, (X, Y), probe_size=None)
+    assert report.rank == 5 < report.n_params  # the scaled feature's direction is below the resolution
+    assert report.residual > 10 * report.residual_tol and report.verdict.status == "not established"
+    # f = Wx + b is in Col J exactly (A1 holds); its component along the scaled feature is not resolved either:
+    # the premise of (I2)-(I4) is undecided, not "not met", so (I3) is judged and not declared inapplicable
+    assert report.output_residual > report.residual_tol and report.data_level.status == "not established"
+    i3 = next(v for v in report.verdicts if v.statement == "I3")
+    assert i3.status in ("holds", "not established") and "undecided" in str(i3.premises[1])
+    # A1: the witness holds, and test 2 no longer claims to refute A1 for every R
+    cms = check_cms(model, X)
+    assert cms.holds and "disagreement" not in cms.verdict.details and "not shown" in str(cms)
+
+
+def test_the_same_target_gets_one_answer_in_float32_and_float64():
+    # 1e-5 of Q's norm lies in null K of a linear model with nm > d: float64 refutes D1; float32, whose
+    # resolution cannot place that residual, says not established (never holds), and check_alignment re-measures
+    gen = torch.Generator().manual_seed(1)
+    n, d_x, m = 60, 4, 2
+    X = torch.randn(n, d_x, dtype=F64, generator=gen)
+    model = nn.Linear(d_x, m).double()
+    J = jacobian(model, X)
+    Y = J @ torch.randn(J.shape[1], dtype=F64, generator=gen)
+    U = torch.linalg.svd(J)[0][:, J.shape[1]:]
+    null = U @ torch.randn(U.shape[1], dtype=F64, generator=gen)
+    Q = (Y + 1e-5 * Y.norm() * null / null.norm()).reshape(n, m)
+    f64 = check_alignment(model, (X, Q), probe_size=None)
+    assert f64.verdict.status == "refuted" and f64.residual == pytest.approx(1e-5, rel=1e-3)
+    assert f64.residual_tol == pytest.approx(math.sqrt(torch.finfo(F64).eps))
+    from diagnostics import ntk_gram
+    from diagnostics.alignment import Targets, alignment_from_gram
+
+    single = nn.Linear(d_x, m).float()
+    single.load_state_dict(model.state_dict())
+    K32 = ntk_gram(single, X.float(), dtype=torch.float32)
+    alone = alignment_from_gram(single(X.float()).detach(), Targets.build(Q, n, m, "mse"), K32, n_params=J.shape[1],
+                                source_dtype=torch.float32)
+    assert alone.residual_tol == f64.residual_tol  # the question does not depend on the dtype
+    assert alone.verdict.status == "not established" and "dtype=torch.float64" in alone.precision_note
+    again = check_alignment(single, (X.float(), Q), probe_size=None, dtype=torch.float32)
+    assert again.verdict.status == "refuted" and again.precision_note.startswith("float32 could not decide D1")
+
+
+def test_a_probe_names_both_scopes():
+    from diagnostics.data import load_dataset
+    from diagnostics.models import CNN
+
+    digits = load_dataset("digits")
+    torch.manual_seed(0)
+    model = CNN(in_channels=1, width=16, n_out=10, image_size=8)
+    report = check_alignment(model, (digits.X_train, digits.y_train), loss="ce", probe_size=128)
+    assert report.verdict.holds and report.full_rank and report.n_data == len(digits.y_train) == 1297
+    data = report.data_verdict
+    assert data.status == "not established" and "12,970 > d = 3,130" in data.details["reason"]
+    lines = str(report).splitlines()
+    assert lines[0].startswith("Alignment condition D1 (Q ∈ Col J) on a probe of 128 of the 1,297 samples: holds")
+    assert lines[1].startswith("  on all 1,297 samples given: not established") and "probe_size=None" in str(report)
+    assert report.to_dict()["data_verdict"]["status"] == "not established"
+
+
+def test_a_refuting_probe_refutes_d1_on_the_data_with_a_lower_bound():
+    gen = torch.Generator().manual_seed(2)
+    n, d_x, m = 200, 4, 2
+    X, Y = torch.randn(n, d_x, dtype=F64, generator=gen), torch.randn(n, m, dtype=F64, generator=gen)
+    model = nn.Linear(d_x, m).double()
+    report = check_alignment(model, (X, Y), probe_size=50)
+    assert report.verdict.refuted and report.data_verdict.refuted
+    A = np.hstack([X.numpy(), np.ones((n, 1))])
+    coef, *_ = np.linalg.lstsq(A, Y.numpy(), rcond=None)
+    whole = np.linalg.norm(Y.numpy() - A @ coef) / np.linalg.norm(Y.numpy())
+    assert report.residual_tol < report.data_verdict.lhs <= whole
+    assert "on all 200 samples given: refuted" in str(report)
+    assert check_alignment(model, (X, Y), probe_size=None).data_verdict is None  # the whole data: one scope

@@ -105,13 +105,18 @@ def test_nonlinear_heads_are_not_established_when_nothing_refutes_a1(head):
     assert str(report).startswith("Common model structure A1 (f = J R): not established")
 
 
-def test_a_softmax_head_is_refuted_by_test_2_at_any_width(device):
+@pytest.mark.parametrize("n", [20, 80])
+def test_a_softmax_head_leaves_f_outside_the_kept_directions_but_a_gram_cannot_refute_it(device, n):
     # the outputs of each sample sum to 1, so every Jacobian row block sums to 0: f_X ∉ Col J
-    # (theory/cms.md#violations), however many parameters the network has
+    # (theory/cms.md#violations). Test 2 sees it (most of f_X in the discarded directions), but the shift
+    # invariance of the softmax also leaves 13 directions of parameter space null, so rank J < min(nm, d) and
+    # directions of Col J may hide below the resolution: a Gram cannot refute A1 (theory/alignment.md#resolution)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 3), nn.Softmax(dim=-1)).double().to(device)
-    report = check_cms(model, torch.randn(20, 5, dtype=F64, device=device))
-    assert report.status == "refuted" and report.verdict.details["refuted_by"].startswith("test 2")
+    report = check_cms(model, torch.randn(n, 5, dtype=F64, device=device))
+    assert report.column_space_residual > 0.5 and report.status == "not established"
+    assert "may belong to Col J" in report.verdict.details["reason"]
+    assert "not shown:" in str(report)
 
 
 def test_a_sigmoid_head_with_fewer_parameters_than_rows_is_refuted_by_test_2():

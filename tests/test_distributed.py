@@ -110,13 +110,18 @@ def test_a_tall_whole_set_is_decided_alike_on_two_processes(one, two, case, tol)
             numbers.pop(key)
     _assert_same(_numbers(two[0][case]), _numbers(two[1][case]), 1e-13)
     _assert_same(one_numbers, two_numbers, tol)
-    assert one[case].solver == case.split("-")[1] and one[case].verdict.status == theory.REFUTED
+    # a ReLU MLP on the digits: J is rank-deficient by construction (rescalable units, border pixels that are 0 in
+    # every image), so no measurement refutes D1 (theory/alignment.md#resolution); the report gives the bounds
+    report = one[case]
+    assert report.solver == case.split("-")[1] and report.verdict.status == theory.NOT_ESTABLISHED
+    assert report.residual > 0.1 and report.verdict.details["upper"] == pytest.approx(report.residual)
+    assert "min(nm, d)" in report.verdict.details["reason"] or "certifies" in report.verdict.details["reason"]
 
 
 def test_an_interrupted_two_process_run_resumes_from_its_checkpoint(one, two):
     stopped, resumed = two[0]["stopped"], two[0]["resumed"]
     assert stopped.verdict.status == theory.NOT_ESTABLISHED and "time budget" in stopped.rank_rule
-    assert "cannot refute" in stopped.precision_note
+    assert "LSQR stopped before its tolerance" in stopped.verdict.details["reason"]
     _assert_same(_numbers(resumed), _numbers(one["teacher-student"]), TOL)
 
 

@@ -15,8 +15,10 @@ from .verdicts import (
     STATUSES,
     TINY,
     Premise,
+    ResidualBounds,
     Verdict,
     alignment_condition,
+    alignment_from_subset,
     alignment_lower_bound,
     application_bound,
     best_convex_bound,
@@ -25,6 +27,7 @@ from .verdicts import (
     convex_loss_bound,
     counting_bound,
     d1_premise,
+    data_level_condition,
     data_level_premise,
     deep_linear_rank_bound,
     distance_non_increasing,
@@ -41,6 +44,8 @@ from .verdicts import (
     kernel_movement_trend,
     loss_decomposition,
     necessity_at_global_minimum,
+    residual_bounds,
+    witness_bounds,
 )
 
 __all__ = [
@@ -51,8 +56,10 @@ __all__ = [
     "STATUSES",
     "TINY",
     "Premise",
+    "ResidualBounds",
     "Verdict",
     "alignment_condition",
+    "alignment_from_subset",
     "alignment_lower_bound",
     "application_bound",
     "best_convex_bound",
@@ -61,6 +68,7 @@ __all__ = [
     "convex_loss_bound",
     "counting_bound",
     "d1_premise",
+    "data_level_condition",
     "data_level_premise",
     "deep_linear_rank_bound",
     "distance_non_increasing",
@@ -77,4 +85,6 @@ __all__ = [
     "kernel_movement_trend",
     "loss_decomposition",
     "necessity_at_global_minimum",
+    "residual_bounds",
+    "witness_bounds",
 ]

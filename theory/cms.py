@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from ._arguments import count, nonneg
+from .alignment import ResidualBounds
 from .verdict import HOLDS, NOT_ESTABLISHED, REFUTED, Verdict
 
 __all__ = ["cms_assessment"]
@@ -12,14 +13,17 @@ __all__ = ["cms_assessment"]
 
 def cms_assessment(candidate_error: float | None, data_residual: float, transfer_error: float | None = None,
                    rank_fit: int | None = None, rank_union: int | None = None, tol: float = 1e-6,
-                   data_tol: float | None = None) -> Verdict:
+                   data_tol: float | None = None, *, data_bounds: ResidualBounds | None = None,
+                   rank_bound: int | None = None) -> Verdict:
     r"""(A1) The verdict on the common model structure assumption from its three tests (``theory/cms.md``).
 
     - **holds** when a candidate ``R`` reproduces the outputs, ``‖f − J R‖/‖f‖ ≤ tol`` on inputs that were
       not used to choose it (test 1): the identity is then witnessed, not assumed;
-    - **refuted** only by a test that refutes A1 for *every* ``R``: test 2, ``‖(I−P)f_X‖/‖f_X‖ > data_tol``
-      (``f_X ∉ Col J``, so no ``R`` can give ``f_X = J R``), or test 3 when it is *conclusive*
-      (``rank J_A = rank [J_A; J_B]``: then A1 forces the least-norm transfer error
+    - **refuted** only by a test that refutes A1 for *every* ``R``: test 2, when the exact
+      ``‖(I−P)f_X‖/‖f_X‖`` is shown to exceed ``data_tol`` (``f_X ∉ Col J``, so no ``R`` can give
+      ``f_X = J R``; shown by ``data_bounds.lower``, ``theory/alignment.md#resolution``), or test 3 when it is
+      *conclusive* (``rank J_A = rank [J_A; J_B]``, and the measured ``rank [J_A; J_B]`` reaches ``rank_bound``
+      so that the ranks are exact: then A1 forces the least-norm transfer error
       ``‖f_B − J_B J_A⁺ f_A‖/‖f_B‖`` to vanish);
     - **not established** otherwise: no candidate was found (or none passed), and nothing refutes A1,
       since some other ``R`` may work.
@@ -44,8 +48,13 @@ def cms_assessment(candidate_error: float | None, data_residual: float, transfer
     tol
         Threshold of tests 1 and 3.
     data_tol
-        Threshold of test 2 (default ``tol``): the residual the rank tolerance can leave on a model that
-        satisfies A1.
+        Threshold of test 2 (default ``tol``): the residual that counts as ``f_X ∈ Col J``.
+    data_bounds
+        Where the exact test-2 residual lies (:func:`~theory.alignment.residual_bounds`); ``None``: the measured
+        one, taken as exact. Test 2 refutes only when ``data_bounds.lower > data_tol``.
+    rank_bound
+        ``min(nm, d)`` of the union: test 3 is conclusive only when ``rank_union`` reaches it (below it, directions
+        of the row space under the resolution may be missing from both ranks); ``None``: ranks taken as exact.
 
     Returns
     -------
@@ -58,7 +67,9 @@ def cms_assessment(candidate_error: float | None, data_residual: float, transfer
     e2 = nonneg("data_residual", data_residual)
     tol = nonneg("tol", tol)
     data_tol = tol if data_tol is None else nonneg("data_tol", data_tol)
-    details: dict = {"candidate_error": e1, "data_residual": e2, "data_tol": data_tol, "refuted_by": None}
+    data_bounds = data_bounds or ResidualBounds(e2, e2)
+    details: dict = {"candidate_error": e1, "data_residual": e2, "data_tol": data_tol, "refuted_by": None,
+                     "data_bounds": data_bounds.to_dict()}
     if (rank_fit is None) != (rank_union is None):
         raise ValueError("give both rank_fit and rank_union, or neither")
     conclusive = False
@@ -66,7 +77,7 @@ def cms_assessment(candidate_error: float | None, data_residual: float, transfer
         rf, ru = count("rank_fit", rank_fit), count("rank_union", rank_union)
         if rf > ru:
             raise ValueError(f"rank_fit = {rf} cannot exceed rank_union = {ru}")
-        conclusive = rf == ru
+        conclusive = rf == ru and (rank_bound is None or ru >= count("rank_bound", rank_bound))
         details["transfer_conclusive"] = conclusive
     e3 = None if transfer_error is None else nonneg("transfer_error", transfer_error)
     details["transfer_error"] = e3
@@ -79,8 +90,11 @@ def cms_assessment(candidate_error: float | None, data_residual: float, transfer
     lhs = math.nan if e1 is None else e1
     witnessed = e1 is not None and e1 <= tol
     refuters = []
-    if e2 > data_tol:
+    if e2 > data_tol and data_bounds.lower > data_tol:
         refuters.append(("test 2: f_X ∉ Col J, so no R gives f_X = J R", e2, data_tol))
+    elif e2 > data_tol:
+        details["data_undecided"] = (f"test 2 leaves {e2:.1e} > {data_tol:.1e}, but the exact residual may be as "
+                                     f"low as {data_bounds.lower:.1e}: {data_bounds.reason}")
     if details["transfer"] == "failed (conclusive)":
         refuters.append(("test 3: the least-norm R fitted on one half fails on the other, and rank J_A = "
                          "rank [J_A; J_B]", e3, tol))
@@ -100,5 +114,7 @@ def cms_assessment(candidate_error: float | None, data_residual: float, transfer
         status, margin = NOT_ESTABLISHED, (math.nan if e1 is None else tol - e1)
         details["reason"] = ("no candidate R was found" if e1 is None else
                              "no candidate R reproduces f, and no test refutes A1 (another R may work)")
+        if "data_undecided" in details:
+            details["reason"] += "; " + details["data_undecided"]
     details["status"] = status
     return Verdict("A1", "common model structure", status, lhs, tol, margin, 0.0, details, "error", "tol")

@@ -50,7 +50,7 @@ def gradient_flow_rate(loss_T: float, certificate_bar: float, elapsed: float) ->
 
 
 def convergence_rate_check(times: ArrayLike, losses: ArrayLike, certificate_bar: float | ArrayLike,
-                           aligned: bool | ArrayLike | None = None, rtol: float = 1e-6) -> Verdict:
+                           aligned: bool | str | ArrayLike | None = None, rtol: float = 1e-6) -> Verdict:
     r"""(I3) A measured gradient-flow trajectory against ``L(t) ≤ L(t₀)/(1 + 4 L(t₀)(t − t₀)/B̄²)``.
 
     The rate needs D1 and ``f_X ∈ Col J`` at *every* time of the interval and ``B̄ ≥ sup B(θ_t)``
@@ -66,7 +66,8 @@ def convergence_rate_check(times: ArrayLike, losses: ArrayLike, certificate_bar:
         ``B̄``: a float, or the measured ``B(θ_{t_k})`` along the trajectory (their maximum is used;
         the theorem needs a bound over the whole interval, so sample densely).
     aligned
-        D1 at each record (or one flag for all): when it fails at any record the rate is not applicable.
+        D1 at each record (or one flag for all, or the word of a verdict over all of them: *not established*
+        leaves it undecided): when it fails at any record the rate is not applicable.
     rtol
         Relative tolerance per point.
 
@@ -86,7 +87,7 @@ def convergence_rate_check(times: ArrayLike, losses: ArrayLike, certificate_bar:
     b_arr = array("certificate_bar", np.atleast_1d(np.asarray(certificate_bar, dtype=np.float64)),
                   nonneg=True)
     b = float(b_arr.max())
-    d1 = None if aligned is None else bool(np.all(np.asarray(aligned, dtype=bool)))
+    d1 = _over_records(aligned)
     bounds = np.array([gradient_flow_rate(loss[0], b, s) for s in t - t[0]])
     tol = np.array([rel_tol(rtol, bk, lk) for bk, lk in zip(bounds, loss, strict=True)])
     ratios = np.array([ratio(lk, bk) for bk, lk in zip(bounds, loss, strict=True)])
@@ -97,8 +98,8 @@ def convergence_rate_check(times: ArrayLike, losses: ArrayLike, certificate_bar:
 
 
 def gradient_descent_rate(step_sizes: float | ArrayLike, losses: ArrayLike, grad_norms_sq: ArrayLike,
-                          certificate_bar: float | ArrayLike, aligned: bool | ArrayLike | None = None,
-                          cms: bool | None = None, rtol: float = 1e-6, recipe: Sequence[Premise] = ()) -> Verdict:
+                          certificate_bar: float | ArrayLike, aligned: bool | str | ArrayLike | None = None,
+                          cms: bool | str | None = None, rtol: float = 1e-6, recipe: Sequence[Premise] = ()) -> Verdict:
     r"""(I3) Gradient-descent rate: ``1/L_k ≥ 1/L_0 + 4τ_k/B̄² − ρ_k`` at every step of a measured run.
 
     ``τ_k = Σ_{j<k, δ_j>0} δ_j/‖∇L_j‖²`` is the effective time of the steps that lower the loss and
@@ -119,9 +120,10 @@ def gradient_descent_rate(step_sizes: float | ArrayLike, losses: ArrayLike, grad
     certificate_bar
         ``B̄``: a float, or the measured certificates ``B(θ)`` along the run (their maximum is used).
     aligned
-        D1 at each measured point (or one flag): when it fails anywhere the bound is not applicable.
+        D1 at each measured point (or one flag, or a verdict word over all): when it fails anywhere the bound is
+        not applicable; *not established* leaves it undecided.
     cms
-        Whether ``f_X ∈ Col J`` was measured to hold (``None``: assumed).
+        Whether ``f_X ∈ Col J`` was measured to hold: a bool or a verdict word (``None``: assumed).
     rtol
         Relative tolerance per point.
     recipe
@@ -166,9 +168,16 @@ def gradient_descent_rate(step_sizes: float | ArrayLike, losses: ArrayLike, grad
                "certificate_bar": b,
                "max_ratio": float(max(ratio(lk, bk) for lk, bk in zip(loss, bounds, strict=True)))}
     tol = np.array([rel_tol(rtol, lk, bk if math.isfinite(bk) else 0.0) for bk, lk in zip(bounds, loss, strict=True)])
-    d1 = None if aligned is None else bool(np.all(np.asarray(aligned, dtype=bool)))
+    d1 = _over_records(aligned)
     return worst_point("I3.gd", "gradient-descent rate", loss, bounds, tol, details, "L_k",
                        "L_0/(1+4L_0τ_k/B̄²−L_0ρ_k)",
                        premises=[d1_premise(d1, "at every record"), data_level_premise(cms),
                                  Premise("B(θ_k) ≤ B̄ at every step", None, "B̄ is the largest measured B"),
                                  *recipe])
+
+
+def _over_records(aligned: bool | str | ArrayLike | None) -> bool | str | None:
+    """Return D1 over a trajectory: ``None`` (assumed), a verdict word for all records, or whether every flag holds."""
+    if aligned is None or isinstance(aligned, str):
+        return aligned
+    return bool(np.all(np.asarray(aligned, dtype=bool)))

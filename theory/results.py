@@ -12,7 +12,7 @@ import math
 import numpy as np
 
 from ._arguments import ArrayLike, array, count, flag, nonneg, real, same_length
-from .verdict import TINY, Premise, Verdict, judge, ratio, rel_tol
+from .verdict import HOLDS, NOT_ESTABLISHED, REFUTED, TINY, Premise, Verdict, judge, ratio, rel_tol
 
 __all__ = [
     "alignment_lower_bound",
@@ -27,14 +27,31 @@ __all__ = [
 ]
 
 
-def data_level_premise(cms: bool | None, note: str = "") -> Premise:
-    """Return the premise ``f_X ∈ Col J(θ)`` (A1 on the training inputs); ``None``: assumed, not measured."""
-    return Premise("f_X ∈ Col J (A1 on the data)", None if cms is None else flag("cms", cms), note)
+def data_level_premise(cms: bool | str | None, note: str = "") -> Premise:
+    """Return the premise ``f_X ∈ Col J(θ)`` (A1 on the training inputs).
+
+    ``cms`` is what was measured: a bool, or the word of the verdict that decided it
+    (:func:`~theory.alignment.data_level_condition`: *not established* makes the premise undecided);
+    ``None``: assumed, not measured.
+    """
+    return _measured_premise("f_X ∈ Col J (A1 on the data)", "cms", cms, note)
 
 
-def d1_premise(aligned: bool | None, note: str = "") -> Premise:
-    """Return the premise D1, ``Q ∈ Col J(θ)``; ``None``: assumed, not measured."""
-    return Premise("D1: Q ∈ Col J", None if aligned is None else flag("aligned", aligned), note)
+def d1_premise(aligned: bool | str | None, note: str = "") -> Premise:
+    """Return the premise D1, ``Q ∈ Col J(θ)``: a bool, the word of the D1 verdict, or ``None`` (assumed)."""
+    return _measured_premise("D1: Q ∈ Col J", "aligned", aligned, note)
+
+
+def _measured_premise(name: str, argument: str, measured: bool | str | None, note: str) -> Premise:
+    """Build a premise from a bool, a verdict word (*not established*: undecided) or ``None`` (assumed)."""
+    if measured is None:
+        return Premise(name, None, note)
+    if isinstance(measured, str):
+        words = {HOLDS: True, REFUTED: False, NOT_ESTABLISHED: None}
+        if measured not in words:
+            raise ValueError(f"{argument} must be a bool, one of {sorted(words)} or None, got {measured!r}")
+        return Premise(name, words[measured], note, undecided=measured == NOT_ESTABLISHED)
+    return Premise(name, flag(argument, measured), note)
 
 
 def loss_decomposition(loss: float, projected_residual_sq: float, unexplained_target_sq: float, n: int,
@@ -79,7 +96,7 @@ def loss_decomposition(loss: float, projected_residual_sq: float, unexplained_ta
 
 
 def alignment_lower_bound(loss: float, unexplained_target_sq: float, n: int, rtol: float = 1e-8,
-                          cms: bool | None = None) -> Verdict:
+                          cms: bool | str | None = None) -> Verdict:
     r"""(I2, consequence) The alignment residual lower-bounds the loss: ``L ≥ (1/2n)‖(I − P) Y‖²``.
 
     Under ``f_X ∈ Col J``, ``L = (1/2n)‖Pr‖² + (1/2n)‖(I−P)Y‖²`` (I2), so no training of the coefficients
@@ -96,7 +113,8 @@ def alignment_lower_bound(loss: float, unexplained_target_sq: float, n: int, rto
     rtol
         Relative tolerance.
     cms
-        Whether ``f_X ∈ Col J`` was measured to hold (``None``: assumed).
+        Whether ``f_X ∈ Col J`` was measured to hold: a bool or the data-level verdict's word (*not
+        established*: undecided, so a violation is not established); ``None``: assumed.
 
     Returns
     -------
@@ -114,7 +132,7 @@ def alignment_lower_bound(loss: float, unexplained_target_sq: float, n: int, rto
 
 
 def necessity_at_global_minimum(loss: float, alignment_residual: float, n: int, target_norm_sq: float,
-                                rtol: float = 1e-8, cms: bool | None = None, uncertainty: float = 0.0) -> Verdict:
+                                rtol: float = 1e-8, cms: bool | str | None = None, uncertainty: float = 0.0) -> Verdict:
     r"""(I2, necessity) D1 is necessary for a global minimum, quantitatively: ``a(θ) ≤ sqrt(2nL(θ))/‖Y‖``.
 
     From (I2), ``‖(I−P)Y‖² ≤ 2nL``, so as ``L → 0`` the alignment residual ``a = ‖(I−P)Y‖/‖Y‖`` must
@@ -134,7 +152,8 @@ def necessity_at_global_minimum(loss: float, alignment_residual: float, n: int, 
     rtol
         Relative tolerance on ``a``.
     cms
-        Whether ``f_X ∈ Col J`` was measured to hold (``None``: assumed).
+        Whether ``f_X ∈ Col J`` was measured to hold: a bool or the data-level verdict's word (*not
+        established*: undecided, so a violation is not established); ``None``: assumed.
     uncertainty
         How far the true ``a`` may lie below the measured one (a truncated least-squares solve gives only
         an upper bound on ``a``: pass ``a`` itself, and a violation is then *not established*).
@@ -159,8 +178,8 @@ def necessity_at_global_minimum(loss: float, alignment_residual: float, n: int, 
 # -- (I3) gradient domination ------------------------------------------------------------------
 
 
-def gradient_domination(loss: float, grad_norm: float, certificate: float, aligned: bool,
-                        rtol: float = 1e-6, truncation: float = 0.0, cms: bool | None = None) -> Verdict:
+def gradient_domination(loss: float, grad_norm: float, certificate: float, aligned: bool | str | None,
+                        rtol: float = 1e-6, truncation: float = 0.0, cms: bool | str | None = None) -> Verdict:
     r"""(I3) Gradient domination when aligned: ``L ≤ ½ ‖∇L‖ · B`` with ``B = ‖J⁺ r‖``.
 
     Under ``f_X ∈ Col J`` and ``Y ∈ Col J``: ``2L = ⟨∇L, J⁺ r⟩ ≤ ‖∇L‖ ‖J⁺ r‖`` (``theory/results.md``).
@@ -178,13 +197,15 @@ def gradient_domination(loss: float, grad_norm: float, certificate: float, align
     certificate
         ``B(θ) = ‖J⁺ r‖ = sqrt(rᵀ K⁺ r)``.
     aligned
-        Whether D1 (``Y ∈ Col J(θ)``) holds at ``θ``: when not, the bound is not applicable.
+        Whether D1 (``Y ∈ Col J(θ)``) holds at ``θ``: when not, the bound is not applicable
+        (a bool or the D1 verdict's word: *not established* leaves it undecided; ``None``: assumed).
     rtol
         Relative tolerance.
     truncation
         ``‖(I−P)r‖²/2n``, in loss units.
     cms
-        Whether ``f_X ∈ Col J`` was measured to hold (``None``: assumed).
+        Whether ``f_X ∈ Col J`` was measured to hold: a bool or the data-level verdict's word (*not
+        established*: undecided, so a violation is not established); ``None``: assumed.
 
     Returns
     -------
@@ -241,8 +262,9 @@ def excess_gradient_domination(projected_residual_sq: float, n: int, grad_norm: 
 # -- (I4) convex losses --------------------------------------------------------------------------
 
 
-def convex_loss_bound(loss: float, target_loss: float, grad_norm: float, distance: float, aligned: bool,
-                      rtol: float = 1e-6, truncation: float = 0.0, cms: bool | None = None) -> Verdict:
+def convex_loss_bound(loss: float, target_loss: float, grad_norm: float, distance: float,
+                      aligned: bool | str | None, rtol: float = 1e-6, truncation: float = 0.0,
+                      cms: bool | str | None = None) -> Verdict:
     r"""(I4) Convex losses: ``L(θ) − L(Q) ≤ ‖∇L(θ)‖ · ‖R(θ) − ν‖`` when ``Q ∈ Col J``.
 
     Convexity of ``ℓ`` gives ``L(θ) − L(Q) ≤ ⟨g, f_X − Q⟩ = ⟨∇L, R − ν⟩`` for every ``ν`` with
@@ -259,14 +281,16 @@ def convex_loss_bound(loss: float, target_loss: float, grad_norm: float, distanc
     distance
         ``‖R(θ) − ν‖`` for some ``ν`` with ``Jν = Q`` (best: ``‖J⁺(f_X − Q)‖``).
     aligned
-        Whether ``Q ∈ Col J(θ)``: when not, the bound is not applicable.
+        Whether ``Q ∈ Col J(θ)``: when not, the bound is not applicable
+        (a bool or the D1 verdict's word: *not established* leaves it undecided; ``None``: assumed).
     rtol
         Relative tolerance.
     truncation
         ``|⟨g, (I−P)(f_X − Q)⟩|``: the part of ``⟨g, f_X − Q⟩`` in the directions the rank tolerance
         discarded (loss units), added to the tolerance.
     cms
-        Whether ``f_X ∈ Col J`` was measured to hold (``None``: assumed).
+        Whether ``f_X ∈ Col J`` was measured to hold: a bool or the data-level verdict's word (*not
+        established*: undecided, so a violation is not established); ``None``: assumed.
 
     Returns
     -------
@@ -285,7 +309,8 @@ def convex_loss_bound(loss: float, target_loss: float, grad_norm: float, distanc
 
 
 def best_convex_bound(loss: float, grad_norm: float, scales: ArrayLike, target_losses: ArrayLike,
-                      distances: ArrayLike, aligned: bool, rtol: float = 1e-6, cms: bool | None = None) -> Verdict:
+                      distances: ArrayLike, aligned: bool | str | None, rtol: float = 1e-6,
+                      cms: bool | str | None = None) -> Verdict:
     r"""(I4) The best bound ``L(θ) ≤ min_c [L(cQ₀) + ‖∇L‖ · ‖R − ν_c‖]`` over a grid of scales ``c``.
 
     A larger ``c`` lowers ``L(cQ₀)`` and raises ``‖ν_c‖ = c‖ν₁‖``; membership of ``cQ₀`` in ``Col J``
@@ -304,11 +329,13 @@ def best_convex_bound(loss: float, grad_norm: float, scales: ArrayLike, target_l
     distances
         ``‖R − ν_c‖`` per scale.
     aligned
-        Whether ``Q₀ ∈ Col J(θ)``: when not, the bound is not applicable.
+        Whether ``Q₀ ∈ Col J(θ)``: when not, the bound is not applicable
+        (a bool or the D1 verdict's word: *not established* leaves it undecided; ``None``: assumed).
     rtol
         Relative tolerance.
     cms
-        Whether ``f_X ∈ Col J`` was measured to hold (``None``: assumed).
+        Whether ``f_X ∈ Col J`` was measured to hold: a bool or the data-level verdict's word (*not
+        established*: undecided, so a violation is not established); ``None``: assumed.
 
     Returns
     -------

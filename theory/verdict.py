@@ -97,22 +97,32 @@ class Premise:
         The premise in words, e.g. ``"D1: Q ∈ Col J"``.
     met
         ``True`` (observed), ``False`` (observed to fail: the statement is not applicable) or
-        ``None`` (not checked here: the caller vouches for it, and says so in ``note``).
+        ``None`` (not observed either way, see ``undecided``).
     note
         How it was checked, or why it was not.
+    undecided
+        With ``met=None``: ``False`` when the premise was not checked here and the caller vouches for it
+        (*assumed*); ``True`` when it was measured and the measurement could not decide it (*undecided*): a
+        statement resting on it can then hold, but a violation is *not established*, never *refuted* (the
+        premise itself may be what fails).
     """
 
     name: str
     met: bool | None
     note: str = ""
+    undecided: bool = False
+
+    def __post_init__(self) -> None:
+        if self.undecided and self.met is not None:
+            raise ValueError("a premise that was decided (met is True or False) cannot be undecided")
 
     def __str__(self) -> str:
-        mark = {True: "met", False: "NOT met", None: "assumed"}[self.met]
+        mark = "undecided" if self.undecided else {True: "met", False: "NOT met", None: "assumed"}[self.met]
         return f"{self.name}: {mark}" + (f" ({self.note})" if self.note else "")
 
     def to_dict(self) -> dict:
         """Plain-Python dictionary."""
-        return {"name": self.name, "met": self.met, "note": self.note}
+        return {"name": self.name, "met": self.met, "note": self.note, "undecided": self.undecided}
 
 
 @dataclass(frozen=True)
@@ -233,18 +243,25 @@ def judge(statement: str, title: str, lhs: float, rhs: float, tolerance: float, 
     """Decide ``lhs ≤ rhs`` (margin ``rhs − lhs`` unless given) under ``premises``.
 
     ``not applicable`` when a premise is not met; ``holds`` when ``margin ≥ −tolerance``; ``refuted``
-    when ``margin < −(tolerance + uncertainty)``; ``not established`` in between, where the violation is
-    within what the measurement cannot resolve (``uncertainty``).
+    when ``margin < −(tolerance + uncertainty)`` and every premise was met or assumed; ``not established``
+    in between, where the violation is within what the measurement cannot resolve (``uncertainty``), and
+    for a violation under an *undecided* premise (it may be the premise that fails).
     """
     premises = tuple(premises)
     margin = rhs - lhs if margin is None else margin
+    undecided = [p for p in premises if p.undecided]
     if any(p.met is False for p in premises):
         unmet = "; ".join(p.name for p in premises if p.met is False)
         details = {**details, "reason": f"premise not met: {unmet}"}
         status = NOT_APPLICABLE
     elif margin >= -tolerance:
         status = HOLDS
-    elif margin < -(tolerance + nonneg("uncertainty", uncertainty)):
+    elif margin < -(tolerance + nonneg("uncertainty", uncertainty)) and undecided:
+        status = NOT_ESTABLISHED
+        names = "; ".join(p.name + (f" ({p.note})" if p.note else "") for p in undecided)
+        details = {**details, "reason": f"the numbers violate it by {-margin:.3g}, but a premise could not be "
+                                        f"decided, and may be what fails: {names}"}
+    elif margin < -(tolerance + uncertainty):
         status = REFUTED
     else:
         status = NOT_ESTABLISHED

@@ -1,6 +1,13 @@
 """Every verdict function of :mod:`theory`, re-exported from the module of its topic."""
 
-from .alignment import alignment_condition
+from .alignment import (
+    ResidualBounds,
+    alignment_condition,
+    alignment_from_subset,
+    data_level_condition,
+    residual_bounds,
+    witness_bounds,
+)
 from .application import (
     application_bound,
     distance_non_increasing,
@@ -34,8 +41,10 @@ __all__ = [
     "STATUSES",
     "TINY",
     "Premise",
+    "ResidualBounds",
     "Verdict",
     "alignment_condition",
+    "alignment_from_subset",
     "alignment_lower_bound",
     "application_bound",
     "best_convex_bound",
@@ -44,6 +53,7 @@ __all__ = [
     "convex_loss_bound",
     "counting_bound",
     "d1_premise",
+    "data_level_condition",
     "data_level_premise",
     "deep_linear_rank_bound",
     "distance_non_increasing",
@@ -60,4 +70,6 @@ __all__ = [
     "kernel_movement_trend",
     "loss_decomposition",
     "necessity_at_global_minimum",
+    "residual_bounds",
+    "witness_bounds",
 ]

@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from ._arguments import ArrayLike, array, count, flag, nonneg, same_length
+from .alignment import ResidualBounds
 from .verdict import HOLDS, NOT_ESTABLISHED, REFUTED, Premise, Verdict, judge
 
 __all__ = ["counting_bound", "deep_linear_rank_bound", "embedding", "kernel_movement_trend"]
@@ -48,12 +49,15 @@ def counting_bound(rank: int, n_outputs: int, n_params: int) -> Verdict:
                  sanity=True)
 
 
-def embedding(residual_narrow: float, residual_wide: float, atol: float = 1e-8) -> Verdict:
+def embedding(residual_narrow: float, residual_wide: float, atol: float = 1e-8, *,
+              narrow_bounds: ResidualBounds | None = None, wide_bounds: ResidualBounds | None = None) -> Verdict:
     r"""(S2) Embedding: at matched points, the wide network's alignment residual is ≤ the narrow one's.
 
     ``Col J_narrow ⊆ Col J_wide`` when the wide network contains the narrow one with zero outgoing
     weights on the extra units (theory/width.md), so ``‖(I−P_wide)Q‖ ≤ ‖(I−P_narrow)Q‖``. Numerically the
-    two rank tolerances differ (``λ_max`` of the wide Gram is larger), hence ``atol``.
+    two rank tolerances differ (``λ_max`` of the wide Gram is larger), hence ``atol``; and each measured
+    residual knows the exact one only within its bounds (``theory/alignment.md#resolution``), so a violation is
+    *refuted* only when the wide network's lower bound exceeds the narrow one's upper bound by more than ``atol``.
 
     Parameters
     ----------
@@ -61,6 +65,8 @@ def embedding(residual_narrow: float, residual_wide: float, atol: float = 1e-8) 
         Alignment residuals ``‖(I−P)Q‖/‖Q‖`` of the two networks at the matched point.
     atol
         Absolute tolerance.
+    narrow_bounds, wide_bounds
+        Where the exact residuals lie (:func:`~theory.alignment.residual_bounds`); ``None``: the measured ones.
 
     Returns
     -------
@@ -70,9 +76,12 @@ def embedding(residual_narrow: float, residual_wide: float, atol: float = 1e-8) 
     narrow = nonneg("residual_narrow", residual_narrow)
     wide = nonneg("residual_wide", residual_wide)
     atol = nonneg("atol", atol)
+    narrow_bounds = narrow_bounds or ResidualBounds(narrow, narrow)
+    wide_bounds = wide_bounds or ResidualBounds(wide, wide)
+    uncertainty = max(wide - wide_bounds.lower, 0.0) + max(narrow_bounds.upper - narrow, 0.0)
     return judge("S2", "embedding", wide, narrow, atol, {"improvement": narrow - wide}, "a_wide", "a_narrow",
                  premises=[Premise("the wide network embeds the narrow one at the matched point", None,
-                                   "the caller's construction")])
+                                   "the caller's construction")], uncertainty=uncertainty)
 
 
 def deep_linear_rank_bound(rank: int, n_out: int, d_in: int, bias: bool = False,

@@ -84,7 +84,8 @@ class AlignedTraining:
         Append random features of ``h(x; θ_τ)`` when D1 fails, doubling their number until the residual
         is at most ``residual_tol`` (up to ``max_random_features``).
     residual_tol
-        Residual tolerance of D1; default ``sqrt(eps)`` of the model's dtype (the engine's default).
+        Residual tolerance of D1; default ``sqrt(eps)`` of the model's dtype, in which the frozen block is
+        recomputed during training (:func:`~diagnostics.engine.precision.default_residual_tol`).
     full_batch
         Declare that every step uses the whole training set (the recorded loss is then the training loss). With a
         closure this is observed: the closure's loss is compared with the training loss at the same parameters

@@ -226,8 +226,7 @@ def probe_data(data: Any, probe_size: int | None, seed: int) -> tuple[Inputs, to
         raise DiagnosticsError(f"probe_size must be a positive integer or None, got {probe_size}")
     with random_state_kept():
         collate = default_collate
-        samples = (is_map_style(data) and not isinstance(data, (tuple, list, Mapping, torch.Tensor, np.ndarray))
-                   or isinstance(data, list) and len(data) > 0 and all(isinstance(s, Mapping) for s in data))
+        samples = _is_samples(data)
         if isinstance(data, DataLoader):
             if not is_map_style(data.dataset):
                 return _from_iterable(data, probe_size)
@@ -260,6 +259,23 @@ def probe_data(data: Any, probe_size: int | None, seed: int) -> tuple[Inputs, to
         "data must be a pair (X, Y), a map-style Dataset of (x, y) pairs or of dicts with 'labels', or a "
         f"DataLoader; got {type(data).__name__}"
     )
+
+
+def data_size(data: Any) -> int | None:
+    """Return the number of samples in ``data`` (as :func:`probe_data` reads it); ``None`` when it cannot tell."""
+    if isinstance(data, DataLoader):
+        return len(data.dataset) if is_map_style(data.dataset) else None
+    if _is_samples(data):
+        return len(data)
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return batch_size(normalise_inputs(data[0]))
+    return None
+
+
+def _is_samples(data: Any) -> bool:
+    """Whether ``data`` is a collection of samples (a map-style data set, a list of dict samples), not a pair."""
+    return (is_map_style(data) and not isinstance(data, (tuple, list, Mapping, torch.Tensor, np.ndarray))
+            or isinstance(data, list) and len(data) > 0 and all(isinstance(s, Mapping) for s in data))
 
 
 @contextlib.contextmanager

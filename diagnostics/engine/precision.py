@@ -5,7 +5,9 @@ The rules are those of ``theory/alignment.md#numerics``:
 - the **rank tolerance** ``rank_tol`` on the eigenvalues of ``K = J Jᵀ``: by default
   ``λ_max · nm · eps(dtype of J)`` (numpy's ``matrix_rank`` rule applied to ``K``);
 - the **residual tolerance** ``residual_tol`` under which the alignment residual
-  ``‖(I − P)Q‖/‖Q‖`` counts as zero: by default ``sqrt(eps(dtype of J))``;
+  ``‖(I − P)Q‖/‖Q‖`` counts as zero: by default :data:`RESIDUAL_TOL` ``= sqrt(eps(float64))`` whatever the
+  dtype of the measurement (it belongs to the question; the dtype decides how well a measurement answers it,
+  ``theory/alignment.md#resolution``);
 - the relative tolerances of the exact identities that the checks compare (the structured engine's
   guard, ``f = J R`` for the common model structure, the (I2) decomposition on a trajectory);
 - TF32 is off while measuring (:func:`tf32_off`): float32 means float32 on a GPU too.
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "RESIDUAL_TOL",
     "check_rank_tol",
     "cms_identity_rtol",
     "decomposition_rtol",
@@ -93,8 +96,18 @@ def verdict_dtype(model: object) -> torch.dtype | None:
     return first.dtype if first.dtype in (torch.float32, torch.float64) else torch.float32
 
 
+#: ``sqrt(eps(float64))``: the residual below which ``Q ∈ Col J`` (and ``f_X ∈ Col J``) counts as holding, in every
+#: dtype: one question gets one answer, and a measurement whose precision cannot resolve it says *not established*
+#: (``theory/alignment.md#alignment-residual``).
+RESIDUAL_TOL = math.sqrt(float(np.finfo(np.float64).eps))
+
+
 def default_residual_tol(dtype: torch.dtype) -> float:
-    """``sqrt(eps(dtype))``: the alignment residual below which D1 is declared to hold."""
+    """``sqrt(eps(dtype))``: the residual tolerance of a construction carried out in ``dtype``.
+
+    :class:`~diagnostics.aligned.AlignedTraining` recomputes its frozen block in the training dtype, so its own
+    D1 is asked at that dtype's tolerance; a measurement of a model's D1 uses :data:`RESIDUAL_TOL`.
+    """
     return math.sqrt(eps(dtype))
 
 

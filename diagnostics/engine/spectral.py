@@ -6,7 +6,8 @@ the Jacobian it came from, and on vectors in ``R^{nm}``:
 - rank tolerance ``rank_tol = λ_max · nm · eps(dtype of J)`` (numpy's ``matrix_rank`` rule applied to
   ``K``), unless the caller gives one;
 - projector ``P = U₊U₊ᵀ`` onto ``Col(J) = Col(K)`` over eigenvalues ``> rank_tol``;
-- ``‖(I−P)q‖``, the quadratic form ``qᵀK⁺q = ‖J⁺q‖²``, ``qᵀKq = ‖Jᵀq‖²``;
+- ``‖(I−P)q‖``, the quadratic form ``qᵀK⁺q = ‖J⁺q‖²``, ``qᵀKq = ‖Jᵀq‖²``, and ``‖K⁺q‖`` and the largest
+  discarded eigenvalue, which bound what the rank rule's cut can hide (``theory/alignment.md#resolution``);
 - the spectral alignment curve: the fraction of ``‖q‖²`` carried by the eigen-directions with
   eigenvalue ``≥ λ``, for every eigenvalue ``λ`` (descending), and top-``k`` capture;
 - kernel-target alignment ``qᵀKq / (‖K‖_F ‖q‖²)``.
@@ -105,6 +106,12 @@ class Spectrum:
         return float(self.eigenvalues[r - 1]) if r else float("nan")
 
     @property
+    def largest_discarded(self) -> float:
+        """``max |λ_k|`` over the eigenvalues at or below ``rank_tol`` (0 when none is discarded)."""
+        rest = self.eigenvalues[self.rank :]
+        return float(np.abs(rest).max()) if rest.size else 0.0
+
+    @property
     def effective_rank(self) -> float:
         """``exp(entropy)`` of the normalised positive spectrum (Roy & Vetterli)."""
         lam = np.clip(self.eigenvalues, 0, None)
@@ -146,6 +153,12 @@ class Spectrum:
         c = self.coefficients(q)[: self.rank]
         lam = torch.as_tensor(self.eigenvalues[: self.rank], dtype=c.dtype, device=c.device)
         return float((c**2 / lam).sum())
+
+    def pinv_norm(self, q: torch.Tensor) -> float:
+        """``‖K⁺q‖`` over the kept directions (``rank_tol`` times it is the leak, theory/alignment.md#resolution)."""
+        c = self.coefficients(q)[: self.rank]
+        lam = torch.as_tensor(self.eigenvalues[: self.rank], dtype=c.dtype, device=c.device)
+        return float((c / lam).norm())
 
     def pinv_apply(self, q: torch.Tensor) -> torch.Tensor:
         """``K⁺q`` (float64)."""

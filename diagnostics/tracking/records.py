@@ -24,10 +24,10 @@ __all__ = ["CHEAP_COLUMNS", "COLUMNS", "CONSTANTS", "TRAILING", "cheap_record_co
 
 #: Columns of every record, in order (``cka_<module>`` columns follow ``kernel_target_alignment``).
 COLUMNS = (
-    "step", "loss", "grad_norm", "residual", "aligned", "d1_status", "rank", "n_outputs", "n_params", "lambda_max",
-    "lambda_min_kept", "effective_rank", "certificate", "nu_norm", "bound", "bound_ratio", "bound_truncation",
-    "decomposition_gap", "output_residual", "loss_lower_bound", "target_loss", "horizon_residual",
-    "horizon_loss_floor", "horizon_note", "kernel_movement_init",
+    "step", "loss", "grad_norm", "residual", "residual_lower", "aligned", "d1_status", "rank", "n_outputs", "n_params",
+    "lambda_max", "lambda_min_kept", "effective_rank", "certificate", "nu_norm", "bound", "bound_ratio",
+    "bound_truncation", "decomposition_gap", "output_residual", "data_level_status", "loss_lower_bound",
+    "target_loss", "horizon_residual", "horizon_loss_floor", "horizon_note", "kernel_movement_init",
     "kernel_movement_prev", "param_movement", "kernel_target_alignment",
 )
 #: Columns after the CKA columns: timing, then what makes a record self-describing for :mod:`.verify`.
@@ -45,6 +45,7 @@ def report_columns(report: AlignmentReport) -> dict[str, Any]:
         "loss": report.loss,
         "grad_norm": report.grad_norm,
         "residual": report.residual,
+        "residual_lower": report.verdict.details.get("lower", report.residual),
         "aligned": report.aligned,
         "d1_status": report.verdict.status,
         "rank": report.rank,
@@ -60,6 +61,7 @@ def report_columns(report: AlignmentReport) -> dict[str, Any]:
         "bound_truncation": report.verdicts[-1].details.get("truncation", 0.0),
         "decomposition_gap": report.decomposition_gap,
         "output_residual": report.output_residual,
+        "data_level_status": report.data_level.status if report.data_level is not None else math.nan,
         "loss_lower_bound": report.loss_lower_bound,
         "target_loss": report.target_loss,
         "horizon_residual": report.horizon_residual,

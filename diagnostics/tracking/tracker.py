@@ -40,7 +40,7 @@ from ..alignment_report import AlignmentReport
 from ..engine import inputs as _inputs
 from ..engine.functional import FunctionalModel, ParamSelector
 from ..engine.measurement import Measurement
-from ..engine.precision import default_residual_tol, dtype_name, verdict_dtype
+from ..engine.precision import RESIDUAL_TOL, dtype_name, verdict_dtype
 from ..engine.spectral import Spectrum
 from ..errors import DiagnosticsError, renamed_argument
 from ..representation import capture_grams, cka_from_grams
@@ -233,7 +233,7 @@ class AlignmentTracker:
             "n_params": fm.n_params, "representation": list(self.representation), "every": every,
             "probe_size": _inputs.batch_size(self._x), "seed": seed, "strategy": strategy,
             "probe_sha256": _ref.fingerprint(self._x, self._y, target), "created": time.time(),
-            "residual_tol": default_residual_tol(fm.dtype) if residual_tol is None else residual_tol,
+            "residual_tol": RESIDUAL_TOL if residual_tol is None else residual_tol,
             "tags": check_tags(tags), "optimizer": describe_optimizer(optimizer),
         }
         if full_every is not None:

@@ -22,8 +22,12 @@ measure no spectrum, so the statements have nothing to rest on there (:func:`ful
 
 ``‖Pr‖²`` is not stored; it is recovered from the stored parts of (I2):
 ``‖Pr‖² = 2n(L − floor − gap)`` with ``floor = (1/2n)‖(I−P)Y‖²`` and the measured ``gap``. The premises
-come from the record too: D1 from ``d1_status`` (*not established* records leave it assumed), and the
-data-level condition ``f_X ∈ Col J`` from ``output_residual ≤ residual_tol``.
+come from the record too: D1 from ``d1_status`` and the data-level condition ``f_X ∈ Col J`` from
+``data_level_status``, each decided on the resolution of its measurement (``theory/alignment.md#resolution``);
+*not established* leaves the premise undecided, so a violation resting on it is not established either. The
+(I2) gap refutes ``f_X ∈ Col J`` only where that premise was decided, and the necessity bound allows the D1
+residual to be as low as ``residual_lower``. Histories written before these columns existed fall back to
+``output_residual ≤ residual_tol`` and the measured residual.
 """
 
 from __future__ import annotations
@@ -68,7 +72,8 @@ def decomposition_verdicts(history: pd.DataFrame, rtol: float | None = None) -> 
         n = int(row.n_samples)
         floor_sq = 2 * n * row.loss_lower_bound
         fitted_sq = max(2 * n * (row.loss - row.loss_lower_bound - row.decomposition_gap), 0.0)
-        return tv.loss_decomposition(row.loss, fitted_sq, floor_sq, n, rtol=_rtol(row, rtol))
+        unattributed = abs(row.decomposition_gap) if _cms(row) == tv.NOT_ESTABLISHED else 0.0
+        return tv.loss_decomposition(row.loss, fitted_sq, floor_sq, n, rtol=_rtol(row, rtol), uncertainty=unattributed)
 
     return _per_record(history, "I2", judge)
 
@@ -126,7 +131,8 @@ def necessity_verdicts(history: pd.DataFrame, rtol: float = 1e-8) -> pd.Series:
         history,
         "I2.necessity",
         lambda row: tv.necessity_at_global_minimum(
-            row.loss, row.residual, int(row.n_samples), row.target_norm_sq, rtol=rtol, cms=_cms(row)
+            row.loss, row.residual, int(row.n_samples), row.target_norm_sq, rtol=rtol, cms=_cms(row),
+            uncertainty=row.residual - _stored(row, "residual_lower", row.residual),
         ),
     )
 
@@ -197,16 +203,25 @@ def _rtol(row: pd.Series, rtol: float | None) -> float:
     return decomposition_rtol(getattr(torch, str(row.get("dtype", "float64")), torch.float64))
 
 
-def _d1(row: pd.Series) -> bool | None:
-    """D1 at a record: measured (holds / refuted), or ``None`` when the record could not establish it."""
-    status = row.get("d1_status")
-    if status is None or (isinstance(status, float) and np.isnan(status)):
-        return bool(row.aligned)
-    return {tv.HOLDS: True, tv.REFUTED: False}.get(status)
+def _stored(row: pd.Series, column: str, default: object) -> object:
+    """Return ``row[column]``, or ``default`` when the history predates the column (absent or ``nan``)."""
+    value = row.get(column)
+    return default if value is None or (isinstance(value, float) and np.isnan(value)) else value
 
 
-def _cms(row: pd.Series) -> bool | None:
-    """Return the data-level premise ``f_X ∈ Col J`` at a record: ``output_residual ≤ residual_tol``."""
+def _d1(row: pd.Series) -> bool | str:
+    """Return D1 at a record: the word of its verdict (*not established* leaves the premise undecided)."""
+    return _stored(row, "d1_status", bool(row.aligned))
+
+
+def _cms(row: pd.Series) -> bool | str | None:
+    """Return the data-level premise ``f_X ∈ Col J`` at a record: the word of its verdict.
+
+    Older histories: ``output_residual ≤ residual_tol``; ``None`` when neither was stored.
+    """
+    status = _stored(row, "data_level_status", None)
+    if status is not None:
+        return status
     if "output_residual" not in row or "residual_tol" not in row or pd.isna(row.residual_tol):
         return None
     return bool(row.output_residual <= row.residual_tol)

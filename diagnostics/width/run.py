@@ -208,9 +208,8 @@ def _gradient_descent(premises: dict[str, tuple], history: pd.DataFrame, initial
         fields.update({"rate_status": rate.status, "rate_bound": None, "rate_rising_steps": None, "rate_c": None,
                        "rate_c_bound": None, "rate_largest_rise": None})
         return {"summary": fields, "bounds": [math.nan] * len(losses)}
-    rate = gradient_descent_rate(lr, losses, grads, history["certificate"], _aligned(history),
-                                 cms=bool((history["output_residual"] <= history["residual_tol"]).all()),
-                                 rtol=RATE_RTOL, recipe=premises["rate"])
+    rate = gradient_descent_rate(lr, losses, grads, history["certificate"], _over_records(history["d1_status"]),
+                                 cms=_data_level(history), rtol=RATE_RTOL, recipe=premises["rate"])
     fields.update({
         "rate_status": rate.status,
         "rate_bound": float(rate.details["bounds"][-1]) if rate.applicable else None,
@@ -222,12 +221,19 @@ def _gradient_descent(premises: dict[str, tuple], history: pd.DataFrame, initial
     return {"summary": fields, "bounds": rate.details["bounds"].tolist()}
 
 
-def _aligned(history: pd.DataFrame) -> bool | None:
-    """D1 over the records: ``False`` if refuted at one, ``True`` if it holds at all, else ``None`` (undecided)."""
-    statuses = set(history["d1_status"])
-    if "refuted" in statuses:
-        return False
-    return True if statuses == {"holds"} else None
+def _over_records(statuses: pd.Series) -> str:
+    """Return a condition over the records: *refuted* at one, *holds* at all, else *not established* (undecided)."""
+    words = set(statuses)
+    if "refuted" in words:
+        return "refuted"
+    return "holds" if words == {"holds"} else "not established"
+
+
+def _data_level(history: pd.DataFrame) -> str | bool:
+    """Return ``f_X ∈ Col J`` over the records (histories before ``data_level_status``: ``output_residual ≤ tol``)."""
+    if "data_level_status" in history:
+        return _over_records(history["data_level_status"])
+    return bool((history["output_residual"] <= history["residual_tol"]).all())
 
 
 def _outputs(model: torch.nn.Module, x: _inputs.Inputs, output: _inputs.OutputSelector) -> torch.Tensor:

@@ -45,6 +45,11 @@ COUNTEREXAMPLES = {
     # Σ η(4L − η‖∇‖²) = 0.39, but ‖ω_τ‖² + ‖ν‖² − ‖x_K − x*‖² = 2 − 1.99 = 0.01
     "gd_telescoping_bound": lambda: theory.gd_telescoping_bound([1.0], [1.0], 0.1, 1.0, 1.0, 1.99),
     "cms_assessment": lambda: theory.cms_assessment(None, 0.2),
+    "data_level_condition": lambda: theory.data_level_condition(0.1, 1e-8),
+    # the probe's residual is at least 0.1, so the data's is at least 0.1·sqrt(100/1000) > 1e-8
+    "alignment_from_subset": lambda: theory.alignment_from_subset(
+        theory.alignment_condition(0.1, 1e-8), probe_rows=100, data_rows=1000, n_params=50, probe_norm_sq=100.0,
+        data_norm_sq=1000.0),
 }
 
 #: statement function → a call whose premise is observed to fail.
@@ -65,12 +70,21 @@ NOT_APPLICABLE = {
 }
 
 #: statement function → a call on evidence that cannot decide.
+UNRESOLVED = theory.residual_bounds(6e-8, rows=1000, n_params=3466, kept_rank=990, resolution=1e-10,
+                                    smallest_kept=1e-9, largest_discarded=1e-10, pinv_norm=1.0)
 NOT_ESTABLISHED = {
-    "alignment_condition": lambda: theory.alignment_condition(0.1, 1e-8, resolved=False,
-                                                              resolution_note="float32 cannot resolve it"),
+    # a residual above the tolerance in the discarded directions, 10 of which may belong to Col J (990 < 1000)
+    "alignment_condition": lambda: theory.alignment_condition(6e-8, 1.5e-8, bounds=UNRESOLVED),
+    "data_level_condition": lambda: theory.data_level_condition(6e-8, 1.5e-8, bounds=UNRESOLVED),
+    # a probe that holds says nothing about the rest of the data
+    "alignment_from_subset": lambda: theory.alignment_from_subset(
+        theory.alignment_condition(0.0, 1e-8), probe_rows=100, data_rows=1000, n_params=500, probe_norm_sq=100.0,
+        data_norm_sq=1000.0),
     "loss_decomposition": lambda: theory.loss_decomposition(1.0, 1.0, 0.0, 1, uncertainty=1.0),
     "kernel_movement_trend": lambda: theory.kernel_movement_trend([16.0, 64.0], [1.0, 0.7], expect="decreasing"),
     "cms_assessment": lambda: theory.cms_assessment(0.5, 1e-12),
+    # the wide residual looks larger, but the exact one may be as low as 0 (directions below the resolution)
+    "embedding": lambda: theory.embedding(0.1, 0.3, wide_bounds=theory.ResidualBounds(0.0, 0.3)),
 }
 
 

@@ -60,5 +60,5 @@ def test_to_dict_is_plain_json():
     assert d["statement"] == "I4.best" and d["status"] == "holds"
     assert d["details"]["bounds"] == pytest.approx([1.3, 1.05, 2.05])
     assert isinstance(d["details"]["best_index"], int)
-    assert d["premises"][0] == {"name": "D1: Q ∈ Col J", "met": True, "note": ""}
+    assert d["premises"][0] == {"name": "D1: Q ∈ Col J", "met": True, "note": "", "undecided": False}
     json.loads(json.dumps(d))

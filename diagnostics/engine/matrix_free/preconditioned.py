@@ -64,6 +64,9 @@ EXACT_GRAM_MAX_D = 4096
 EXACT_GRAM_MAX_FLOPS = 2e12
 #: ``μ = DAMPING · rank_tol``: the damping of the sketched solve (the bracket of ``a(rank_tol)`` loses ``DAMPING``).
 DAMPING = 1e-2
+#: The sketch's premise: it distorts the norms of ``Col J`` by at most this factor (``‖SJx‖/‖Jx‖ ∈ [1/F, F]``); with it,
+#: the sketch's smallest eigenvalue can show every singular value of ``J`` above the threshold.
+DISTORTION = 2.0
 #: Sketch rows per parameter (``s = SKETCH_FACTOR · d``) and non-zeros per row of ``J`` (``ζ``).
 SKETCH_FACTOR = 2.0
 SKETCH_NONZEROS = 1
@@ -193,6 +196,8 @@ class PreconditionedSpectrum:
     smallest_kept = float("nan")
     effective_rank = float("nan")
     conlim = math.inf
+    distortion = DISTORTION
+    rank_resolved = False
 
     def __init__(
         self,
@@ -281,9 +286,35 @@ class PreconditionedSpectrum:
                       f"sketched Gram + μI (μ = {self.damping:.3g})")
             started = time.perf_counter()
             self._factor = self._cholesky(saved["gram"])
+            self.rank_resolved = self._resolved(saved["gram"])
             self.factor_seconds = time.perf_counter() - started
         self.largest_discarded = float(np.abs(self.eigenvalues[self.eigenvalues <= self.rank_tol]).max(initial=0.0)) \
             if self.method == "gram" else math.nan
+
+    def _resolved(self, matrix: torch.Tensor) -> bool:
+        """Whether every singular value of ``J`` lies above the threshold, as far as the sketch tells.
+
+        ``σ_min(J)² ≥ λ_min(G̃)/F²`` when the sketch distorts norms by at most a factor ``F`` (:data:`DISTORTION`,
+        a premise); the test asks ``λ_min(G̃) > F²(rank_tol + δ)``, ``δ`` the resolution, by a Cholesky factorisation
+        of the shifted ``G̃`` (it succeeds exactly for a positive definite matrix, up to rounding far below ``δ``).
+        """
+        _, processes, _ = local_block(self.op)
+        shift = DISTORTION**2 * (max(self.rank_tol, self.resolution) + self.resolution)
+
+        def definite() -> torch.Tensor:
+            shifted = matrix.clone()
+            shifted.diagonal().sub_(shift)
+            return torch.tensor([float(int(torch.linalg.cholesky_ex(shifted, upper=True)[1]) == 0)])
+
+        return bool(processes.share(definite)[0])
+
+    def pinv_norm(self, q: torch.Tensor) -> float:
+        """``‖K⁺q‖`` over the kept directions, ``sqrt(Σ_{λ_i > rank_tol} c_i²/λ_i²)`` (the exact Gram only)."""
+        if self.method != "gram":
+            return math.nan
+        c = self.coefficients(q)[: self.rank]
+        lam = torch.from_numpy(self.eigenvalues[: self.rank].copy())
+        return float(torch.sqrt(((c / lam) ** 2).sum()))
 
     def _say(self, message: str) -> None:
         """Tell the user what the solver is doing between progress bars (process 0, with ``progress``)."""
