@@ -1,11 +1,13 @@
 """Empirical-NTK Gram benchmark: our engine and its peers, side by side (docs/benchmarks.md).
 
     python -m bench.ntk                 # the default table (MLP, CNN, ResNet-BN; n·m = 1000, 5000)
-    python -m bench.ntk --quick         # smoke run: tiny sizes, one repeat, no memory column
+    python -m bench.ntk --quick         # smoke run: tiny sizes, one repeat, no memory column, no fresh processes
     python -m bench.ntk --device cuda   # the same on a GPU
 
-Every method computes ``K = J Jᵀ`` (float32, eval mode) for the same model and inputs. Reported:
-median wall time over repeats (after one warm-up call), peak memory (maximum resident set size
+Every method computes ``K = J Jᵀ`` (float32, eval mode) for the same model and inputs. Reported: our
+strategies' and the torch.func recipe's first call in a fresh process (:mod:`bench.first_call`), the
+median wall time over repeats (after one warm-up call; ``auto``'s warm-up goes on until it has judged
+every plan, in a process whose ``auto`` started with an empty cache folder), peak memory (maximum resident set size
 increase in a fresh forked process per method on CPU; ``torch.cuda.max_memory_allocated`` on GPU),
 the maximum relative difference ``max|K − K_ref| / max|K_ref|`` to a float64 reference (our
 structured path in float64, itself checked against the per-output autograd loop at the smallest
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import copy
+import importlib
 import multiprocessing
 import os
 import platform
@@ -25,19 +28,25 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
 import torch
 
+from bench.first_call import AUTO_CACHED, AUTO_COLD, first_calls, settle_auto
 from bench.flops import cheapest_flops, matmul_peak
 from bench.methods import METHODS, NotApplicable, autograd_loop
 from bench.models import MODELS, M, build
 from diagnostics import InsufficientMemoryError, ntk_gram
-from diagnostics.engine import Measurement
 from diagnostics.engine.choice import synchronize
+from diagnostics.engine.choice_store import CACHE_ENV
 
 PEERS = ("torch.func recipe", "autograd loop", "nngeometry", "curvlinops", "BackPACK")
+#: Our strategies a user can name: ``auto``'s first call is held to the fastest of their first calls.
+OUR_PLANS = ("ours: structured", "ours: jacrev", "ours: vjp")
+#: The methods whose first call in a fresh process is timed (``--first-call``).
+FIRST_CALL = ("ours: auto", *OUR_PLANS, "torch.func recipe")
 SMALL = 1000  # largest n·m for methods that apply at small sizes only
 
 
@@ -51,6 +60,7 @@ class Row:
     rel_diff: float | None = None
     rate: float | None = None  # fraction of the matmul peak
     memory_mib: float | None = None
+    first: dict | None = None  # first call in a fresh process: label → seconds
     note: str = ""
 
 
@@ -92,6 +102,7 @@ def _gpu_peak(fn, model, x) -> float:
 
 
 def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
+    importlib.import_module("torch._dynamo")  # torch.func started up: the steady state of a process that used it
     device = args.device
     name = machine() if device == "cpu" else torch.cuda.get_device_name()
     info = {"machine": name, "load_start": os.getloadavg()}
@@ -109,15 +120,15 @@ def run(args: argparse.Namespace) -> tuple[list[Row], dict]:
                     (ref - loop).abs().max() / loop.abs().max()
                 )
             flops = cheapest_flops(model, x)
-            start = time.perf_counter()
-            with Measurement(model, x) as job:  # auto's choice: its timed probe and its check on the whole problem
-                job.gram()
-            with Measurement(model, x) as job:  # the choice the timed calls use (cached)
-                chose = (f"auto chose {job.strategy} (choosing and its first Gram took "
-                         f"{time.perf_counter() - start:.2f} s, once)")
+            methods = [m for m in FIRST_CALL if m in args.methods] if args.first_call and size <= SMALL else []
+            fresh = first_calls("ntk", model_name, size, methods)
+            calls, _, choice = settle_auto(model, x, {})
+            chose = f"auto chose {choice.plan.label} (settled after {calls} calls)"
             for method in args.methods:
                 fn, large = METHODS[method]
                 row = Row(model_name, size, method)
+                labels = (AUTO_COLD, AUTO_CACHED) if method == "ours: auto" else (method,)
+                row.first = {k: fresh[k]["seconds"] for k in labels if "seconds" in fresh.get(k, {})}
                 rows.append(row)
                 if not large and size > SMALL:
                     row.note = f"small sizes only (n·m ≤ {SMALL})"
@@ -191,9 +202,12 @@ def table(rows: list[Row], info: dict, args: argparse.Namespace) -> str:
         "autograd loop (float64) at the smallest size: "
         + ", ".join(f"{k} {v:.1e}" for k, v in info.get("reference_check", {}).items()) + ".",
         "",
-        "| model | n·m | method | median time (s) | runs | vs torch.func recipe | peak memory (MiB) "
+        "First call: one fresh process per method (auto: with nothing cached / with what that call cached), "
+        f"at n·m ≤ {SMALL}. Median time: after warm-up calls (auto's until it had judged every plan).",
+        "",
+        "| model | n·m | method | first call (s) | median time (s) | runs | vs torch.func recipe | peak memory (MiB) "
         "| max rel. diff | % of peak | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     naive = {(r.model, r.rows): r.time_s for r in rows if r.method == "torch.func recipe" and r.time_s}
     for r in rows:
@@ -201,7 +215,8 @@ def table(rows: list[Row], info: dict, args: argparse.Namespace) -> str:
         speed = f"{base / r.time_s:.1f}×" if base and r.time_s else "—"
         rate = _fmt(None if r.rate is None else 100 * r.rate, ".1f")
         lines.append(
-            f"| {r.model} | {r.rows} | {r.method} | {_fmt(r.time_s, '.3f')} | {r.runs or '—'} | {speed} | "
+            f"| {r.model} | {r.rows} | {r.method} | {' / '.join(f'{v:.3f}' for v in (r.first or {}).values()) or '—'} "
+            f"| {_fmt(r.time_s, '.3f')} | {r.runs or '—'} | {speed} | "
             f"{_fmt(r.memory_mib, '.0f')} | {_fmt(r.rel_diff, '.1e')} | {rate} | {r.note} |"
         )
     lines += ["", "Summary (ours: auto against the fastest peer that ran, and the torch.func recipe):"]
@@ -216,6 +231,10 @@ def table(rows: list[Row], info: dict, args: argparse.Namespace) -> str:
             f"- {key[0]}, n·m = {key[1]}: auto {auto.time_s:.3f} s; fastest peer {best.method} "
             f"{best.time_s:.3f} s ({best.time_s / auto.time_s:.1f}× slower than auto)"
         )
+    lines += ["", "auto against the fastest of our strategies and the torch.func recipe (first call: our strategies' "
+              "own first calls; 1.00 = as fast, above 1 = slower):"]
+    for key in dict.fromkeys((r.model, r.rows) for r in rows):
+        lines += _against_fastest(key, [r for r in rows if (r.model, r.rows) == key])
     ratios = [naive[(r.model, r.rows)] / r.time_s for r in rows
               if r.method == "ours: auto" and r.time_s and (r.model, r.rows) in naive]
     if ratios:
@@ -225,6 +244,26 @@ def table(rows: list[Row], info: dict, args: argparse.Namespace) -> str:
     lines.append("")
     lines.append("Command: `python -m bench.ntk " + " ".join(sys.argv[1:]) + "`")
     return "\n".join(lines)
+
+
+def _against_fastest(key: tuple[str, int], here: list[Row]) -> list[str]:
+    """One summary line: auto's first calls and steady time against the fastest."""
+    auto = next((r for r in here if r.method == "ours: auto"), None)
+    if auto is None:
+        return []
+    parts = []
+    firsts = [(r.method, r.first[r.method]) for r in here if r.method in OUR_PLANS and r.first and r.method in r.first]
+    if firsts and auto.first and AUTO_COLD in auto.first and AUTO_CACHED in auto.first:
+        name, best = min(firsts, key=lambda mv: mv[1])
+        cold, cached = auto.first[AUTO_COLD], auto.first[AUTO_CACHED]
+        parts.append(f"first call {cold:.3f} s with nothing cached, {cached:.3f} s cached; fastest {name} {best:.3f} s "
+                     f"→ {cold / best:.2f} / {cached / best:.2f}")
+    steady = [r for r in here if r.time_s and r.method in (*OUR_PLANS, "torch.func recipe")]
+    if auto.time_s and steady:
+        best_row = min(steady, key=lambda r: r.time_s)
+        parts.append(f"steady {auto.time_s:.3f} s, fastest {best_row.method} {best_row.time_s:.3f} s → "
+                     f"{auto.time_s / best_row.time_s:.2f}")
+    return [f"- {key[0]}, n·m = {key[1]}: " + "; ".join(parts)] if parts else []
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -242,16 +281,20 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--memory-max-seconds", type=float, default=10.0,
                         help="measure the memory of runs up to this long (each needs one more run)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-first-call", dest="first_call", action="store_false",
+                        help="skip the first calls in fresh processes (one process per method, model and size)")
     parser.add_argument("--output", help="also write the table to this file")
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.repeats, args.memory = [40], 1, False
+        args.sizes, args.repeats, args.memory, args.first_call = [40], 1, False, False
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    rows, info = run(args)
+    with tempfile.TemporaryDirectory(prefix="bench-ntk-") as cache:  # auto starts with nothing cached
+        os.environ[CACHE_ENV] = cache
+        rows, info = run(args)
     text = table(rows, info, args)
     print(text)
     if args.output:

@@ -217,8 +217,7 @@ def _measure(model: nn.Module, X: _inputs.Inputs, T: torch.Tensor, *, dtype: tor
     with Measurement(model, X, params=params, mode=mode, output=output, dtype=dtype, strategy=strategy,
                      memory_budget=memory_budget) as job:
         targets = Targets.build(T, job.n, job.m, loss, target)
-        with torch.no_grad():
-            outputs = job.fm(job.fm.params, job.x)
+        outputs = job.outputs()
         K = job.gram()
         error = job.error(K)
     report = alignment_from_gram(

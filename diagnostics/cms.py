@@ -182,14 +182,12 @@ def check_cms(
         rtol = precision.cms_identity_rtol(fm.dtype) if rtol is None else float(rtol)
         half = n // 2
         theta = fm.params
-        with torch.no_grad():
-            f_all = fm(theta, job.x)
+        f_all = job.outputs()
         K, V_all = job.gram_and_contractions(theta)
         x_fresh = _inputs.take(job.x, slice(half, n))
         manifest = MeasurementManifest.of(job, job.error(K))
     with Measurement(model, _perturb(x_fresh, perturbation, seed), **settings) as noisy:
-        with torch.no_grad():
-            f_noisy = noisy.fm(noisy.fm.params, noisy.x)
+        f_noisy = noisy.outputs()
         V_noisy = noisy.contractions(noisy.fm.params)
     m = f_all.shape[1]
     f = {"fit": f_all[:half].reshape(-1), "fresh": f_all[half:].reshape(-1), "perturbed": f_noisy.reshape(-1)}

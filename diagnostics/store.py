@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -23,16 +24,20 @@ import torch
 __all__ = ["RunStore", "write_atomic", "write_json", "write_torch"]
 
 
-def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(file)`` on a temporary binary file next to ``path``, then move it into place."""
+def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None], durable: bool = True) -> None:
+    """Call ``write(file)`` on a temporary binary file next to ``path``, then move it into place.
+
+    ``durable``: fsync the file before the rename, so that it survives a power cut (a cache can do without).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "wb") as fh:
             write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -19,6 +19,15 @@ def _deterministic_threads():
         yield
 
 
+@pytest.fixture(autouse=True)
+def _auto_cache(tmp_path_factory, monkeypatch):
+    """strategy="auto"'s on-disk cache in a fresh temporary folder for every test (never the user's; inherited by
+    the processes a test starts)."""
+    from diagnostics.engine.choice_store import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("auto-cache")))
+
+
 @pytest.fixture
 def one_thread():
     """One intra-op thread for tiny matrices: on an oversubscribed machine MKL's threads spin 10-100× slower

@@ -1,40 +1,36 @@
-r"""How ``strategy="auto"`` chooses: plans, the timed probe's cost model, and the per-model cache.
+r"""How ``strategy="auto"`` chooses: the plans, the cost model of its predictions, and what it knows of a problem.
 
 A :class:`Plan` is one exact way to compute ``J`` and ``K`` (``theory/alignment.md#setup``): the structured
 path with the other parameters by per-sample ``vmap(jacrev)`` or by ``vjp``; per-sample ``vmap(jacrev)``; or
-``vjp``, over the whole batch or chunk by chunk. ``auto`` keeps the plans that can run the model (samples
-that interact leave whole-batch ``vjp``; a model ``vmap`` cannot run over samples, such as a recurrent
-layer or a padding mask read in Python, leaves ``vjp`` by chunks) and, on problems large enough for the
-choice to matter, picks the fastest by a timed probe on small slices of the samples, extrapolated to the
-whole batch by :func:`predict`:
+``vjp``, over the whole batch or chunk by chunk. ``auto`` (:mod:`~diagnostics.engine.auto`) keeps the plans
+that can run the model (samples that interact leave whole-batch ``vjp``; a model ``vmap`` cannot run over
+samples, such as a recurrent layer or a padding mask read in Python, leaves ``vjp`` by chunks) and judges
+them, recording what it finds in a :class:`Knowledge` per problem. A plan timed on two slices of the batch
+is extrapolated to the whole by :func:`predict`:
 
 .. math::
 
     t(n) = a + b\,n^e + \frac{\mathrm{FLOPs}_{\text{products}}(n)}{\text{matmul rate}},
 
-with ``a`` and ``b`` fitted to the probe's times less their products' share (``e = 1`` when ``J`` is
+with ``a`` and ``b`` fitted to the slices' times less their products' share (``e = 1`` when ``J`` is
 formed sample by sample or chunk by chunk, ``e = 2`` when each row is pulled back through the whole
 batch), the product FLOPs counted exactly from the layer shapes, and the rate of one matrix product
-timed once per process. For ``vjp`` by chunks the slice *is* a chunk, so ``n/c`` times its time (less
-products) is the whole batch's: the probe doubles ``c`` while that improves. The choice is cached per
-model, input shapes, dtype, mode, parameters and result (:class:`ChoiceCache`), so a tracker or a
-benchmark pays for the probe once.
+timed once per machine (:func:`matmul_rate`). The products' FLOPs alone bound a plan's time from below
+before it runs. For ``vjp`` by chunks a slice *is* a chunk, so ``n/c`` times its time (less products) is
+the whole batch's.
 """
 
 from __future__ import annotations
 
 import time
-import weakref
-from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import torch
-from torch import nn
 
 from ..errors import UnsupportedModelError
 
 __all__ = [
-    "NO_VMAP", "PLANS", "Choice", "ChoiceCache", "PerSampleFailure", "Plan", "matmul_rate", "predict", "synchronize",
+    "NO_VMAP", "PLANS", "Choice", "Knowledge", "PerSampleFailure", "Plan", "matmul_rate", "predict", "synchronize",
 ]
 
 
@@ -102,21 +98,16 @@ class Choice:
     reason
         Why, in words: how it was chosen and what was ruled out.
     predicted
-        Seconds per plan label for the whole batch, predicted by the timed probe or timed on the whole
-        problem (empty when nothing was timed).
-    provisional
-        Chosen without timing on a small problem: the measurement that uses it times the plans once
-        afterwards when it was not quick (:func:`~diagnostics.engine.auto.settle`).
-    runner_up
-        The probe's second-fastest plan when its prediction was close: the measurement that uses this
-        choice times it once on the whole problem afterwards, if that is cheap, and the faster is kept.
+        Seconds per plan label for the whole batch, timed on the whole problem or predicted from slices
+        of it (empty when nothing was timed).
+    settled
+        Whether every plan has been judged (set after the measurement; until then later calls go on judging).
     """
 
     plan: Plan
     reason: str
     predicted: dict[str, float] = field(default_factory=dict)
-    provisional: bool = False
-    runner_up: Plan | None = None
+    settled: bool = True
 
     def describe(self) -> str:
         """One line for the manifest."""
@@ -124,6 +115,88 @@ class Choice:
             return self.reason
         times = ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in sorted(self.predicted.items(), key=lambda kv: kv[1]))
         return f"{self.reason} (for the whole batch: {times})"
+
+
+@dataclass
+class Knowledge:
+    """What ``auto`` knows about one problem: the plans judged so far (:mod:`~diagnostics.engine.auto`).
+
+    Attributes
+    ----------
+    plans
+        Every plan named below, by label.
+    timed
+        Seconds of a plan on the whole problem: the fastest run seen (measurements included).
+    predicted
+        Seconds predicted for the whole problem from timed slices of the batch.
+    bounds
+        Seconds the Gram products alone would take (a lower bound, from their FLOPs).
+    ruled_out
+        Why a plan is not a candidate: it failed, or was predicted slower than the fastest timed.
+    chunks
+        For ``vjp`` by chunks (by the base plan's label): the chunk size the chunk search found.
+    no_vmap
+        Why ``vmap`` cannot run the model over samples (``""`` when not known to fail).
+    measured, spent
+        Seconds of measurements, and of judging plans, on this problem in this process (not stored).
+    """
+
+    plans: dict[str, Plan] = field(default_factory=dict)
+    timed: dict[str, float] = field(default_factory=dict)
+    predicted: dict[str, float] = field(default_factory=dict)
+    bounds: dict[str, float] = field(default_factory=dict)
+    ruled_out: dict[str, str] = field(default_factory=dict)
+    chunks: dict[str, int] = field(default_factory=dict)
+    no_vmap: str = ""
+    measured: float = 0.0
+    spent: float = 0.0
+
+    def time(self, plan: Plan, seconds: float) -> None:
+        """Record a run of ``plan`` on the whole problem that took ``seconds``."""
+        self.plans[plan.label] = plan
+        self.timed[plan.label] = min(seconds, self.timed.get(plan.label, float("inf")))
+
+    def predict(self, plan: Plan, seconds: float) -> None:
+        """Record a prediction for ``plan`` on the whole problem."""
+        self.plans[plan.label] = plan
+        self.predicted[plan.label] = seconds
+
+    def rule_out(self, plan: Plan, why: str) -> None:
+        """Take ``plan`` out of the candidates, saying why."""
+        self.plans[plan.label] = plan
+        self.ruled_out[plan.label] = why
+
+    def fastest(self) -> float:
+        """Seconds of the fastest plan timed on the whole problem (inf when none)."""
+        return min(self.timed.values(), default=float("inf"))
+
+    def times(self) -> dict[str, float]:
+        """Seconds per plan for the manifest: timed on the whole problem, else predicted."""
+        return {**{k: v for k, v in self.predicted.items() if k not in self.ruled_out}, **self.timed}
+
+    def to_dict(self) -> dict:
+        """Return the stored part, as JSON types."""
+        return {"plans": {k: [p.strategy, p.rest, p.chunk] for k, p in self.plans.items()}, "timed": self.timed,
+                "predicted": self.predicted, "bounds": self.bounds, "ruled_out": self.ruled_out, "chunks": self.chunks,
+                "no_vmap": self.no_vmap}
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> Knowledge:
+        """Read :meth:`to_dict`'s output back; raises ``TypeError``, ``ValueError`` or ``KeyError`` on anything else."""
+        plans = {}
+        for label, (strategy, rest, chunk) in stored["plans"].items():
+            plan = Plan(str(strategy), str(rest), int(chunk))
+            if plan.label != label or strategy not in ("structured", "jacrev", "vjp") or rest not in ("jacrev", "vjp"):
+                raise ValueError(f"not a plan: {label!r}")
+            plans[label] = plan
+
+        def seconds(d: dict) -> dict[str, float]:
+            return {str(k): float(v) for k, v in d.items() if k in plans}
+
+        return cls(plans=plans, timed=seconds(stored["timed"]), predicted=seconds(stored["predicted"]),
+                   bounds=seconds(stored["bounds"]),
+                   ruled_out={str(k): str(v) for k, v in stored["ruled_out"].items() if k in plans},
+                   chunks={str(k): int(v) for k, v in stored["chunks"].items()}, no_vmap=str(stored["no_vmap"]))
 
 
 def predict(times: tuple[float, float], sizes: tuple[int, int], n: int, exponent: int,
@@ -156,13 +229,13 @@ def predict(times: tuple[float, float], sizes: tuple[int, int], n: int, exponent
     return a + b * n**exponent + pn / rate
 
 
-_RATES: dict[tuple[str, torch.dtype], float] = {}
+_RATES: dict[tuple[str, torch.dtype, int], float] = {}
 
 
 def matmul_rate(dtype: torch.dtype, device: torch.device) -> float:
     """Return the FLOP/s of a ``(512 × 256) · (256 × 512)`` product in ``dtype`` (best of 3, once per process)."""
     index = device.index if device.index is not None or device.type != "cuda" else torch.cuda.current_device()
-    key = (f"{device.type}:{index}", dtype)  # "cuda" and "cuda:0" are one device, timed once
+    key = (f"{device.type}:{index}", dtype, torch.get_num_threads())  # "cuda" and "cuda:0" are one device
     if key not in _RATES:
         a = torch.full((512, 256), 0.5, dtype=dtype, device=device)  # no random draw: the user's stream is untouched
         best = float("inf")
@@ -180,22 +253,3 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (CUDA); nothing on the CPU."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-class ChoiceCache:
-    """``auto``'s choices per model (weakly referenced: the cache never keeps a model alive) and key."""
-
-    def __init__(self) -> None:
-        self._choices: weakref.WeakKeyDictionary[nn.Module, dict[Hashable, Choice]] = weakref.WeakKeyDictionary()
-
-    def get(self, model: nn.Module, key: Hashable) -> Choice | None:
-        """Return the cached choice, or ``None``."""
-        return self._choices.get(model, {}).get(key)
-
-    def put(self, model: nn.Module, key: Hashable, choice: Choice) -> None:
-        """Remember ``choice`` for ``model`` and ``key``."""
-        self._choices.setdefault(model, {})[key] = choice
-
-    def clear(self) -> None:
-        """Forget every choice."""
-        self._choices.clear()

@@ -32,7 +32,10 @@ naming the module whose forward was running (recorded by forward pre-hooks) and 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,7 +44,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import DiagnosticsError, UnsupportedModelError
 from . import inputs as _inputs
-from .precision import forwards_agree, tf32_off
+from .precision import all_finite, forwards_agree, tf32_off
 from .refusals import ModuleTrace, refusal
 
 ParamSelector = None | str | Sequence[str] | Callable[[str, torch.Tensor], bool]
@@ -49,6 +52,15 @@ MODES = ("eval", "batch")
 #: Why a parameter is held fixed, by how it was left out.
 FROZEN = "requires_grad=False: training does not move it (params='all' measures it)"
 UNSELECTED = "not selected by params="
+RANDOM_FORWARD = (
+    "the model draws random numbers in eval mode (e.g. F.dropout(h, training=True) or noise in forward). "
+    "Measurements with random masks are not reproducible, so they are refused; make the forward deterministic "
+    "in eval mode, or pass a fixed mask as an input."
+)
+#: Attribute values that configure a module (``eps``, ``stride``, ``track_running_stats``); with its type,
+#: parameters, buffers and hooks they make up its structure (:func:`survey`).
+CONFIGURATION = (bool, int, float, str, type(None))
+_SCALARS = frozenset(CONFIGURATION)
 
 
 class FunctionalModel:
@@ -92,7 +104,8 @@ class FunctionalModel:
             raise DiagnosticsError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if mode not in MODES:
             raise DiagnosticsError(f"mode must be one of {MODES}, got {mode!r}")
-        named = dict(model.named_parameters())
+        found = survey(model)
+        named = found.parameters
         if not named:
             raise DiagnosticsError("the model has no parameters: there is no Jacobian to measure")
         first = next(iter(named.values()))
@@ -100,9 +113,10 @@ class FunctionalModel:
         self.dtype = dtype or default_dtype(first.dtype)
         if not self.dtype.is_floating_point:
             raise DiagnosticsError(f"dtype must be a floating dtype, got {self.dtype}")
-        for name, p in named.items():
-            if not torch.isfinite(p.detach()).all():
-                raise DiagnosticsError(f"parameter {name!r} contains NaN or inf values")
+        floating = {k: p.detach() for k, p in named.items() if p.is_floating_point()}
+        if not all_finite(list(floating.values())):
+            bad = next(k for k, p in floating.items() if not torch.isfinite(p).all())
+            raise DiagnosticsError(f"parameter {bad!r} contains NaN or inf values")
         self.module = model
         self.mode = mode
         self.output = output
@@ -116,7 +130,7 @@ class FunctionalModel:
             copies = {k: _ordinary(v.detach(), self.dtype) for k, v in named.items()}
             self.buffers = {
                 k: _ordinary(v.detach(), self.dtype if v.is_floating_point() else v.dtype, copy=True)
-                for k, v in model.named_buffers()
+                for k, v in found.buffers.items()
             }
         self.params = {k: copies[k] for k in self.names}
         self.fixed = {k: v for k, v in copies.items() if k not in self.params}
@@ -128,6 +142,8 @@ class FunctionalModel:
         self.tf32_outside: tuple[bool, bool] | None = None
         #: Whether :meth:`prepare` copied inputs from the CPU to the model's device.
         self.inputs_moved = False
+        #: The model's structure (:attr:`Survey.structure`): what the engine's memory of a model is keyed on.
+        self.structure, self._attributes = found.structure, found.attributes
         self._trace = ModuleTrace(model)
         if mode == "batch":
             _refuse_synchronised_batch_norm(model)
@@ -175,41 +191,58 @@ class FunctionalModel:
         Also records the per-sample shape of the selected output in :attr:`output_shape`.
         """
         n = _inputs.leaves(x)[0].shape[0]
-        attributes = _tensor_attributes(self.module)
-        saved = {key: t.clone() for key, t in attributes.items()}
-        state = {**self.fixed, **self.params, **self.buffers}
-        versions = {k: v._version for k, v in state.items()}
         with torch.no_grad():
-            try:
+            with self.unchanged():
                 selected = _inputs.pick_output(self._forward_or_explain(x, "these inputs"), self.output, n)
-            finally:
-                changed = [k for k, t in attributes.items() if t._version != saved[k]._version]
-                for key in changed:
-                    attributes[key].copy_(saved[key])
-            changed += [k for k, v in state.items() if v._version != versions[k]]
-            if changed:
-                raise UnsupportedModelError(
-                    f"the model's forward updates {', '.join(repr(k) for k in changed)} in place (in "
-                    f"{_owners(changed)}), so the measured function would change from one call to the "
-                    "next. Compute a new tensor instead of updating a buffer or attribute, or update it "
-                    "only when self.training is True (measurements run in eval mode)."
-                )
             self.output_shape = tuple(selected.shape[1:])
             out = selected.reshape(n, -1)
             if not torch.isfinite(out).all():
                 raise DiagnosticsError("the model's outputs contain NaN or inf on these inputs")
             if not forwards_agree(self(self.params, x), out):
                 raise UnsupportedModelError(
-                    "two forward passes on the same inputs give different outputs: the model draws "
-                    "random numbers in eval mode (e.g. F.dropout(h, training=True) or noise in forward). "
-                    "Measurements with random masks are not reproducible, so they are refused; make "
-                    "the forward deterministic in eval mode, or pass a fixed mask as an input."
-                )
+                    f"two forward passes on the same inputs give different outputs: {RANDOM_FORWARD}")
             if per_sample:
                 problem = self.per_sample_problem(x, out)
                 if problem:
                     raise UnsupportedModelError(problem)
         return out
+
+    @contextlib.contextmanager
+    def unchanged(self) -> Iterator[None]:
+        """Refuse a forward inside that updates the model's state in place.
+
+        Checked on exit, at the cost of reading version counters: a parameter, buffer or tensor attribute
+        updated in place → :class:`UnsupportedModelError` (the measured function would change between
+        calls), the user's tensor attributes put back first. The check :meth:`check_forward` makes on its
+        forward, cheap enough to guard every later measurement of a model already validated.
+        """
+        attributes = self._attributes
+        saved = {key: t.clone() for key, t in attributes.items()}
+        versions = {key: t._version for key, t in attributes.items()}
+        state = {**self.fixed, **self.params, **self.buffers}
+        state_versions = {k: v._version for k, v in state.items()}
+        try:
+            yield
+        finally:
+            changed = [k for k, t in attributes.items() if t._version != versions[k]]
+            with torch.no_grad():
+                for key in changed:
+                    attributes[key].copy_(saved[key])
+        changed += [k for k, v in state.items() if v._version != state_versions[k]]
+        if changed:
+            raise UnsupportedModelError(
+                f"the model's forward updates {', '.join(repr(k) for k in changed)} in place (in "
+                f"{_owners(changed)}), so the measured function would change from one call to the "
+                "next. Compute a new tensor instead of updating a buffer or attribute, or update it "
+                "only when self.training is True (measurements run in eval mode)."
+            )
+
+    def random_states(self) -> list[torch.Tensor]:
+        """Return the states of the global random generators: the CPU's, and the model's CUDA device's."""
+        states = [torch.get_rng_state()]
+        if self.device.type == "cuda":
+            states.append(torch.cuda.get_rng_state(self.device))
+        return states
 
     def per_sample_problem(self, x: _inputs.Inputs, out: torch.Tensor) -> str:
         """Why a per-sample strategy cannot measure this model on ``x`` (``""`` when it can).
@@ -329,6 +362,29 @@ class FunctionalModel:
             restore.close()
 
 
+class PerModel:
+    """What the engine remembers between calls, per model (weakly referenced: never keeps a model alive) and key."""
+
+    def __init__(self) -> None:
+        self._facts: weakref.WeakKeyDictionary[nn.Module, dict[Hashable, Any]] = weakref.WeakKeyDictionary()
+
+    def get(self, model: nn.Module, key: Hashable) -> Any:
+        """Return what is remembered for ``model`` and ``key``, or ``None``."""
+        return self._facts.get(model, {}).get(key)
+
+    def put(self, model: nn.Module, key: Hashable, value: Any) -> None:
+        """Remember ``value`` for ``model`` and ``key``."""
+        self._facts.setdefault(model, {})[key] = value
+
+    def forget(self, model: nn.Module, key: Hashable) -> None:
+        """Forget what is remembered for ``model`` and ``key``."""
+        self._facts.get(model, {}).pop(key, None)
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self._facts.clear()
+
+
 def default_dtype(model_dtype: torch.dtype) -> torch.dtype:
     """Return the compute dtype when none is asked for: the model's, at least float32 (never half precision)."""
     if model_dtype in (torch.float16, torch.bfloat16):
@@ -371,18 +427,63 @@ def _select(named: dict[str, torch.Tensor], params: ParamSelector) -> tuple[tupl
     return tuple(names), "selected by params="
 
 
-def _tensor_attributes(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Plain tensor attributes of the modules (neither parameters nor buffers), by dotted path.
+@dataclass(frozen=True)
+class Survey:
+    """What one pass over a model's modules finds (:func:`survey`).
 
-    Inference-mode tensors are left out: they have no version counter, and outside inference mode (where
-    measurements run) an in-place update of one is an error anyway.
+    Attributes
+    ----------
+    structure
+        What a measurement's function depends on other than the values of its tensors: for every module
+        its name, type, configuration (attribute values of :data:`CONFIGURATION` types and tuples of them,
+        the names of functions it holds) and number of forward hooks; the names, shapes, dtypes and
+        ``requires_grad`` of the parameters; the names, shapes and dtypes of the buffers. It is hashable
+        and its ``repr`` is the same in every process (no object ids). Training changes none of it;
+        replacing a layer, an activation or a hook, or setting ``track_running_stats``, changes it.
+    parameters, buffers
+        As ``named_parameters()`` and ``named_buffers()`` give them (each tensor once).
+    attributes
+        The modules' tensors that are neither parameters nor buffers, by dotted path; inference-mode tensors
+        are left out (they have no version counter, and outside inference mode, where measurements run, an
+        in-place update of one is an error anyway).
     """
-    found = {}
+
+    structure: tuple
+    parameters: dict[str, torch.Tensor]
+    buffers: dict[str, torch.Tensor]
+    attributes: dict[str, torch.Tensor]
+
+
+def survey(model: nn.Module) -> Survey:
+    """Return the model's structure, parameters, buffers and plain tensor attributes, in one pass over its modules."""
+    modules, parameters, buffers, attributes, seen = [], {}, {}, {}, set()
     for mod_name, mod in model.named_modules():
+        prefix = f"{mod_name}." if mod_name else ""
+        for kind, found in ((mod._parameters, parameters), (mod._buffers, buffers)):
+            for k, t in kind.items():
+                if t is not None and id(t) not in seen:
+                    seen.add(id(t))
+                    found[prefix + k] = t
+        config = []
         for attr, value in vars(mod).items():
-            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter) and not value.is_inference():
-                found[f"{mod_name}.{attr}" if mod_name else attr] = value
-    return found
+            if type(value) in _SCALARS:
+                if attr != "training":
+                    config.append((attr, value))
+            elif isinstance(value, torch.Tensor):
+                if not isinstance(value, nn.Parameter) and not value.is_inference():
+                    attributes[prefix + attr] = value
+            elif isinstance(value, tuple) and all(isinstance(v, CONFIGURATION) for v in value):
+                config.append((attr, value))
+            elif callable(value) and not isinstance(value, nn.Module) and hasattr(value, "__qualname__"):
+                config.append((attr, value.__qualname__))
+        hooks = (len(mod._forward_pre_hooks), len(mod._forward_hooks))
+        modules.append((mod_name, f"{type(mod).__module__}.{type(mod).__qualname__}", tuple(config), hooks))
+    structure = (
+        tuple(modules),
+        tuple((k, tuple(p.shape), str(p.dtype), p.requires_grad) for k, p in parameters.items()),
+        tuple((k, tuple(b.shape), str(b.dtype)) for k, b in buffers.items()),
+    )
+    return Survey(structure, parameters, buffers, attributes)
 
 
 def _owners(paths: list[str]) -> str:

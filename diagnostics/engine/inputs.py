@@ -207,6 +207,21 @@ def describe_output(output: OutputSelector) -> str:
 # Data sets: (X, Y) pairs, Datasets and DataLoaders, reduced to a seeded probe subset.
 
 
+def selector_key(output: OutputSelector) -> object:
+    """Return the output selector as a key that is the same in every process.
+
+    A key or index as it is; a function by where it is defined and the plain values it closes over (a
+    lambda written in one place and created anew on every call is one selector).
+    """
+    if output is None or isinstance(output, (str, int)):
+        return output
+    code = getattr(output, "__code__", None)
+    if code is None:
+        return (type(output).__module__, type(output).__qualname__)
+    cells = tuple(c.cell_contents for c in output.__closure__ or () if isinstance(c.cell_contents, (str, int, float)))
+    return (getattr(output, "__module__", None), output.__qualname__, code.co_filename, code.co_firstlineno, cells)
+
+
 def probe_data(data: Any, probe_size: int | None, seed: int) -> tuple[Inputs, torch.Tensor]:
     """Return the inputs and targets of a seeded probe subset of ``data``.
 

@@ -22,13 +22,15 @@ Strategies (``strategy=``), all exact and held to the dense reference by the tes
     when samples interact (``mode="batch"``); also valid in eval mode.
 ``"auto"``
     Always works where one of the above does, and picks the fastest: ``"vjp"`` in batch mode or when
-    the samples interact; otherwise the plans that run, timed on two small slices and extrapolated to
-    the whole batch (problems of fewer than 256 rows ``n·m`` take ``"structured"`` without timing), the
-    choice cached per model and shapes; when ``vmap`` cannot run the model over samples (recurrent
-    layers, data-dependent control flow such as a padding mask) it falls back by itself to plans
-    without it: the other parameters by ``vjp`` (``"structured+vjp"``, ``"vjp"``), over chunks of
-    samples whose size the probe chooses. The manifest says what it chose and why
-    (:mod:`~diagnostics.engine.choice`).
+    the samples interact; otherwise, on a first call, ``"structured"`` untimed (``"jacrev"`` for a model
+    without layers it covers), and after each measurement the other plans judged within a budget (at
+    most 40% of the measurements' time: a bound from their products' FLOPs, timed slices, a run on the
+    whole problem), so that later calls take the fastest plan timed; what it learns is kept per model
+    structure and inputs' layout, in this process and in the user's cache folder for later ones
+    (:mod:`~diagnostics.engine.choice_store`). When ``vmap`` cannot run the model over samples
+    (recurrent layers, data-dependent control flow such as a padding mask) it falls back by itself to
+    plans without it: the other parameters by ``vjp`` (``"structured+vjp"``, ``"vjp"``), over chunks of
+    samples. The manifest says what it chose and why (:mod:`~diagnostics.engine.auto`).
 
 Every strategy accumulates the Gram only on the tiles on and above its diagonal (about half the
 FLOPs) and mirrors them, so ``K`` is exactly symmetric. Memory is estimated before allocating: the

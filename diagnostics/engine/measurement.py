@@ -7,40 +7,81 @@ parameters, chosen mode and dtype, memory budget), chooses how to differentiate 
 :func:`~diagnostics.engine.jacobian.jacobian`, :func:`~diagnostics.engine.jacobian.ntk_gram` — and
 every check built on them runs inside one.
 
+Validation (:meth:`FunctionalModel.check_forward`: a forward on two samples before any large one, the
+forwards on the whole batch, the per-sample check) runs once per model structure and inputs' layout
+(:data:`VALIDATED`); a later call checks only what can change without either — the values (parameters,
+inputs and result finite) and what the forward does (no in-place update, no random draw) — and validates
+again on any failure, so that its error is validation's own.
+
 ``strategy="auto"`` always works where some strategy does: it differentiates the whole batch (``vjp``)
-when the samples interact or in ``mode="batch"``; otherwise it times the plans that run on two small
-slices and takes the fastest (on problems of fewer than :data:`PROBE_MIN_ROWS` rows the structured path
-without timing, and after a measurement that was not quick, the plans timed on the whole problem for
-the next call); and when ``vmap`` cannot run the model over
-samples it falls back by itself to plans without it (the other parameters by ``vjp``, over the whole
-batch or chunk by chunk). The manifest says what it chose and why.
+when the samples interact or in ``mode="batch"``; otherwise it takes the fastest plan timed on this
+problem, in this process or an earlier one, or a plan untimed on a first call, and judges the others
+within a budget after each measurement (:mod:`~diagnostics.engine.auto`); when ``vmap`` cannot run the
+model over samples it falls back by itself to plans without it (the other parameters by ``vjp``, over
+the whole batch or chunk by chunk). The manifest says what it chose and why.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import jacrev, vjp, vmap
 
-from ..errors import DiagnosticsError, InsufficientMemoryError
+from ..errors import DiagnosticsError, InsufficientMemoryError, UnsupportedModelError
 from . import auto, memory
 from . import inputs as _inputs
 from .accuracy import ErrorEstimate, gram_error
-from .choice import Choice, PerSampleFailure, Plan
-from .functional import FunctionalModel, ParamSelector
+from .choice import Choice, PerSampleFailure, Plan, synchronize
+from .functional import FunctionalModel, ParamSelector, PerModel
 from .gram import GramTiles, columns, groups
 from .precision import dtype_name
 from .refusals import refusal
-from .structured import StructuredLayers
+from .structured import StructuredLayers, eligible_layers
 
-__all__ = ["RESULTS", "STRATEGIES", "Measurement", "PerSampleFailure"]
+__all__ = ["RESULTS", "STRATEGIES", "VALIDATED", "Measurement", "PerSampleFailure", "Validated"]
 
 STRATEGIES = ("auto", "structured", "jacrev", "vjp")
 #: What a measurement is for: the Gram (and contractions) or the Jacobian; sizes the memory check and the probe.
 RESULTS = ("gram", "jacobian")
+
+
+@dataclass
+class Validated:
+    """What the validation of a model on inputs of one layout found (:meth:`FunctionalModel.check_forward`).
+
+    Attributes
+    ----------
+    m
+        Outputs per sample.
+    output_shape
+        Per-sample shape of the selected output.
+    per_sample
+        The per-sample check: ``""`` when the two halves of the batch give the whole batch's outputs, why
+        not otherwise, ``None`` while it has not been made.
+    eligible
+        The measured parameters of layers the structured path can cover (:attr:`Measurement.eligible`).
+    draws
+        Whether the forward draws random numbers that its outputs do not depend on (found on a later call;
+        the random generators are watched no more).
+    """
+
+    m: int
+    output_shape: tuple[int, ...]
+    per_sample: str | None = None
+    eligible: frozenset[str] | None = None
+    draws: bool = False
+
+
+#: Validations that passed, per model and :attr:`Measurement.key`. A measurement of a model whose structure and
+#: inputs' layout were validated in this process skips the validation forwards and checks instead what can
+#: change between calls (the values: parameters and result finite; the forward: no in-place update, no random
+#: draw — or, after one, two forwards that agree); on any failure it validates again, so the error is the one
+#: validation gives.
+VALIDATED = PerModel()
 
 
 class Measurement:
@@ -48,9 +89,10 @@ class Measurement:
 
     Used as a context manager: entering sets the measurement mode (:meth:`FunctionalModel.measuring`),
     refuses a result that cannot fit the memory budget (from a forward on one or two samples, before
-    any forward on the whole batch), runs the validation forward (:meth:`FunctionalModel.check_forward`)
-    and chooses the plan; inside, :meth:`gram`, :meth:`jacobian_columns` and :meth:`contractions`
-    compute; leaving restores the model's modes and the TF32 switches.
+    any forward on the whole batch), runs the validation forward (:meth:`FunctionalModel.check_forward`;
+    once per model structure and inputs' layout, :data:`VALIDATED`) and chooses the plan; inside,
+    :meth:`gram`, :meth:`jacobian_columns` and :meth:`contractions` compute; leaving restores the
+    model's modes and the TF32 switches.
 
     Parameters
     ----------
@@ -73,6 +115,9 @@ class Measurement:
         Whether the samples are known to be independent (a per-sample plan's check passed).
     structured
         Parameters whose Gram columns came from the structured path (after :meth:`gram`).
+    key, known, validated_before
+        What validation and ``auto``'s knowledge are keyed on; what validation found (:class:`Validated`);
+        whether it was found by an earlier call (the per-call checks then stand in for it).
     """
 
     def __init__(
@@ -103,6 +148,13 @@ class Measurement:
         self.x, self.n = self.fm.prepare(inputs)
         self.budget = memory.resolve_budget(memory_budget, self.fm.device)
         self.itemsize = torch.empty((), dtype=self.fm.dtype).element_size()
+        #: What the validation and the choice of plan depend on: the model's structure, the measured
+        #: parameters, the mode, the output, the dtype, the device and the inputs' layout and number.
+        self.key = (self.fm.structure, self.fm.names, mode, _inputs.selector_key(output), str(self.fm.dtype),
+                    str(self.fm.device), _inputs.describe(self.x))
+        self.known: Validated | None = None
+        self.validated_before = False
+        self._outputs: torch.Tensor | None = None
         self.choice: Choice | None = None
         self.independent = False
         self.probed: Measurement | None = None  # a slice measured by auto's probe
@@ -124,15 +176,86 @@ class Measurement:
         self._stack = self.fm.measuring()
         self._stack.__enter__()
         try:
-            self._require_memory(self._outputs_per_sample())
-            out = self.fm.check_forward(self.x, per_sample=self.requested in ("structured", "jacrev"))
-            self.m = out.shape[1]
+            self.known = VALIDATED.get(self.fm.module, self.key)
+            self.validated_before = self.known is not None
+            if self.known is None:
+                self._validate()
+            else:
+                self._require_memory(self.known.m)
+                self.fm.output_shape = self.known.output_shape
+            if self.requested in ("structured", "jacrev") and self.per_sample_problem():
+                raise UnsupportedModelError(self.per_sample_problem())
+            self.m = self.known.m
             self.rows = self.n * self.m
-            self.choice = auto.choose(self, out)
+            self.choice = auto.choose(self)
         except BaseException:
             self._stack.__exit__(None, None, None)
             raise
         return self
+
+    def _validate(self) -> None:
+        """Refuse what would make the measurement wrong, before any Jacobian work (and remember that it passed)."""
+        self._require_memory(self._outputs_per_sample())
+        per_sample = self.requested in ("structured", "jacrev")
+        self._outputs = self.fm.check_forward(self.x, per_sample=per_sample)
+        self.known = Validated(self._outputs.shape[1], self.fm.output_shape, "" if per_sample else None)
+        VALIDATED.put(self.fm.module, self.key, self.known)
+
+    def outputs(self) -> torch.Tensor:
+        """``f(θ, X)`` as an ``(n, m)`` matrix, finite (the validation forward's, when this measurement ran one)."""
+        if self._outputs is None:
+            with torch.no_grad():
+                out = self._guarded(lambda: self.fm(self.fm.params, self.x))
+            if not torch.isfinite(out).all():
+                self._explain()
+            self._outputs = out
+        return self._outputs
+
+    @property
+    def eligible(self) -> frozenset[str]:
+        """The measured parameters of layers with a rule, used by that layer alone (before the structured guard)."""
+        if self.known.eligible is None:
+            layers = eligible_layers(self.fm, self.fm.names).values()
+            self.known.eligible = frozenset(k for layer in layers for k in layer.names)
+        return self.known.eligible
+
+    def per_sample_problem(self) -> str:
+        """Why the samples cannot be measured one at a time (``""`` when they can); checked once per model and key."""
+        if self.known.per_sample is None:
+            self.known.per_sample = self.fm.per_sample_problem(self.x, self.outputs())
+        return self.known.per_sample
+
+    def _guarded(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run ``compute``; after a validation skipped, with the per-call checks that stand in for it.
+
+        The state is watched for in-place updates (:meth:`FunctionalModel.unchanged`), and the random
+        generators for draws: a forward that drew random numbers is validated again (two forwards that
+        differ are refused; a model whose outputs do not depend on its draws is watched no more). A failure
+        other than the engine's own errors is explained by validating again (:meth:`_explain`).
+        """
+        if not self.validated_before:
+            return compute()
+        before = None if self.known.draws else self.fm.random_states()
+        try:
+            with self.fm.unchanged():
+                result = compute()
+        except DiagnosticsError:
+            VALIDATED.forget(self.fm.module, self.key)
+            raise
+        except Exception:
+            self._explain()
+            raise
+        if before is not None and not all(map(torch.equal, before, self.fm.random_states())):
+            self._explain()  # raises when two forwards differ
+            VALIDATED.put(self.fm.module, self.key, self.known)
+            self.known.draws = True
+        return result
+
+    def _explain(self) -> None:
+        """After a failure on a model validated before: validate again, so that its error is validation's own."""
+        if self.validated_before:
+            VALIDATED.forget(self.fm.module, self.key)
+            self.fm.check_forward(self.x, per_sample=False)
 
     def __exit__(self, *exc) -> None:
         self._layers = None
@@ -170,19 +293,22 @@ class Measurement:
     def _falling_back(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
         """Run ``compute``; when ``auto``'s per-sample plan meets a model ``vmap`` cannot run, fall back and rerun.
 
-        After a run with ``auto``'s provisional choice on a small problem, :func:`~.auto.settle` times the plans
-        for the next call.
+        After a run with ``auto``'s plan, :func:`~.auto.learn` records its time and judges other plans for the
+        next calls.
         """
         started = time.perf_counter()
         try:
-            result = compute()
+            result = self._guarded(compute)
         except PerSampleFailure as exc:
             if self.requested != "auto" or not self.plan.per_sample:
                 raise
             self.choice = auto.fall_back(self, exc)
             self.structured = None  # what the failed plan covered no longer describes the measurement
-            return compute()
-        auto.settle(self, started)
+            started = time.perf_counter()
+            result = self._guarded(compute)
+        if self.requested == "auto":
+            synchronize(self.fm.device)
+            auto.learn(self, time.perf_counter() - started)
         return result
 
     # -- Jacobian columns and contractions ------------------------------------------------------------
@@ -313,6 +439,7 @@ class Measurement:
         """Return ``result``, refusing one with inf or NaN entries (an overflow of the compute dtype)."""
         if torch.isfinite(result.sum()) or torch.isfinite(result).all():  # the sum: one fast pass, usually enough
             return result
+        self._explain()  # non-finite outputs, when validation was skipped, are named as such
         name = dtype_name(self.fm.dtype)
         raise DiagnosticsError(
             f"{what} overflowed in {name} (entries beyond ±{torch.finfo(self.fm.dtype).max:.1e} became inf or NaN): "

@@ -24,6 +24,7 @@ import torch
 
 __all__ = [
     "RESIDUAL_TOL",
+    "all_finite",
     "check_rank_tol",
     "cms_identity_rtol",
     "decomposition_rtol",
@@ -124,6 +125,19 @@ def cms_identity_rtol(dtype: torch.dtype) -> float:
 def decomposition_rtol(dtype: torch.dtype) -> float:
     """``max(1e-8, 1000 · eps)``: relative tolerance of the (I2) decomposition measured in ``dtype``."""
     return max(1e-8, 1000 * eps(dtype))
+
+
+def all_finite(tensors: list[torch.Tensor]) -> bool:
+    """Whether every entry of every (floating) tensor is finite, at the cost of one sum per tensor and one check.
+
+    A sum is finite unless an entry is not or the sum overflows; a sum that is not is checked entry by entry.
+    """
+    if not tensors:
+        return True
+    sums = [t.sum() for t in tensors]
+    if bool(torch.isfinite(torch.stack([s.to(sums[0]) for s in sums])).all()):
+        return True
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
 def forwards_agree(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import Iterator
 
 from torch import nn
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
 from ..errors import UnsupportedModelError
 
@@ -28,25 +29,33 @@ class ModuleTrace:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.stack: list[nn.Module] = []
+        self._ours: set[int] = set()
 
     @contextlib.contextmanager
     def attached(self) -> Iterator[None]:
-        """Hooks on every module for the duration; removed afterwards, whatever happens."""
+        """Global module hooks for the duration, which follow the model's own modules; removed afterwards.
+
+        Two global hooks (``torch.nn.modules.module.register_module_forward_*``) rather than two per module:
+        attaching them costs the same for any model.
+        """
         self.stack.clear()
+        self._ours = {id(m) for m in self.model.modules()}
         handles = []
         try:
-            for mod in self.model.modules():
-                handles.append(mod.register_forward_pre_hook(self._enter))
-                handles.append(mod.register_forward_hook(self._leave))
+            handles.append(register_module_forward_pre_hook(self._enter))
+            handles.append(register_module_forward_hook(self._leave))
             yield
         finally:
             for handle in handles:
                 handle.remove()
 
     def _enter(self, module: nn.Module, args: tuple) -> None:
-        self.stack.append(module)
+        if id(module) in self._ours:
+            self.stack.append(module)
 
     def _leave(self, module: nn.Module, args: tuple, output: object) -> None:
+        if id(module) not in self._ours:
+            return
         while self.stack and self.stack.pop() is not module:  # entries of exceptions caught inside
             pass
 

@@ -323,7 +323,8 @@ def _findings(sweep: SweepResult) -> Iterator[str]:
                           "rate_rising_steps"].dropna()
         rises = "" if rising.empty else (
             f" In {int((rising > 0).sum())} of the {len(rising)} runs where it applies some steps raised the loss "
-            f"(at most {int(rising.max())} steps in one run; their rise ρ is accounted exactly).")
+            f"(at most {int(rising.max())} steps in one run; their rise ρ is accounted exactly)." if rising.max() > 0
+            else f" No step raised the loss in the {len(rising)} runs where it applies.")
         recipe = "" if "rate_applies" not in runs or runs["rate_applies"].astype(object).eq(True).all() else (
             f" On the recipe (theory/recipe.md): {statement_applies(runs, 'rate')}.")
         yield ("**(I3) gradient-descent rate** 1/L_k ≥ 1/L_0 + 4τ_k/B̄² − ρ_k (theory/results.md#gradient-descent-rate; "

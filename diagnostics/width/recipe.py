@@ -316,8 +316,8 @@ def merge_reasons(notes: Iterable[str]) -> str:
         low, high = min(ratios), max(ratios)
         span = f"{low:.3g}" if low == high else f"{low:.3g}–{high:.3g}"
         reasons[reasons.index(_UNSTABLE_REASON)] = (
-            f"an unstable step, ηλ_max/n = {span} > 2 (linearised gradient descent diverges along the top directions "
-            "instead of fitting them)")
+            f"an unstable step, ηλ_max/n = {span} > 2, along which linearised gradient descent diverges instead of "
+            "fitting")
     return "; ".join(reasons)
 
 

@@ -199,9 +199,11 @@ def _document(study: Study, figures: list[FigureFile], lr_table: pd.DataFrame | 
         doc.paragraph(
             "Statements about a point of training (D1, (I2), (I3), rank and the counting threshold, the certificate, "
             "S4 kernel movement, the coordinate check, kernel–target alignment, per-layer alignment) hold for any "
-            "optimiser. Statements about gradient descent (its rate bound, the horizon floors of K_0 and K_T, the "
-            "dynamics linearised at K_0) are derived for plain full-batch gradient descent on (1/2n)‖f − Y‖² at a "
-            "stable step ηλ_max(K_0)/n ≤ 2; elsewhere they are not applicable, for the reason given."
+            "optimiser. The statements about gradient descent have premises on the recipe (theory/recipe.md): the "
+            "horizon floors of K_0 and K_T and the dynamics linearised at K_0 describe plain full-batch gradient "
+            "descent on (1/2n)‖f − Y‖² at a stable step ηλ_max(K)/n ≤ 2; the rate bound holds for any update rule "
+            "whose losses and gradients are the squared loss's on the whole training set. Where a premise fails the "
+            "statement is not applicable, for the reason given."
         )
         doc.table(applicability(sweep.runs))
         doc.heading(2, "What predicted the final loss")

@@ -52,14 +52,15 @@ LAYERS = {
 }
 
 #: Inside ``diagnostics.engine``, bottom → top, as the modules import each other: the numerical policy,
-#: memory budgets and refusal messages; the inputs; the functional model; Gram tiles, the per-layer
-#: rules, ``auto``'s plans and the autograd reference; the structured path and the error estimates; the
+#: memory budgets, refusal messages and ``auto``'s files on disk; the inputs; the functional model; Gram tiles,
+#: the per-layer rules, ``auto``'s plans and the autograd reference; the structured path and the error estimates; the
 #: measurement; what is built on it; the matrix-free sub-package (its operator on the measurement, the streamed
 #: and sharded operators and the solvers on it); and the engine's own ``__init__`` (key ``""``) on top.
 ENGINE = {
     "precision": 0,
     "memory": 0,
     "refusals": 0,
+    "choice_store": 0,  # auto's files on disk: torch and the atomic writes of diagnostics.store only
     "inputs": 1,
     "functional": 2,
     "gram": 3,

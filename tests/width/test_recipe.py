@@ -54,5 +54,5 @@ def test_reasons_of_many_runs_are_merged_with_the_range_of_the_unstable_steps():
              premise_reasons(premises(lambda_max=50.0, optimizer={**SGD, "momentum": 0.9})),
              premise_reasons(premises(loss="ce"))]
     merged = merge_reasons(notes)
-    assert merged.startswith("an unstable step, ηλ_max/n = 2.5–3 > 2 (linearised gradient descent diverges")
+    assert merged.startswith("an unstable step, ηλ_max/n = 2.5–3 > 2, along which linearised gradient descent")
     assert merged.count("trained on the ce loss") == 1 and "SGD with heavy-ball momentum" in merged
