@@ -81,6 +81,7 @@ ENGINE = {
     "matrix_free.spectrum": 8,  # and the solvers on any of them: LSQR and Lanczos,
     "matrix_free.sketch": 9,  # the passes over per-sample Jacobian blocks (parameter-space Gram, Rayleigh–Ritz),
     "matrix_free.ritz": 10,
+    "matrix_free.certified": 10,  # preconditioned LSQR with certified bounds,
     "matrix_free.preconditioned": 11,  # and the preconditioned solver on them;
     "matrix_free": 12,  # its __init__,
     "": 13,

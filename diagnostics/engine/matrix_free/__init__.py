@@ -7,9 +7,10 @@ below the checks: :mod:`~diagnostics.engine.matrix_free.operator` (``JacobianOpe
 ``torch.distributed``), :mod:`~diagnostics.engine.matrix_free.lsqr` (LSQR that checkpoints and resumes),
 :mod:`~diagnostics.engine.matrix_free.spectrum` (``OperatorSpectrum``: D1's quantities by LSQR and Lanczos,
 ``theory/alignment.md#matrix-free``), and for a tall ``J`` the passes over per-sample Jacobian blocks
-(:mod:`~diagnostics.engine.matrix_free.sketch`, :mod:`~diagnostics.engine.matrix_free.ritz`) and
-:mod:`~diagnostics.engine.matrix_free.preconditioned` (``PreconditionedSpectrum``: LSQR preconditioned by the
-exact or sketched ``JᵀJ``, with certified bounds, ``theory/alignment.md#preconditioned``).
+(:mod:`~diagnostics.engine.matrix_free.sketch`, :mod:`~diagnostics.engine.matrix_free.ritz`),
+:mod:`~diagnostics.engine.matrix_free.certified` (LSQR on a preconditioned problem, bounded from both sides at any
+iterate) and :mod:`~diagnostics.engine.matrix_free.preconditioned` (``PreconditionedSpectrum``: LSQR preconditioned
+by the exact or sketched ``JᵀJ``, ``theory/alignment.md#preconditioned``).
 """
 
 from .operator import JacobianOperator

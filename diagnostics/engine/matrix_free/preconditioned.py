@@ -37,7 +37,6 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -47,14 +46,13 @@ from tqdm.auto import tqdm
 from ...errors import DiagnosticsError
 from ...store import RunStore
 from .. import precision
-from .lsqr import LsqrResult, lsqr
+from .certified import CertifiedSolve, CertifiedSolver, Preconditioner, default_rtol
 from .operator import JacobianOperator
 from .ritz import ritz_pairs
 from .sharded import ShardedJacobian, local_block
 from .sketch import ParameterGram, parameter_gram
 
-__all__ = ["DAMPING", "EXACT_GRAM_MAX_D", "METHODS", "CertifiedSolve", "PreconditionedSpectrum", "choose_method",
-           "default_rtol"]
+__all__ = ["DAMPING", "EXACT_GRAM_MAX_D", "METHODS", "PreconditionedSpectrum", "choose_method"]
 
 #: The solvers of ``solver={"method": …}``: ``"auto"`` picks by the shape of ``J`` (:func:`choose_method`).
 METHODS = ("auto", "lsqr", "gram", "sketch")
@@ -70,10 +68,6 @@ DISTORTION = 2.0
 #: Sketch rows per parameter (``s = SKETCH_FACTOR · d``) and non-zeros per row of ``J`` (``ζ``).
 SKETCH_FACTOR = 2.0
 SKETCH_NONZEROS = 1
-#: Refinement steps at most per damped solve (LSQR restarted from its iterate with a tighter tolerance).
-REFINEMENTS = 3
-#: Iterations the undamped witness continuation runs at least (at most as many as its damped solve otherwise).
-WITNESS_ITERATIONS = 20
 #: Rayleigh–Ritz passes of the sketched solver when the horizon needs eigenpairs down to its threshold (the
 #: second one on the subspace ``JᵀJV`` of the first: a step of subspace iteration).
 HORIZON_PASSES = 2
@@ -101,57 +95,6 @@ def choose_method(method: str, shape: tuple[int, int]) -> str:
     return "gram" if d <= EXACT_GRAM_MAX_D and 2.0 * rows * d * d <= EXACT_GRAM_MAX_FLOPS else "sketch"
 
 
-def default_rtol(rows: int, dtype: torch.dtype) -> float:
-    """LSQR's tolerance on the preconditioned problems: ``0.1·sqrt(DAMPING · nm · eps)``, within ``[1e-12, 1e-6]``.
-
-    The damped bound ``φ* ≥ φ − ‖g‖²/μ`` is within 1 % of ``φ`` once ``‖g‖ ≤ 0.1 sqrt(μφ)``, and LSQR's test on
-    ``‖Ãᵀr̃‖/(‖Ã‖‖r̃‖)`` at this tolerance gives that (``‖g‖ ≤ ‖R‖ ‖Ãᵀr̃‖``, ``‖R‖² ≈ λ_max``,
-    ``μ = DAMPING · nm · eps · λ_max``); it also keeps ``ν`` to about as many digits.
-    """
-    return min(max(0.1 * math.sqrt(DAMPING * rows * precision.eps(dtype)), 1e-12), 1e-6)
-
-
-@dataclass
-class CertifiedSolve:
-    """One preconditioned solve of ``min ‖q − Jν‖² + μ‖ν‖²`` and what it certifies (norms, not relative).
-
-    Attributes
-    ----------
-    nu, fitted
-        ``ν`` and ``Jν`` (float64, ``Jν`` computed explicitly).
-    residual
-        ``‖q − Jν‖``, explicitly: a witness, ``≥ ‖(I − P)q‖``.
-    rounding
-        What the evaluation of ``Jν`` may be off by (``nm · eps · √λ_max · ‖ν‖``).
-    lower
-        A lower bound on the rank-rule residual ``‖(I − P_{>rank_tol})q‖`` (0 when nothing is certified).
-    iterations, reason, istop
-        LSQR's iterations (those of the witness phase included), why it stopped, and its code.
-    witness, witness_rounding
-        ``‖q − Jν_w‖`` of the undamped continuation ``ν_w`` (``inf`` when it did not run) and its rounding.
-    """
-
-    nu: torch.Tensor
-    fitted: torch.Tensor
-    residual: float
-    rounding: float
-    lower: float
-    iterations: int
-    reason: str
-    istop: int
-    witness: float = math.inf
-    witness_rounding: float = 0.0
-
-    @property
-    def upper(self) -> float:
-        """The best upper bound on ``‖(I − P)q‖``: the smaller witness, plus its rounding."""
-        return min(self.residual + self.rounding, self.witness + self.witness_rounding)
-
-    def state(self) -> dict:
-        """Return the solve as a checkpointable dictionary."""
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
 class PreconditionedSpectrum:
     """The quantities of :class:`~diagnostics.engine.spectral.Spectrum` that D1 needs, for a tall ``J``.
 
@@ -175,7 +118,8 @@ class PreconditionedSpectrum:
         Compute the eigenpairs down to this eigenvalue too (the horizon threshold ``n/(ηT)``), at most
         :data:`MAX_EIGENPAIRS` with the sketch.
     rtol, max_iter
-        LSQR's tolerance (default :func:`default_rtol`) and iteration cap per solve (default ``10·d``).
+        LSQR's tolerance (default :func:`~diagnostics.engine.matrix_free.certified.default_rtol`) and iteration
+        cap per solve (default ``10·d``).
     time_budget
         Seconds from construction; the solves stop when it is spent (their bounds stay valid).
     checkpoints, checkpoint_every
@@ -230,7 +174,7 @@ class PreconditionedSpectrum:
         self.deadline = None if time_budget is None else time.perf_counter() + time_budget
         self.checkpoints, self.checkpoint_every = checkpoints, checkpoint_every
         self.progress, self.workspace = progress, workspace
-        self.rtol = default_rtol(N, op.dtype) if rtol is None else rtol
+        self._rtol = rtol
         self.witness_tol = precision.default_residual_tol(op.dtype) if witness_tol is None else witness_tol
         self.max_iter = max_iter or 10 * d
         self.rank = -1
@@ -272,10 +216,11 @@ class PreconditionedSpectrum:
         if self.method == "gram":
             kept = torch.as_tensor(self.eigenvalues > self.rank_tol)
             self.rank = int(kept.sum())
-            self._basis = saved["basis"][:, kept]  # V₊
-            self._scale = torch.from_numpy(self.eigenvalues[kept.numpy()].copy()).rsqrt()  # Λ₊^{-1/2}
             self.damping = 0.0
             self.smallest_kept = float(self.eigenvalues[self.rank - 1]) if self.rank else math.nan
+            preconditioner = Preconditioner(  # V₊Λ₊^{-1/2}; σ_min(JM)² ≥ 1 − δ/λ₊ for a Gram within δ of JᵀJ
+                basis=saved["basis"][:, kept], scale=torch.from_numpy(self.eigenvalues[kept.numpy()].copy()).rsqrt(),
+                floor=max(1.0 - self.resolution / self.smallest_kept, 0.0) if self.rank else 0.0)
             self.min_eigenvalue = 0.0 if N > d else float(self.eigenvalues[-1])
             lam = np.clip(self.eigenvalues, 0, None)
             p = lam[lam > 0] / lam.sum() if lam.sum() > 0 else lam[:0]
@@ -285,11 +230,17 @@ class PreconditionedSpectrum:
             self._say(f"λ_max ≈ {lam_max:.4g} (Rayleigh–Ritz), rank_tol = {self.rank_tol:.3g}; Cholesky of the "
                       f"sketched Gram + μI (μ = {self.damping:.3g})")
             started = time.perf_counter()
-            self._factor = self._cholesky(saved["gram"])
+            preconditioner = Preconditioner(factor=self._cholesky(saved["gram"]), damping=self.damping)
             self.rank_resolved = self._resolved(saved["gram"])
             self.factor_seconds = time.perf_counter() - started
         self.largest_discarded = float(np.abs(self.eigenvalues[self.eigenvalues <= self.rank_tol]).max(initial=0.0)) \
             if self.method == "gram" else math.nan
+        self._solver = CertifiedSolver(
+            self.op, preconditioner, rank_tol=self.rank_tol, lambda_max=lam_max, witness_tol=self.witness_tol,
+            rtol=default_rtol(N, self.op.dtype, DAMPING) if self._rtol is None else self._rtol,
+            max_iter=self.max_iter, deadline=self.deadline, checkpoints=self.checkpoints,
+            checkpoint_every=self.checkpoint_every, fingerprint=self.fingerprint, progress=self.progress,
+            workspace=self.workspace)
 
     def _resolved(self, matrix: torch.Tensor) -> bool:
         """Whether every singular value of ``J`` lies above the threshold, as far as the sketch tells.
@@ -370,25 +321,7 @@ class PreconditionedSpectrum:
         self.damping = float(shared[-1, 0])
         return shared[:-1]
 
-    # -- the preconditioned operator and the solves ------------------------------------------------------
-
-    def _apply(self, y: torch.Tensor) -> torch.Tensor:
-        """``ν = My``: ``V₊Λ₊^{-1/2}y`` (exact Gram) or ``R⁻¹y`` (sketch)."""
-        if self.method == "gram":
-            return self._basis @ (self._scale * y)
-        return torch.linalg.solve_triangular(self._factor, y[:, None], upper=True)[:, 0]
-
-    def _apply_adjoint(self, x: torch.Tensor) -> torch.Tensor:
-        """``Mᵀx``."""
-        if self.method == "gram":
-            return self._scale * (self._basis.T @ x)
-        return torch.linalg.solve_triangular(self._factor.T, x[:, None], upper=False)[:, 0]
-
-    def _matvec(self, v: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return self.op.matvec(torch.as_tensor(v, dtype=torch.float64)).to(torch.float64).cpu()
-
-    def _rmatvec(self, u: np.ndarray | torch.Tensor) -> torch.Tensor:
-        return self.op.rmatvec(u).to(torch.float64).cpu()
+    # -- the solves ------------------------------------------------------------------------------------
 
     def _start(self, q: torch.Tensor) -> torch.Tensor:
         """Return the sketch-and-solve start ``ν₀ = (G̃ + μI)⁻¹(SJ)ᵀSq``, or 0.
@@ -396,12 +329,10 @@ class PreconditionedSpectrum:
         With the exact Gram it is the normal-equations solution ``V₊Λ₊⁻¹V₊ᵀJᵀq``. Available for ``q`` in the span
         of the right-hand sides given at construction (their projections came with the Gram pass).
         """
-        if not self.vectors.shape[1]:
-            return torch.zeros(self.op.shape[1], dtype=torch.float64)
-        coef, exact = _in_span(self.vectors, q)
+        coef, exact = _in_span(self.vectors, q) if self.vectors.shape[1] else (None, False)
         if not exact:
             return torch.zeros(self.op.shape[1], dtype=torch.float64)
-        return self._apply(self._apply_adjoint(self.projections @ coef))
+        return self._solver.M.apply(self._solver.M.adjoint(self.projections @ coef))
 
     def solve(self, q: torch.Tensor) -> CertifiedSolve:
         """Solve for ``q`` (reusing earlier solves when ``q`` lies in their span) and certify the result."""
@@ -417,140 +348,17 @@ class PreconditionedSpectrum:
                 nu = torch.stack([s.nu for s in self.solves], dim=1) @ coef
                 fitted = torch.stack([s.fitted for s in self.solves], dim=1) @ coef
                 residual = float((q - fitted).norm())
-                return CertifiedSolve(nu, fitted, residual, self._rounding(nu), 0.0, 0, "combined", 0)
-        index = len(self.solves)
-        name = f"preconditioned-{index}"
+                return CertifiedSolve(nu, fitted, residual, self._solver.rounding(nu), 0.0, 0, "combined", 0)
+        name = f"preconditioned-{len(self.solves)}"
         saved = None if self.checkpoints is None else self.checkpoints.read_state(f"{name}-result", self.fingerprint)
         started = time.perf_counter()
-        result = CertifiedSolve(**saved) if saved is not None else self._certified(q, index)
+        result = CertifiedSolve(**saved) if saved is not None else self._solver.solve(q, self._start(q), name)
         self.solve_seconds += time.perf_counter() - started
-        if saved is None and self.checkpoints is not None and result.istop not in (7, 8):
+        if saved is None and self.checkpoints is not None and not result.truncated:
             self.checkpoints.write_state(f"{name}-result", self.fingerprint, result.state())
         self.solves.append(result)
         self._rhs.append(q)
         return result
-
-    def _certified(self, q: torch.Tensor, index: int) -> CertifiedSolve:
-        """Run the preconditioned LSQR for ``q`` from the sketch-and-solve start, then certify its iterate.
-
-        When the bounds do not decide ``‖(I − P)q‖ ≤ witness_tol · ‖q‖`` and LSQR's tolerance, not the iterate's
-        distance to the minimiser, is what keeps them apart, LSQR goes on from the iterate with the tolerance the
-        certificate needs (a refinement step: the right-hand side is the explicit residual), up to
-        :data:`REFINEMENTS` times; then an undamped continuation may show membership (:meth:`_witness`).
-        """
-        N, d = self.op.shape
-        mu = self.damping
-        nu = self._start(q)
-        fitted = self._matvec(nu) if bool(nu.any()) else torch.zeros(N, dtype=torch.float64)
-        cols = self._scale.shape[0] if self.method == "gram" else d
-        target = self.witness_tol * float(q.norm())
-
-        def matvec(y: np.ndarray) -> np.ndarray:
-            step = self._apply(torch.from_numpy(np.asarray(y, dtype=np.float64)))
-            out = self._matvec(step)
-            return torch.cat([out, math.sqrt(mu) * step]).numpy() if mu > 0 else out.numpy()
-
-        def rmatvec(u: np.ndarray) -> np.ndarray:
-            g = self._rmatvec(torch.from_numpy(np.asarray(u[:N], dtype=np.float64)))
-            if mu > 0:
-                g = g + math.sqrt(mu) * torch.from_numpy(np.asarray(u[N:], dtype=np.float64))
-            return self._apply_adjoint(g).numpy()
-
-        atol, iterations, reasons = self.rtol, 0, []
-        for refinement in range(REFINEMENTS + 1):
-            b = (q - fitted).numpy()
-            if mu > 0:
-                b = np.concatenate([b, -math.sqrt(mu) * nu.numpy()])
-            name = f"preconditioned-{index}" + (f"-refined-{refinement}" if refinement else "")
-            result = self._lsqr(matvec, rmatvec, b, cols, name, float(q.norm()), atol)
-            nu = nu + self._apply(torch.from_numpy(result.x))
-            fitted = self._matvec(nu)
-            r = q - fitted
-            g = self._rmatvec(r) - mu * nu
-            iterations += result.iterations
-            reasons.append(result.reason)
-            solve = CertifiedSolve(nu, fitted, float(r.norm()), self._rounding(nu), self._lower_bound(q, nu, r, g),
-                                   iterations, "; then ".join(dict.fromkeys(reasons)), result.istop)
-            if solve.upper <= target or solve.lower > target or result.istop in (7, 8) or mu == 0:
-                break
-            if solve.residual**2 - (mu / self.rank_tol) * mu * float(nu @ nu) <= target**2:
-                break  # the damping's leak alone can carry this residual: no refinement refutes it; a witness may hold
-            wanted = 0.1 * math.sqrt(mu) * max(solve.residual, target)  # ‖g‖ at which ‖g‖/√μ costs 10 % of ‖r‖
-            if float(g.norm()) <= wanted or atol <= 1e-15:
-                break
-            atol = max(atol * wanted / float(g.norm()), 1e-15)
-        if mu > 0 and solve.upper > target >= solve.lower and solve.istop not in (7, 8):
-            self._witness(q, solve, r, index, target)
-        return solve
-
-    def _witness(self, q: torch.Tensor, solve: CertifiedSolve, r: torch.Tensor, index: int, target: float) -> None:
-        """Continue undamped (``min ‖q − Jν‖`` on ``JR⁻¹``) from the damped solution, until ``‖q − Jν‖ ≤ target``.
-
-        The damped solution leaves ``μ/(σ² + μ)`` of each component of ``q`` unfitted, so a ``q`` in ``Col J`` with
-        weight on small singular values shows a residual above the tolerance; the continuation fits them, and its
-        residual is a witness like any other (theory/alignment.md#witness-bounds). Directions far below ``√μ``
-        converge slowly here, so it runs at most as many iterations as the damped solve took (at least
-        :data:`WITNESS_ITERATIONS`): a witness it does not reach leaves the question open, not wrong.
-        """
-        def matvec(y: np.ndarray) -> np.ndarray:
-            return self._matvec(self._apply(torch.from_numpy(np.asarray(y, dtype=np.float64)))).numpy()
-
-        def rmatvec(u: np.ndarray) -> np.ndarray:
-            return self._apply_adjoint(self._rmatvec(torch.from_numpy(np.asarray(u, dtype=np.float64)))).numpy()
-
-        result = self._lsqr(matvec, rmatvec, r.numpy(), self.op.shape[1], f"preconditioned-{index}-witness",
-                            float(q.norm()), self.rtol, btol=0.5 * target / solve.residual,
-                            iter_lim=min(self.max_iter, max(WITNESS_ITERATIONS, solve.iterations)))
-        nu = solve.nu + self._apply(torch.from_numpy(result.x))
-        solve.witness = float((q - self._matvec(nu)).norm())
-        solve.witness_rounding = self._rounding(nu)
-        solve.iterations += result.iterations
-        solve.reason = f"{solve.reason}; undamped witness: {result.reason}"
-
-    def _lsqr(self, matvec: Callable, rmatvec: Callable, b: np.ndarray, cols: int, name: str, q_norm: float,
-              atol: float, btol: float | None = None, iter_lim: int | None = None) -> LsqrResult:
-        """One LSQR run on the preconditioned problem, with its progress bar, checkpoints and time budget."""
-        remaining = None if self.deadline is None else max(self.deadline - time.perf_counter(), 0.0)
-        _, processes, _ = local_block(self.op)
-        with tqdm(total=self.max_iter, desc=name, unit="it", leave=False,
-                  disable=not (self.progress and processes.rank == 0), mininterval=2.0,
-                  bar_format="{desc}: {n_fmt} it [{elapsed}, {rate_fmt}{postfix}]") as bar:
-            def show(iteration: int, residual: float) -> None:
-                bar.update(iteration - bar.n)
-                left = "" if self.deadline is None else f", {max(self.deadline - time.perf_counter(), 0):.0f} s left"
-                bar.set_postfix_str(f"√φ/‖q‖ ≈ {residual / max(q_norm, 1e-300):.3e}{left}", refresh=False)
-
-            return lsqr(matvec, rmatvec, b, cols, atol=atol, btol=atol if btol is None else btol, conlim=0.0,
-                        iter_lim=iter_lim or self.max_iter, time_budget=remaining, checkpoints=self.checkpoints,
-                        name=name,
-                        checkpoint_every=self.checkpoint_every, fingerprint=self.fingerprint, callback=show,
-                        workspace=self.workspace)
-
-    def _rounding(self, nu: torch.Tensor) -> float:
-        """Return what ``‖Jν‖`` may be off by in floating point: ``nm · eps · √λ_max · ‖ν‖``."""
-        return self.op.shape[0] * precision.eps(self.op.dtype) * math.sqrt(self.lambda_max) * float(nu.norm())
-
-    def _lower_bound(self, q: torch.Tensor, nu: torch.Tensor, r: torch.Tensor, g: torch.Tensor) -> float:
-        """Return a certified lower bound on ``‖(I − P_{>rank_tol})q‖`` from the iterate ``ν`` (0 if none)."""
-        q_sq = float(q @ q)
-        slack = self._rounding(r)  # what ‖Jᵀr‖ may be off by
-        r_low = max(float(r.norm()) - self._rounding(nu), 0.0)
-        if self.method == "gram":  # σ_min²(JM) ≥ 1 − δ/λ₊ for the restricted problem
-            shrink = 1.0 - self.resolution / self.smallest_kept if self.rank else 0.0
-            if shrink <= 0:
-                return 0.0
-            step = float(self._apply_adjoint(g).norm()) + float(self._scale.max()) * slack
-            return math.sqrt(max(r_low**2 - step**2 / shrink, 0.0))
-        mu, tau = self.damping, self.rank_tol
-        if tau <= 0:
-            return 0.0
-        gap = float(g.norm()) + slack  # ‖g‖ bounds the iterate's distance to the minimiser ν*
-        phi_low = r_low**2 + mu * float(nu @ nu) - gap**2 / mu  # φ* ≥ φ − ‖g‖²/μ
-        bracket = (phi_low * (tau + mu) - mu * q_sq) / tau
-        r_star = max(r_low - gap / math.sqrt(mu), 0.0)  # ‖r*‖ ≥ ‖r‖ − ‖J(ν* − ν)‖, ‖J(ν* − ν)‖² ≤ gᵀH⁻¹g ≤ ‖g‖²/μ
-        nu_star = float(nu.norm()) + gap / mu  # ‖ν*‖ ≤ ‖ν‖ + ‖H⁻¹g‖
-        leak = r_star**2 - (mu / tau) * mu * nu_star**2  # the kept directions leave at most (μ/τ)·μ‖ν*‖² unfitted
-        return math.sqrt(max(bracket, leak, 0.0))
 
     # -- the interface of Spectrum ---------------------------------------------------------------
 
@@ -592,7 +400,7 @@ class PreconditionedSpectrum:
 
     def quadratic(self, q: torch.Tensor) -> float:
         """``qᵀKq = ‖Jᵀq‖²``."""
-        g = self._rmatvec(q.detach().reshape(-1).to(torch.float64))
+        g = self._solver.rmatvec(q.detach().reshape(-1).to(torch.float64))
         return float(g @ g)
 
     def coefficients(self, q: torch.Tensor) -> torch.Tensor:
@@ -635,7 +443,7 @@ class PreconditionedSpectrum:
     @property
     def truncated(self) -> bool:
         """Whether a solve stopped before its tolerance (iteration cap or time budget); its bounds still hold."""
-        return any(s.istop in (7, 8) for s in self.solves)
+        return any(s.truncated for s in self.solves)
 
     @property
     def solver_summary(self) -> str:
