@@ -11,6 +11,10 @@ two computed from the final kernel (post hoc: they explain the loss after the fa
   gradient descent with step ``η`` cannot fit in ``T`` steps (``ηλT/n < 1``; ``theory/alignment.md``), and
 - the same horizon floor of the *final* kernel.
 
+Each floor comes with its step ratio ``ηλ_max/n`` and, beyond the stable step 2, its unstable part: the
+directions with ``ηλ/n > 2``, which grow instead of being fitted, and their share of ``‖Y‖²``
+(``theory/alignment.md#horizon-residual``).
+
 The gap between the two horizon floors is the representation learning the paper is about: the kernel
 moved towards the target.
 
@@ -52,17 +56,20 @@ def run(width: int, n: int, lr: float, steps: int, seed: int) -> dict:
         "width": width, "d": sum(p.numel() for p in model.parameters()), "final_loss": end.loss,
         "d1": end.verdict.status, "exact_floor": end.loss_lower_bound, "residual": end.residual,
         "horizon_initial": start.horizon_loss_floor, "horizon_final": end.horizon_loss_floor,
-        "ratio_initial": lr * float(start.eigenvalues[0]) / data.X_train.shape[0],
-        "ratio_final": lr * float(end.eigenvalues[0]) / data.X_train.shape[0], "initial_loss": start.loss,
+        "unstable_initial": start.horizon_unstable, "unstable_final": end.horizon_unstable, "initial_loss": start.loss,
     }
 
 
 def _floor(r: dict, when: str) -> str:
-    """A horizon floor as a multiple of the final loss, or why it is not applicable (the step ratio ηλ_max/n)."""
-    floor, step_ratio = r[f"horizon_{when}"], r[f"ratio_{when}"]
-    if floor != floor:  # nan: a premise not met
-        return f"not applicable (ηλ_max/n = {step_ratio:.3f})"
-    return f"{floor:.4f} ({floor / r['final_loss']:.2f}×; ηλ_max/n = {step_ratio:.3f})"
+    """A horizon floor as a multiple of the final loss, with its step ratio ηλ_max/n and its unstable part."""
+    floor, part = r[f"horizon_{when}"], r[f"unstable_{when}"]
+    if part is None:  # a premise not met
+        return "not applicable"
+    text = f"{floor:.4f} ({floor / r['final_loss']:.2f}×; ηλ_max/n = {part.step_ratio:.3f}"
+    if part.directions:
+        text += (f"; unstable: {part.directions} direction{'s' * (part.directions > 1)}, "
+                 f"{100 * part.share:.2g} % of ‖Y‖², ×{part.growth:.4g} per step")
+    return text + ")"
 
 
 def table(rows: list[dict], n: int, lr: float, steps: int) -> str:

@@ -76,11 +76,17 @@ class AlignmentReport:
         The training horizon ``(η, T)`` if one was given; the part of ``Q`` in the eigen-directions that
         gradient descent on ``(1/2n)‖f − Q‖²`` with step ``η`` cannot fit in ``T`` steps (``ηλT/n < 1``, and those
         the rank rule discards), as ``‖(I − P_T)Q‖/‖Q‖``, and its loss floor ``(1/2n)‖(I − P_T)Q‖²``, never below
-        ``loss_lower_bound``; ``nan`` without a horizon, or when it is not applicable.
+        ``loss_lower_bound``; ``nan`` without a horizon, or when it is not applicable. At any step: directions
+        with ``ηλ/n > 2`` are not counted in it but named (``horizon_unstable``).
     horizon_premises
         What the horizon assumes of the training (:func:`theory.gradient_descent_premises`): plain full-batch
-        gradient steps on the squared loss at a stable step ``ηλ_max/n ≤ 2``. One not met (an unstable step,
-        cross-entropy, an optimiser other than plain gradient descent) makes the horizon *not applicable*.
+        gradient steps on the squared loss. One not met (cross-entropy, an optimiser other than plain gradient
+        descent) makes the horizon *not applicable*.
+    horizon_unstable
+        The eigen-directions the horizon's step does not fit but grows, ``ηλ/n > 2`` (:func:`theory.unstable_part`):
+        how many, their share of ``‖Q‖²``, the growth per step of the top one. The floor speaks of the slow
+        directions whatever these do (``theory/alignment.md#horizon-residual``); ``None`` without an applicable
+        horizon.
     precision_note
         How the dtype of the measurement bore on the D1 verdict (a float64 re-measurement; empty when none).
     manifest
@@ -130,6 +136,7 @@ class AlignmentReport:
     horizon_residual: float = math.nan
     horizon_loss_floor: float = math.nan
     horizon_premises: tuple[theory.Premise, ...] = ()
+    horizon_unstable: theory.UnstablePart | None = None
     precision_note: str = ""
     target_norm_sq: float = math.nan
     data_level: theory.Verdict | None = None
@@ -186,6 +193,7 @@ class AlignmentReport:
         out["top_k_capture"] = {int(k): float(v) for k, v in self.top_k_capture.items()}
         out["horizon"] = list(self.horizon) if self.horizon is not None else None
         out["horizon_premises"] = [p.to_dict() for p in self.horizon_premises]
+        out["horizon_unstable"] = self.horizon_unstable.to_dict() if self.horizon_unstable is not None else None
         out["manifest"] = self.manifest.to_dict() if self.manifest is not None else None
         return out
 
@@ -246,21 +254,25 @@ class AlignmentReport:
 
     @property
     def horizon_note(self) -> str:
-        """The horizon's premises in words: those not met (then it is not applicable), else those assumed."""
+        """The horizon in words: premises not met (it is not applicable), else its unstable part and what is assumed."""
         unmet = [f"{p.name} ({p.note})" if p.note else p.name for p in self.horizon_premises if p.met is False]
         if unmet:
             return "not applicable (premise not met: " + "; ".join(unmet) + ")"
+        parts = [str(self.horizon_unstable)] if self.horizon_unstable and self.horizon_unstable.directions else []
         assumed = [p.name for p in self.horizon_premises if p.met is None]
-        return "assumed: " + "; ".join(assumed) if assumed else ""
+        return "; ".join(parts + (["assumed: " + "; ".join(assumed)] if assumed else []))
 
     def _horizon_line(self) -> str:
         lr, steps = self.horizon
         head = f"  horizon (η={lr:g}, T={steps}): "
         if not self.horizon_applicable:
-            return head + self.horizon_note
-        note = f" ({self.horizon_note})" if self.horizon_note else ""
-        return (head + f"residual {self.horizon_residual:.3e} in directions with ηλT/n < 1; loss floor "
-                f"(1/2n)‖(I−P_T)Q‖² = {self.horizon_loss_floor:.4g}{note}")
+            return _wrapped(head + self.horizon_note)
+        assumed = [p.name for p in self.horizon_premises if p.met is None]
+        note = f" (assumed: {'; '.join(assumed)})" if assumed else ""
+        line = _wrapped(head + f"residual {self.horizon_residual:.3e} in directions with ηλT/n < 1; loss floor "
+                        f"(1/2n)‖(I−P_T)Q‖² = {self.horizon_loss_floor:.4g}{note}")
+        unstable = self.horizon_unstable
+        return line + ("\n" + _wrapped(f"    {unstable}") if unstable is not None and unstable.directions else "")
 
     def _curve_rows(self) -> list[str]:
         """``a(t·λ_max)`` at decades of ``t`` down to below the resolution limit (marked); equal runs merged."""

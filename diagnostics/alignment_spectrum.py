@@ -27,7 +27,7 @@ from .errors import DiagnosticsError
 from .targets import CE_SCALES, Targets, best_scale
 
 __all__ = ["alignment_from_gram", "alignment_from_operator", "alignment_from_spectrum", "horizon_energy",
-           "measured_bounds"]
+           "measured_bounds", "unstable_directions"]
 
 TOP_K = (1, 10, 100)
 
@@ -142,14 +142,15 @@ def alignment_from_spectrum(
     top_k = {k: float(captured[min(k, captured.size) - 1]) for k in TOP_K if k <= captured.size}
     horizon_residual = horizon_floor = math.nan
     horizon_premises: tuple[theory.Premise, ...] = ()
+    unstable = None
     if horizon is not None:
         lr, steps = validate_horizon(horizon)
         horizon_premises = theory.gradient_descent_premises(
-            "horizon", horizon_optimizer, squared_loss=False if targets.loss != "mse" else None, step_size=lr,
-            lambda_max=float(spectrum.eigenvalues[0]), n=n)
+            "horizon", horizon_optimizer, squared_loss=False if targets.loss != "mse" else None)
         if all(p.met is not False for p in horizon_premises):
             below = horizon_energy(spectrum, Q, n / (lr * steps), outside)
             horizon_residual, horizon_floor = math.sqrt(below / q_sq), below / (2 * n)
+            unstable = unstable_directions(spectrum, Q, lr, n)
     return AlignmentReport(
         verdict=d1,
         residual=residual,
@@ -185,6 +186,7 @@ def alignment_from_spectrum(
         horizon_residual=horizon_residual,
         horizon_loss_floor=horizon_floor,
         horizon_premises=horizon_premises,
+        horizon_unstable=unstable,
         precision_note=note,
         target_norm_sq=q_sq,
         dtype=precision.dtype_name(source_dtype),
@@ -304,6 +306,18 @@ def horizon_energy(spectrum: Spectrum | OperatorSpectrum, q: torch.Tensor, thres
         return outside
     below = spectrum.energy_below(q, threshold)
     return below if math.isnan(below) else max(below, outside)
+
+
+def unstable_directions(spectrum: Spectrum | OperatorSpectrum, q: torch.Tensor, lr: float,
+                        n: int) -> theory.UnstablePart:
+    """Return the eigen-directions of ``K`` with ``ηλ/n > 2`` and their share of ``‖q‖²`` (``theory.unstable_part``).
+
+    On the matrix-free path from the top eigenpairs (lower bounds when all of them are unstable).
+    """
+    captured = spectrum.captured_fraction(q)
+    shares = np.diff(captured, prepend=0.0)
+    return theory.unstable_part(lr, n, spectrum.eigenvalues[:shares.size], np.clip(shares, 0.0, None),
+                                rank_tol=spectrum.rank_tol, complete=not isinstance(spectrum, OperatorSpectrum))
 
 
 def validate_horizon(horizon: tuple[float, int]) -> tuple[float, int]:

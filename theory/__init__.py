@@ -16,6 +16,7 @@ from .verdicts import (
     TINY,
     Premise,
     ResidualBounds,
+    UnstablePart,
     Verdict,
     alignment_condition,
     alignment_from_subset,
@@ -45,6 +46,7 @@ from .verdicts import (
     loss_decomposition,
     necessity_at_global_minimum,
     residual_bounds,
+    unstable_part,
     witness_bounds,
 )
 
@@ -57,6 +59,7 @@ __all__ = [
     "TINY",
     "Premise",
     "ResidualBounds",
+    "UnstablePart",
     "Verdict",
     "alignment_condition",
     "alignment_from_subset",
@@ -86,5 +89,6 @@ __all__ = [
     "loss_decomposition",
     "necessity_at_global_minimum",
     "residual_bounds",
+    "unstable_part",
     "witness_bounds",
 ]

@@ -1,21 +1,24 @@
 """Which training the gradient-descent statements speak of: the premises of a recipe (recipe.md).
 
 The horizon floors and the dynamics linearised at a kernel (``theory/alignment.md#horizon-residual``) describe
-plain full-batch gradient descent on ``L = (1/2n)‖f_X − Q‖²`` at a stable step ``ηλ_max/n ≤ 2``; the
-gradient-descent rate bound (``theory/results.md#gradient-descent-rate``) uses no update rule, only the loss and
-gradient of the whole training objective at the iterates. :func:`gradient_descent_premises` turns what a caller
-knows of a recipe into those premises: observed (met or not), or assumed where nothing was observed.
+plain full-batch gradient descent on ``L = (1/2n)‖f_X − Q‖²``; the linearised loss needs a stable step
+``ηλ_max/n ≤ 2`` as well, while a horizon floor speaks of the slow directions whatever the step, with the unstable
+part named (:func:`unstable_part`, ``theory/recipe.md#stability``). The gradient-descent rate bound
+(``theory/results.md#gradient-descent-rate``) uses no update rule, only the loss and gradient of the whole training
+objective at the iterates. :func:`gradient_descent_premises` turns what a caller knows of a recipe into those
+premises: observed (met or not), or assumed where nothing was observed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from ._arguments import count, flag, nonneg
+from ._arguments import ArrayLike, array, count, flag, nonneg
 from .verdict import Premise
 
-__all__ = ["GD_STATEMENTS", "STABLE_STEP", "gradient_descent_premises"]
+__all__ = ["GD_STATEMENTS", "STABLE_STEP", "UnstablePart", "gradient_descent_premises", "unstable_part"]
 
 #: The statements about gradient descent whose premises :func:`gradient_descent_premises` gives.
 GD_STATEMENTS = ("horizon", "linearised", "rate")
@@ -44,11 +47,14 @@ def gradient_descent_premises(
 ) -> tuple[Premise, ...]:
     r"""Return the premises under which a gradient-descent statement speaks of a recipe (``theory/recipe.md``).
 
-    ``"horizon"`` and ``"linearised"`` (horizon floors, the loss of the dynamics linearised at a kernel ``K``) need
+    ``"horizon"`` (horizon floors) and ``"linearised"`` (the loss of the dynamics linearised at a kernel ``K``) need
     plain gradient steps ``θ ← θ − η∇L`` (no momentum, no adaptive scaling, no weight decay) on the whole training
-    set, the squared loss ``L = (1/2n)‖f_X − Q‖²`` whose step is ``η``, and a stable step ``ηλ_max(K)/n ≤ 2``.
-    ``"rate"`` (the gradient-descent rate bound) holds for any update rule; it needs only that the recorded losses
-    and gradient norms are the squared loss's on the whole training set at every iterate.
+    set and the squared loss ``L = (1/2n)‖f_X − Q‖²`` whose step is ``η``; ``"linearised"`` needs a stable step
+    ``ηλ_max(K)/n ≤ 2`` as well. A horizon floor does not: it speaks of the slow directions (``ηλT/n < 1``), which
+    evolve on their own whatever the unstable ones do; the unstable part is named beside it (:func:`unstable_part`,
+    ``theory/alignment.md#horizon-residual``). ``"rate"`` (the gradient-descent rate bound) holds for any update
+    rule; it needs only that the recorded losses and gradient norms are the squared loss's on the whole training
+    set at every iterate.
 
     A premise is *met* or *not met* when observed and *assumed* (``met=None``) when not: a statement with a premise
     not met is *not applicable*.
@@ -72,14 +78,14 @@ def gradient_descent_premises(
         ``η``; default the optimiser's ``lr``.
     lambda_max, n
         ``λ_max(K)`` of the kernel the statement speaks of and the number of samples ``n``, for the stable-step
-        premise (``None``: not measured, assumed). Not used for ``"rate"``.
+        premise of ``"linearised"`` (``None``: not measured, assumed). Not used for ``"horizon"`` and ``"rate"``.
 
     Returns
     -------
     tuple of Premise
-        ``"horizon"``/``"linearised"``: the update rule, the full batch, the squared loss, the stable step (its note
-        gives ``ηλ_max/n`` and, when it fails, how fast the top direction grows). ``"rate"``: the full batch and the
-        squared loss.
+        ``"horizon"``: the update rule, the full batch, the squared loss. ``"linearised"``: those and the stable
+        step (its note gives ``ηλ_max/n`` and, when it fails, how fast the top direction grows). ``"rate"``: the
+        full batch and the squared loss.
     """
     if statement not in GD_STATEMENTS:
         raise ValueError(f"statement must be one of {GD_STATEMENTS}, got {statement!r}")
@@ -91,8 +97,10 @@ def gradient_descent_premises(
                    "(a mean over the m outputs as well, F.mse_loss, has step 2η/m on it)")
     if statement == "rate":
         return batch, loss
-    eta = _step_size(step_size, groups)
-    return _update_premise(groups), batch, loss, _stability_premise(eta, lambda_max, n)
+    plain = _update_premise(groups), batch, loss
+    if statement == "horizon":
+        return plain
+    return (*plain, _stability_premise(_step_size(step_size, groups), lambda_max, n))
 
 
 def _groups(optimizer: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None) -> list[Mapping[str, Any]] | None:
@@ -147,3 +155,85 @@ def _stability_premise(eta: float | None, lambda_max: float | None, n: int | Non
     return Premise(name, False, f"ηλ_max/n = {ratio:.4g}: linearised gradient descent multiplies the top direction "
                                 f"by {ratio - 1:.3g} per step, and every direction with ηλ/n > 2 diverges instead "
                                 "of being fitted")
+
+
+@dataclass(frozen=True)
+class UnstablePart:
+    """The eigen-directions of ``K`` that gradient descent with step ``η`` does not fit: ``ηλ/n > 2``.
+
+    Linearised gradient descent multiplies the component along such a direction by ``1 − ηλ/n < −1`` per step
+    (``theory/recipe.md#stability``), so it grows instead of being fitted; the others evolve on their own.
+
+    Attributes
+    ----------
+    step_ratio
+        ``ηλ_max/n``.
+    directions
+        How many kept eigen-directions have ``ηλ/n > 2``.
+    share
+        Their share of ``‖q‖²``.
+    complete
+        Whether every eigenvalue above ``2n/η`` was among those measured; ``False`` when only the top eigenpairs
+        were computed (the matrix-free path) and all of them are unstable: ``directions`` and ``share`` are then
+        lower bounds.
+    """
+
+    step_ratio: float
+    directions: int
+    share: float
+    complete: bool = True
+
+    @property
+    def growth(self) -> float:
+        """``ηλ_max/n − 1``: the factor by which linearised GD multiplies the top direction per step (0 if none)."""
+        return self.step_ratio - 1 if self.directions else 0.0
+
+    def __str__(self) -> str:
+        if not self.directions:
+            return f"no unstable direction (ηλ_max/n = {self.step_ratio:.4g} ≤ {STABLE_STEP:g})"
+        least = "" if self.complete else "at least "
+        plural = "s" if self.directions > 1 or not self.complete else ""
+        return (f"unstable part: {least}{self.directions} direction{plural} with ηλ/n > {STABLE_STEP:g} "
+                f"({least}{100 * self.share:.3g} % of ‖Q‖²) not fitted: linearised gradient descent multiplies the top "
+                f"one by {self.growth:.4g} per step (ηλ_max/n = {self.step_ratio:.4g})")
+
+    def to_dict(self) -> dict:
+        """Plain-Python dictionary (with ``growth``)."""
+        return {**asdict(self), "growth": self.growth}
+
+
+def unstable_part(step_size: float, n: int, eigenvalues: ArrayLike, shares: ArrayLike, *, rank_tol: float = 0.0,
+                  complete: bool = True) -> UnstablePart:
+    r"""Return the part of ``q`` gradient descent with step ``η`` grows instead of fitting (``recipe.md#stability``).
+
+    Along an eigen-direction of ``K`` with ``ηλ/n > 2`` linearised gradient descent multiplies the residual by
+    ``|1 − ηλ/n| > 1`` per step; the directions the rank rule discards (``λ ≤ rank_tol``) are not counted (a
+    horizon floor counts them as unfitted already).
+
+    Parameters
+    ----------
+    step_size, n
+        ``η`` and the number of samples.
+    eigenvalues
+        The eigenvalues of ``K`` in descending order (all of them, or the top ones: see ``complete``).
+    shares
+        The share ``(u_iᵀq)²/‖q‖²`` of each of those eigen-directions.
+    rank_tol
+        The rank rule's tolerance: directions at or below it are not counted.
+    complete
+        Whether ``eigenvalues`` is the whole spectrum; when it is not and its last entry is unstable too, the
+        result is marked as lower bounds.
+
+    Returns
+    -------
+    UnstablePart
+    """
+    eta, n = nonneg("step_size", step_size), count("n", n, 1)
+    lam = array("eigenvalues", eigenvalues)
+    share = array("shares", shares, nonneg=True)
+    if share.shape != lam.shape:
+        raise ValueError(f"shares has {share.shape[0]} entries for {lam.shape[0]} eigenvalues")
+    ratios = eta * lam / n
+    unstable = (ratios > STABLE_STEP) & (lam > nonneg("rank_tol", rank_tol))
+    whole = flag("complete", complete) or not unstable[-1]
+    return UnstablePart(float(ratios[0]), int(unstable.sum()), float(share[unstable].sum()), bool(whole))

@@ -18,7 +18,7 @@ from .application import (
 )
 from .cms import cms_assessment
 from .rates import convergence_rate_check, gradient_descent_rate, gradient_flow_rate
-from .recipe import gradient_descent_premises
+from .recipe import UnstablePart, gradient_descent_premises, unstable_part
 from .results import (
     alignment_lower_bound,
     best_convex_bound,
@@ -42,6 +42,7 @@ __all__ = [
     "TINY",
     "Premise",
     "ResidualBounds",
+    "UnstablePart",
     "Verdict",
     "alignment_condition",
     "alignment_from_subset",
@@ -71,5 +72,6 @@ __all__ = [
     "loss_decomposition",
     "necessity_at_global_minimum",
     "residual_bounds",
+    "unstable_part",
     "witness_bounds",
 ]

@@ -127,8 +127,10 @@ class AlignmentTracker:
         ``horizon_note`` the premises of :func:`theory.gradient_descent_premises`: plain gradient steps (observed
         from an optimiser: momentum, Adam and weight decay make the horizon *not applicable*, its columns
         ``nan``; a number is taken as plain gradient descent, assumed), full batches (assumed: the tracker does
-        not see the batches), the squared loss (not met for ``loss="ce"``) and the stable step
-        ``ηλ_max/n ≤ 2`` (observed at every record).
+        not see the batches) and the squared loss (not met for ``loss="ce"``); and, at a record whose step is
+        beyond the stable step of its kernel, the unstable part (:func:`theory.unstable_part`: the directions
+        with ``ηλ/n > 2``, their share of ``‖Q‖²`` and the growth per step of the top one), which the floor does
+        not count and does not depend on (``theory/alignment.md#horizon-residual``).
     tol
         Former name of ``rank_tol`` (deprecated).
     full_every

@@ -34,6 +34,7 @@ __all__ = [
     "record_verdicts",
     "seed_means",
     "status_counts",
+    "unstable_note",
 ]
 
 GROUP = ["family", "parameterization", "width"]
@@ -154,7 +155,8 @@ def statement_applies(runs: pd.DataFrame, statement: str) -> str:
     """Say on how many of ``runs`` a statement about gradient descent applies, and why not on the others.
 
     ``"applies (k of N runs)"``, ``"not applicable (j of N runs): reasons"`` (:func:`gd_reasons`) and, for runs read
-    from histories, ``"not measured (i of N runs): reason"``.
+    from histories, ``"not measured (i of N runs): reason"``; for a horizon floor, its unstable parts
+    (:func:`unstable_note`).
     """
     column = f"{statement}_applies"
     if column not in runs:
@@ -166,7 +168,36 @@ def statement_applies(runs: pd.DataFrame, statement: str) -> str:
         if chosen.any():
             reasons = "" if value is True else f": {merge_reasons(runs.loc[chosen, f'{statement}_reason'].dropna())}"
             parts.append(f"{word} ({int(chosen.sum())} of {len(runs)} runs){reasons}")
-    return "; ".join(parts)
+    note = unstable_note(runs, statement)
+    return "; ".join(parts + ([note] if note else []))
+
+
+#: The kernel whose unstable part a horizon floor names, by statement (columns ``<kernel>_unstable_*``).
+_HORIZON_KERNELS = {"horizon": "init", "final_horizon": "final"}
+
+
+def unstable_note(runs: pd.DataFrame, statement: str) -> str:
+    """Name the unstable parts of a horizon floor over ``runs`` (``theory/alignment.md#horizon-residual``).
+
+    The floor counts the slow directions whatever the step; the directions with ``ηλ/n > 2`` are not fitted, and
+    this says at how many runs there are some, their step ratios, how many and what share of ``‖Q‖²`` they carry
+    (``""`` when no run has any, or the statement is not a horizon floor).
+    """
+    kernel = _HORIZON_KERNELS.get(statement)
+    column = f"{kernel}_unstable_directions"
+    if kernel is None or column not in runs:
+        return ""
+    counts = pd.to_numeric(runs[column], errors="coerce")
+    chosen = counts > 0
+    if not chosen.any():
+        return ""
+    ratios = pd.to_numeric(runs.loc[chosen, f"{kernel}_step_ratio"])
+    shares = pd.to_numeric(runs.loc[chosen, f"{kernel}_unstable_share"])
+    low, high = int(counts[chosen].min()), int(counts[chosen].max())
+    return (f"unstable part at {int(chosen.sum())} of {len(runs)} runs (ηλ_max/n = {ratios.min():.4g}"
+            + (f"–{ratios.max():.4g}" if ratios.max() > ratios.min() else "")
+            + f": {low}" + (f"–{high}" if high > low else "") + " directions with ηλ/n > 2, at most "
+            f"{100 * shares.max():.3g} % of ‖Q‖², not fitted; the floor counts the slow directions only)")
 
 
 def gd_reasons(runs: pd.DataFrame, statement: str) -> str:

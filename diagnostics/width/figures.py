@@ -290,7 +290,8 @@ FIGURES: list[tuple[str, str, Callable[[SweepResult], Figure], str]] = [
     ("loss_predictors", "What predicted the final loss", loss_predictors,
      "Final training loss (black, mean ± sd over seeds) against the exact (I2) floor, the horizon floors of the "
      "initial and final kernels for the run's own step size and steps (the part of Y in eigen-directions with "
-     "ηλT/n < 1), the loss of the dynamics linearised at K_0, and the rate bound; zeros drawn at "
+     "ηλT/n < 1, at any step; the directions with ηλ/n > 2 of a step beyond the stable step are its unstable "
+     "part, named in the tables), the loss of the dynamics linearised at K_0, and the rate bound; zeros drawn at "
      f"{FLOOR:g}, predictions above 10³ (diverging linearised dynamics) at 10³."),
     ("representation_gain", "Gain of representation learning", representation_gain,
      "L_lin(T)/L_T: the loss the initial kernel's linearised dynamics reach in the same steps over the loss "

@@ -173,7 +173,9 @@ def _summary(history: dict[str, Any], table: pd.DataFrame) -> dict[str, Any]:
         **{f"init_{k}": _plain(first.get(k)) for k in _INITIAL},
         "init_horizon_residual": None, "init_horizon_loss_floor": None, "certificate_bar": float(
             table["certificate"].max()),
-        **statements, "init_step_ratio": None, "final_step_ratio": None, "linearised_loss": None,
+        **statements, "init_step_ratio": None, "final_step_ratio": None, "init_unstable_directions": None,
+        "init_unstable_share": None, "final_unstable_directions": None, "final_unstable_share": None,
+        "linearised_loss": None,
         "final_horizon_floor": None, "rate_status": rate, "rate_bound": None, "rate_rising_steps": None, "rate_c": None,
         "rate_c_bound": None, "rate_largest_rise": None,
         "train_seconds": math.nan,

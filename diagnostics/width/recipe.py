@@ -8,7 +8,8 @@ What applies (``theory/recipe.md``). Statements about a *point* of training (D1,
 kernel movement, per-layer alignment) hold for any optimiser. The statements about *gradient descent* have premises
 on the recipe: the horizon floors of a kernel for a step ``η`` and ``T`` steps and the dynamics linearised at
 ``K_0`` (``theory/alignment.md#horizon-residual``) need plain full-batch gradient descent ``θ ← θ − η∇L`` on
-``L = (1/2n)‖f_X − Y‖²`` at a stable step ``ηλ_max(K)/n ≤ 2``; the gradient-descent rate bound
+``L = (1/2n)‖f_X − Y‖²``, the linearised dynamics a stable step ``ηλ_max(K_0)/n ≤ 2`` as well (a horizon floor
+counts the slow directions at any step and names its unstable part); the gradient-descent rate bound
 (``theory/results.md#gradient-descent-rate``) holds for any update rule whose recorded losses and gradients are the
 squared loss's on the whole training set. :func:`recipe_premises` gives them for a run, through
 :func:`theory.gradient_descent_premises`, with the premises only a study observes (a custom step, a schedule,
@@ -240,11 +241,11 @@ def recipe_premises(statement: str, optimizer: Mapping[str, Any] | None, *, loss
                     lambda_max: float | None = None, n: int | None = None) -> tuple[Premise, ...]:
     """Return the premises under which a statement about gradient descent speaks of a run of a study.
 
-    The premises of :func:`theory.gradient_descent_premises` (the update rule, the full batch, the squared loss,
-    the stable step ``ηλ_max/n ≤ 2`` of the statement's kernel; for the rate only the full batch and the loss,
-    ``theory/recipe.md``), observed on the study's recipe, and those only a study observes: a custom ``train_step``
-    (its update, loss and gradient are the user's), and for the horizon floors and the linearised dynamics, which
-    assume one step ``η`` of plain gradient descent, a learning-rate schedule and gradient clipping.
+    The premises of :func:`theory.gradient_descent_premises` (the update rule, the full batch, the squared loss;
+    for the linearised dynamics the stable step ``ηλ_max/n ≤ 2`` of ``K_0``; for the rate only the full batch and
+    the loss, ``theory/recipe.md``), observed on the study's recipe, and those only a study observes: a custom
+    ``train_step`` (its update, loss and gradient are the user's), and for the horizon floors and the linearised
+    dynamics, which assume one step ``η`` of plain gradient descent, a learning-rate schedule and gradient clipping.
 
     Parameters
     ----------

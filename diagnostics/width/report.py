@@ -201,9 +201,12 @@ def _document(study: Study, figures: list[FigureFile], lr_table: pd.DataFrame | 
             "S4 kernel movement, the coordinate check, kernel–target alignment, per-layer alignment) hold for any "
             "optimiser. The statements about gradient descent have premises on the recipe (theory/recipe.md): the "
             "horizon floors of K_0 and K_T and the dynamics linearised at K_0 describe plain full-batch gradient "
-            "descent on (1/2n)‖f − Y‖² at a stable step ηλ_max(K)/n ≤ 2; the rate bound holds for any update rule "
-            "whose losses and gradients are the squared loss's on the whole training set. Where a premise fails the "
-            "statement is not applicable, for the reason given."
+            "descent on (1/2n)‖f − Y‖², the linearised dynamics at a stable step ηλ_max(K_0)/n ≤ 2 as well; a horizon "
+            "floor counts the slow directions (ηλT/n < 1) at any step, and where the step is beyond the stable step "
+            "of its kernel the directions with ηλ/n > 2, which grow instead of being fitted, are named as its "
+            "unstable part. The rate bound holds for any update rule whose losses and gradients are the squared "
+            "loss's on the whole training set. Where a premise fails the statement is not applicable, for the "
+            "reason given."
         )
         doc.table(applicability(sweep.runs))
         doc.heading(2, "What predicted the final loss")
@@ -266,17 +269,22 @@ def _document(study: Study, figures: list[FigureFile], lr_table: pd.DataFrame | 
 _SUMMARY = (
     ("n_params", "d"), ("final_residual", "residual"), ("final_loss", "loss"), ("final_loss_lower_bound", "(I2) floor"),
     ("init_horizon_residual", "horizon residual K_0"), ("init_horizon_loss_floor", "horizon floor K_0"),
-    ("final_horizon_floor", "horizon floor K_T"), ("linearised_loss", "linearised"), ("certificate_bar", "B̄"),
+    ("final_horizon_floor", "horizon floor K_T"), ("init_unstable_share", "unstable share K_0"),
+    ("final_unstable_share", "unstable share K_T"), ("linearised_loss", "linearised"), ("certificate_bar", "B̄"),
     ("init_nu_norm", "‖ν‖"), ("final_kernel_movement_init", "ΔK"), ("final_param_movement", "Δθ"),
     ("test_accuracy", "test accuracy"), ("test_loss", "test loss"),
 )
+
+
+#: Columns shown only when some run has an unstable part (the share of ‖Q‖² its horizon floor leaves out).
+_UNSTABLE = ("init_unstable_share", "final_unstable_share")
 
 
 def _summary_table(runs: pd.DataFrame) -> pd.DataFrame:
     means = seed_means(runs)
     table = pd.DataFrame({"family": means["family"], "param.": means["parameterization"], "width": means["width"]})
     for column, heading in _SUMMARY:
-        if column in means and means[column].notna().any():
+        if column in means and means[column].notna().any() and (column not in _UNSTABLE or means[column].gt(0).any()):
             table[heading] = means[column].astype(int) if column == "n_params" else means[column]
         if column == "n_params":
             table["d/(nm)"] = means["n_params"] / means["n_outputs"]

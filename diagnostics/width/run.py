@@ -14,15 +14,18 @@ and measured on the study's fixed probe of ``n`` samples (``n·m`` is the counti
 - ``coordinates``: the coordinate check of steps 0–3 (:class:`~diagnostics.width.training.CoordinateCheck`);
 - ``layers``: per-layer alignment at the start and the end (:func:`~diagnostics.width.kernels.layer_alignment`);
 - ``summary``: final and initial values, the loss predictors, the rate verdict, the test metrics, whether each
-  statement about gradient descent applies and why not, the step ratios ``ηλ_max/n`` of ``K_0`` and ``K_T``, and the
-  time spent training against the time spent measuring.
+  statement about gradient descent applies and why not, the step ratios ``ηλ_max/n`` of ``K_0`` and ``K_T`` with
+  their unstable parts (``<init|final>_unstable_directions``, ``_unstable_share``: the directions with ``ηλ/n > 2``
+  and their share of ``‖Q‖²``, :func:`theory.unstable_part`), and the time spent training against the time spent
+  measuring.
 
 What applies (``theory/recipe.md``). Each statement about gradient descent — the horizon floors of ``K_0`` and
 ``K_T`` for the run's ``(η, T)``, the loss of the dynamics linearised at ``K_0``, the rate bound — is computed only
 where the premises of :func:`~diagnostics.width.recipe.recipe_premises` hold for the run's recipe (the first three
-need plain full-batch gradient descent on the squared loss at a stable step; the rate bound, full-batch losses and
-gradients of the squared loss under any update rule); otherwise its value is ``None`` (the rate verdict *not
-applicable*), and ``<statement>_applies`` / ``<statement>_reason`` say so and why.
+need plain full-batch gradient descent on the squared loss, the linearised loss a stable step as well, while a
+horizon floor speaks of the slow directions at any step and its unstable part is named; the rate bound, full-batch
+losses and gradients of the squared loss under any update rule); otherwise its value is ``None`` (the rate verdict
+*not applicable*), and ``<statement>_applies`` / ``<statement>_reason`` say so and why.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import torch
 from theory.verdict import not_applicable
 from theory.verdicts import gradient_descent_rate
 
+from ..alignment_spectrum import unstable_directions
 from ..engine import inputs as _inputs
 from ..engine.precision import verdict_dtype
 from ..engine.spectral import Spectrum
@@ -118,7 +122,7 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
         targets = Targets.build(T, n, f0.shape[1], recipe.measure_loss)
         layers = [{"stage": "start", **row}
                   for row in layer_alignment(model, X, targets.Q, dtype, groups, plan.output)]
-        plain = applies(_premises("horizon", optimizer, recipe, data))  # all but the stable step, known already
+        plain = applies(_premises("horizon", optimizer, recipe, data))  # known before training
         tracker = AlignmentTracker(model, (X, T), every=1, loss=recipe.measure_loss, probe_size=None, dtype=dtype,
                                    output=plan.output, horizon=(trainer.optimizer, steps) if plain else None,
                                    optimizer=trainer.optimizer, tags=spec.to_dict())
@@ -193,10 +197,12 @@ def _gradient_descent(premises: dict[str, tuple], history: pd.DataFrame, initial
     ok = {s: applies(p) for s, p in premises.items()}
     fields: dict[str, Any] = {f"{s}_applies": ok[s] for s in GD_STATEMENTS}
     fields.update({f"{s}_reason": premise_reasons(premises[s]) for s in GD_STATEMENTS})
-    plain = applies(p for p in premises["horizon"] if not p.name.startswith("stable step"))
+    for when, kernel in (("init", initial), ("final", final)):  # what a horizon floor of the kernel leaves out
+        part = unstable_directions(kernel, targets.Q, lr, n) if ok["horizon"] else None
+        fields.update({f"{when}_step_ratio": part.step_ratio if part else None,
+                       f"{when}_unstable_directions": part.directions if part else None,
+                       f"{when}_unstable_share": part.share if part else None})
     fields.update({
-        "init_step_ratio": lr * float(initial.eigenvalues[0]) / n if plain else None,
-        "final_step_ratio": lr * float(final.eigenvalues[0]) / n if plain else None,
         "linearised_loss": linearised_loss(initial, residual0, lr, steps, n) if ok["linearised"] else None,
         "final_horizon_floor": horizon_floor(final, targets.Q, lr, steps, n) if ok["final_horizon"] else None,
     })

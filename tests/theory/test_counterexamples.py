@@ -93,7 +93,7 @@ NOT_ESTABLISHED = {
 NOT_GRADIENT_DESCENT = {
     "momentum": lambda: theory.gradient_descent_premises("horizon", {"name": "SGD", "lr": 0.1, "momentum": 0.9}),
     "Adam": lambda: theory.gradient_descent_premises("linearised", {"name": "Adam", "lr": 0.1}),
-    "unstable step": lambda: theory.gradient_descent_premises("horizon", step_size=1.0, lambda_max=30.0, n=10),
+    "unstable step": lambda: theory.gradient_descent_premises("linearised", step_size=1.0, lambda_max=30.0, n=10),
     "minibatch": lambda: theory.gradient_descent_premises("horizon", full_batch=False),
     "cross-entropy": lambda: theory.gradient_descent_premises("linearised", squared_loss=False),
     "minibatch losses for the rate": lambda: theory.gradient_descent_premises("rate", full_batch=False),

@@ -20,8 +20,10 @@ def test_plain_full_batch_gradient_descent_at_a_stable_step_meets_every_premise(
     for statement in ("horizon", "linearised", "final_horizon", "rate"):
         found = premises(statement)
         assert all(p.met is True for p in found) and premise_reasons(found) == "", statement
-    assert applies(premises(lambda_max=40.0))  # ηλ/n = 2: the edge itself is stable
-    assert applies(premises(lambda_max=None))  # before training: the stable step is assumed
+    assert applies(premises("linearised", lambda_max=40.0))  # ηλ/n = 2: the edge itself is stable
+    assert applies(premises("linearised", lambda_max=None))  # before training: the stable step is assumed
+    # a horizon floor speaks of the slow directions at any step (its unstable part is named beside it)
+    assert applies(premises("horizon", lambda_max=400.0)) and applies(premises("final_horizon", lambda_max=400.0))
 
 
 @pytest.mark.parametrize(("changes", "reason"), [
@@ -34,9 +36,11 @@ def test_plain_full_batch_gradient_descent_at_a_stable_step_meets_every_premise(
     ({"optimizer": {**SGD, "momentum": 0.9}}, "SGD with heavy-ball momentum"),
     ({"optimizer": {"name": "AdamW", "lr": 1e-3}}, "AdamW is not plain gradient descent"),
 ])
-def test_every_other_recipe_fails_the_horizon_premises_with_its_reason(changes, reason):
-    found = premises(**changes)
+def test_every_other_recipe_fails_the_linearised_premises_with_its_reason(changes, reason):
+    found = premises("linearised", **changes)
     assert not applies(found) and reason in premise_reasons(found)
+    horizon = premises("horizon", **changes)
+    assert applies(horizon) == ("lambda_max" in changes)  # the step is no premise of the horizon floor
 
 
 def test_the_rate_needs_full_batch_squared_losses_and_no_particular_update_rule():
@@ -50,9 +54,9 @@ def test_the_rate_needs_full_batch_squared_losses_and_no_particular_update_rule(
 
 
 def test_reasons_of_many_runs_are_merged_with_the_range_of_the_unstable_steps():
-    notes = [premise_reasons(premises(lambda_max=60.0)),
-             premise_reasons(premises(lambda_max=50.0, optimizer={**SGD, "momentum": 0.9})),
-             premise_reasons(premises(loss="ce"))]
+    notes = [premise_reasons(premises("linearised", lambda_max=60.0)),
+             premise_reasons(premises("linearised", lambda_max=50.0, optimizer={**SGD, "momentum": 0.9})),
+             premise_reasons(premises("linearised", loss="ce"))]
     merged = merge_reasons(notes)
     assert merged.startswith("an unstable step, ηλ_max/n = 2.5–3 > 2, along which linearised gradient descent")
     assert merged.count("trained on the ce loss") == 1 and "SGD with heavy-ball momentum" in merged

@@ -15,6 +15,7 @@ from torch import nn
 from diagnostics.data import load_dataset
 from diagnostics.errors import DiagnosticsError
 from diagnostics.width import Family, Recipe, optimizer_factory, study
+from diagnostics.width.analysis import statement_applies
 from diagnostics.width.batches import study_data
 from diagnostics.width.figures import FIGURES
 from diagnostics.width.sweep import TIMING_COLUMNS
@@ -135,9 +136,13 @@ def test_a_user_family_on_full_batch_gradient_descent_gets_the_gradient_descent_
     # D1 fails below n·m = 480, but the gated net's J is rank-deficient by construction (rank 112 < d = 284), so a
     # Gram cannot show it (theory/alignment.md#resolution): the rate rests on an undecided premise, never refuted
     assert runs.loc[2, "final_d1_status"] == "not established" and runs.loc[2, "rate_status"] != "refuted"
-    assert not runs.loc[8, "linearised_applies"] and not runs.loc[8, "horizon_applies"]
+    assert not runs.loc[8, "linearised_applies"] and math.isnan(runs.loc[8, "linearised_loss"])
     assert runs.loc[8, "linearised_reason"].startswith(f"ηλ_max/n = {edge[8]:.4g}: linearised gradient descent")
-    assert math.isnan(runs.loc[8, "linearised_loss"]) and math.isnan(runs.loc[8, "init_horizon_loss_floor"])
+    # beyond the stable step the horizon floor keeps its slow directions, and its unstable part is named
+    assert runs.loc[8, "horizon_applies"] and runs.loc[8, "init_horizon_loss_floor"] >= 0
+    assert runs.loc[8, "init_unstable_directions"] >= 1 and 0 < runs.loc[8, "init_unstable_share"] < 1
+    assert runs.loc[2, "init_unstable_directions"] == 0 and runs.loc[2, "init_unstable_share"] == 0
+    assert "unstable part at 1 of 2 runs" in statement_applies(result.runs, "horizon")
     assert runs.loc[8, "rate_applies"]  # the rate bound needs no particular step: judged (by D1 at every record)
     bounds = result.sweep.trajectories.set_index("run_id").loc[runs.loc[8, "run_id"], "rate_bound"]
     assert len(bounds) == 6 and bounds.notna().all()
