@@ -133,7 +133,7 @@ class PreconditionedSpectrum:
         ``s`` (default ``SKETCH_FACTOR·d``, fewer if the memory budget needs), ``ζ`` and the hash seed.
     witness_tol
         The relative residual the undamped continuation of a sketched solve aims for, when the damped one is
-        above it and not certified above it (default ``residual_tol`` of the dtype).
+        above it and not certified above it (default :data:`~diagnostics.engine.precision.RESIDUAL_TOL`, the question's tolerance in every dtype).
     """
 
     min_eigenvalue = float("nan")
@@ -175,7 +175,7 @@ class PreconditionedSpectrum:
         self.checkpoints, self.checkpoint_every = checkpoints, checkpoint_every
         self.progress, self.workspace = progress, workspace
         self._rtol = rtol
-        self.witness_tol = precision.default_residual_tol(op.dtype) if witness_tol is None else witness_tol
+        self.witness_tol = precision.RESIDUAL_TOL if witness_tol is None else witness_tol
         self.max_iter = max_iter or 10 * d
         self.rank = -1
         self.vectors = torch.stack([v.detach().reshape(-1).to(torch.float64).cpu() for v in vectors], dim=1) \
