@@ -133,7 +133,8 @@ class PreconditionedSpectrum:
         ``s`` (default ``SKETCH_FACTOR·d``, fewer if the memory budget needs), ``ζ`` and the hash seed.
     witness_tol
         The relative residual the undamped continuation of a sketched solve aims for, when the damped one is
-        above it and not certified above it (default :data:`~diagnostics.engine.precision.RESIDUAL_TOL`, the question's tolerance in every dtype).
+        above it and not certified above it (default :data:`~diagnostics.engine.precision.RESIDUAL_TOL`, the
+        question's tolerance in every dtype).
     """
 
     min_eigenvalue = float("nan")
