@@ -106,7 +106,7 @@ class _Clock:
 
 
 def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> dict[str, Any]:
-    start, measuring = time.perf_counter(), _Clock()
+    start, cpu, measuring = time.perf_counter(), time.process_time(), _Clock()
     family = plan.family(spec)
     recipe = family.recipe
     model = family.model(spec.width, spec.seed).to(device)
@@ -172,6 +172,7 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
         "train_seconds": trainer.seconds,
         "measure_seconds": measuring.seconds,
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
     }
     summary["underparameterised"] = summary["n_params"] < summary["n_outputs"]
     trajectory = {"loss": losses, "grad_norm_sq": grads, "rate_bound": gd["bounds"]}
