@@ -128,11 +128,13 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
                                    optimizer=trainer.optimizer, tags=spec.to_dict())
         coordinates = CoordinateCheck(model, _inputs.to(X, device, next(model.parameters()).dtype), list(groups))
     schedule, grams, losses, grads = set(record_steps(steps, plan.records)), [], [], []
+    initial: Spectrum | None = None  # the tracker's decomposition of K_0, kept
     for step in range(steps + 1):
         with measuring():
             if step in schedule:
                 tracker.measure(step)
                 grams.append(tracker.gram.to("cpu", torch.float64))
+                initial = initial or tracker.spectrum
             coordinates.measure(step)
         if step == steps:
             losses.append(trainer.loss())
@@ -144,8 +146,7 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
         history = tracker.history
         history = history.merge(kernel_path(history, grams), on="step")
         layers += [{"stage": "end", **row} for row in layer_alignment(model, X, targets.Q, dtype, groups, plan.output)]
-        initial = Spectrum.of(grams[0], source_dtype=dtype)
-        final = Spectrum.of(grams[-1], source_dtype=dtype)
+        final = tracker.spectrum  # the tracker's decomposition of K_T
         del grams
         kernels = {"horizon": initial, "linearised": initial, "final_horizon": final, "rate": None}
         premises = {s: _premises(s, optimizer, recipe, data, lr, kernels[s], n) for s in GD_STATEMENTS}
