@@ -177,15 +177,23 @@ def _scope(report: AlignmentReport, data: object, *, loss: str, target: object) 
     if n_data is None or n_data <= report.n_samples:
         return
     m = report.n_outputs // report.n_samples
-    data_norm_sq = None
-    if target is None and isinstance(data, tuple | list):
-        data_norm_sq = float((Targets.build(_inputs.as_tensor(data[1], "targets"), n_data, m, loss).Q ** 2).sum())
-    elif target is None and loss == "ce":
-        data_norm_sq = n_data * (1 - 1 / m)  # every row of the centred one-hot Q₀ has ‖e_y − 1/m‖² = 1 − 1/m
     report.n_data = n_data
     report.data_verdict = theory.alignment_from_subset(
         report.verdict, probe_rows=report.n_outputs, data_rows=n_data * m, n_params=report.n_params,
-        probe_norm_sq=report.target_norm_sq, data_norm_sq=data_norm_sq)
+        probe_norm_sq=report.target_norm_sq, data_norm_sq=data_target_norm_sq(data, n_data, m, loss, target))
+
+
+def data_target_norm_sq(data: object, n_data: int, m: int, loss: str, target: object) -> float | None:
+    """Return ``‖Q‖²`` of the default target on all ``n_data`` samples of ``data``; ``None`` when it is not known.
+
+    Known for a pair ``(X, Y)`` (its targets are read) and for cross-entropy's centred one-hot target, each of whose
+    rows has ``‖e_y − 1/m‖² = 1 − 1/m``; ``data=None`` when only the size of the data is known.
+    """
+    if target is None and isinstance(data, tuple | list):
+        return float((Targets.build(_inputs.as_tensor(data[1], "targets"), n_data, m, loss).Q ** 2).sum())
+    if target is None and loss == "ce":
+        return n_data * (1 - 1 / m)
+    return None
 
 
 def _measure(model: nn.Module, X: _inputs.Inputs, T: torch.Tensor, *, dtype: torch.dtype | None, target: object,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from ._arguments import ArrayLike, array, flag, nonneg, real, same_length
-from .verdict import Premise, Verdict, judge, ratio, rel_tol
+from .verdict import Premise, Verdict, judge, measured_premise, ratio, rel_tol
 
 __all__ = [
     "application_bound",
@@ -19,9 +19,9 @@ __all__ = [
 ]
 
 
-def frozen_d1_premise(aligned: bool | None) -> Premise:
-    """Return the premise D1 for the frozen block, ``Q ∈ Col Ψ_X``; ``None``: assumed, not measured."""
-    return Premise("D1 for the frozen block: Q ∈ Col Ψ_X", None if aligned is None else flag("aligned", aligned))
+def frozen_d1_premise(aligned: bool | str | None) -> Premise:
+    """Return the premise D1 for the frozen block, ``Q ∈ Col Ψ_X``: a bool, its verdict's word, or ``None``."""
+    return measured_premise("D1 for the frozen block: Q ∈ Col Ψ_X", "aligned", aligned, "")
 
 
 def application_bound(loss: float, omega_tau_sq: float, nu_tau_sq: float, elapsed: float,
@@ -50,7 +50,7 @@ def application_bound(loss: float, omega_tau_sq: float, nu_tau_sq: float, elapse
     rtol
         Relative tolerance.
     aligned
-        Whether D1 holds for the frozen block (``None``: assumed).
+        Whether D1 holds for the frozen block: a bool, the word of its verdict, or ``None`` (assumed).
 
     Returns
     -------
@@ -187,7 +187,7 @@ def gd_distance_identity(distances_sq: ArrayLike, losses: ArrayLike, grad_norms_
         Absolute allowance per step (one number or one per step) for the rounding of the parameters,
         losses and gradients that the run stored in a lower precision.
     aligned
-        Whether D1 holds for the frozen block (``None``: assumed).
+        Whether D1 holds for the frozen block: a bool, the word of its verdict, or ``None`` (assumed).
 
     Returns
     -------
@@ -258,7 +258,7 @@ def gd_telescoping_bound(losses: ArrayLike, grad_norms_sq: ArrayLike, step_size:
     rtol
         Relative tolerance on the scale ``‖ω_τ‖² + ‖ν‖²``.
     aligned
-        Whether D1 holds for the frozen block (``None``: assumed).
+        Whether D1 holds for the frozen block: a bool, the word of its verdict, or ``None`` (assumed).
 
     Returns
     -------

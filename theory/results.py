@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from ._arguments import ArrayLike, array, count, flag, nonneg, real, same_length
-from .verdict import HOLDS, NOT_ESTABLISHED, REFUTED, TINY, Premise, Verdict, judge, ratio, rel_tol
+from ._arguments import ArrayLike, array, count, nonneg, real, same_length
+from .verdict import TINY, Premise, Verdict, judge, measured_premise, ratio, rel_tol
 
 __all__ = [
     "alignment_lower_bound",
@@ -34,24 +34,12 @@ def data_level_premise(cms: bool | str | None, note: str = "") -> Premise:
     (:func:`~theory.alignment.data_level_condition`: *not established* makes the premise undecided);
     ``None``: assumed, not measured.
     """
-    return _measured_premise("f_X ∈ Col J (A1 on the data)", "cms", cms, note)
+    return measured_premise("f_X ∈ Col J (A1 on the data)", "cms", cms, note)
 
 
 def d1_premise(aligned: bool | str | None, note: str = "") -> Premise:
     """Return the premise D1, ``Q ∈ Col J(θ)``: a bool, the word of the D1 verdict, or ``None`` (assumed)."""
-    return _measured_premise("D1: Q ∈ Col J", "aligned", aligned, note)
-
-
-def _measured_premise(name: str, argument: str, measured: bool | str | None, note: str) -> Premise:
-    """Build a premise from a bool, a verdict word (*not established*: undecided) or ``None`` (assumed)."""
-    if measured is None:
-        return Premise(name, None, note)
-    if isinstance(measured, str):
-        words = {HOLDS: True, REFUTED: False, NOT_ESTABLISHED: None}
-        if measured not in words:
-            raise ValueError(f"{argument} must be a bool, one of {sorted(words)} or None, got {measured!r}")
-        return Premise(name, words[measured], note, undecided=measured == NOT_ESTABLISHED)
-    return Premise(name, flag(argument, measured), note)
+    return measured_premise("D1: Q ∈ Col J", "aligned", aligned, note)
 
 
 def loss_decomposition(loss: float, projected_residual_sq: float, unexplained_target_sq: float, n: int,

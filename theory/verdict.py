@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ._arguments import nonneg
+from ._arguments import flag, nonneg
 
 __all__ = [
     "HOLDS",
@@ -229,6 +229,18 @@ class Verdict:
             "sanity": self.sanity,
             "details": _jsonable(self.details),
         }
+
+
+def measured_premise(name: str, argument: str, measured: bool | str | None, note: str) -> Premise:
+    """Build a premise from a bool, a verdict word (*not established*: undecided) or ``None`` (assumed)."""
+    if measured is None:
+        return Premise(name, None, note)
+    if isinstance(measured, str):
+        words = {HOLDS: True, REFUTED: False, NOT_ESTABLISHED: None}
+        if measured not in words:
+            raise ValueError(f"{argument} must be a bool, one of {sorted(words)} or None, got {measured!r}")
+        return Premise(name, words[measured], note, undecided=measured == NOT_ESTABLISHED)
+    return Premise(name, flag(argument, measured), note)
 
 
 def rel_tol(rtol: float, *scales: float) -> float:

@@ -6,9 +6,13 @@ Train with any optimiser up to a switch iteration ``τ``; from ``τ`` on the mod
 
 where ``Ψ`` is a *frozen feature map* fixed at ``τ`` (a deep copy of the model, batch norm in eval
 mode, parameters never trained) whose training-set matrix contains the target, ``Q ∈ Col(Ψ_X)``
-(D1 for the frozen block). The check is made once, at ``τ``; when it fails, random features are
-appended and widened until the residual ``‖Q − Ψ_X ν‖/‖Q‖`` is at most ``residual_tol`` (both residuals are
-recorded). For a model with an affine output layer ``f = W h(x) + b`` and ``ω = (W, b)``, with
+(D1 for the frozen block). The check is made once, at ``τ``, as ``check_alignment`` decides D1: on the bounds of
+the exact residual of the block as training recomputes it, against ``residual_tol`` (the question's, in every
+dtype; ``theory/application.md#d1-for-the-frozen-block``). Unless it holds (refuted, or not established), random
+features are appended and widened until it does (both residuals are recorded); the augmented model is used either
+way (``u_τ = 0``: it starts as the base model), and :meth:`AlignedTraining.guarantee` says *theorem* only where D1
+holds, *no guarantee* where it is refuted, and *check* with D1 named as not shown where it is not established.
+For a model with an affine output layer ``f = W h(x) + b`` and ``ω = (W, b)``, with
 ``Ψ_X ν = Q`` and ``x = (ω, u)``, ``x* = (0, ν)``, every gradient step on ``x`` satisfies exactly
 (``theory/application.md#gradient-descent``, whatever the body parameters do in the same step)::
 

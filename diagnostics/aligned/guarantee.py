@@ -168,7 +168,7 @@ class Trajectory:
             out.append(r)
         return out
 
-    def identity(self, aligned: bool) -> theory.Verdict | None:
+    def identity(self, aligned: bool | str | None) -> theory.Verdict | None:
         """Judge the one-step identity (squared loss) or inequality (convex loss) at every finite recorded step.
 
         The rounding allowed at a step is that of the dtype its numbers were computed in (:attr:`StepRecord.eps`).
@@ -182,15 +182,17 @@ class Trajectory:
             target_loss=None if self.loss == "mse" else self.distance_target_loss,
             rounding=[r.identity_rounding for r in rows], aligned=aligned)
 
-    def report(self, aligned: bool, departures: list[str], full_batch: bool) -> GuaranteeReport:
+    def report(self, frozen_d1: theory.Verdict, departures: list[str], full_batch: bool) -> GuaranteeReport:
         """Check the guarantee on the recorded steps (see :class:`~diagnostics.aligned.reports.GuaranteeReport`).
 
-        ``theorem`` is earned, not assumed: D1 for the frozen block, no departure of the optimiser's
-        configuration, every applied update ``−η∇_{ω,u}L`` up to rounding, no outside write between steps, the
-        one-step identity (inequality for cross-entropy) at every step, the step condition at every step, and a
-        declared full batch observed (else listed as assumed). Otherwise ``check``, with every premise that failed
-        named and the step where it first did. A run that diverged is checked on its steps before the divergence.
+        ``theorem`` is earned, not assumed: D1 for the frozen block holds (``frozen_d1``), no departure of the
+        optimiser's configuration, every applied update ``−η∇_{ω,u}L`` up to rounding, no outside write between
+        steps, the one-step identity (inequality for cross-entropy) at every step, the step condition at every
+        step, and a declared full batch observed (else listed as assumed). Otherwise ``check``, with every premise
+        that failed named and the step where it first did, and D1 named as not shown when it is not established;
+        ``no guarantee`` when D1 is refuted. A run that diverged is checked on its steps before the divergence.
         """
+        aligned = frozen_d1.status
         finite = self.finite_records()
         hist = self.history().iloc[:len(finite)]
         later = hist[hist.step >= 1]
@@ -218,7 +220,7 @@ class Trajectory:
             departures.append(
                 f"the update applied to (ω, u) differs from −η∇L at step {first_update} (relative error "
                 f"{ratio(r.update_error, r.update_size):.2g}): not a plain gradient step")
-        if identity is not None and not identity.holds:
+        if identity is not None and identity.refuted:  # not established: D1 for the frozen block may be the cause
             k = identity.details["first_failure"]
             departures.append(
                 f"the one-step distance identity fails from step {k} (relative error up to "
@@ -230,7 +232,10 @@ class Trajectory:
             departures.append(f"the step condition η‖∇_(ω,u)L‖² ≤ {'4L' if self.loss == 'mse' else '2(L−L(Q))'} "
                               f"fails at {int((~steps_ok).sum())} of {len(steps_ok)} steps, first at step "
                               f"{int(np.flatnonzero(~steps_ok)[0])}")
-        status = "no guarantee" if not aligned else ("check" if departures else "theorem")
+        if frozen_d1.refuted:
+            status = "no guarantee"
+        else:
+            status = "check" if departures or not frozen_d1.holds else "theorem"
         assumed = () if not full_batch or observed_batch else (
             "full batch (declared full_batch=True, not observed: the loss was passed after the user's own step)",)
         losses = hist.loss.to_numpy()
@@ -249,6 +254,7 @@ class Trajectory:
             telescoping=telescoping,
             monotone_loss=bool(np.all(np.diff(losses) <= 0)) if len(losses) > 1 else True,
             assumed=assumed,
+            frozen_d1=frozen_d1,
         )
 
     def _divergence(self, finite: list[StepRecord]) -> list[str]:

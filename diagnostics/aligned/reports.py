@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import asdict, dataclass, fields
 
 import theory
@@ -21,7 +22,11 @@ class SwitchReport:
         ``‖Q − Ψ_Xν‖/‖Q‖`` for the base feature map (rounding allowance included) and after enlargement
         (float64), and the rounding allowance of the final ``ν`` (:class:`AlignmentSolution`).
     aligned
-        ``residual + rounding ≤ residual_tol``.
+        D1 for the frozen block holds (``verdict.holds``).
+    verdict
+        D1 for the frozen block (:func:`theory.alignment_condition` on the bounds of the exact residual of the block
+        as training recomputes it, ``theory/application.md#d1-for-the-frozen-block``): *holds*, *refuted*, or *not
+        established* with the reason in ``verdict.details``.
     enlargements
         ``(random features, residual, rank)`` for every width tried.
     omega_norm_sq, nu_norm_sq
@@ -68,6 +73,8 @@ class SwitchReport:
             f"(tol {self.residual_tol:.1e}), "
             f"rank {self.rank}",
         ]
+        if self.verdict is not None and "reason" in self.verdict.details:
+            lines.append(textwrap.fill(f"    why: {self.verdict.details['reason']}", 116, subsequent_indent="      "))
         if self.enlargements:
             tried = ", ".join(f"{w} → {r:.2e}" for w, r, _ in self.enlargements)
             lines.append(f"  enlarged with random features (width → residual): {tried}")
@@ -99,9 +106,9 @@ class GuaranteeReport:
         inequality (convex loss) held at every step with the recorded distances, and so did the step
         condition; a declared full batch was observed (or is listed in ``assumed``). Then the summed identity
         and the average-loss bound are theorems for this run (the body may do anything).
-        ``"check"``: some premise failed; ``departures`` names each, with the step where it first did
-        (a divergence included), and every number is a check. ``"no guarantee"``: D1 fails for the frozen
-        block.
+        ``"check"``: some premise failed (``departures`` names each, with the step where it first did, a divergence
+        included) or D1 for the frozen block is not established (``frozen_d1`` says why), and every number is a
+        check. ``"no guarantee"``: D1 is refuted for the frozen block.
     departures
         Plain statements of how the run departs from the theorem.
     loss
@@ -125,6 +132,8 @@ class GuaranteeReport:
         Premises taken on the caller's word rather than observed: a declared ``full_batch=True`` when the loss was
         passed after the user's own step (with a closure it is observed: the closure's loss against the training
         loss). ``theorem`` then says so instead of "every premise observed".
+    frozen_d1
+        The switch's D1 verdict for the frozen block (what was shown of it, or why it was not).
     """
 
     status: str
@@ -141,6 +150,7 @@ class GuaranteeReport:
     telescoping: theory.Verdict | None
     monotone_loss: bool
     assumed: tuple[str, ...] = ()
+    frozen_d1: theory.Verdict | None = None
 
     @property
     def all_bounds_hold(self) -> bool:
@@ -149,12 +159,22 @@ class GuaranteeReport:
 
     def __str__(self) -> str:
         observed = "every premise observed" if not self.assumed else "assumed, not observed: " + "; ".join(self.assumed)
+        undecided = self.frozen_d1 is not None and self.frozen_d1.status == theory.NOT_ESTABLISHED
+        why = [w for w, on in (("this run departs from the theorem", bool(self.departures)),
+                               ("D1 for the frozen block is not established", undecided)) if on]
         head = {
             "theorem": f"THEOREM: gradient descent on (ω, u) with D1 for the frozen block, {observed}",
-            "check": "CHECK ONLY: this run departs from the theorem; the numbers below are checks",
+            "check": f"CHECK ONLY: {' and '.join(why) or 'a premise is not shown'}; the numbers below are checks",
             "no guarantee": "NO GUARANTEE: D1 fails for the frozen block",
         }[self.status]
         lines = [head]
+        if self.frozen_d1 is not None:
+            d1 = self.frozen_d1
+            lines.append(f"  D1 for the frozen block (Q ∈ Col Ψ_X): {d1.status}; its exact residual lies in "
+                         f"[{d1.details['lower']:.2e}, {d1.details['upper']:.2e}] (tol {d1.rhs:.1e})")
+        if undecided:
+            lines.append(textwrap.fill(f"  not shown: D1 for the frozen block — {self.frozen_d1.details['reason']}",
+                                       116, subsequent_indent="    "))
         lines += [f"  departs: {d}" for d in self.departures]
         if not self.full_batch:
             lines.append("  minibatch losses: the identity holds per batch, not for the training loss")
@@ -178,6 +198,6 @@ class GuaranteeReport:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["departures"] = list(self.departures)
         out["assumed"] = list(self.assumed)
-        for key in ("distance", "identity", "telescoping"):
+        for key in ("distance", "identity", "telescoping", "frozen_d1"):
             out[key] = out[key].to_dict() if out[key] is not None else None
         return out

@@ -1,8 +1,9 @@
 """D1 for a frozen block ``Ψ_X``: least-norm solutions from the smaller Gram, one absolute rank rule.
 
 ``Ψ_X ν = Q`` is solved for the frozen block ``Ψ_X = [J, I_m ⊗ Φ]`` of theory/application.md (the
-tangent features ``J`` at ``τ`` and the feature matrix ``Φ``), and the residual ``‖Q − Ψ_X ν‖/‖Q‖``
-that decides D1 for the augmented model is measured in float64.
+tangent features ``J`` at ``τ`` and the feature matrix ``Φ``); the residual ``‖Q − Ψ_X ν‖/‖Q‖`` is measured in
+float64, and the bounds on the exact residual that decide D1 (``theory/alignment.md#resolution``,
+``theory/application.md#d1-for-the-frozen-block``) are those of the block as training recomputes it.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import math
 from dataclasses import dataclass, replace
 
 import torch
+
+import theory
 
 from ..engine.spectral import Spectrum
 from ..errors import DiagnosticsError
@@ -48,6 +51,26 @@ class Block:
             return self.A.T @ (vecs @ ((vecs.T @ B) / lam[:, None]))
         return vecs @ ((vecs.T @ (self.A.T @ B)) / lam[:, None])
 
+    def bounds(self, B: torch.Tensor, resolution: float, copies: int) -> theory.ResidualBounds:
+        """Bounds on the exact residual of ``B``'s columns in ``Col(I_copies ⊗ A)`` at ``resolution`` (absolute).
+
+        :func:`theory.residual_bounds` on the eigenvalues of the smaller Gram cut at ``resolution`` (a dual Gram
+        ``AᵀA`` has the same non-zero eigenvalues as ``AAᵀ``, whose others are 0); ``copies`` blocks ``A`` side by
+        side act on the ``copies`` columns of ``B`` (``I_m ⊗ Φ`` on the ``m`` columns of ``Q``).
+        """
+        lam = torch.as_tensor(self.spectrum.eigenvalues, dtype=B.dtype, device=B.device)
+        r = int((lam > resolution).sum())
+        vecs = self.spectrum.eigenvectors[:, :r]
+        left = vecs if self.primal else (self.A @ vecs) / lam[:r].sqrt()  # orthonormal basis of the kept span
+        c = left.T @ B
+        b_norm = float(B.norm())
+        rest = lam[r:].abs()
+        return theory.residual_bounds(
+            float((B - left @ c).norm()) / b_norm, rows=copies * self.A.shape[0], n_params=copies * self.A.shape[1],
+            kept_rank=copies * r, resolution=resolution, smallest_kept=float(lam[r - 1]) if r else math.nan,
+            largest_discarded=float(rest.max()) if rest.numel() else 0.0,
+            pinv_norm=float((c / lam[:r, None]).norm()) / b_norm)
+
     def complement(self) -> torch.Tensor:
         """Orthonormal basis of the orthogonal complement of the kept column space of ``A``."""
         r = self.spectrum.rank
@@ -69,12 +92,16 @@ class AlignmentSolution:
     residual
         ``‖Q − Ψ_X ν‖/‖Q‖`` in float64, computed directly.
     rounding
-        ``eps(source) · σ_max(Ψ_X) · ‖ν‖/‖Q‖``: how much the residual may grow when training recomputes
+        ``eps(source) · σ_max(Ψ_X) · ‖ν‖/‖Q‖``: how much the residual of ``ν`` may grow when training recomputes
         ``Ψ_X`` in the model's dtype (rounding of the features, relative size ``eps``).
     rank
         Rank of ``Ψ_X`` (rank rule ``λ > λ̄ · nm · eps(float64)``, ``λ̄ = λ_max(JJᵀ) + λ_max(ΦΦᵀ)``).
     sigma_max_sq
         ``λ̄ ≥ λ_max(Ψ_XΨ_Xᵀ)``.
+    bounds
+        Where the exact residual of ``Q`` in ``Col Ψ_X`` lies for every block within the resolution
+        ``λ̄ (nm · eps(float64) + 2 eps(source) + eps(source)²)`` of the measured one (the recomputation in the
+        model's dtype included): D1 for the frozen block is decided on them.
     """
 
     nu_tangent: torch.Tensor | None
@@ -83,6 +110,7 @@ class AlignmentSolution:
     rounding: float
     rank: int
     sigma_max_sq: float
+    bounds: theory.ResidualBounds
 
     @property
     def nu_norm_sq(self) -> float:
@@ -180,5 +208,29 @@ def solve_blocks(Q: torch.Tensor, features: Block | None, tangent: Block | None,
         rank += m * Phi.spectrum.rank  # I_m ⊗ Φ
     q_norm = float(Q.norm())
     nu_norm = math.sqrt(sum(float((v**2).sum()) for v in (nu_t, nu_f) if v is not None))
-    rounding = torch.finfo(source_dtype).eps * math.sqrt(lam_bar) * nu_norm / q_norm
-    return AlignmentSolution(nu_t, nu_f, float(rest.norm()) / q_norm, rounding, rank, lam_bar)
+    eps = torch.finfo(source_dtype).eps
+    rounding = eps * math.sqrt(lam_bar) * nu_norm / q_norm
+    residual = float(rest.norm()) / q_norm
+    resolution = tol + (2 * eps + eps**2) * lam_bar
+    return AlignmentSolution(nu_t, nu_f, residual, rounding, rank, lam_bar,
+                             _bounds(Q, blocks, residual + rounding, resolution))
+
+
+def _bounds(Q: torch.Tensor, blocks: dict[str, Block], witness: float, resolution: float) -> theory.ResidualBounds:
+    """Where the exact residual of ``Q`` in ``Col Ψ_X`` lies (``theory/application.md#d1-for-the-frozen-block``).
+
+    Each block is a sub-block of ``Ψ_X``, so its upper bound is one for ``Ψ_X``, and so is the residual of ``ν``
+    with its rounding (a witness). A lower bound needs the spectrum of ``Ψ_XΨ_Xᵀ`` itself: with one block it is
+    that block's; with two, their joint spectrum is not computed and no lower bound is given.
+    """
+    found = {"features": blocks["features"].bounds(Q, resolution, Q.shape[1])} if "features" in blocks else {}
+    if "tangent" in blocks:
+        found["tangent"] = blocks["tangent"].bounds(Q.reshape(-1, 1), resolution, 1)
+    upper = min([witness] + [b.upper for b in found.values()])
+    if len(found) == 1:
+        (only,) = found.values()
+        return theory.ResidualBounds(min(only.lower, upper), upper, only.reason)
+    return theory.ResidualBounds(0.0, upper, (
+        "two frozen blocks (tangent and random features) are solved one after the other: the residual of ν and "
+        "each block's own bounds bound the exact residual from above, but their joint spectrum, which a lower "
+        "bound needs, is not computed; features of full row rank decide it (raise max_random_features)"))

@@ -19,14 +19,13 @@ import theory
 from ..engine import inputs as _inputs
 from ..engine import memory, precision
 from ..engine.jacobian import jacobian
-from ..engine.precision import default_residual_tol
 from ..errors import DiagnosticsError, UnsupportedModelError, renamed_argument
 from ..targets import Targets
 from .features import FEATURE_MAPS, AugmentedModel, FrozenFeatures, RandomFourierFeatures
 from .guarantee import HISTORY_COLUMNS, StepRecord, Trajectory, scale_for_loss
 from .head import find_head
 from .reports import GuaranteeReport, SwitchReport
-from .solve import Block, solve_blocks
+from .solve import AlignmentSolution, Block, solve_blocks
 
 __all__ = ["COEFFICIENTS", "AlignedTraining"]
 
@@ -81,11 +80,13 @@ class AlignedTraining:
         Module name of the affine output layer; default: the last ``nn.Linear`` called, checked to
         produce the model's output and to be linear in its weight and bias.
     enlarge
-        Append random features of ``h(x; θ_τ)`` when D1 fails, doubling their number until the residual
-        is at most ``residual_tol`` (up to ``max_random_features``).
+        Append random features of ``h(x; θ_τ)`` while D1 for the frozen block is not shown to hold (refuted or
+        not established), doubling their number until it holds (up to ``max_random_features``).
     residual_tol
-        Residual tolerance of D1; default ``sqrt(eps)`` of the model's dtype, in which the frozen block is
-        recomputed during training (:func:`~diagnostics.engine.precision.default_residual_tol`).
+        Residual tolerance of D1 for the frozen block; default the question's,
+        :data:`~diagnostics.engine.precision.RESIDUAL_TOL` ``= sqrt(eps(float64))``, in every dtype. The dtype decides
+        how well the block is known: the check covers every block within the rounding of its recomputation in the
+        model's dtype (``theory/application.md#d1-for-the-frozen-block``).
     full_batch
         Declare that every step uses the whole training set (the recorded loss is then the training loss). With a
         closure this is observed: the closure's loss is compared with the training loss at the same parameters
@@ -156,9 +157,8 @@ class AlignedTraining:
         self._m = head_module.out_features
         self.targets = Targets.build(T, self._n, self._m, loss)
         self.loss = loss
-        like = next(model.parameters())
         residual_tol = renamed_argument(residual_tol, tol, "tol", "residual_tol")
-        self.residual_tol = float(residual_tol) if residual_tol is not None else default_residual_tol(like.dtype)
+        self.residual_tol = float(residual_tol) if residual_tol is not None else precision.RESIDUAL_TOL
         self.max_random_features = max_random_features or 4 * self._n
         self._factory = None if isinstance(optimizer, torch.optim.Optimizer) else optimizer
         self._optimizer = optimizer if self._factory is None else self._factory(list(model.parameters()))
@@ -232,8 +232,9 @@ class AlignedTraining:
         features = frozen.features_from(h).to(torch.float64) if frozen.n_features else None
         tangent_block = Block(tangent) if tangent is not None else None
         solution = solve_blocks(Q0, Block(features) if features is not None else None, tangent_block, like.dtype)
+        d1 = self._d1(solution)
         residual_before, enlargements = solution.effective_residual, []
-        if solution.effective_residual > self.residual_tol and self.enlarge:
+        if not d1.holds and self.enlarge:
             amplitude = math.sqrt(float((h.double() ** 2).sum()) / self._n + 1.0)  # RMS norm of [h, 1]
             # twice the counting minimum (S1): at the minimum Ψ_X is nearly square and ν is ill-conditioned
             # (digits ResNet, penultimate map: ‖ν‖² = 3540 with 1,289 random features, 3.9 with 2,576)
@@ -246,11 +247,11 @@ class AlignedTraining:
                 frozen.random = RandomFourierFeatures.draw(width, h, amplitude, self.seed)
                 features = frozen.features_from(h).to(torch.float64)
                 solution = solve_blocks(Q0, Block(features), tangent_block, like.dtype)
+                d1 = self._d1(solution)
                 enlargements.append((frozen.random.width, solution.effective_residual, solution.rank))
-                if solution.effective_residual <= self.residual_tol or frozen.random.width >= self.max_random_features:
+                if d1.holds or frozen.random.width >= self.max_random_features:
                     break
                 width *= 2
-        d1 = theory.alignment_condition(solution.effective_residual, self.residual_tol)
         nu = {k: v for k, v in (("tangent", solution.nu_tangent), ("features", solution.nu_features))
               if v is not None}
         nu_norm_sq = solution.nu_norm_sq
@@ -294,6 +295,10 @@ class AlignedTraining:
             verdict=d1,
         )
         return self.switch_report
+
+    def _d1(self, solution: AlignmentSolution) -> theory.Verdict:
+        """D1 for the frozen block, decided on the bounds of its exact residual (``theory/alignment.md#resolution``)."""
+        return theory.alignment_condition(solution.residual, self.residual_tol, bounds=solution.bounds)
 
     def _scale_of(self, J: torch.Tensor, frozen: FrozenFeatures) -> float:
         """``α`` of the tangent map: the user's, or ``sqrt(λ_max(ΦΦᵀ)/λ_max(JJᵀ))`` (``Φ``: the head's columns)."""
@@ -444,7 +449,7 @@ class AlignedTraining:
         """Check the guarantee's statements on the recorded steps (see :class:`GuaranteeReport`)."""
         if not self.switched:
             raise DiagnosticsError("no guarantee before the switch: nothing is recorded before τ")
-        return self._trajectory.report(self.switch_report.aligned, self.departures(), self.full_batch)
+        return self._trajectory.report(self.switch_report.verdict, self.departures(), self.full_batch)
 
 
 def _as_float(value: object) -> float:

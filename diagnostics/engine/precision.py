@@ -29,7 +29,6 @@ __all__ = [
     "cms_identity_rtol",
     "decomposition_rtol",
     "default_rank_tol",
-    "default_residual_tol",
     "dtype_name",
     "eps",
     "forwards_agree",
@@ -101,15 +100,6 @@ def verdict_dtype(model: object) -> torch.dtype | None:
 #: dtype: one question gets one answer, and a measurement whose precision cannot resolve it says *not established*
 #: (``theory/alignment.md#alignment-residual``).
 RESIDUAL_TOL = math.sqrt(float(np.finfo(np.float64).eps))
-
-
-def default_residual_tol(dtype: torch.dtype) -> float:
-    """``sqrt(eps(dtype))``: the residual tolerance of a construction carried out in ``dtype``.
-
-    :class:`~diagnostics.aligned.AlignedTraining` recomputes its frozen block in the training dtype, so its own
-    D1 is asked at that dtype's tolerance; a measurement of a model's D1 uses :data:`RESIDUAL_TOL`.
-    """
-    return math.sqrt(eps(dtype))
 
 
 def structured_guard_rtol(dtype: torch.dtype) -> float:

@@ -45,7 +45,7 @@ DEFAULT_EVERY = 0.05
 DEFAULT_FULL_EVERY = 10
 DEFAULT_PROBE_SIZE = 128
 #: The tracker's arguments a callback sets itself.
-SET_BY_CALLBACK = ("model", "probe", "path", "resume", "optimizer", "self")
+SET_BY_CALLBACK = ("model", "probe", "path", "resume", "optimizer", "data_size", "self")
 
 
 class TrackingSession:
@@ -83,6 +83,8 @@ class TrackingSession:
         self.name, self.every, self.owner = name, every, owner
         probe_size = tracker_options.pop("probe_size", DEFAULT_PROBE_SIZE)
         self.probe = _inputs.probe_data(probe, probe_size, tracker_options.get("seed", 0))
+        #: The number of samples the probe was drawn from (``None``: not known), for the history's header.
+        self.data_size = _inputs.data_size(probe)
         self.options = tracker_options
         self.user_sinks = list(sinks)
         #: The sinks of the run in progress (the user's, then the trainer's loggers').
@@ -130,7 +132,8 @@ class TrackingSession:
         self.schedule(total_steps)
         self.path = os.fspath(path)
         self.tracker = AlignmentTracker(model, self.probe, probe_size=None, every=self.steps_between, path=self.path,
-                                        resume=resume_at is not None, optimizer=optimizer, **self.options)
+                                        resume=resume_at is not None, optimizer=optimizer, data_size=self.data_size,
+                                        **self.options)
         if resume_at is not None:
             self.tracker.resume_at(resume_at)
         self.sinks = [*self.user_sinks, *sinks]

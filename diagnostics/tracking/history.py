@@ -110,15 +110,27 @@ class History:
         """
         kept = [r for r in self.records if int(r["step"]) <= step]
         dropped = len(self.records) - len(kept)
-        if dropped and self.path is not None:
-            lines = [{"meta": {"format": FORMAT, **self.meta}}, *kept]
-            write_atomic(self.path, lambda fh: fh.write(b"".join(_line(obj) for obj in lines)))
         self.records = kept
+        if dropped:
+            self._rewrite()
         return dropped
 
+    def update_meta(self, values: Mapping[str, Any]) -> None:
+        """Add ``values`` to the header (what is known only after the first measurement); the file is rewritten."""
+        self.meta.update(values)
+        self._rewrite()
+
+    def _rewrite(self) -> None:
+        """Write the header and the records anew, atomically (:func:`~diagnostics.store.write_atomic`)."""
+        if self.path is not None:
+            lines = [{"meta": {"format": FORMAT, **self.meta}}, *self.records]
+            write_atomic(self.path, lambda fh: fh.write(b"".join(_line(obj) for obj in lines)))
+
     def frame(self) -> pd.DataFrame:
-        """Return the records as a DataFrame, one row per record."""
-        return pd.DataFrame.from_records(self.records)
+        """Return the records as a DataFrame, one row per record (the header in ``attrs['meta']``)."""
+        frame = pd.DataFrame.from_records(self.records)
+        frame.attrs["meta"] = dict(self.meta)
+        return frame
 
 
 def read_history(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:

@@ -88,6 +88,7 @@ _CHECKS = {
     "every": lambda name, value: _integer(name, value, 1),
     "full_every": lambda name, value: _integer(name, value, 1, optional=True),
     "probe_size": lambda name, value: _integer(name, value, 1, optional=True),
+    "data_size": lambda name, value: _integer(name, value, 1, optional=True),
     "seed": lambda name, value: _integer(name, value, 0),
     "memory_budget": lambda name, value: _integer(name, value, 1, optional=True),
     "loss": _choice(LOSSES),

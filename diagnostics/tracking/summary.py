@@ -2,28 +2,38 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import pandas as pd
 
 import theory
 
-from .verification import full_records, verify_history
+from .verification import data_alignment_verdicts, full_records, verify_history
 
 __all__ = ["summarize"]
 
 
 def summarize(history: pd.DataFrame) -> str:
-    """Describe a tracker history in readable lines, with the verdicts of :mod:`~diagnostics.tracking.verification`."""
+    """Describe a tracker history in readable lines, with the verdicts of :mod:`~diagnostics.tracking.verification`.
+
+    Every record is measured on the probe; when the header (``history.attrs["meta"]``) says the probe was drawn
+    from larger data (``data_size``), its D1 counts are labelled the probe's and a line says what they imply for
+    that data (:func:`~diagnostics.tracking.verification.data_alignment_verdicts`, ``theory/alignment.md#subsets``).
+    """
     if history.empty:
         return "AlignmentTracker history: no records"
+    meta = history.attrs.get("meta") or {}
     first, last = history.iloc[0], history.iloc[-1]
     h = full_records(history)
     n, nm, d = int(last.n_samples), int(last.n_outputs), int(last.n_params)
+    n_data = meta.get("data_size")
+    probe = n_data is not None and n_data > n
     lines = [
         f"AlignmentTracker history: {len(history)} records{_tiers(history)}, "
         f"steps {int(first.step)}..{int(last.step)}; "
-        f"{last.loss_name} loss; probe n={n} × m={nm // n} = {nm} rows; d={d:,} parameters; "
-        f"mode={last['mode']}, {last['dtype']}",
+        f"{last.loss_name} loss; probe n={n}{f' of {n_data:,} samples' if probe else ''} × m={nm // n} = {nm} rows; "
+        f"d={d:,} parameters; mode={last['mode']}, {last['dtype']}",
     ]
 
     def trend(column: str, label: str, fmt: str = ".4g", frame: pd.DataFrame = h) -> str:
@@ -35,8 +45,11 @@ def summarize(history: pd.DataFrame) -> str:
     if h.empty:
         lines.append("  no full record yet")
     else:
+        lines.append(trend("residual", "alignment residual ‖(I−P)Q‖/‖Q‖", ".3e")
+                     + ("; D1 on the probe " if probe else "; D1 ") + _d1_counts(h))
+        if probe and "d1_status" in h:
+            lines.append(_data_line(h, n_data, meta.get("data_target_norm_sq")))
         lines += [
-            trend("residual", "alignment residual ‖(I−P)Q‖/‖Q‖", ".3e") + "; D1 " + _d1_counts(h),
             trend("rank", "rank J", ".0f") + f" of min(nm, d) = {min(nm, d)}",
             trend("lambda_max", "λ_max"),
             trend("effective_rank", "effective rank", ".1f"),
@@ -51,7 +64,7 @@ def summarize(history: pd.DataFrame) -> str:
             trend("target_quotient", "QᵀKQ/‖Q‖²", ".4g", history),
             trend("pullback_movement_init", "movement of JᵀQ ‖p_t−p_0‖/‖p_0‖", ".3f", history),
         ]
-    lines.append("  the paper's statements on this trajectory (theory.verdicts):")
+    lines.append(f"  the paper's statements on this trajectory{' (the probe)' if probe else ''} (theory.verdicts):")
     try:
         table = verify_history(h)
     except ValueError as exc:  # non-finite measurements (a diverged run) cannot be judged
@@ -89,6 +102,20 @@ def _verdict_line(statement: str, group: pd.DataFrame) -> str:
         label = "first refutation" if refuted else "least room"
         line += f"; {label} at step {int(group.step.iloc[verdicts.index(worst)])}: {worst}"
     return line
+
+
+def _data_line(h: pd.DataFrame, n_data: int, data_norm_sq: float | None) -> str:
+    """Say what the probe's D1 verdicts imply for the ``n_data`` samples it was drawn from, over the records."""
+    verdicts = list(data_alignment_verdicts(h, n_data, data_norm_sq))
+    refuted = [(step, v) for step, v in zip(h.step, verdicts, strict=True) if v.refuted]
+    head = f"  D1 on all {n_data:,} samples the probe was drawn from: "
+    if refuted:
+        step, v = refuted[0]
+        text = (f"{head}REFUTED at {len(refuted)} of {len(verdicts)} records (first at step {int(step)}: "
+                f"a ≥ a_probe‖Q_probe‖/‖Q‖ = {v.lhs:.3e} > {v.rhs:.1e})")
+    else:
+        text = f"{head}not established at every record — {verdicts[-1].details['reason']}"
+    return textwrap.fill(text, 116, subsequent_indent="    ", break_on_hyphens=False)
 
 
 def _tiers(history: pd.DataFrame) -> str:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..alignment import alignment_from_spectrum
+from ..alignment import alignment_from_spectrum, data_target_norm_sq
 from ..alignment_report import AlignmentReport
 from ..engine import inputs as _inputs
 from ..engine.functional import FunctionalModel, ParamSelector
@@ -101,7 +101,10 @@ class AlignmentTracker:
         training), the output selector, the compute dtype (default as in
         :func:`~diagnostics.check_alignment`: float64 on the CPU) and the Gram strategy.
     probe_size, seed
-        Size and seed of the probe subset (``None``: all of ``probe``).
+        Size and seed of the probe subset (``None``: all of ``probe``). The history's header records the size of
+        the data the probe was drawn from (``meta["data_size"]``, ``None`` when it cannot be told) and, when known,
+        its target's ``‖Q‖²`` (``meta["data_target_norm_sq"]``): every D1 verdict of a record is the probe's, and
+        the summary says what it implies for that data (``theory/alignment.md#subsets``).
     target
         Alignment target ``Q`` overriding the default (``Y`` for mse, centred one-hot for ce).
     representation
@@ -146,6 +149,10 @@ class AlignmentTracker:
     optimizer
         The training's optimiser, described in the header as ``meta["optimizer"]`` (its class name and the
         scalar hyper-parameters of its first parameter group); default: the optimiser of ``horizon``, if any.
+    data_size
+        The number of samples of the data the probe was drawn from, when ``probe`` is itself a subset drawn
+        elsewhere (the callbacks read their probe once and pass its data's size here); default: the size of
+        ``probe``.
 
     Notes
     -----
@@ -203,11 +210,13 @@ class AlignmentTracker:
         full_every: int | None = None,
         tags: Mapping[str, Tag] | None = None,
         optimizer: torch.optim.Optimizer | None = None,
+        data_size: int | None = None,
     ) -> None:
         check_options({"every": every, "full_every": full_every, "loss": loss, "mode": mode, "strategy": strategy,
                        "probe_size": probe_size, "seed": seed, "dtype": dtype, "representation": representation,
                        "rank_tol": rank_tol, "residual_tol": residual_tol, "tol": tol, "memory_budget": memory_budget,
-                       "horizon": horizon, "tags": tags, "progress": progress, "resume": resume})
+                       "horizon": horizon, "tags": tags, "progress": progress, "resume": resume,
+                       "data_size": data_size})
         self.model = model
         self.every = every
         self.full_every = full_every
@@ -237,6 +246,7 @@ class AlignmentTracker:
             "probe_sha256": _ref.fingerprint(self._x, self._y, target), "created": time.time(),
             "residual_tol": RESIDUAL_TOL if residual_tol is None else residual_tol,
             "tags": check_tags(tags), "optimizer": describe_optimizer(optimizer),
+            "data_size": data_size if data_size is not None else _inputs.data_size(probe),
         }
         if full_every is not None:
             meta["full_every"] = full_every
@@ -261,6 +271,7 @@ class AlignmentTracker:
                 cheap = self._measure_cheap() if self._tiered else None
             self._reference = {"K0": observation.K, "theta0": observation.theta, "grams": observation.grams,
                                "pullback0": None if cheap is None else cheap.pullback}
+            self._record_data_scope(None if data_size is not None else probe, *observation.outputs.shape)
             self._pending = (_state(model), observation, cheap, time.perf_counter() - start)
             if self._ref_path is not None:
                 _ref.save_reference(self._ref_path, self._reference)
@@ -418,6 +429,15 @@ class AlignmentTracker:
         if pending is None or not _same_state(pending[0], _state(self.model)):
             return None, None, 0.0
         return pending[1], pending[2], pending[3]
+
+    def _record_data_scope(self, data: object, n: int, m: int) -> None:
+        """Write the ``‖Q‖²`` of the larger data the ``n``-sample probe was drawn from into the header, if known."""
+        size = self._history.meta.get("data_size")
+        if size is None or size <= n:
+            return
+        norm = data_target_norm_sq(data, size, m, self.loss, self.target)
+        if norm is not None:
+            self._history.update_meta({"data_target_norm_sq": norm})
 
     def summary(self) -> str:
         """Describe the history so far in readable text (see :func:`summarize`)."""

@@ -14,6 +14,7 @@ function                    statement        on each record
 ``convex_bound_verdicts``   I4 (ce)          ``L − L(Q) ≤ ‖∇L‖‖J⁺(f_X − Q)‖``; not applicable where D1 fails
 ``necessity_verdicts``      I2.necessity     ``a ≤ sqrt(2nL)/‖Y‖`` (so ``L = 0 ⇒ Y ∈ Col J``)
 ``counting_verdicts``       S1 (sanity)      ``rank J ≤ min(nm, d)``: checks the measurement, not the theory
+``data_alignment_verdicts`` D1 (the data)    what the probe's D1 says of the data it was drawn from
 ``verify_history``          all that apply   one long table
 ==========================  ===============  =====================================================
 
@@ -51,6 +52,7 @@ __all__ = [
     "convex_bound_verdicts",
     "necessity_verdicts",
     "counting_verdicts",
+    "data_alignment_verdicts",
     "full_records",
     "verify_history",
 ]
@@ -143,6 +145,31 @@ def counting_verdicts(history: pd.DataFrame) -> pd.Series:
     return _per_record(
         history, "S1", lambda row: tv.counting_bound(int(row["rank"]), int(row.n_outputs), int(row.n_params))
     )
+
+
+def data_alignment_verdicts(history: pd.DataFrame, data_size: int,
+                            data_norm_sq: float | None = None) -> pd.Series:
+    """(D1 on the data) What the probe's D1 verdict of every record says of the ``data_size`` samples it was drawn from.
+
+    :func:`theory.alignment_from_subset` on the record's own word (``d1_status``) and the lower bound of its
+    residual (``residual_lower``): *refuted* where the probe's lower bound, rescaled by ``‖Q_probe‖/‖Q‖``
+    (``data_norm_sq`` = ``‖Q‖²``, when known), exceeds the tolerance; otherwise *not established*, with the
+    counting bound (``theory/alignment.md#subsets``).
+    """
+    _require(history, None, "residual", "d1_status", "residual_tol", "n_outputs", "n_params", "n_samples",
+             "target_norm_sq")
+
+    def judge(row: pd.Series) -> Verdict:
+        status, tol = str(row.d1_status), float(row.residual_tol)
+        lower = float(_stored(row, "residual_lower", row.residual if status == tv.REFUTED else 0.0))
+        probe = Verdict("D1", "alignment condition Q ∈ Col J", status, float(row.residual), tol,
+                        tol - float(row.residual), 0.0, {"lower": lower}, "‖(I−P)Q‖/‖Q‖", "residual_tol")
+        m = int(row.n_outputs) // int(row.n_samples)
+        return tv.alignment_from_subset(probe, probe_rows=int(row.n_outputs), data_rows=data_size * m,
+                                        n_params=int(row.n_params), probe_norm_sq=float(row.target_norm_sq),
+                                        data_norm_sq=data_norm_sq)
+
+    return _per_record(history, "D1.data", judge)
 
 
 def verify_history(history: pd.DataFrame) -> pd.DataFrame:

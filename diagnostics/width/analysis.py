@@ -313,10 +313,11 @@ def _findings(sweep: SweepResult) -> Iterator[str]:
     means = seed_means(runs)
     thresholds = counting_threshold(runs)
     nm = int(runs["n_outputs"].iloc[0])
+    probe = _probe_scope(runs)
     yield (
-        f"**S1 (counting).** With n·m = {nm} stacked outputs, a network with fewer parameters d cannot fit "
-        "generic targets exactly (theory/width.md#s1-counting); the rank of J, which never exceeds "
-        "min(n·m, d), is measured below and above that threshold."
+        f"**S1 (counting).** With n·m = {nm} stacked outputs{' of the probe' if probe else ''}, a network with fewer "
+        "parameters d cannot fit generic targets exactly (theory/width.md#s1-counting); the rank of J, which never "
+        "exceeds min(n·m, d), is measured below and above that threshold."
     )
     for family, group in means.groupby("family"):
         below, above = group[group["n_params"] < nm], group[group["n_params"] >= nm]
@@ -344,7 +345,7 @@ def _findings(sweep: SweepResult) -> Iterator[str]:
                  "I3": "(I3) gradient domination", "I4": "(I4) convex-loss bound", "I2.necessity": "(I2) necessity"}
         text = "; ".join(f"{label}: {status_counts(verdicts.loc[verdicts['statement'] == key, 'status'])}"
                          for key, label in names.items() if (verdicts["statement"] == key).any())
-        yield (f"**Verdicts at every record** (theory, via `verify_history`; a bound whose premise fails is "
+        yield (f"**Verdicts at every record**{probe} (theory, via `verify_history`; a bound whose premise fails is "
                f"not applicable): {text} records.")
     if "rate_status" in runs:
         parts = []
@@ -396,6 +397,17 @@ def _findings(sweep: SweepResult) -> Iterator[str]:
             f"({(missing['status'] == 'failed').sum()} failed); they are listed below and rerunning the same "
             "command runs only them."
         )
+
+
+def _probe_scope(runs: pd.DataFrame) -> str:
+    """`` on the probe (n of N training samples: …)`` when the runs were measured on part of their training set."""
+    if "n_train" not in runs or "n_probe" not in runs:
+        return ""
+    n, n_train = runs["n_probe"].iloc[0], pd.to_numeric(runs["n_train"], errors="coerce").iloc[0]
+    if not n_train > n:
+        return ""
+    return (f" on the probe ({int(n)} of the {int(n_train)} training samples: D1 and the bounds are the probe's, and a "
+            "success there says nothing of the rest, theory/alignment.md#subsets)")
 
 
 def _widths(group: pd.DataFrame) -> str:

@@ -168,7 +168,8 @@ def _summary(history: dict[str, Any], table: pd.DataFrame) -> dict[str, Any]:
         **spec.to_dict(), "run_id": spec.run_id, "lr": (optimizer or {}).get("lr"), "steps": int(last["step"]),
         "batch_size": tags.get("batch_size"), "loss_name": meta.get("loss"), "measure_loss": meta.get("loss"),
         "optimizer": (optimizer or {}).get("name", "unknown"), "n_params": int(last["n_params"]),
-        "n_outputs": int(last["n_outputs"]), "s4_expect": tags.get("expect"),
+        "n_outputs": int(last["n_outputs"]), "n_probe": int(last["n_samples"]), "n_train": meta.get("data_size"),
+        "s4_expect": tags.get("expect"),
         **{f"final_{k}": _plain(last.get(k)) for k in _FINAL},
         **{f"init_{k}": _plain(first.get(k)) for k in _INITIAL},
         "init_horizon_residual": None, "init_horizon_loss_floor": None, "certificate_bar": float(

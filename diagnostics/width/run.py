@@ -125,7 +125,7 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
         plain = applies(_premises("horizon", optimizer, recipe, data))  # known before training
         tracker = AlignmentTracker(model, (X, T), every=1, loss=recipe.measure_loss, probe_size=None, dtype=dtype,
                                    output=plan.output, horizon=(trainer.optimizer, steps) if plain else None,
-                                   optimizer=trainer.optimizer, tags=spec.to_dict())
+                                   optimizer=trainer.optimizer, tags=spec.to_dict(), data_size=data.n_train)
         coordinates = CoordinateCheck(model, _inputs.to(X, device, next(model.parameters()).dtype), list(groups))
     schedule, grams, losses, grads = set(record_steps(steps, plan.records)), [], [], []
     initial: Spectrum | None = None  # the tracker's decomposition of K_0, kept
@@ -164,6 +164,8 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
         "optimizer": optimizer["name"],
         "n_params": int(history["n_params"].iloc[-1]),
         "n_outputs": int(history["n_outputs"].iloc[-1]),
+        "n_probe": n,
+        "n_train": data.n_train,
         "s4_expect": family.expect,
         **{f"final_{k}": _plain(history[k].iloc[-1]) for k in _FINAL},
         **{f"init_{k}": _plain(history[k].iloc[0]) for k in _INITIAL},

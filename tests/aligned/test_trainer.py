@@ -288,7 +288,60 @@ def test_enlargement_records_the_residual_before_and_after():
     plain = train_aligned("penultimate", "full", steps=4, enlarge=False)
     assert not plain.switch_report.aligned
     assert plain.switch_report.residual == pytest.approx(report.residual_before, rel=1e-9)
-    assert plain.guarantee().status == "no guarantee"
+    # [h, 1] has full column rank, every direction resolved: the residual is in null K, D1 refuted
+    assert plain.switch_report.verdict.refuted and plain.guarantee().status == "no guarantee"
+    assert str(plain.guarantee()).startswith("NO GUARANTEE")
+
+
+def _dead_unit_net(dtype):
+    """``Linear(4, 6) → ReLU → Linear(6, 3)`` whose first hidden unit is dead (``h_0 = 0`` on every input)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3)).to(dtype)
+    with torch.no_grad():
+        net[0].weight[0] = 0.0
+        net[0].bias[0] = -1.0
+    return net
+
+
+def _dead_unit_run(dtype, enlarge):
+    g = torch.Generator().manual_seed(0)
+    X, y = torch.randn(30, 4, generator=g, dtype=dtype), torch.randint(0, 3, (30,), generator=g)
+    net = _dead_unit_net(dtype)
+    trainer = AlignedTraining(net, torch.optim.SGD(net.parameters(), lr=0.02), train_data=(X, y), switch_step=0,
+                              enlarge=enlarge, full_batch=True)
+    closure = aligned_closure(trainer, X, y, "mse")
+    for _ in range(5):
+        trainer.step(closure)
+    return trainer
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_d1_not_established_for_the_frozen_block_is_named_as_not_shown(dtype):
+    # [h, 1] has a zero column (a dead unit): its kept rank 6 stays below min(n, 7), so the large residual may lie in
+    # a direction of Col Ψ_X below the resolution: not established, never refuted (theory/alignment.md#resolution)
+    trainer = _dead_unit_run(dtype, enlarge=False)
+    report, guarantee = trainer.switch_report, trainer.guarantee()
+    assert report.residual > 0.1 and report.verdict.status == "not established"
+    assert report.residual_tol == 1.4901161193847656e-08  # the question's tolerance in every dtype
+    assert guarantee.status == "check" and guarantee.frozen_d1.status == "not established"
+    text = " ".join(str(guarantee).split())
+    assert text.startswith("CHECK ONLY: D1 for the frozen block is not established")
+    assert "not shown: D1 for the frozen block — the exact residual lies in" in text and "discards" in text
+    assert guarantee.identity is not None and not guarantee.identity.refuted  # checked, undecided premise named
+    assert guarantee.to_dict()["frozen_d1"]["status"] == "not established"
+
+
+def test_enlargement_follows_the_word_and_float32_never_contradicts_float64():
+    # random features of h: float64 resolves every direction and D1 holds (a theorem); in float32 the enlarged
+    # block is so ill-conditioned (‖ν‖² ≈ 10⁸) that recomputing it moves Q by ~1e-3: not established, where the
+    # former rule (residual + rounding against sqrt(eps(float32))) said "refuted", the opposite of float64's word
+    runs = {dtype: _dead_unit_run(dtype, enlarge=True) for dtype in (torch.float64, torch.float32)}
+    words = {dtype: run.switch_report.verdict.status for dtype, run in runs.items()}
+    assert words == {torch.float64: "holds", torch.float32: "not established"}
+    assert all(run.switch_report.enlargements for run in runs.values())  # not established enlarges as well
+    assert runs[torch.float64].guarantee().status == "theorem"
+    assert runs[torch.float32].guarantee().status == "check"
+    assert runs[torch.float32].switch_report.rounding > 1e-4  # what float32's recomputation may move
 
 
 def test_tangent_map_with_fewer_parameters_than_rows_is_enlarged():

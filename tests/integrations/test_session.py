@@ -86,3 +86,15 @@ def test_each_run_has_its_tracker_and_sinks_and_records_its_last_step_in_full(tm
     assert sorted(p.name for p in tmp_path.glob("*.jsonl")) == ["alignment-v1.jsonl", "alignment.jsonl"]
     assert latest(tmp_path / "alignment.jsonl").name == "alignment-v1.jsonl"
     assert session.history.step.tolist() == [0, 2, 4, 6, 7]
+
+
+def test_the_history_header_records_the_size_of_the_data_the_probe_was_drawn_from(tmp_path):
+    session = TrackingSession(_data(), every=1, probe_size=4)  # a probe of 4 of the 6 samples
+    session.start(_model(), tmp_path / "alignment.jsonl", total_steps=1)
+    session.record(0)
+    session.close()
+    meta = session.history.attrs["meta"]
+    assert meta["probe_size"] == 4 and meta["data_size"] == 6
+    assert "probe n=4 of 6 samples" in session.tracker.summary()
+    with pytest.raises(DiagnosticsError, match="data_size"):  # the callback sets it itself
+        TrackingSession(_data(), data_size=6)

@@ -207,3 +207,15 @@ def test_the_convex_one_step_inequality_on_cross_entropy(rng):
     assert v.holds and v.relation == "≤"
     # reversing the recorded distances (the iterates moving away) refutes the inequality
     assert theory.gd_distance_identity(d2[::-1], losses, g2, [eta] * 40, target_loss=lq).refuted
+
+
+def test_an_undecided_d1_for_the_frozen_block_leaves_a_violation_not_established():
+    # the identity with a loss that is not the one the distances follow: refuted when D1 holds for the frozen block,
+    # not established when D1 could not be decided (it may be what fails), not applicable when D1 is refuted
+    d2, losses, grads, eta = [2.0, 1.0], [1.0], [0.0], [0.1]  # recorded change −1, predicted −0.4
+    words = {aligned: theory.gd_distance_identity(d2, losses, grads, eta, aligned=aligned).status
+             for aligned in ("holds", "not established", "refuted")}
+    assert words == {"holds": "refuted", "not established": "not established", "refuted": "not applicable"}
+    assert theory.frozen_d1_premise("not established").undecided
+    with pytest.raises(ValueError, match="aligned"):
+        theory.frozen_d1_premise("maybe")

@@ -37,6 +37,16 @@ def test_history_ignores_and_truncates_a_torn_last_line(tmp_path):
     assert not fresh.resumed and load_history(path).empty
 
 
+def test_the_header_gains_what_is_known_after_the_first_measurement(tmp_path):
+    path = tmp_path / "h.jsonl"
+    history = History(path, meta={"run": 1})
+    history.append({"step": 0, "loss": 1.0})
+    history.update_meta({"data_target_norm_sq": 9.0})
+    frame = load_history(path)
+    assert frame.attrs["meta"] == {"format": "diagnostics.history/1", "run": 1, "data_target_norm_sq": 9.0}
+    assert frame.step.tolist() == [0] and history.frame().attrs["meta"]["data_target_norm_sq"] == 9.0
+
+
 def test_history_refuses_corrupt_and_foreign_files(tmp_path):
     path = tmp_path / "h.jsonl"
     History(path).append({"step": 0})

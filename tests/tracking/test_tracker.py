@@ -17,10 +17,13 @@ from cases import CASES
 from helpers import ROOT, assert_unchanged
 from torch import nn
 
+from diagnostics import check_alignment
+from diagnostics.data import load_dataset
 from diagnostics.errors import DiagnosticsError
-from diagnostics.tracking import AlignmentTracker
+from diagnostics.tracking import AlignmentTracker, load_history, summarize
 from diagnostics.tracking.history import read_history
 from diagnostics.tracking.tracker import COLUMNS, TRAILING
+from diagnostics.tracking.verification import data_alignment_verdicts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -289,6 +292,51 @@ def test_load_reads_a_history_written_by_the_tracker(tmp_path):
     loaded = AlignmentTracker.load(path)
     assert loaded.equals(tracker.history)
     assert loaded.attrs["meta"]["loss"] == "mse" and path.read_text().startswith('{"meta"')
+
+
+def test_a_probe_of_larger_data_names_both_scopes_in_the_header_and_the_summary(tmp_path):
+    # the ground truth: a probe with n·m ≤ d has full row rank (D1 holds there) while the data it was drawn
+    # from, with n·m > d, cannot: the probe's "holds" is the probe's, and the data's D1 is not established
+    digits = load_dataset("digits", n_train=1000, flatten=True, dtype=torch.float64)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10)).double()  # d = 4,810 < n·m = 10,000
+    path = tmp_path / "run.jsonl"
+    tracker = AlignmentTracker(model, (digits.X_train, digits.y_train), loss="ce", probe_size=16, path=path)
+    tracker.step(0)
+    meta, _ = read_history(path)
+    assert meta["data_size"] == 1000 and meta["probe_size"] == 16
+    assert meta["data_target_norm_sq"] == pytest.approx(1000 * 0.9)  # ‖e_y − 1/m‖² = 1 − 1/m per sample
+    assert tracker.history.d1_status.tolist() == ["holds"]  # on the probe: rank J = n·m = 160
+    text = " ".join(tracker.summary().split())
+    assert "probe n=16 of 1,000 samples" in text and "D1 on the probe holds at 1 of 1 records" in text
+    assert "D1 on all 1,000 samples the probe was drawn from: not established at every record" in text
+    assert "J cannot have full row rank there" in text
+    assert " ".join(summarize(load_history(path)).split()) == text  # a history read back says the same
+    # the same scope as check_alignment's on the same probe
+    report = check_alignment(model, (digits.X_train, digits.y_train), loss="ce", probe_size=16)
+    assert report.data_verdict.status == "not established" and report.verdict.holds
+
+
+def test_a_probe_that_refutes_d1_refutes_it_on_the_data_in_the_summary():
+    # a linear model has rank J = m·rank [X, 1] = d, so a probe with n·m > d refutes D1 with a lower bound, which
+    # rescaled by ‖Q_probe‖/‖Q‖ refutes it on the data too (theory/alignment.md#subsets)
+    gen = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(400, 6, generator=gen, dtype=torch.float64), torch.randn(400, 3, generator=gen,
+                                                                                 dtype=torch.float64)
+    model = nn.Linear(6, 3).double()  # d = 21 < n·m = 60 on the probe of 20
+    tracker = AlignmentTracker(model, (X, Y), probe_size=20)
+    tracker.step(0)
+    assert tracker.history.attrs["meta"]["data_target_norm_sq"] == pytest.approx(float((Y**2).sum()))
+    text = " ".join(tracker.summary().split())
+    assert "D1 on the probe refuted at 1 of 1 records" in text
+    assert "D1 on all 400 samples the probe was drawn from: REFUTED at 1 of 1 records" in text
+    report = check_alignment(model, (X, Y), probe_size=20)
+    assert report.data_verdict.refuted
+    verdict = data_alignment_verdicts(tracker.history, 400, float((Y**2).sum())).iloc[0]
+    assert verdict.lhs == pytest.approx(report.data_verdict.lhs, rel=1e-9)
+    whole = AlignmentTracker(model, (X, Y), probe_size=None)  # the whole data: one scope, no data line
+    whole.step(0)
+    assert "drawn from" not in whole.summary() and whole.history.attrs["meta"]["data_size"] == 400
 
 
 def test_tags_and_the_optimiser_are_written_into_the_header(tmp_path):

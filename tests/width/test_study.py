@@ -68,6 +68,9 @@ def test_every_gradient_descent_statement_is_not_applicable_with_its_reason(adam
     text = "\n".join(adamw_study.findings())
     assert "not applicable at 4 of 4 runs" in text and "minibatches of 16 of 48 samples" in text
     assert "no expectation given, not judged" in text  # S4 has nothing to expect of a family without a claim
+    # the probe is 16 of the 48 training samples: its verdicts are named as the probe's
+    assert "**Verdicts at every record** on the probe (16 of the 48 training samples" in text
+    assert "n·m = 160 stacked outputs of the probe" in text and (runs["n_train"] == 48).all()
 
 
 def test_the_report_of_the_study(adamw_study, tmp_path):
