@@ -134,7 +134,7 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
             if step in schedule:
                 tracker.measure(step)
                 grams.append(tracker.gram.to("cpu", torch.float64))
-                initial = initial or tracker.spectrum
+                initial = tracker.spectrum if initial is None else initial
             coordinates.measure(step)
         if step == steps:
             losses.append(trainer.loss())
