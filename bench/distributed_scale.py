@@ -3,16 +3,21 @@
     python -m bench.distributed_scale                         # n = 1k, 6k, 60k (n·m up to 6·10⁵), 1 and 2 processes
     python -m bench.distributed_scale --n 60000 --nproc 2 --repeats 1
     python -m bench.distributed_scale --resnet18              # per-sample cost of ResNet-18 on CIFAR-sized inputs
-    python -m bench.distributed_scale --n 60000 --nproc 2 --check 1700   # check_alignment on 6·10⁵ rows, 30 min in all
+    python -m bench.distributed_scale --n 60000 --nproc 2 --check 1200 --checkpoint-dir ckpt   # D1 on 6·10⁵ rows
+    python -m bench.distributed_scale --n 6000 --nproc 2 --check 600 --solver lsqr              # the unpreconditioned
     torchrun --nproc-per-node 8 -m bench.distributed_scale --device cuda --model resnet18 --n 50000 --nproc 1
+    python -m bench.distributed_scale --n 60000 --nproc 1 --check 1200 --device cuda            # one GPU
+    torchrun --nproc-per-node 2 -m bench.distributed_scale --n 60000 --check 1200 --device cuda  # NCCL
 
 The data are a synthetic MNIST-sized set streamed from a map-style ``Dataset`` that computes each sample
 from its index (a scikit-learn digit, 1×8×8, plus a fixed deterministic jitter), so nothing is held whole;
 the model is the benchmark digits CNN (``bench.models``, d = 9,930) in float64. One LSQR iteration costs
 one ``J v`` and one ``Jᵀ u`` on the whole set (:class:`~diagnostics.engine.matrix_free.sharded.ShardedJacobian`);
 the script times both (median of ``--repeats``, after a warm-up on two samples that pays the one-time
-imports of ``torch.func``), the first pass (outputs), and reads each process's peak resident set from
-``getrusage``.
+imports of ``torch.func``), the first pass (outputs), one pass over the per-sample Jacobian blocks (what the
+preconditioned solver's Gram and Rayleigh–Ritz passes cost), and reads each process's peak resident set from
+``getrusage``. ``--check`` runs ``check_alignment`` itself on the whole set (``--solver``: ``auto`` picks the
+sketch-preconditioned solver for this tall ``J``), with progress bars, resumable from ``--checkpoint-dir``.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from bench.models import build
 from bench.resnet18 import BasicBlock
 from diagnostics import check_alignment
 from diagnostics.distributed import init_from_environment, launch
+from diagnostics.engine.matrix_free.preconditioned import METHODS
 from diagnostics.engine.matrix_free.sharded import ShardedJacobian, process_group_size
+from diagnostics.engine.matrix_free.sketch import BLOCK_BYTES
 from diagnostics.engine.matrix_free.streamed import StreamedJacobianOperator, shard_range
 
 
@@ -99,19 +106,27 @@ def measure(n: int, model_name: str, device: str, dtype: str, batch_size: int, r
         t = time.perf_counter()
         op.rmatvec(u)
         times["JTu"].append(time.perf_counter() - t)
+    next(iter(local.row_blocks(BLOCK_BYTES)))  # a first block pays strategy="auto"'s one-time timing of its plans
+    t = time.perf_counter()
+    for _ in local.row_blocks(BLOCK_BYTES):  # the per-sample Jacobian blocks, as the Gram pass forms them
+        pass
+    blocks = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"rank": rank, "world": world, "n": n, "rows": op.shape[0], "d": op.shape[1], "first_pass_s": first,
-            "Jv_s": statistics.median(times["Jv"]), "JTu_s": statistics.median(times["JTu"]),
+            "Jv_s": statistics.median(times["Jv"]), "JTu_s": statistics.median(times["JTu"]), "blocks_s": blocks,
             "peak_rss_gb": peak / 1e9, "memmapped_vectors": local.vectors.files}
 
 
-def whole_set_check(n: int, budget: float, batch_size: int, checkpoint_dir: str | None, progress: bool) -> dict:
+def whole_set_check(n: int, budget: float, batch_size: int, checkpoint_dir: str | None, progress: bool,
+                    solver: str = "auto", device: str = "cpu", horizon: tuple[float, int] | None = None) -> dict:
     """On this process: ``check_alignment`` on all ``n`` samples, streamed, within ``budget`` s; report, memory."""
     torch.manual_seed(0)
-    model = build("CNN", 1)[0].eval()
+    model = build("CNN", 1)[0].eval().to(device)
     start = time.perf_counter()
-    report = check_alignment(model, JitteredDigits(n), path="matrix-free", probe_size=None,
-                             solver={"time_budget": budget, "batch_size": batch_size, "checkpoint_dir": checkpoint_dir,
+    report = check_alignment(model, JitteredDigits(n), path="matrix-free", probe_size=None, dtype=torch.float64,
+                             horizon=horizon,
+                             solver={"method": solver, "time_budget": budget, "batch_size": batch_size,
+                                     "checkpoint_dir": checkpoint_dir,
                                      "progress": progress and process_group_size()[0] == 0})
     return {"report": report, "wall_s": time.perf_counter() - start,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9}
@@ -131,13 +146,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check", type=float, metavar="SECONDS",
                         help="instead: check_alignment on the whole set (first --n, first --nproc) within this budget")
     parser.add_argument("--checkpoint-dir", default=None, help="with --check: solver checkpoints (a rerun resumes)")
+    parser.add_argument("--solver", default="auto", choices=METHODS, help="with --check: the whole-set solver")
+    parser.add_argument("--horizon", type=float, nargs=2, metavar=("ETA", "STEPS"), default=None,
+                        help="with --check: the horizon residual of gradient descent with step ETA for STEPS steps")
     args = parser.parse_args(argv)
     if args.check is not None:
         n, nproc = args.n[0], args.nproc[0]
-        print(f"check_alignment on n = {n:,} (n·m = {10 * n:,}), {nproc} process(es), time budget {args.check:.0f} s; "
-              f"load average at start: {os.getloadavg()}", flush=True)
-        results = launch(whole_set_check, nproc, n, args.check, args.batch_size, args.checkpoint_dir, True,
-                         threads=args.threads)
+        horizon = None if args.horizon is None else (args.horizon[0], int(args.horizon[1]))
+        check = (n, args.check, args.batch_size, args.checkpoint_dir, True, args.solver, args.device, horizon)
+        if init_from_environment():  # under torchrun: this process is one of the group
+            result = whole_set_check(*check)
+            if process_group_size()[0] == 0:
+                print(result["report"], flush=True)
+            return
+        print(f"check_alignment on n = {n:,} (n·m = {10 * n:,}), {nproc} process(es), solver {args.solver}, time "
+              f"budget {args.check:.0f} s; load average at start: {os.getloadavg()}", flush=True)
+        results = launch(whole_set_check, nproc, *check, threads=args.threads)
         print(results[0]["report"])
         print(f"wall time {results[0]['wall_s']:.0f} s; peak RSS per process "
               + " / ".join(f"{r['peak_rss_gb']:.2f} GB" for r in results)
@@ -153,8 +177,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(result, flush=True)
         return
     print("| model | n | n·m | d | processes × threads | first pass (s) | J v (s) | Jᵀ u (s) | s / iteration "
-          "| s / iteration per sample (ms) | peak RSS per process (GB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| s / iteration per sample (ms) | Jacobian blocks pass (s) | peak RSS per process (GB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n in args.n:
         for nproc in args.nproc:
             threads = args.threads or max(1, (os.cpu_count() or 1) // nproc)
@@ -165,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
             rss = "/".join(f"{x['peak_rss_gb']:.2f}" for x in results)
             print(f"| {args.model} | {n:,} | {r['rows']:,} | {r['d']:,} | {nproc} × {threads} | "
                   f"{r['first_pass_s']:.2f} | {r['Jv_s']:.2f} | {r['JTu_s']:.2f} | {iteration:.2f} | "
-                  f"{1e3 * iteration / n:.3f} | {rss} |",
+                  f"{1e3 * iteration / n:.3f} | {r['blocks_s']:.2f} | {rss} |",
                   flush=True)
     print(f"load average at end: {os.getloadavg()}", flush=True)
 

@@ -79,6 +79,8 @@ def steps(quick: bool) -> list[Step]:
                                   "--repeats", "3"), 60),
         Step("Aligned training on the digits", _aligned("{device}", "--width", "16", "--epochs", "3"), 45,
              "table.md"),
+        Step("Whole-set D1, preconditioned (6·10⁵ rows)", ("bench.distributed_scale", "--n", "60000", "--nproc", "1",
+                                                            "--check", "240", "--device", "{device}"), 300),
     ]
 
 

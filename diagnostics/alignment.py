@@ -31,6 +31,7 @@ from .engine.accuracy import jacobian_error
 from .engine.functional import ParamSelector
 from .engine.manifest import MeasurementManifest
 from .engine.matrix_free.operator import JacobianOperator
+from .engine.matrix_free.preconditioned import METHODS
 from .engine.measurement import Measurement
 from .errors import DiagnosticsError, InsufficientMemoryError, renamed_argument
 from .store import RunStore
@@ -112,9 +113,13 @@ def check_alignment(
         ``(1/2n)‖f − Q‖²``; the report then gives the part of ``Q`` that horizon cannot fit,
         ``horizon_residual``, and its loss floor ``horizon_loss_floor`` (``theory/alignment.md``).
     solver
-        Options of the matrix-free path: ``top_k`` (Lanczos eigenpairs), ``max_iter`` (LSQR's cap),
-        ``time_budget`` (seconds for Lanczos and LSQR; a solve it stops is truncated and the report says
-        so), ``checkpoint_dir`` (solver checkpoints: a rerun resumes from them), ``checkpoint_every``,
+        Options of the matrix-free path: ``method`` (``"auto"``, ``"lsqr"``, ``"gram"``, ``"sketch"``: LSQR and
+        Lanczos on ``J``, or LSQR preconditioned by the exact or sketched ``JᵀJ`` with certified bounds,
+        :class:`~diagnostics.engine.matrix_free.preconditioned.PreconditionedSpectrum`; ``"auto"`` picks by the
+        shape of ``J``: LSQR when ``nm < d``, else the exact Gram for small ``d`` and the sketch beyond),
+        ``top_k`` (eigenpairs), ``max_iter`` (LSQR's cap per solve),
+        ``time_budget`` (seconds for the eigenpairs and the solves; a solve it stops is truncated and the report
+        says so), ``checkpoint_dir`` (solver checkpoints: a rerun resumes from them), ``checkpoint_every``,
         ``progress``; for a streamed data set also ``batch_size``, ``work_dir`` and ``vector_budget``
         (:func:`~diagnostics.distributed.check_alignment_distributed`). With ``path="matrix-free"``,
         ``probe_size=None`` and a ``Dataset`` or ``DataLoader``, the data are streamed batch by batch and
@@ -215,7 +220,7 @@ def _measure(model: nn.Module, X: _inputs.Inputs, T: torch.Tensor, *, dtype: tor
         report.mode, report.strategy = mode, op.products
         error = jacobian_error(op.fm, op.x, m=op.m, per_sample=False)
         report.manifest = MeasurementManifest.build(op.fm, op.x, strategy=op.products, n_outputs=op.m,
-                                                    choice=op.choice, error=error)
+                                                    choice=op.choice, error=error, solver=report.solver)
         return report
     with Measurement(model, X, params=params, mode=mode, output=output, dtype=dtype, strategy=strategy,
                      memory_budget=memory_budget) as job:
@@ -233,7 +238,7 @@ def _measure(model: nn.Module, X: _inputs.Inputs, T: torch.Tensor, *, dtype: tor
 
 
 #: Options of ``solver=`` for the matrix-free path in memory; a streamed data set takes :data:`STREAMED_SOLVER`.
-IN_MEMORY_SOLVER = ("top_k", "max_iter", "time_budget", "checkpoint_dir", "checkpoint_every", "progress")
+IN_MEMORY_SOLVER = ("method", "top_k", "max_iter", "time_budget", "checkpoint_dir", "checkpoint_every", "progress")
 STREAMED_SOLVER = (*IN_MEMORY_SOLVER, "batch_size", "work_dir", "vector_budget")
 
 
@@ -249,6 +254,8 @@ def _solver_options(solver: dict[str, Any] | None, path: str, streamed: bool) ->
     if streaming_only and not streamed:
         raise DiagnosticsError(f"solver options {sorted(streaming_only)} apply to a streamed data set only "
                                "(path='matrix-free', probe_size=None and a Dataset or DataLoader)")
+    if solver.get("method", "auto") not in METHODS:
+        raise DiagnosticsError(f"solver method must be one of {METHODS}, got {solver['method']!r}")
     return solver
 
 

@@ -93,9 +93,13 @@ class AlignmentReport:
         What was measured (:class:`~diagnostics.engine.manifest.MeasurementManifest`); ``None`` for reports
         built from a Gram.
     path
-        ``"dense"`` (eigen-decomposition of ``K``) or ``"matrix-free"`` (LSQR and Lanczos on ``J``); on the
+        ``"dense"`` (eigen-decomposition of ``K``) or ``"matrix-free"`` (products with ``J``); on the
         matrix-free path ``rank`` is ``-1`` and ``λ_min``, the effective rank and the kernel-target
-        alignment are ``nan``.
+        alignment are ``nan``, except with the exact parameter-space Gram (``solver="gram"``), which has them.
+    solver
+        On the matrix-free path, the solver: ``"lsqr"`` (LSQR and Lanczos on ``J``), ``"gram"`` or ``"sketch"``
+        (LSQR preconditioned by the exact or sketched ``JᵀJ``, ``theory/alignment.md#preconditioned``); empty on
+        the dense path.
     """
 
     verdict: theory.Verdict
@@ -144,6 +148,7 @@ class AlignmentReport:
     strategy: str = "auto"
     elapsed_s: float = float("nan")
     path: str = "dense"
+    solver: str = ""
 
     @property
     def aligned(self) -> bool:

@@ -20,6 +20,7 @@ import theory
 from .alignment_report import AlignmentReport
 from .engine import precision
 from .engine.matrix_free.operator import JacobianOperator
+from .engine.matrix_free.preconditioned import EXACT_GRAM_MAX_D, PreconditionedSpectrum, choose_method
 from .engine.matrix_free.spectrum import DEFAULT_TOP_K, OperatorSpectrum
 from .engine.spectral import Spectrum
 from .errors import DiagnosticsError
@@ -56,7 +57,7 @@ def alignment_from_gram(
 def alignment_from_spectrum(
     outputs: torch.Tensor,
     targets: Targets,
-    spectrum: Spectrum | OperatorSpectrum,
+    spectrum: Spectrum | OperatorSpectrum | PreconditionedSpectrum,
     *,
     n_params: int,
     source_dtype: torch.dtype | None = None,
@@ -66,14 +67,16 @@ def alignment_from_spectrum(
 ) -> AlignmentReport:
     """Build the alignment report from outputs, targets and the spectrum of ``K``.
 
-    ``spectrum`` is a :class:`~diagnostics.engine.spectral.Spectrum` or its matrix-free stand-in
-    :class:`~diagnostics.engine.matrix_free.spectrum.OperatorSpectrum` (same methods). Every verdict comes
-    from :mod:`theory`: D1 (:func:`theory.alignment_condition`) and the data-level condition
+    ``spectrum`` is a :class:`~diagnostics.engine.spectral.Spectrum` or a matrix-free stand-in
+    (:class:`~diagnostics.engine.matrix_free.spectrum.OperatorSpectrum`,
+    :class:`~diagnostics.engine.matrix_free.preconditioned.PreconditionedSpectrum`; same methods). Every verdict
+    comes from :mod:`theory`: D1 (:func:`theory.alignment_condition`) and the data-level condition
     (:func:`theory.data_level_condition`) decided on the bounds of the exact residuals that the measurement
     gives (:func:`theory.residual_bounds`, ``theory/alignment.md#resolution``: *not established* where the
-    resolution cannot decide), and the statements of ``theory/results.md`` with those two as premises.
-    The horizon's premises come from :func:`theory.gradient_descent_premises` (``horizon_optimizer``: the
-    optimiser's parameter groups as ``{"name", **hyper-parameters}``, when known).
+    resolution cannot decide; for a preconditioned solve its certified bounds,
+    ``theory/alignment.md#preconditioned``), and the statements of ``theory/results.md`` with those two as
+    premises. The horizon's premises come from :func:`theory.gradient_descent_premises` (``horizon_optimizer``:
+    the optimiser's parameter groups as ``{"name", **hyper-parameters}``, when known).
     """
     n, m = outputs.shape
     source_dtype = source_dtype or outputs.dtype
@@ -89,6 +92,9 @@ def alignment_from_spectrum(
     nu_norm = math.sqrt(spectrum.pinv_quadratic(Q))
     f_sq = float((f**2).sum())
     output_residual = math.sqrt(max(spectrum.outside_norm_sq(f), 0.0) / f_sq) if f_sq > 0 else 0.0
+    if isinstance(spectrum, PreconditionedSpectrum):  # the best witness, with its rounding, is the measured residual
+        residual = spectrum.residual_bounds(Q)[1]
+        output_residual = spectrum.residual_bounds(f)[1] if f_sq > 0 else 0.0
     d1_bounds = measured_bounds(spectrum, Q, residual, n_params, source_dtype)
     d1 = theory.alignment_condition(residual, residual_tol, bounds=d1_bounds)
     data_level = theory.data_level_condition(
@@ -98,7 +104,7 @@ def alignment_from_spectrum(
     note = "" if d1.status != theory.NOT_ESTABLISHED or source_dtype == torch.float64 else (
         f"{precision.dtype_name(source_dtype)} knows the exact residual only within [{d1.details['lower']:.2e}, "
         f"{d1.details['upper']:.2e}] (its resolution, nm·eps·λ_max, is {precision.eps(source_dtype) * n * m:.1e}·λ_max"
-        + (f"; {d1_bounds.reason}" if isinstance(spectrum, OperatorSpectrum) else "")
+        + (f"; {d1_bounds.reason}" if isinstance(spectrum, OperatorSpectrum | PreconditionedSpectrum) else "")
         + "); re-measure with dtype=torch.float64")
     r_q = f - Q
     decomposition_gap = (float((r_q**2).sum()) - spectrum.inside_norm_sq(r_q) - outside) / (2 * n)
@@ -112,7 +118,7 @@ def alignment_from_spectrum(
             theory.loss_decomposition(loss, spectrum.inside_norm_sq(r_q), outside, n,
                                       rtol=precision.decomposition_rtol(source_dtype),
                                       uncertainty=max(_truncation_uncertainty(spectrum, loss, r_q, outside, n),
-                                                      unattributed)),
+                                                      unattributed) + _projection_defect(spectrum, r_q) / (2 * n)),
             theory.necessity_at_global_minimum(loss, residual, n, q_sq, cms=cms,
                                                uncertainty=residual - d1.details["lower"]),
             theory.gradient_domination(loss, grad_norm, certificate, aligned,
@@ -193,12 +199,13 @@ def alignment_from_spectrum(
 MIN_CONLIM = 100.0
 
 
-def measured_bounds(spectrum: Spectrum | OperatorSpectrum, q: torch.Tensor, residual: float, n_params: int,
-                    source_dtype: torch.dtype) -> theory.ResidualBounds | None:
+def measured_bounds(spectrum: Spectrum | OperatorSpectrum | PreconditionedSpectrum, q: torch.Tensor, residual: float,
+                    n_params: int, source_dtype: torch.dtype) -> theory.ResidualBounds | None:
     """Where the exact residual of ``q`` lies, given this measurement (``theory/alignment.md#resolution``).
 
     ``None`` under a user-supplied rank rule (it states its own question); on the matrix-free path the LSQR
-    residual ``‖q − Jν‖`` is a witness (an upper bound, with the rounding of ``Jν``) and no rank is counted.
+    residual ``‖q − Jν‖`` is a witness (an upper bound, with the rounding of ``Jν``) and no rank is counted;
+    a preconditioned solve certifies both sides (:func:`_preconditioned_bounds`).
     """
     if spectrum.rank_rule.startswith("user-supplied"):
         return None
@@ -206,6 +213,8 @@ def measured_bounds(spectrum: Spectrum | OperatorSpectrum, q: torch.Tensor, resi
     q_norm = float(q.norm())
     lam_max = max(float(spectrum.eigenvalues[0]), 0.0)
     rows = q.shape[0]
+    if isinstance(spectrum, PreconditionedSpectrum):
+        return _preconditioned_bounds(spectrum, q, n_params)
     if isinstance(spectrum, OperatorSpectrum):
         nu, _ = spectrum.least_norm_solution(q)
         rounding = rows * precision.eps(source_dtype) * math.sqrt(lam_max) * float(nu.norm()) / q_norm
@@ -228,6 +237,51 @@ def _witness_reason(spectrum: OperatorSpectrum, dtype: str) -> str:
         reason += (f"; LSQR stopped before its tolerance ({spectrum.solver_summary}): raise max_iter or the time "
                    "budget, or resume from the checkpoint")
     return reason
+
+
+def _preconditioned_bounds(spectrum: PreconditionedSpectrum, q: torch.Tensor, n_params: int) -> theory.ResidualBounds:
+    """Where the exact residual of ``q`` lies after a preconditioned solve (``theory/alignment.md#preconditioned``).
+
+    Above: the better witness, with its rounding. Below: the certified bound on the rank rule's residual, which
+    bounds the exact one only when no direction of ``Col J`` can hide below the threshold, i.e. when the kept
+    rank reaches ``min(nm, d)`` (``theory/alignment.md#resolution``): counted on the exact ``JᵀJ`` by the dense
+    path's argument; with a sketch, from its smallest eigenvalue, within the sketch's distortion (a premise).
+    """
+    lower, upper = spectrum.residual_bounds(q)
+    rows = q.numel()
+    if spectrum.method == "gram":  # the dense path's argument on JᵀJ, from both of the solve's bounds
+        settings = {"rows": rows, "n_params": n_params, "kept_rank": spectrum.rank, "resolution": spectrum.resolution,
+                    "smallest_kept": spectrum.smallest_kept, "largest_discarded": spectrum.largest_discarded,
+                    "pinv_norm": spectrum.pinv_norm(q) / float(q.detach().reshape(-1).to(torch.float64).norm())}
+        above, below = theory.residual_bounds(upper, **settings), theory.residual_bounds(lower, **settings)
+        return theory.ResidualBounds(min(below.lower, above.upper), above.upper, below.reason or above.reason)
+    certified = (f"the preconditioned solve certifies ‖(I − P_>)q‖/‖q‖ ≥ {lower:.3e} for the directions the rank rule "
+                 f"keeps (eigenvalues of K above {spectrum.rank_tol:.2e}), and ≤ {upper:.3e} for all of Col J")
+    if spectrum.truncated:
+        certified += ("; a solve stopped before its tolerance, so the bounds are not yet tight: raise max_iter or the "
+                      "time budget, or resume from the checkpoint")
+    if spectrum.rank_resolved:
+        return theory.ResidualBounds(min(lower, upper), upper, certified + (
+            f"; the sketch's smallest eigenvalue puts every singular value of J above the threshold (assuming the "
+            f"sketch distorts norms by at most a factor {spectrum.distortion:g}), so that is the exact residual"))
+    return theory.ResidualBounds(0.0, upper, certified + (
+        f"; J may have directions below the threshold (a sketch does not count the rank, and its smallest "
+        f"eigenvalue does not exclude them: J is rank-deficient, or nearly), which a residual can hide in, so "
+        f"the exact residual is bounded below only by 0; the exact Gram (solver={{'method': 'gram'}}, d ≤ "
+        f"{EXACT_GRAM_MAX_D:,}) counts the rank"))
+
+
+def _projection_defect(spectrum: Spectrum | OperatorSpectrum | PreconditionedSpectrum, r: torch.Tensor) -> float:
+    """Return ``|‖r‖² − ‖Jν‖² − ‖r − Jν‖²|`` of a damped fit (0 for a projection): what (I2) cannot attribute.
+
+    The damped solution's fit is not an orthogonal projection: ``⟨Jν, r − Jν⟩ = μ‖ν‖²`` at its minimum
+    (``theory/alignment.md#preconditioned``).
+    """
+    if not isinstance(spectrum, PreconditionedSpectrum):
+        return 0.0
+    r = r.detach().reshape(-1).to(torch.float64).cpu()
+    _, fitted = spectrum.least_norm_solution(r)
+    return abs(float(r @ r) - float(fitted @ fitted) - float((r - fitted) @ (r - fitted)))
 
 
 def _truncation_uncertainty(spectrum: Spectrum | OperatorSpectrum, loss: float, r: torch.Tensor, outside: float,
@@ -291,6 +345,7 @@ def alignment_from_operator(
     rtol: float | None = None,
     max_iter: int | None = None,
     horizon: tuple[float, int] | None = None,
+    method: str = "auto",
     **solver: Any,
 ) -> AlignmentReport:
     """Compute the report of :func:`~diagnostics.check_alignment` matrix-free.
@@ -307,13 +362,26 @@ def alignment_from_operator(
     top_k, rtol, max_iter, **solver
         As in :class:`OperatorSpectrum` (``solver``: ``time_budget``, ``checkpoints``, ``checkpoint_every``,
         ``progress``, ``workspace``). The report's ``rank_rule`` states why each LSQR solve stopped.
+    method
+        The solver (:data:`~diagnostics.engine.matrix_free.preconditioned.METHODS`): ``"lsqr"`` (LSQR and
+        Lanczos on ``J``, :class:`OperatorSpectrum`), ``"gram"`` or ``"sketch"`` (preconditioned by the exact or
+        sketched ``JᵀJ``, :class:`~diagnostics.engine.matrix_free.preconditioned.PreconditionedSpectrum`, for a
+        tall ``J``), or ``"auto"``: chosen from the shape of ``J``
+        (:func:`~diagnostics.engine.matrix_free.preconditioned.choose_method`).
     """
     built = Targets.build(targets, op.n, op.m, loss, target)
-    spectrum = OperatorSpectrum(op, rank_tol=rank_tol, top_k=top_k, rtol=rtol, max_iter=max_iter, **solver)
+    method = choose_method(method, op.shape)
+    if method == "lsqr":
+        spectrum = OperatorSpectrum(op, rank_tol=rank_tol, top_k=top_k, rtol=rtol, max_iter=max_iter, **solver)
+    else:
+        floor = None if horizon is None else op.n / (horizon[0] * horizon[1])  # the horizon's eigenvalue threshold
+        spectrum = PreconditionedSpectrum(
+            op, [built.Q, op.outputs], method=method, rank_tol=rank_tol, top_k=top_k, eigen_floor=floor, rtol=rtol,
+            max_iter=max_iter, witness_tol=residual_tol, **solver)
     report = alignment_from_spectrum(
         op.outputs, built, spectrum, n_params=op.fm.n_params, source_dtype=op.dtype, residual_tol=residual_tol,
         horizon=horizon,
     )
     report.rank_rule = f"{spectrum.rank_rule}; {spectrum.solver_summary}"
-    report.path = "matrix-free"
+    report.path, report.solver = "matrix-free", method
     return report

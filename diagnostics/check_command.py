@@ -24,6 +24,7 @@ import torch.distributed as dist
 from .alignment_report import AlignmentReport
 from .data import DATASETS, load_dataset
 from .distributed import check_alignment_distributed, init_from_environment, launch, launch_ray
+from .engine.matrix_free.preconditioned import METHODS
 from .errors import DiagnosticsError
 from .models import FAMILIES, build_model
 from .store import write_json
@@ -48,9 +49,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (gloo); see torchrun")
     parser.add_argument("--ray", action="store_true",
                         help="run the --nproc processes as Ray Train workers on the Ray cluster (RAY_ADDRESS or local)")
-    parser.add_argument("--top-k", type=int, default=10, help="top eigenpairs of K by Lanczos (default 10)")
-    parser.add_argument("--max-iter", type=int, default=None, help="LSQR iteration cap (default 10·min(nm, d))")
-    parser.add_argument("--time-budget", type=float, default=None, help="seconds for the LSQR solves")
+    parser.add_argument("--solver", default="auto", choices=METHODS,
+                        help="LSQR, or LSQR preconditioned by the exact or sketched JᵀJ (default: by the shape of J)")
+    parser.add_argument("--top-k", type=int, default=10, help="top eigenpairs of K (default 10)")
+    parser.add_argument("--max-iter", type=int, default=None, help="LSQR iteration cap per solve")
+    parser.add_argument("--time-budget", type=float, default=None, help="seconds for the eigenpairs and the solves")
     parser.add_argument("--checkpoint-dir", default=None, help="solver checkpoints: a rerun resumes from them")
     parser.add_argument("--work-dir", default=None, help="folder for memory-mapped n·m-vectors")
     parser.add_argument("--out", default=None, help="write the report as JSON here")
@@ -85,7 +88,8 @@ def job(settings: dict[str, Any]) -> AlignmentReport:
     rank = dist.get_rank() if dist.is_initialized() else 0
     report = check_alignment_distributed(
         model.to(device), torch.utils.data.TensorDataset(split.X_train, split.y_train), loss=settings["loss"],
-        dtype=DTYPES[settings["dtype"]], batch_size=settings["batch_size"], top_k=settings["top_k"],
+        dtype=DTYPES[settings["dtype"]], batch_size=settings["batch_size"], method=settings["solver"],
+        top_k=settings["top_k"],
         max_iter=settings["max_iter"],
         time_budget=settings["time_budget"], checkpoint_dir=settings["checkpoint_dir"],
         work_dir=settings["work_dir"], progress=not settings["quiet"],

@@ -64,6 +64,7 @@ def check_alignment_distributed(
     memory_budget: int | None = None,
     batch_size: int | None = None,
     horizon: tuple[float, int] | None = None,
+    method: str = "auto",
     top_k: int = DEFAULT_TOP_K,
     max_iter: int | None = None,
     time_budget: float | None = None,
@@ -92,16 +93,20 @@ def check_alignment_distributed(
         Compute dtype; default as in :func:`~diagnostics.check_alignment` (float64 on the CPU).
     batch_size
         Samples per forward pass (default the DataLoader's, else 256).
+    method
+        The solver: ``"auto"`` (by the shape of ``J``), ``"lsqr"``, ``"gram"`` or ``"sketch"``
+        (:func:`~diagnostics.alignment_spectrum.alignment_from_operator`).
     top_k, max_iter
-        Lanczos eigenpairs and the LSQR iteration cap (:class:`~diagnostics.engine.OperatorSpectrum`).
+        Eigenpairs of ``K`` and the LSQR iteration cap per solve.
     time_budget
-        Seconds after which the LSQR solves stop with truncated solutions; the report says so, and its
-        verdict is then *not established* unless the truncated residual (an upper bound) already holds.
+        Seconds after which the solves stop with truncated solutions; the report says so. Plain LSQR's
+        verdict is then *not established* unless the truncated residual (an upper bound) already holds; a
+        preconditioned solve's certified bounds hold at any iterate, so it may still decide.
     checkpoint_dir, checkpoint_every
         Folder of the solver checkpoints (written by process 0 every ``checkpoint_every`` iterations); a
         job started again with the same model, data and settings resumes from them.
     progress
-        Show the LSQR progress (residual estimate, ETA to the cap) on process 0.
+        Show the progress of the passes and the solves on process 0.
     work_dir, vector_budget
         Folder for the ``n·m``-vectors (outputs, products, LSQR's ``u``) larger than ``vector_budget``
         bytes (default 1/16 of the memory budget), kept there as memory-mapped files.
@@ -126,7 +131,8 @@ def check_alignment_distributed(
     checkpoints = None if checkpoint_dir is None else RankZeroStore(checkpoint_dir, group)
     report = alignment_from_operator(
         op, op.gather_rows(local.targets), loss=loss, target=target, rank_tol=rank_tol, residual_tol=residual_tol,
-        top_k=top_k, max_iter=max_iter, horizon=horizon, time_budget=time_budget, checkpoints=checkpoints,
+        top_k=top_k, max_iter=max_iter, horizon=horizon, method=method, time_budget=time_budget,
+        checkpoints=checkpoints,
         checkpoint_every=checkpoint_every, progress=progress and rank == 0,
         workspace=lambda length: local.vectors.zeros((length,)),
     )
@@ -134,7 +140,8 @@ def check_alignment_distributed(
     first = local.first_batch()
     manifest = MeasurementManifest.build(local.fm, first, strategy=local.products, n_outputs=op.m,
                                          choice=local.choice, error=jacobian_error(local.fm, first, m=op.m,
-                                                                                   per_sample=True))
+                                                                                   per_sample=True),
+                                         solver=report.solver)
     described = (f"{type(local.dataset).__name__} of {op.n} samples streamed in batches of {local.chunk_size} "
                  f"over {world} process(es); first batch: {manifest.inputs}")
     report.manifest = dataclasses.replace(manifest, n_samples=op.n, inputs=described)

@@ -270,7 +270,7 @@ def test_a_low_lsqr_condition_limit_is_not_established():
     model = nn.Sequential(nn.Linear(6, 40), nn.Tanh(), nn.Linear(40, 3))
     x = torch.randn(320, 6, generator=torch.Generator().manual_seed(1))
     y = torch.arange(320) % 3
-    report = alignment_from_operator(JacobianOperator(model, x), y, loss="ce")
+    report = alignment_from_operator(JacobianOperator(model, x), y, loss="ce", method="lsqr")
     assert report.verdict.status == "not established"
     assert "condition limit" in report.precision_note and "dtype=torch.float64" in report.precision_note
     assert str(report).splitlines()[0].endswith("not established")
@@ -336,6 +336,59 @@ def test_matrix_free_alignment_matches_dense(cid, loss):
     np.testing.assert_allclose(free.alignment_curve, dense.alignment_curve[:top], atol=1e-7)
     assert free.rank == -1 and np.isnan(free.kernel_target_alignment)
     assert "matrix-free" in str(free)
+
+
+@pytest.mark.parametrize(("method", "loss"), [("auto", "mse"), ("gram", "ce"), ("sketch", "mse"), ("lsqr", "mse")])
+def test_the_whole_set_solvers_of_a_tall_j_match_dense(method, loss):
+    # n·m = 120 > d = 57: Col J cannot be all of R^{nm}; the tanh MLP's J has full column rank
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x = torch.randn(40, 5, dtype=F64)
+    gen = torch.Generator().manual_seed(3)
+    y = torch.randn(40, 3, generator=gen, dtype=F64) if loss == "mse" else torch.arange(40) % 3
+    dense = check_alignment(model, (x, y), loss=loss, probe_size=None, path="dense")
+    free = check_alignment(model, (x, y), loss=loss, probe_size=None, path="matrix-free", solver={"method": method})
+    assert free.solver == ("gram" if method == "auto" else method) and dense.solver == ""
+    assert dense.verdict.status == "refuted"  # the kept rank reaches d = min(nm, d): the residual is resolved
+    # LSQR's witness cannot refute; the preconditioned solvers certify the lower bound and count the rank
+    assert free.verdict.status == ("not established" if method == "lsqr" else "refuted")
+    fields = REPORT_FIELDS if method != "sketch" else ("residual", "grad_norm", "loss_lower_bound")
+    for name in fields:  # the sketch's ν is the damped one: the residual and the gradient, not ‖ν‖, to 1e-8
+        torch.testing.assert_close(getattr(free, name), getattr(dense, name), rtol=1e-8, atol=1e-9, msg=name)
+    policy = " ".join(free.manifest.precision)
+    assert ("preconditioned" in policy) == (method != "lsqr")
+
+
+@pytest.mark.parametrize("method", ["gram", "sketch"])
+def test_a_rank_deficient_tall_j_is_not_refuted_by_its_large_residual(method):
+    # deep linear: rank J = 15 < d = 51 (its GL(6) directions are null), Q far outside Col J: like the dense path,
+    # the preconditioned solvers cannot exclude directions below the threshold that would carry the residual
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 3)).double()
+    x, y = torch.randn(40, 4, dtype=F64), torch.randn(40, 3, generator=torch.Generator().manual_seed(3), dtype=F64)
+    dense = check_alignment(model, (x, y), probe_size=None, path="dense")
+    free = check_alignment(model, (x, y), probe_size=None, path="matrix-free", solver={"method": method})
+    assert dense.verdict.status == free.verdict.status == "not established"
+    torch.testing.assert_close(free.residual, dense.residual, rtol=1e-8, atol=0)
+    reason = free.verdict.details["reason"]
+    assert ("rank" in reason) and (method == "gram" or "certifies" in reason)
+
+
+@pytest.mark.parametrize("steps", [10, 1000])
+def test_the_horizon_of_a_tall_j_comes_with_the_preconditioned_solvers(steps):
+    # d = 147, n·m = 600: the exact Gram has every eigenpair; the sketch computes Ritz pairs down to n/(ηT)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    x, y = torch.randn(200, 5, dtype=F64), torch.randn(200, 3, dtype=F64)
+    horizon = (0.5, steps)
+    dense = check_alignment(model, (x, y), probe_size=None, path="dense", horizon=horizon)
+    gram = check_alignment(model, (x, y), probe_size=None, path="matrix-free", horizon=horizon,
+                           solver={"method": "gram"})
+    sketch = check_alignment(model, (x, y), probe_size=None, path="matrix-free", horizon=horizon,
+                             solver={"method": "sketch"})
+    assert abs(gram.horizon_residual - dense.horizon_residual) <= 1e-10
+    assert abs(sketch.horizon_residual - dense.horizon_residual) <= 1e-3 * dense.horizon_residual  # Ritz pairs
+    assert sketch.eigenvalues[-1] < 200 / (0.5 * steps) < sketch.eigenvalues[0]  # computed down to the threshold
 
 
 def test_auto_path_goes_matrix_free_when_the_dense_gram_does_not_fit():

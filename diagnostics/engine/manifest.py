@@ -35,7 +35,7 @@ from .functional import FunctionalModel
 from .measurement import Measurement
 from .precision import dtype_name
 
-__all__ = ["LayerNote", "MATRIX_FREE_POLICY", "MeasurementManifest", "PRECISION_POLICY"]
+__all__ = ["LayerNote", "MATRIX_FREE_POLICY", "MeasurementManifest", "PRECONDITIONED_POLICY", "PRECISION_POLICY"]
 
 #: The precision policy, stated in every report (see the module docstring).
 PRECISION_POLICY = (
@@ -51,6 +51,17 @@ MATRIX_FREE_POLICY = (
     "rank rule applied as LSQR's condition limit sqrt(λ_max / rank_tol), rank_tol = λ_max · nm · eps(compute "
     "dtype); the report gives rank_tol and the solver's summary",
     "rank and λ_min not computed on this path, so K is not checked for positive semi-definiteness",
+)
+
+#: The same for the preconditioned matrix-free solvers (:mod:`diagnostics.engine.matrix_free.preconditioned`).
+PRECONDITIONED_POLICY = (
+    "K never formed: the d × d Gram JᵀJ (or a sparse-sign sketch of it) from one pass over per-sample Jacobian "
+    "blocks, in float64; LSQR preconditioned by it on J's own products",
+    "the D1 residual certified from J's products: a witness ‖Q − Jν‖ bounds it from above, the damped minimum "
+    "(or the restricted problem's) from below at the rank rule, rank_tol = λ_max · nm · eps(compute dtype); "
+    "the report gives both bounds and the solver's summary",
+    "with the exact Gram the whole non-zero spectrum of K (its rank rule as on the dense path); with the sketch "
+    "the top eigenpairs by Rayleigh–Ritz on J's products",
 )
 
 _MODE_MEANING = {
@@ -190,6 +201,7 @@ class MeasurementManifest:
         n_outputs: int | None = None,
         choice: str = "",
         error: ErrorEstimate | None = None,
+        solver: str = "lsqr",
     ) -> MeasurementManifest:
         """Describe a measurement of ``fm`` on ``inputs`` with ``strategy``.
 
@@ -212,6 +224,8 @@ class MeasurementManifest:
             Why the strategy was used (``Choice.describe()`` of the measurement).
         error
             The estimate of the measurement's floating-point error.
+        solver
+            On the matrix-free path, the solver (``"lsqr"``, ``"gram"`` or ``"sketch"``), whose policy is stated.
         """
         model = fm.module
         all_named = dict(model.named_parameters())
@@ -253,7 +267,7 @@ class MeasurementManifest:
                 if isinstance(mod, _DropoutNd) or _rate(mod) > 0
             ),
             tf32=_tf32(fm.tf32_outside),
-            precision=MATRIX_FREE_POLICY if strategy in ("jvp/vjp", "rows/vjp") else PRECISION_POLICY,
+            precision=_policy(strategy, solver),
             parameters=fm.selection,
             choice=choice,
             error=error,
@@ -307,6 +321,13 @@ class MeasurementManifest:
         if self.error is not None:
             lines.append(f"    floating-point error of this measurement {self.error}")
         return "\n".join(lines)
+
+
+def _policy(strategy: str, solver: str) -> tuple[str, ...]:
+    """Return the precision policy of a measurement: dense, matrix-free LSQR, or preconditioned."""
+    if strategy not in ("jvp/vjp", "rows/vjp"):
+        return PRECISION_POLICY
+    return PRECONDITIONED_POLICY if solver in ("gram", "sketch") else MATRIX_FREE_POLICY
 
 
 def _meaning(strategy: str) -> str:

@@ -78,9 +78,13 @@ ENGINE = {
     "matrix_free.operator": 7,  # the operator measures with the dense engine,
     "matrix_free.streamed": 8,  # the streamed and sharded operators build on it,
     "matrix_free.sharded": 8,
-    "matrix_free.spectrum": 8,  # and the solvers on any of them;
-    "matrix_free": 9,  # its __init__,
-    "": 10,
+    "matrix_free.spectrum": 8,  # and the solvers on any of them: LSQR and Lanczos,
+    "matrix_free.sketch": 9,  # the passes over per-sample Jacobian blocks (parameter-space Gram, Rayleigh–Ritz),
+    "matrix_free.ritz": 10,
+    "matrix_free.certified": 10,  # preconditioned LSQR with certified bounds,
+    "matrix_free.preconditioned": 11,  # and the preconditioned solver on them;
+    "matrix_free": 12,  # its __init__,
+    "": 13,
 }
 
 #: Peers of one layer that must not import each other either: the engine measures any model, so it never
@@ -394,7 +398,7 @@ def test_an_engine_module_importing_one_above_it_is_named():
         "diagnostics/engine/inputs.py:3: diagnostics.engine.inputs (layer 1: diagnostics.engine, engine step 1) "
         "imports diagnostics.engine.jacobian (layer 1: diagnostics.engine, engine step 6), which is above it",
         "diagnostics/engine/structured.py:5: diagnostics.engine.structured (layer 1: diagnostics.engine, engine "
-        "step 4) imports diagnostics.engine (layer 1: diagnostics.engine, engine step 10), which is above it",
+        "step 4) imports diagnostics.engine (layer 1: diagnostics.engine, engine step 13), which is above it",
     ]
     with pytest.raises(LookupError, match="add 'fft' to ENGINE"):
         layer("diagnostics.engine.fft")

@@ -197,13 +197,21 @@ class JacobianOperator(LinearOperatorMixin):
                                 "of J in reverse mode")
         return "jvp/vjp", "auto: forward mode for J v, reverse mode for Jᵀ u"
 
-    def _row_chunks(self) -> Iterator[tuple[slice, _inputs.Inputs]]:
-        """Chunks whose rows of ``J`` (times a working factor of 3) fit the budget; the whole batch in batch mode."""
+    def row_blocks(self, budget: int | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Yield ``(samples, rows of J for them)`` chunk by chunk: the per-sample Jacobian blocks ``(len·m, d)``.
+
+        Each block is formed by the dense engine with the operator's strategy, as many samples at a time as
+        fit ``budget`` bytes (default the memory budget) with a working factor of 3; in batch mode the whole
+        batch is one block. The parameter-space Gram (:mod:`~diagnostics.engine.matrix_free.sketch`) and the
+        Rayleigh–Ritz pass (:mod:`~diagnostics.engine.matrix_free.ritz`) read ``J`` this way.
+        """
         if self.fm.mode == "batch":
-            yield slice(0, self.n), self._load(slice(0, self.n))
+            yield slice(0, self.n), self._rows(self._load(slice(0, self.n)))
             return
         per_sample = 3 * self.m * self.fm.n_params * torch.empty((), dtype=self.dtype).element_size()
-        yield from self._chunks(max(1, min(self.chunk_size, self.budget // max(per_sample, 1))))
+        size = max(1, min(self.chunk_size, (budget or self.budget) // max(per_sample, 1)))
+        for rows, xc in self._chunks(size):
+            yield rows, self._rows(xc)
 
     def _chunks(self, size: int | None = None) -> Iterator[tuple[slice, _inputs.Inputs]]:
         """Consecutive chunks of ``size`` samples (default :attr:`chunk_size`): their rows and inputs."""
@@ -231,8 +239,8 @@ class JacobianOperator(LinearOperatorMixin):
         """Yield ``(samples, (J v)[samples·m])``, chunk by chunk, so ``J v`` need not be held whole."""
         vector = self._vector(v, self.shape[1], "v")
         if self.products == "rows/vjp":
-            for rows, xc in self._row_chunks():
-                yield rows, self._rows(xc) @ vector
+            for rows, block in self.row_blocks():
+                yield rows, block @ vector
             return
         tangent = self.fm.unflatten(vector)
         with self.fm.measuring():

@@ -28,6 +28,8 @@ what it read to every process, so all resume at the same iteration whether or no
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,7 +40,7 @@ from ...errors import DiagnosticsError
 from ...store import RunStore
 from .operator import JacobianOperator, LinearOperatorMixin
 
-__all__ = ["RankZeroStore", "ShardedJacobian", "process_group_size"]
+__all__ = ["Processes", "RankZeroStore", "ShardedJacobian", "local_block", "process_group_size"]
 
 
 def process_group_size(group: Any = None) -> tuple[int, int]:
@@ -46,6 +48,89 @@ def process_group_size(group: Any = None) -> tuple[int, int]:
     if not (dist.is_available() and dist.is_initialized()):
         return 0, 1
     return dist.get_rank(group), dist.get_world_size(group)
+
+
+class Processes:
+    """The processes that share ``J``, as the solvers see them.
+
+    Sums and broadcasts give every process the same bits (reduced onto process 0 and broadcast from it), on
+    the device the backend needs.
+
+    Parameters
+    ----------
+    group
+        The process group (default the world); without an initialised ``torch.distributed``, one process.
+    """
+
+    def __init__(self, group: Any = None) -> None:
+        self.group = group
+        self.rank, self.world = process_group_size(group)
+        backend = dist.get_backend(group) if self.world > 1 else "gloo"
+        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``Σ_r tensor_r`` in float64, the same bits on every process (CPU)."""
+        total = tensor.detach().to(torch.float64)
+        if self.world == 1:
+            return total.cpu()
+        total = total.to(self.device).contiguous()
+        dist.reduce(total, dst=_root(self.group), op=dist.ReduceOp.SUM, group=self.group)
+        dist.broadcast(total, src=_root(self.group), group=self.group)
+        return total.cpu()
+
+    def sum_rows(self, tensor: torch.Tensor) -> slice:
+        """Sum ``tensor`` over the processes one block of rows at a time; return the rows this process holds summed.
+
+        The rows are cut into ``world`` contiguous blocks and block ``r`` is reduced onto process ``r``, in place:
+        the traffic of one ``reduce`` of the whole tensor, with the sum spread over the processes (the sketch of
+        :mod:`~diagnostics.engine.matrix_free.sketch` is squared that way, each process its own block).
+        """
+        bounds = [tensor.shape[0] * r // self.world for r in range(self.world + 1)]
+        for r in range(self.world if self.world > 1 else 0):
+            part = tensor[bounds[r] : bounds[r + 1]]
+            shared = part.to(self.device)
+            dist.reduce(shared, dst=r if self.group is None else dist.get_global_rank(self.group, r), group=self.group)
+            if r == self.rank and shared.data_ptr() != part.data_ptr():
+                part.copy_(shared)
+        return slice(bounds[self.rank], bounds[self.rank + 1])
+
+    def share(self, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """Run ``compute`` on process 0 only and give its float64 result to every process (CPU).
+
+        For what one process should decide for all (an eigen-decomposition, a factorisation, a choice of how many
+        vectors): the others wait instead of repeating the work, and cannot decide otherwise. Process 0 computes
+        with the intra-op threads of all the processes on its machine (up to its CPUs), since they wait.
+        """
+        if self.world == 1:
+            return compute().to(torch.float64).cpu()
+        result = None
+        if self.rank == 0:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(max(threads, min(threads * self.world, os.cpu_count() or 1)))
+            try:
+                result = compute().to(torch.float64)
+            finally:
+                torch.set_num_threads(threads)
+        shape = [None if result is None else tuple(result.shape)]
+        dist.broadcast_object_list(shape, src=_root(self.group), group=self.group)
+        if result is None:
+            result = torch.empty(shape[0], dtype=torch.float64)
+        return self.broadcast(result)
+
+    def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Process 0's ``tensor`` on every process (CPU): what one process computed, shared bit for bit."""
+        if self.world == 1:
+            return tensor
+        shared = tensor.detach().to(self.device).contiguous()
+        dist.broadcast(shared, src=_root(self.group), group=self.group)
+        return shared.cpu()
+
+
+def local_block(op: JacobianOperator | ShardedJacobian) -> tuple[JacobianOperator, Processes, int]:
+    """Return this process's block of rows of ``op``, the processes sharing it, and the block's first row."""
+    if isinstance(op, ShardedJacobian):
+        return op.local, op.processes, op.offset * op.m
+    return op, Processes(), 0
 
 
 class ShardedJacobian(LinearOperatorMixin):
@@ -71,9 +156,8 @@ class ShardedJacobian(LinearOperatorMixin):
 
     def __init__(self, local: JacobianOperator, group: Any = None) -> None:
         self.local, self.group = local, group
-        self.rank, self.world = process_group_size(group)
-        backend = dist.get_backend(group) if self.world > 1 else "gloo"
-        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        self.processes = Processes(group)
+        self.rank, self.world, self.device = self.processes.rank, self.processes.world, self.processes.device
         sizes = self._all_gather(torch.tensor([[local.n, local.m, local.shape[1]]]), [1] * self.world)
         if len({(int(m), int(d)) for _, m, d in sizes.tolist()}) != 1:
             raise DiagnosticsError(f"the processes disagree on the outputs m or the parameters d: {sizes.tolist()}")
@@ -110,13 +194,7 @@ class ShardedJacobian(LinearOperatorMixin):
         if u.shape[0] != self.shape[0]:
             raise DiagnosticsError(f"u must have length {self.shape[0]}, got {u.shape[0]}")
         start = self.offset * self.m
-        part = self.local.rmatvec(u[start : start + self.local.shape[0]]).to(torch.float64)
-        if self.world == 1:
-            return part
-        total = part.to(self.device)
-        dist.reduce(total, dst=_root(self.group), op=dist.ReduceOp.SUM, group=self.group)
-        dist.broadcast(total, src=_root(self.group), group=self.group)
-        return total.cpu()
+        return self.processes.sum(self.local.rmatvec(u[start : start + self.local.shape[0]]))
 
 
 class RankZeroStore(RunStore):
