@@ -3,8 +3,14 @@
 Runs the project's own sweep (``width-report``'s default configuration, or the families, widths, seeds and steps
 given) from scratch in a temporary folder, and prints the mean seconds per run spent in the optimiser steps
 (``train_seconds``) and in the measurements (``measure_seconds``: the tracker's records, the coordinate check,
-per-layer alignment, the kernel path and the test metrics) with their ratio, then the totals and the wall time of
-the sweep and of drawing the report. The same numbers are in every report's *Cost* section and ``runs.csv``.
+per-layer alignment, the kernel path and the test metrics) with their ratio, then the CPU seconds of the runs per
+family and parameterisation, and the totals: the wall time and the CPU time of the sweep (this process and its
+worker processes, start-up included) and of drawing the report. The same per-run numbers are in every report's
+*Cost* section and ``runs.csv``.
+
+On a shared machine the wall times grow with the load; the CPU seconds do not (much), so they are the figures to
+compare: two idle cores finish the sweep in about its CPU seconds / 2, plus the report, which is drawn in one
+process.
 
     python -m bench.width_cost --jobs 2                                   # the default digits report
     python -m bench.width_cost --families mlp --widths 8,64 --seeds 0 --steps 100 --jobs 1   # a quick look
@@ -14,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 
@@ -21,6 +28,12 @@ from diagnostics.width.analysis import cost_findings, cost_table
 from diagnostics.width.config import SweepConfig
 from diagnostics.width.report import write_report
 from diagnostics.width.study import config_study
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user and system) of this process and of its finished child processes so far."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,17 +56,27 @@ def main(argv: list[str] | None = None) -> int:
         values["steps"] = args.steps
     config = SweepConfig(**values)
     with tempfile.TemporaryDirectory(prefix="width-cost-") as folder:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), cpu_seconds()
         study = config_study(config, folder, jobs=args.jobs, resume=False, progress=False)
-        sweep_seconds = time.perf_counter() - start
-        start = time.perf_counter()
+        sweep_seconds, sweep_cpu = time.perf_counter() - start, cpu_seconds() - cpu
+        start, cpu = time.perf_counter(), cpu_seconds()
         write_report(study, folder)
-        report_seconds = time.perf_counter() - start
-    print(cost_table(study.runs).to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+        report_seconds, report_cpu = time.perf_counter() - start, cpu_seconds() - cpu
+    runs = study.runs
+    print(cost_table(runs).to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     print()
-    print("\n".join(cost_findings(study.runs)))
-    print(f"\nsweep: {len(study.runs)} runs in {sweep_seconds:.1f} s wall (jobs={args.jobs}); "
-          f"report (tables, figures, HTML): {report_seconds:.1f} s; load average {os.getloadavg()[0]:.2f}")
+    print("\n".join(cost_findings(runs)))
+    if "cpu_seconds" in runs:
+        per = runs.groupby(["family", "parameterization"])[["cpu_seconds", "train_seconds", "measure_seconds"]].sum()
+        print("\nCPU seconds of the runs (their processes' CPU time), against their wall seconds training and "
+              "measuring:")
+        print(per.round(1).to_string())
+        print(f"all runs: {runs['cpu_seconds'].sum():.1f} CPU s")
+    print(f"\nsweep: {len(runs)} runs in {sweep_seconds:.1f} s wall, {sweep_cpu:.1f} CPU s (jobs={args.jobs}, "
+          f"start-up and workers included); report (tables, figures, HTML): {report_seconds:.1f} s wall, "
+          f"{report_cpu:.1f} CPU s; total {sweep_cpu + report_cpu:.1f} CPU s, about "
+          f"{(sweep_cpu / max(args.jobs, 1) + report_cpu) / 60:.1f} min on {max(args.jobs, 1)} idle cores; "
+          f"load average {os.getloadavg()[0]:.2f}")
     return 0
 
 

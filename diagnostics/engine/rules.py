@@ -14,9 +14,11 @@ FLOPs using the symmetry of ``K``) or from the ``P²`` pairs of positions (``"po
 :meth:`LayerRule.contract` gives ``J_l θ_l`` from the same captured tensors, without forming ``J_l``.
 
 One :class:`LayerRule` per layer type, chosen through the map :data:`RULES` by the module's exact
-type (:func:`rule_for`). Adding a layer type is one new rule here and one case in the tests that
-hold the engine to the autograd reference. A captured :class:`Layer` says explicitly whether the
-measurement could cover it (``coverable``, with the ``reason`` when not).
+type (:func:`rule_for`); a subclass of a linear or convolution layer that multiplies its output by a
+constant it declares (``multiplier``, as the NTK and mean-field layers do) by :class:`ScaledRule`.
+Adding a layer type is one new rule here and one case in the tests that hold the engine to the
+autograd reference. A captured :class:`Layer` says explicitly whether the measurement could cover it
+(``coverable``, with the ``reason`` when not).
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from torch import nn
 
 from .gram import GramTiles
 
-__all__ = ["RULES", "BatchNormRule", "Conv2dRule", "Layer", "LayerRule", "LinearRule", "rule_for"]
+__all__ = ["RULES", "SCALED_RULES", "BatchNormRule", "Conv2dRule", "Layer", "LayerRule", "LinearRule", "ScaledRule",
+           "rule_for"]
 
 Grads = tuple[torch.Tensor | None, torch.Tensor | None]
 
@@ -309,6 +312,30 @@ def _normalised_input(layer: Layer) -> torch.Tensor:
     return (x - mean) * scale
 
 
+class ScaledRule(_AffineRule):
+    """A subclass of a covered affine type whose output is its base type's times a constant: ``z_p = c(W a_p + b)``.
+
+    The parameterisations that scale a layer's output instead of its initialisation (NTK, mean-field) write their
+    layers so; such a subclass declares ``c`` as a float attribute ``multiplier``. Its derivatives are the base
+    rule's with the cotangents scaled by ``c``: ``∂f/∂W = c Σ_p G_p ⊗ A_p``. The declaration is checked like every
+    rule, by the structured path's guard against autograd: a subclass whose forward is not what it declares is left
+    to the generic path.
+    """
+
+    def __init__(self, base: _AffineRule) -> None:
+        self.base = base
+
+    def accepts(self, module: nn.Module) -> bool:
+        """Accept a float ``multiplier`` with a configuration the base rule covers."""
+        multiplier = getattr(module, "multiplier", None)
+        return isinstance(multiplier, float) and math.isfinite(multiplier) and self.base.accepts(module)
+
+    def patches(self, layer: Layer, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return the base rule's patches and its cotangents times the multiplier (those of ``W a_p + b``)."""
+        A, Gp = self.base.patches(layer, G)
+        return A, Gp * layer.module.multiplier
+
+
 #: The rule of each covered layer type (exact types: a subclass may change the forward).
 RULES: dict[type[nn.Module], LayerRule] = {
     nn.Linear: LinearRule(),
@@ -316,9 +343,20 @@ RULES: dict[type[nn.Module], LayerRule] = {
     nn.BatchNorm1d: BatchNormRule(),
     nn.BatchNorm2d: BatchNormRule(),
 }
+#: The rules of subclasses of an affine type that scale its output by a declared ``multiplier`` (:class:`ScaledRule`).
+SCALED_RULES: dict[type[nn.Module], ScaledRule] = {
+    nn.Linear: ScaledRule(RULES[nn.Linear]),
+    nn.Conv2d: ScaledRule(RULES[nn.Conv2d]),
+}
 
 
 def rule_for(module: nn.Module) -> LayerRule | None:
-    """Return the rule that covers ``module`` exactly, or ``None`` (its parameters go to the generic path)."""
+    """Return the rule that covers ``module`` exactly, or ``None`` (its parameters go to the generic path).
+
+    The rule of its exact type; for a subclass of ``nn.Linear`` or ``nn.Conv2d`` that declares a float
+    ``multiplier``, :class:`ScaledRule`.
+    """
     rule = RULES.get(type(module))
+    if rule is None:
+        rule = next((r for base, r in SCALED_RULES.items() if isinstance(module, base)), None)
     return rule if rule is not None and rule.accepts(module) else None

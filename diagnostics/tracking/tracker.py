@@ -276,6 +276,7 @@ class AlignmentTracker:
             if self._ref_path is not None:
                 _ref.save_reference(self._ref_path, self._reference)
         self._previous_K: torch.Tensor | None = None
+        self._spectrum: Spectrum | None = None
         self._previous_pullback: torch.Tensor | None = None
         #: The report of the last full record (its spectrum and alignment curve feed the sinks).
         self.last_report: AlignmentReport | None = None
@@ -298,6 +299,11 @@ class AlignmentTracker:
     def gram(self) -> torch.Tensor | None:
         """The Gram ``K`` of the last record (compute dtype, model's device), or ``None`` before the first."""
         return self._previous_K
+
+    @property
+    def spectrum(self) -> Spectrum | None:
+        """The float64 eigendecomposition of :attr:`gram` (its rank rule included), or ``None`` before the first."""
+        return self._spectrum
 
     @staticmethod
     def load(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -366,7 +372,7 @@ class AlignmentTracker:
         they are removed from the history (and its file, atomically) and measured again as training reaches them.
         """
         if self._history.drop_after(int(step)):
-            self._previous_K = self._previous_pullback = None
+            self._previous_K = self._previous_pullback = self._spectrum = None
         last = self.last_step
         self._next_step = 0 if last is None else last + 1
 
@@ -404,7 +410,7 @@ class AlignmentTracker:
             record[f"cka_{name}"] = cka_from_grams(grams[name], ref["grams"][name])
         record.update(trailing_columns(report.n_samples, float((targets.Q**2).sum()), report.residual_tol, dtype,
                                        self.loss, self.mode))
-        self._previous_K = K
+        self._previous_K, self._spectrum = K, spectrum
         return record
 
     @property

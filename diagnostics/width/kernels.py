@@ -105,7 +105,7 @@ def layer_alignment(model: nn.Module, X: object, q: torch.Tensor, dtype: torch.d
     ``Col K_g = Col J_g`` keeps the eigenvalues of ``K_g`` above the rank rule of
     :func:`~diagnostics.engine.precision.rank_rule`; a layer with fewer parameters ``d_g`` than ``nm`` rows is
     decomposed through the SVD of its ``nm × d_g`` Jacobian block (the same rule on the squared singular values),
-    which costs ``nm·d_g²`` instead of ``(nm)³``.
+    which costs ``nm·d_g²`` instead of ``(nm)³``; a Gram of full rank needs its eigenvalues only.
 
     Parameters
     ----------
@@ -135,13 +135,28 @@ def layer_alignment(model: nn.Module, X: object, q: torch.Tensor, dtype: torch.d
             if job.fm.n_params < job.rows:
                 quadratic, outside, rank = _thin_layer(job.jacobian_columns(job.fm.names), q64, dtype)
             else:
-                K = job.gram()
-                spectrum = Spectrum.of(K, source_dtype=dtype)
-                quadratic, outside, rank = spectrum.quadratic(q64), spectrum.outside_norm_sq(q64), spectrum.rank
+                quadratic, outside, rank = _thick_layer(job.gram(), q64, dtype)
         rows.append({"layer": layer, "quadratic": quadratic,
                      "residual": math.sqrt(outside / float(q64 @ q64)), "rank": rank})
     total = sum(row["quadratic"] for row in rows)
     return [{"layer": r["layer"], "share": r.pop("quadratic") / total if total > 0 else math.nan, **r} for r in rows]
+
+
+def _thick_layer(K: torch.Tensor, q: torch.Tensor, dtype: torch.dtype) -> tuple[float, float, int]:
+    """``qᵀKq``, ``‖(I − P)q‖²`` and ``rank K`` of a layer's Gram ``K`` (``nm × nm``), eigenvalues first.
+
+    A layer with more parameters than rows usually has a Gram of full rank under the rank rule: its eigenvalues
+    alone (about a fifth of a decomposition's work) then give ``P = I`` and ``‖(I − P)q‖² = 0`` exactly, as the
+    decomposition would; only a rank-deficient Gram is decomposed with its eigenvectors.
+    """
+    K64 = K.detach().to(torch.float64)
+    K64 = (K64 + K64.T) / 2
+    eigenvalues = torch.linalg.eigvalsh(K64)
+    tol, _ = rank_rule(None, float(eigenvalues[-1]), K.shape[0], dtype)
+    if bool((eigenvalues > tol).all()):
+        return float(q @ K64 @ q), 0.0, K.shape[0]
+    spectrum = Spectrum.of(K, source_dtype=dtype)
+    return spectrum.quadratic(q), spectrum.outside_norm_sq(q), spectrum.rank
 
 
 def _thin_layer(J: torch.Tensor, q: torch.Tensor, dtype: torch.dtype) -> tuple[float, float, int]:

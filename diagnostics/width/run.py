@@ -106,7 +106,7 @@ class _Clock:
 
 
 def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> dict[str, Any]:
-    start, measuring = time.perf_counter(), _Clock()
+    start, cpu, measuring = time.perf_counter(), time.process_time(), _Clock()
     family = plan.family(spec)
     recipe = family.recipe
     model = family.model(spec.width, spec.seed).to(device)
@@ -128,11 +128,13 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
                                    optimizer=trainer.optimizer, tags=spec.to_dict(), data_size=data.n_train)
         coordinates = CoordinateCheck(model, _inputs.to(X, device, next(model.parameters()).dtype), list(groups))
     schedule, grams, losses, grads = set(record_steps(steps, plan.records)), [], [], []
+    initial: Spectrum | None = None  # the tracker's decomposition of K_0, kept
     for step in range(steps + 1):
         with measuring():
             if step in schedule:
                 tracker.measure(step)
                 grams.append(tracker.gram.to("cpu", torch.float64))
+                initial = tracker.spectrum if initial is None else initial
             coordinates.measure(step)
         if step == steps:
             losses.append(trainer.loss())
@@ -144,8 +146,7 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
         history = tracker.history
         history = history.merge(kernel_path(history, grams), on="step")
         layers += [{"stage": "end", **row} for row in layer_alignment(model, X, targets.Q, dtype, groups, plan.output)]
-        initial = Spectrum.of(grams[0], source_dtype=dtype)
-        final = Spectrum.of(grams[-1], source_dtype=dtype)
+        final = tracker.spectrum  # the tracker's decomposition of K_T
         del grams
         kernels = {"horizon": initial, "linearised": initial, "final_horizon": final, "rate": None}
         premises = {s: _premises(s, optimizer, recipe, data, lr, kernels[s], n) for s in GD_STATEMENTS}
@@ -174,6 +175,7 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
         "train_seconds": trainer.seconds,
         "measure_seconds": measuring.seconds,
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time() - cpu,
     }
     summary["underparameterised"] = summary["n_params"] < summary["n_outputs"]
     trajectory = {"loss": losses, "grad_norm_sq": grads, "rate_bound": gd["bounds"]}

@@ -34,7 +34,7 @@ from .run import run_one
 __all__ = ["TIMING_COLUMNS", "SweepResult", "run_one", "run_sweep", "tables"]
 
 #: Columns that measure time, not the model: excluded when comparing tables.
-TIMING_COLUMNS: tuple[str, ...] = ("measure_seconds", "wall_time", "seconds", "train_seconds")
+TIMING_COLUMNS: tuple[str, ...] = ("measure_seconds", "wall_time", "seconds", "train_seconds", "cpu_seconds")
 _KEYS = ["run_id", "family", "parameterization", "width", "seed"]
 
 
@@ -74,7 +74,8 @@ class SweepResult:
     runs : pandas.DataFrame
         One row per finished run: final and initial values, loss predictors, rate verdict, whether the statements
         about gradient descent apply (``gd_applies``, ``gd_reason``), test metrics, learning rate, steps, and the
-        seconds spent training (``train_seconds``) and measuring (``measure_seconds``).
+        seconds spent training (``train_seconds``) and measuring (``measure_seconds``), and the run's CPU seconds
+        (``cpu_seconds``, its process's CPU time: on a shared machine, what the run costs whatever the load).
     missing : pandas.DataFrame
         One row per run without a result: ``run_id``, the run's fields, ``status`` (``"failed"`` or
         ``"not run"``) and ``error``.

@@ -96,6 +96,11 @@ def test_movements_and_parameter_subset_match_direct_computation():
     q = Y.double().reshape(-1)  # the squared loss's alignment target Q = Y, stacked sample-major as K's rows
     alignment = float(q @ K @ q) / (float(K.norm()) * float(q @ q))
     assert record["kernel_target_alignment"] == pytest.approx(alignment, rel=1e-10)
+    # the Gram and spectrum of the last record: K and its float64 eigendecomposition, the record's rank
+    torch.testing.assert_close(tracker.gram, K, rtol=0, atol=1e-10)
+    U, lam = tracker.spectrum.eigenvectors, torch.as_tensor(tracker.spectrum.eigenvalues)
+    torch.testing.assert_close(U @ torch.diag(lam) @ U.T, K, rtol=0, atol=1e-10)
+    assert tracker.spectrum.rank == record["rank"]
 
 
 def test_the_horizon_follows_the_optimiser_and_the_steps_left():

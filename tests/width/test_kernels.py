@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from helpers import F64, assert_unchanged
+from torch import nn
 
 from diagnostics import reference_jacobian
 from diagnostics.engine.spectral import Spectrum
@@ -57,13 +58,28 @@ def test_kernel_path_by_hand():
     assert kernel_path(history)["kernel_distance_end"].isna().all()  # a history read from a file has no Grams
 
 
-def test_layer_alignment_splits_the_gram_by_layer():
+def _cnn():
     digits_like = torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(1))
-    model = build_model("cnn", 3, input_shape=(1, 8, 8), n_out=4, parameterization="mf", seed=0)
+    return build_model("cnn", 3, input_shape=(1, 8, 8), n_out=4, parameterization="mf", seed=0), digits_like
+
+
+def _repeated_samples():
+    # every sample twice: each layer's Gram has rank at most half its side, whatever its parameter count
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(2, 40), nn.Tanh(), nn.Linear(40, 4))
+    return model, torch.randn(6, 2, generator=torch.Generator().manual_seed(1)).repeat(2, 1)
+
+
+@pytest.mark.parametrize(("build", "layers", "thick_ranks"), [
+    (_cnn, ["conv1", "conv2", "head"], "full"),  # conv2 and head: more parameters than rows, Grams of full rank
+    (_repeated_samples, ["0", "2"], "deficient"),  # both thick, both rank-deficient: decomposed with eigenvectors
+], ids=["cnn", "repeated-samples"])
+def test_layer_alignment_splits_the_gram_by_layer(build, layers, thick_ranks):
+    model, digits_like = build()
     q = torch.nn.functional.one_hot(torch.arange(12) % 4, 4).to(F64)
     rows = assert_unchanged(model, lambda: layer_alignment(model, digits_like, q, F64))
     groups = layer_groups(model)
-    assert [r["layer"] for r in rows] == list(groups) == ["conv1", "conv2", "head"]
+    assert [r["layer"] for r in rows] == list(groups) == layers
     assert sum(r["share"] for r in rows) == pytest.approx(1.0, abs=1e-12)
     q64 = q.reshape(-1)
     jacobians = {layer: reference_jacobian(model, digits_like, params=list(p), dtype=F64)
@@ -77,3 +93,6 @@ def test_layer_alignment_splits_the_gram_by_layer():
         residual = np.linalg.norm(q64.numpy() - kept @ (kept.T @ q64.numpy())) / np.linalg.norm(q64.numpy())
         assert row["residual"] == pytest.approx(residual, abs=1e-8)
         assert row["rank"] == kept.shape[1]
+        if J.shape[1] > J.shape[0]:  # a thick layer: its Gram's eigenvalues decide (full rank: residual exactly 0)
+            assert (row["rank"] == J.shape[0]) == (thick_ranks == "full")
+            assert (row["residual"] == 0.0) == (thick_ranks == "full")
