@@ -18,8 +18,8 @@ From Python::
     result = study(make_bert, task["data"], test=task["test"], widths=[16, 32, 64, 128], seeds=[0, 1],
                    optimizer="adamw", lr=1e-3, loss="ce", batch_size=32, output="logits")
 
-The transformer study of ``docs/width.md#your-own-model-family`` (4 widths × 2 seeds, the study's default steps,
-records and probe), its report written to ``DIR``::
+The transformer study of ``docs/width.md#your-own-model-family`` (4 widths × 2 seeds, the study's default steps
+and records, a probe of 64 sequences), its report written to ``DIR``::
 
     python -m examples.width_families --out DIR
 
@@ -192,12 +192,15 @@ def bert_study(widths: list[int] | None = None, seeds: list[int] | None = None, 
     """Return the width study of :func:`make_bert` on :func:`counting_task`.
 
     AdamW (``lr = 10⁻³``) on minibatches of 32, cross-entropy, the logits measured (``theory/recipe.md``: no
-    gradient-descent statement applies to this recipe). Every other setting is :func:`diagnostics.width.study`'s
-    default (300 steps, 6 records, a probe of 128 sequences, so ``n·m = 256``) unless ``options`` set it.
+    gradient-descent statement applies to this recipe), on a probe of 64 sequences (``n·m = 128``); every other
+    setting is :func:`diagnostics.width.study`'s default (300 steps, 6 records) unless ``options`` set it. The
+    probe is half the study's default of 128: measuring is about 95 % of a run's time and its Grams grow as
+    ``(n·m)² · d``, and 128 sequences would not finish four widths in 15 minutes on two cores (docs/width.md).
     Widths ``16, 32, 64, 128`` (``d`` from 7,554 to 418,818, all above the counting threshold,
     theory/width.md#s1-counting) and seeds ``0, 1`` by default.
     """
     task = counting_task()
+    options = {"probe_size": 64, **options}
     return study(make_bert, task["data"], test=task["test"], widths=widths or [16, 32, 64, 128],
                  seeds=seeds or [0, 1], optimizer="adamw", lr=1e-3, loss="ce", batch_size=32, output="logits",
                  **options)
