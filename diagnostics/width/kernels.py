@@ -98,8 +98,8 @@ def layer_groups(model: nn.Module) -> dict[str, tuple[str, ...]]:
 
 
 def layer_alignment(model: nn.Module, X: object, q: torch.Tensor, dtype: torch.dtype,
-                    groups: dict[str, tuple[str, ...]] | None = None,
-                    output: OutputSelector = None) -> list[dict[str, float | str]]:
+                    groups: dict[str, tuple[str, ...]] | None = None, output: OutputSelector = None,
+                    total: torch.Tensor | None = None) -> list[dict[str, float | str]]:
     """Share of ``QᵀKQ`` and own residual ``‖(I − P_{K_g})Q‖/‖Q‖`` of every layer's Gram ``K_g = J_gJ_gᵀ``.
 
     ``Col K_g = Col J_g`` keeps the eigenvalues of ``K_g`` above the rank rule of
@@ -121,6 +121,12 @@ def layer_alignment(model: nn.Module, X: object, q: torch.Tensor, dtype: torch.d
         Parameter names per layer (default :func:`layer_groups`).
     output
         The output selector, as :func:`diagnostics.jacobian`'s.
+    total
+        The Gram ``K = Σ_g K_g`` of all the groups' parameters together at the same ``θ``, in ``dtype`` (a
+        tracker's record), or ``None``. With it the Gram of the largest group with more parameters than rows is
+        ``K − Σ_{g' ≠ g} K_{g'}``, one Gram fewer. The subtraction adds about ``(G + 1)·eps·λ_max(K)`` for ``G``
+        groups, within the rank rule's resolution ``nm·eps·λ_max(K_g)`` (theory/alignment.md#resolution) when
+        ``λ_max(K_g) ≥ (G + 1)·‖K‖_F/(nm)``; a group below that is measured on its own.
 
     Returns
     -------
@@ -128,30 +134,55 @@ def layer_alignment(model: nn.Module, X: object, q: torch.Tensor, dtype: torch.d
         ``layer``, ``share``, ``residual``, ``rank`` per group; the shares sum to 1.
     """
     groups = groups if groups is not None else layer_groups(model)
-    rows = []
+    sizes = dict(model.named_parameters())
+    counts = {layer: sum(sizes[k].numel() for k in names) for layer, names in groups.items()}
+    rest = max(counts, key=counts.get) if total is not None and groups else None
+    rest = rest if rest is not None and counts[rest] >= total.shape[0] else None
+    others = torch.zeros_like(total) if rest is not None else None
+    quadratics: dict[str, tuple[float, float, int]] = {}
+    q64 = q.detach().reshape(-1).to(dtype=torch.float64)
     for layer, names in groups.items():
+        if layer == rest:
+            continue
         with Measurement(model, X, params=list(names), dtype=dtype, output=output) as job:
-            q64 = q.detach().reshape(-1).to(device=job.fm.device, dtype=torch.float64)
+            q64 = q64.to(job.fm.device)
             if job.fm.n_params < job.rows:
-                quadratic, outside, rank = _thin_layer(job.jacobian_columns(job.fm.names), q64, dtype)
+                J = job.jacobian_columns(job.fm.names)
+                quadratics[layer] = _thin_layer(J, q64, dtype)
+                K = J @ J.T if others is not None else None
             else:
-                quadratic, outside, rank = _thick_layer(job.gram(), q64, dtype)
-        rows.append({"layer": layer, "quadratic": quadratic,
-                     "residual": math.sqrt(outside / float(q64 @ q64)), "rank": rank})
-    total = sum(row["quadratic"] for row in rows)
-    return [{"layer": r["layer"], "share": r.pop("quadratic") / total if total > 0 else math.nan, **r} for r in rows]
+                K = job.gram()
+                quadratics[layer] = _thick_layer(K, q64, dtype)
+            if others is not None:
+                others += K
+    if rest is not None:
+        K = total - others
+        bound = (len(groups) + 1) * float(torch.linalg.matrix_norm(total.double())) / total.shape[0]
+        quadratics[rest] = _thick_layer(K, q64.to(K.device), dtype, floor=bound)
+        if quadratics[rest] is None:  # too small a part of K to be told apart from its rounding: measure it
+            with Measurement(model, X, params=list(groups[rest]), dtype=dtype, output=output) as job:
+                quadratics[rest] = _thick_layer(job.gram(), q64.to(job.fm.device), dtype)
+    rows = [{"layer": layer, "quadratic": quadratics[layer][0],
+             "residual": math.sqrt(quadratics[layer][1] / float(q64 @ q64)), "rank": quadratics[layer][2]}
+            for layer in groups]
+    whole = sum(row["quadratic"] for row in rows)
+    return [{"layer": r["layer"], "share": r.pop("quadratic") / whole if whole > 0 else math.nan, **r} for r in rows]
 
 
-def _thick_layer(K: torch.Tensor, q: torch.Tensor, dtype: torch.dtype) -> tuple[float, float, int]:
+def _thick_layer(K: torch.Tensor, q: torch.Tensor, dtype: torch.dtype,
+                 floor: float = 0.0) -> tuple[float, float, int] | None:
     """``qᵀKq``, ``‖(I − P)q‖²`` and ``rank K`` of a layer's Gram ``K`` (``nm × nm``), eigenvalues first.
 
     A layer with more parameters than rows usually has a Gram of full rank under the rank rule: its eigenvalues
     alone (about a fifth of a decomposition's work) then give ``P = I`` and ``‖(I − P)q‖² = 0`` exactly, as the
-    decomposition would; only a rank-deficient Gram is decomposed with its eigenvectors.
+    decomposition would; only a rank-deficient Gram is decomposed with its eigenvectors. ``None`` when its largest
+    eigenvalue is below ``floor`` (a Gram obtained by subtraction that its rounding could swamp).
     """
     K64 = K.detach().to(torch.float64)
     K64 = (K64 + K64.T) / 2
     eigenvalues = torch.linalg.eigvalsh(K64)
+    if float(eigenvalues[-1]) < floor:
+        return None
     tol, _ = rank_rule(None, float(eigenvalues[-1]), K.shape[0], dtype)
     if bool((eigenvalues > tol).all()):
         return float(q @ K64 @ q), 0.0, K.shape[0]

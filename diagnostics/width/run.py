@@ -120,8 +120,6 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
     with measuring():
         f0 = _outputs(model, _inputs.to(X, device, next(model.parameters()).dtype), plan.output)
         targets = Targets.build(T, n, f0.shape[1], recipe.measure_loss)
-        layers = [{"stage": "start", **row}
-                  for row in layer_alignment(model, X, targets.Q, dtype, groups, plan.output)]
         plain = applies(_premises("horizon", optimizer, recipe, data))  # known before training
         tracker = AlignmentTracker(model, (X, T), every=1, loss=recipe.measure_loss, probe_size=None, dtype=dtype,
                                    output=plan.output, horizon=(trainer.optimizer, steps) if plain else None,
@@ -129,12 +127,20 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
         coordinates = CoordinateCheck(model, _inputs.to(X, device, next(model.parameters()).dtype), list(groups))
     schedule, grams, losses, grads = set(record_steps(steps, plan.records)), [], [], []
     initial: Spectrum | None = None  # the tracker's decomposition of K_0, kept
+    # the tracker's K at the first and last records is the sum of the layers' Grams: one of them comes from it
+    shares_gram = {k for names in groups.values() for k in names} == {
+        k for k, p in model.named_parameters() if p.requires_grad}
+    layers = []
     for step in range(steps + 1):
         with measuring():
             if step in schedule:
                 tracker.measure(step)
                 grams.append(tracker.gram.to("cpu", torch.float64))
                 initial = tracker.spectrum if initial is None else initial
+            for stage in [stage for stage, at in (("start", 0), ("end", steps)) if at == step]:
+                total = tracker.gram if shares_gram else None
+                layers += [{"stage": stage, **row} for row in layer_alignment(
+                    model, X, targets.Q, dtype, groups, plan.output, total=total)]
             coordinates.measure(step)
         if step == steps:
             losses.append(trainer.loss())
@@ -145,7 +151,6 @@ def _run(plan: Plan, spec: RunSpec, data: StudyData, device: torch.device) -> di
     with measuring():
         history = tracker.history
         history = history.merge(kernel_path(history, grams), on="step")
-        layers += [{"stage": "end", **row} for row in layer_alignment(model, X, targets.Q, dtype, groups, plan.output)]
         final = tracker.spectrum  # the tracker's decomposition of K_T
         del grams
         kernels = {"horizon": initial, "linearised": initial, "final_horizon": final, "rate": None}

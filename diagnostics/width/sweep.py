@@ -149,7 +149,12 @@ def run_sweep(
     fingerprints = {spec: plan.fingerprint(spec, key) for spec in plan.runs()}
     done = {spec: store.read(spec.run_id, fp) for spec, fp in fingerprints.items()} if store and resume else {}
     results = {spec: result for spec, result in done.items() if result is not None}
-    todo = [spec for spec in fingerprints if spec not in results]
+    widest: dict[tuple[str, str], int] = {}
+    for spec in fingerprints:
+        label = (spec.family, spec.parameterization)
+        widest[label] = max(widest.get(label, 0), spec.width)
+    todo = sorted((spec for spec in fingerprints if spec not in results),  # widest first: the pool ends on short runs
+                  key=lambda spec: -spec.width / widest[spec.family, spec.parameterization])
     bar = tqdm(total=len(fingerprints), initial=len(results), desc="width study", unit="run", disable=not progress)
     if todo and results:
         bar.write(f"{len(results)} of {len(fingerprints)} runs already finished; running {len(todo)} ({executor} "

@@ -74,16 +74,19 @@ def _repeated_samples():
     (_cnn, ["conv1", "conv2", "head"], "full"),  # conv2 and head: more parameters than rows, Grams of full rank
     (_repeated_samples, ["0", "2"], "deficient"),  # both thick, both rank-deficient: decomposed with eigenvectors
 ], ids=["cnn", "repeated-samples"])
-def test_layer_alignment_splits_the_gram_by_layer(build, layers, thick_ranks):
+@pytest.mark.parametrize("given_total", [False, True], ids=["measured", "from-total"])
+def test_layer_alignment_splits_the_gram_by_layer(build, layers, thick_ranks, given_total):
     model, digits_like = build()
     q = torch.nn.functional.one_hot(torch.arange(12) % 4, 4).to(F64)
-    rows = assert_unchanged(model, lambda: layer_alignment(model, digits_like, q, F64))
     groups = layer_groups(model)
+    jacobians = {layer: reference_jacobian(model, digits_like, params=list(p), dtype=F64)
+                 for layer, p in groups.items()}
+    # given K of all the parameters, the largest thick layer's Gram is K minus the others' (one Gram fewer)
+    K = sum(J @ J.T for J in jacobians.values()) if given_total else None
+    rows = assert_unchanged(model, lambda: layer_alignment(model, digits_like, q, F64, total=K))
     assert [r["layer"] for r in rows] == list(groups) == layers
     assert sum(r["share"] for r in rows) == pytest.approx(1.0, abs=1e-12)
     q64 = q.reshape(-1)
-    jacobians = {layer: reference_jacobian(model, digits_like, params=list(p), dtype=F64)
-                 for layer, p in groups.items()}
     total = sum(float(q64 @ J @ J.T @ q64) for J in jacobians.values())
     for row in rows:
         J = jacobians[row["layer"]]
@@ -96,3 +99,25 @@ def test_layer_alignment_splits_the_gram_by_layer(build, layers, thick_ranks):
         if J.shape[1] > J.shape[0]:  # a thick layer: its Gram's eigenvalues decide (full rank: residual exactly 0)
             assert (row["rank"] == J.shape[0]) == (thick_ranks == "full")
             assert (row["residual"] == 0.0) == (thick_ranks == "full")
+
+
+def test_layer_alignment_measures_a_layer_its_rounding_in_the_total_would_swamp():
+    """A largest layer whose Gram is 10⁻²⁰ of ``K`` (inputs scaled by 10⁻¹⁰ feed its weights): ``K`` minus the
+    others' Grams would be rounding, of rank and residual unrelated to the layer's; it is measured on its own."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 40), nn.Tanh(), nn.Linear(40, 4)).double()  # 320 weights, 204 others
+    with torch.no_grad():
+        model[0].weight.mul_(1e10)  # the pre-activations stay of order 1
+    X = 1e-10 * torch.randn(6, 8, generator=torch.Generator().manual_seed(1), dtype=F64)
+    q = torch.randn(6, 4, generator=torch.Generator().manual_seed(2), dtype=F64)
+    groups = {"0.weight": ("0.weight",), "rest": ("0.bias", "2.weight", "2.bias")}
+    jacobians = {k: reference_jacobian(model, X, params=list(p), dtype=F64) for k, p in groups.items()}
+    K = sum(J @ J.T for J in jacobians.values())
+    assert float(torch.linalg.eigvalsh(jacobians["0.weight"] @ jacobians["0.weight"].T)[-1]) < 1e-15 * float(
+        torch.linalg.matrix_norm(K))
+    measured = layer_alignment(model, X, q, F64, groups)
+    assert layer_alignment(model, X, q, F64, groups, total=K) == measured
+    # the subtraction it avoided: K minus the other Gram has another rank than the layer's own Gram
+    own = jacobians["0.weight"] @ jacobians["0.weight"].T
+    rest = K - jacobians["rest"] @ jacobians["rest"].T
+    assert not torch.allclose(rest, own, rtol=1e-3, atol=0)
