@@ -31,11 +31,20 @@ from .plotting import (
 )
 from .sweep import SweepResult
 
-__all__ = ["coordinate_check", "kernel_dynamics", "layer_alignment", "lr_transfer"]
+__all__ = ["MAX_COLUMNS", "MAX_LAYERS", "coordinate_check", "kernel_dynamics", "layer_alignment", "lr_transfer"]
+
+#: Layers side by side in the coordinate check; a deeper model's continue in further rows.
+MAX_COLUMNS = 6
+#: Layers drawn one by one in a panel of the per-layer alignment; beyond, the smallest shares are summed.
+MAX_LAYERS = 8
 
 
 def coordinate_check(sweep: SweepResult) -> Figure:
-    """Draw mean ``|z_t|`` and mean ``|z_t − z_0|`` per layer against width at steps 0–3 (rows: parameterisation)."""
+    """Draw mean ``|z_t|`` and mean ``|z_t − z_0|`` per layer against width at steps 0–3.
+
+    One column per layer, at most :data:`MAX_COLUMNS` side by side (a deeper model's layers continue in further
+    blocks of rows); in each block, two rows per parameterisation: ``|z_t|`` and ``|z_t − z_0|``.
+    """
     data = sweep.coordinates
     if data.empty:
         return placeholder("Not measured: these runs were read from histories, which hold the tracker's records "
@@ -44,26 +53,30 @@ def coordinate_check(sweep: SweepResult) -> Figure:
                for layer in data.loc[data["family"] == family, "layer"].unique()]
     params = parameterizations(data)
     rows = [(p, q) for p in params for q in ("mean_abs", "mean_abs_change")]
-    fig, axes = grid(columns, nrows=len(rows), height=2.6, sharey=False)
+    blocks = [columns[k:k + MAX_COLUMNS] for k in range(0, len(columns), MAX_COLUMNS)]
+    fig, axes = grid(blocks[0], nrows=len(rows) * len(blocks), height=2.6, sharey=False)
     thresholds = counting_threshold(sweep.runs)
-    for i, (param, quantity) in enumerate(rows):
-        for j, (family, layer) in enumerate(columns):
-            ax = axes[i, j]
-            sub = data[(data["family"] == family) & (data["layer"] == layer) & (data["parameterization"] == param)]
-            if quantity == "mean_abs_change":
-                sub = sub[sub["step"] > 0]
-            sns.lineplot(data=sub.assign(value=at_floor(sub[quantity])), x="width", y="value", hue="step",
-                         palette="crest", estimator="mean", errorbar=None, marker="o", markersize=4, ax=ax,
-                         legend=i in (0, 1) and j == len(columns) - 1)
-            threshold_line(ax, thresholds.get(family), label=False)
-            ax.set_yscale("log")
-            width_axis(ax, sub["width"] if not sub.empty else data["width"])
-            ax.set_title(f"{family.upper()} {layer}, {param_label(param)}", fontsize=9)
-            ax.set_ylabel(("mean |z_t|" if quantity == "mean_abs" else "mean |z_t − z_0|") if j == 0 else "")
-            if i < len(rows) - 1:
-                ax.set_xlabel("")
-            if ax.get_legend() is not None:
-                ax.legend(title="step t", fontsize=7, title_fontsize=7, loc="best")
+    for b, block in enumerate(blocks):
+        for i, (param, quantity) in enumerate(rows):
+            for j in range(len(block), axes.shape[1]):
+                axes[b * len(rows) + i, j].set_axis_off()
+            for j, (family, layer) in enumerate(block):
+                ax = axes[b * len(rows) + i, j]
+                sub = data[(data["family"] == family) & (data["layer"] == layer) & (data["parameterization"] == param)]
+                if quantity == "mean_abs_change":
+                    sub = sub[sub["step"] > 0]
+                sns.lineplot(data=sub.assign(value=at_floor(sub[quantity])), x="width", y="value", hue="step",
+                             palette="crest", estimator="mean", errorbar=None, marker="o", markersize=4, ax=ax,
+                             legend=b == 0 and i in (0, 1) and j == len(block) - 1)
+                threshold_line(ax, thresholds.get(family), label=False)
+                ax.set_yscale("log")
+                width_axis(ax, sub["width"] if not sub.empty else data["width"])
+                ax.set_title(f"{family.upper()} {layer}, {param_label(param)}", fontsize=9)
+                ax.set_ylabel(("mean |z_t|" if quantity == "mean_abs" else "mean |z_t − z_0|") if j == 0 else "")
+                if i < len(rows) - 1:
+                    ax.set_xlabel("")
+                if ax.get_legend() is not None:
+                    ax.legend(title="step t", fontsize=7, title_fontsize=7, loc="best")
     return fig
 
 
@@ -102,7 +115,11 @@ def kernel_dynamics(sweep: SweepResult) -> Figure:
 
 
 def layer_alignment(sweep: SweepResult) -> Figure:
-    """Draw each layer's share of ``QᵀKQ`` and its own residual against width, at the start (dashed) and end (solid)."""
+    """Draw each layer's share of ``QᵀKQ`` and its own residual against width, at the start (dashed) and end (solid).
+
+    A panel of more than :data:`MAX_LAYERS` layers names the ``MAX_LAYERS − 1`` with the largest share (at any width
+    and stage) and sums the others' shares into one line; their residuals are in ``layers.csv``.
+    """
     layers = sweep.layers
     if layers.empty:
         return placeholder("Not measured: these runs were read from histories, which hold the tracker's records "
@@ -112,11 +129,15 @@ def layer_alignment(sweep: SweepResult) -> Figure:
     fig, axes = grid(pairs, nrows=2, height=3.2, sharey="row")
     for j, (family, param) in enumerate(pairs):
         sub = layers[(layers["family"] == family) & (layers["parameterization"] == param)]
+        named, shares = _largest_layers(sub)
+        palette = dict(zip(shares["layer"].unique(), sns.color_palette("tab10"), strict=False))
         for i, (column, label) in enumerate((("share", "share of QᵀKQ"), ("residual", "own residual ‖(I−P_g)Q‖/‖Q‖"))):
             ax = axes[i, j]
-            values = sub.assign(value=at_floor(sub[column]) if column == "residual" else sub[column])
-            sns.lineplot(data=values, x="width", y="value", hue="layer", style="stage", style_order=["end", "start"],
-                         estimator="mean", errorbar=None, marker="o", markersize=4, ax=ax, legend=True)
+            values = shares if column == "share" else sub[sub["layer"].isin(named)]
+            values = values.assign(value=at_floor(values[column]) if column == "residual" else values[column])
+            sns.lineplot(data=values, x="width", y="value", hue="layer", palette=palette, style="stage",
+                         style_order=["end", "start"], estimator="mean", errorbar=None, marker="o", markersize=4,
+                         ax=ax, legend=i == 0)
             threshold_line(ax, thresholds.get(family), label=False)
             if column == "residual":
                 ax.set_yscale("log")
@@ -124,8 +145,21 @@ def layer_alignment(sweep: SweepResult) -> Figure:
             ax.set_title(panel_title(family, param) if i == 0 else "")
             ax.set_ylabel(label if j == 0 else "")
             width_axis(ax, sub["width"])
-            ax.legend(fontsize=6, loc="best")
+            if i == 0:
+                ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     return fig
+
+
+def _largest_layers(layers: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
+    """Return the layers a panel names and its share table (the rest summed as one layer when there are too many)."""
+    order = layers.groupby("layer", sort=False)["share"].max().sort_values(ascending=False).index.tolist()
+    if len(order) <= MAX_LAYERS:
+        return order, layers
+    named, rest = order[:MAX_LAYERS - 1], order[MAX_LAYERS - 1:]
+    keys = ["run_id", "width", "seed", "stage"]
+    other = layers[layers["layer"].isin(rest)].groupby(keys, as_index=False)["share"].sum()
+    other["layer"] = f"the other {len(rest)} layers (sum)"
+    return named, pd.concat([layers[layers["layer"].isin(named)], other], ignore_index=True)
 
 
 def lr_transfer(table: pd.DataFrame, settings: pd.DataFrame) -> Figure:
