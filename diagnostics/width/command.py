@@ -65,7 +65,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "(I3) gradient domination and the gradient-descent rate) with the loss predictors, the coordinate check, "
         "the kernel dynamics and per-layer alignment, and write a report folder: report.html, report.md, figures "
         "(PNG, SVG), CSV tables, config.json, environment.json. With no arguments: the bundled digits, MLP and CNN "
-        "families, NTK and mean-field, 3 seeds (about ten minutes on two cores). Rerunning resumes: finished runs "
+        "families, NTK and mean-field, 3 seeds (about six minutes on two idle cores). Rerunning resumes: finished runs "
         "are skipped. Options override --full and --config."
     )
     data = parser.add_argument_group("data")

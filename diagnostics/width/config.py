@@ -356,7 +356,7 @@ def config_data(config: SweepConfig, data: DataSplit) -> StudyData:
     return study_data(data, probe_size=None, name=data.name)
 
 
-#: What the default configuration gives up to finish in about ten minutes on two cores, against ``--full``.
+#: What the default configuration gives up to finish in about six minutes on two idle cores, against ``--full``.
 TRADED = (
     "The default keeps every measurement in float64 (the certificate B and the D1 verdict near the counting "
     "threshold depend on eigenvalues float32 cannot resolve) and pays for it with size: three seeds, widths up to "
