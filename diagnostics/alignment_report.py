@@ -269,6 +269,12 @@ class AlignmentReport:
             return _wrapped(head + self.horizon_note)
         assumed = [p.name for p in self.horizon_premises if p.met is None]
         note = f" (assumed: {'; '.join(assumed)})" if assumed else ""
+        if math.isnan(self.horizon_residual):
+            threshold, lowest = self.n_samples / (lr * steps), float(self.eigenvalues[-1])
+            return _wrapped(head + f"not computed: the {len(self.eigenvalues)} eigenpairs of K computed "
+                            f"matrix-free reach down to λ = {lowest:.4g}, above the horizon's threshold n/(ηT) = "
+                            f"{threshold:.4g} (the exact Gram, solver={{'method': 'gram'}} for a tall J, has them "
+                            f"all){note}")
         line = _wrapped(head + f"residual {self.horizon_residual:.3e} in directions with ηλT/n < 1; loss floor "
                         f"(1/2n)‖(I−P_T)Q‖² = {self.horizon_loss_floor:.4g}{note}")
         unstable = self.horizon_unstable

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from diagnostics import AlignmentReport, DiagnosticsError, check_alignment, check_cms, jacobian
+from diagnostics.engine.matrix_free import preconditioned
 
 F64 = torch.float64
 
@@ -389,6 +390,32 @@ def test_the_horizon_of_a_tall_j_comes_with_the_preconditioned_solvers(steps):
     assert abs(gram.horizon_residual - dense.horizon_residual) <= 1e-10
     assert abs(sketch.horizon_residual - dense.horizon_residual) <= 1e-3 * dense.horizon_residual  # Ritz pairs
     assert sketch.eigenvalues[-1] < 200 / (0.5 * steps) < sketch.eigenvalues[0]  # computed down to the threshold
+
+
+def test_a_checkpoint_without_the_horizons_eigenpairs_computes_them_from_its_sketch(tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    x, y = torch.randn(200, 5, dtype=F64), torch.randn(200, 3, dtype=F64)
+    horizon, saved = (0.5, 1000), {"method": "sketch", "checkpoint_dir": str(tmp_path)}
+    fresh = check_alignment(model, (x, y), probe_size=None, path="matrix-free", horizon=horizon,
+                            solver={"method": "sketch"})
+    check_alignment(model, (x, y), probe_size=None, path="matrix-free", solver=saved)  # the top pairs only, kept
+    passes = []
+    monkeypatch.setattr(preconditioned, "parameter_gram", lambda *a, **k: passes.append(1))
+    resumed = check_alignment(model, (x, y), probe_size=None, path="matrix-free", horizon=horizon, solver=saved)
+    assert passes == []  # the checkpoint's sketch served
+    assert resumed.horizon_residual == pytest.approx(fresh.horizon_residual, rel=1e-8)
+    assert resumed.eigenvalues[-1] < 200 / (0.5 * 1000)
+
+
+def test_a_horizon_below_the_computed_eigenpairs_says_so():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 3)).double()
+    x, y = torch.randn(8, 5, dtype=F64), torch.randn(8, 3, dtype=F64)  # wide: LSQR and Lanczos' top pairs
+    report = check_alignment(model, (x, y), probe_size=None, path="matrix-free", horizon=(1e-3, 10**9),
+                             solver={"top_k": 3})
+    assert math.isnan(report.horizon_residual)
+    assert "not computed: the 3 eigenpairs of K computed matrix-free reach down to" in str(report)
 
 
 def test_auto_path_goes_matrix_free_when_the_dense_gram_does_not_fit():

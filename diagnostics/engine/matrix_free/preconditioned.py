@@ -199,12 +199,18 @@ class PreconditionedSpectrum:
         """Form the Gram, the eigenpairs and the preconditioner, or read them from the checkpoint."""
         N, d = self.op.shape
         saved = None if self.checkpoints is None else self.checkpoints.read_state("preconditioner", self.fingerprint)
+        # a checkpoint whose eigenpairs stop above this horizon's threshold: its sketch serves, its pairs do not
+        short = saved is not None and self.method == "sketch" and _short_of(saved.get("eigen_floor"), eigen_floor)
+        computed = saved is None or short
         if saved is None:
             gram = parameter_gram(self.op, self.vectors, sketch_rows=self.sketch_rows, nonzeros=self.nonzeros,
                                   seed=self.seed, progress=self.progress)
-            saved = self._exact(gram) if gram.exact else self._sketched(gram, eigen_floor)
-            if self.checkpoints is not None:
-                self.checkpoints.write_state("preconditioner", self.fingerprint, saved)
+            saved = self._exact(gram) if gram.exact else self._sketched(gram.matrix, gram.projections,
+                                                                         gram.seconds, eigen_floor)
+        elif short:
+            saved = self._sketched(saved["gram"], saved["projections"], saved["gram_seconds"], eigen_floor)
+        if computed and self.checkpoints is not None:
+            self.checkpoints.write_state("preconditioner", self.fingerprint, saved)
         self.gram_seconds, self.ritz_seconds = tuple(saved["gram_seconds"]), saved["ritz_seconds"]
         self.eigenvalues = saved["eigenvalues"].numpy()
         self._coefficients = saved["coefficients"]  # (p, k): u_iᵀ q_j
@@ -284,20 +290,24 @@ class PreconditionedSpectrum:
                 "projections": gram.projections, "ritz_residual": 0.0, "gram_seconds": gram.seconds,
                 "ritz_seconds": 0.0}
 
-    def _sketched(self, gram: ParameterGram, eigen_floor: float | None) -> dict:
-        """Keep the sketched Gram, and compute Rayleigh–Ritz eigenpairs of ``K`` on its top eigenvectors (one pass)."""
+    def _sketched(self, matrix: torch.Tensor, projections: torch.Tensor, gram_seconds: tuple[float, float],
+                  eigen_floor: float | None) -> dict:
+        """Keep the sketched Gram, and compute Rayleigh–Ritz eigenpairs of ``K`` on its top eigenvectors (one pass).
+
+        With ``eigen_floor`` (a horizon's threshold), as many as reach it, in :data:`HORIZON_PASSES` passes.
+        """
         start = time.perf_counter()
         _, processes, _ = local_block(self.op)
-        self._say(f"sketched Gram formed ({gram.seconds[1]:.0f} s); its top eigenvectors for Rayleigh–Ritz")
-        basis = processes.share(lambda: _top_eigenvectors(gram.matrix, self.top_k, eigen_floor))
+        self._say(f"sketched Gram formed ({gram_seconds[1]:.0f} s); its top eigenvectors for Rayleigh–Ritz")
+        basis = processes.share(lambda: _top_eigenvectors(matrix, self.top_k, eigen_floor))
         for _ in range(1 if eigen_floor is None else HORIZON_PASSES):  # each pass a step of subspace iteration
             ritz = ritz_pairs(self.op, basis, self.vectors, progress=self.progress)
             basis = ritz.next_basis
         keep = min(self.top_k, ritz.values.size) if eigen_floor is None else ritz.values.size
         return {"eigenvalues": torch.from_numpy(ritz.values[:keep].copy()), "coefficients": ritz.coefficients[:keep],
-                "ritz_residual": float(ritz.residuals[:keep].max()), "gram": gram.matrix,
-                "projections": gram.projections, "gram_seconds": gram.seconds,
-                "ritz_seconds": time.perf_counter() - start}
+                "ritz_residual": float(ritz.residuals[:keep].max()), "gram": matrix, "projections": projections,
+                "gram_seconds": gram_seconds, "ritz_seconds": time.perf_counter() - start,
+                "eigen_floor": eigen_floor}
 
     def _cholesky(self, matrix: torch.Tensor) -> torch.Tensor:
         """``R`` with ``RᵀR = G̃ + μI`` (upper triangular), raising ``μ`` tenfold while the factorisation fails."""
@@ -467,6 +477,11 @@ class PreconditionedSpectrum:
         count = len(its.split(", "))
         return head + (f"; {count} solves ({its} iterations, {self.solve_seconds:.1f} s; certified residuals "
                        f"‖(I − P)q‖/‖q‖ in {bounds}); stopped: {stops}")
+
+
+def _short_of(computed_floor: float | None, eigen_floor: float | None) -> bool:
+    """Whether eigenpairs computed for ``computed_floor`` (``None``: the top ones only) miss ``eigen_floor``."""
+    return eigen_floor is not None and (computed_floor is None or computed_floor > eigen_floor)
 
 
 def _top_eigenvectors(matrix: torch.Tensor, top_k: int, floor: float | None) -> torch.Tensor:
