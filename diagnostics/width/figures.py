@@ -336,7 +336,8 @@ def make_figures(sweep: SweepResult, folder: str | Path, *, jobs: int | None = N
         Output folder (created).
     jobs
         Processes drawing the figures side by side (default: the CPUs available to this process; 1: in this
-        process). Drawing and saving the fourteen figures of a large study takes about 20 s on one core.
+        process). Drawing and saving the fourteen figures of a large study takes about 20 s on one core. Like a
+        sweep's local processes, they are spawned: a script that calls this needs the ``__main__`` guard.
 
     Returns
     -------

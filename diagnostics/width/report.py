@@ -112,7 +112,9 @@ def write_report(study: Study, folder: str | os.PathLike[str], *, lr_table: pd.D
     sweep = study.sweep
     for name in ("records", "runs", "trajectories", "coordinates", "layers", "missing"):
         getattr(sweep, name).to_csv(folder / f"{name}.csv", index=False)
-    figures = make_figures(sweep, folder / "figures") if not sweep.runs.empty else []
+    # the figures are drawn by as many processes as the runs were (none for a study read from histories)
+    jobs = study.environment.get("jobs") if study.environment.get("executor") == "local" else None
+    figures = make_figures(sweep, folder / "figures", jobs=jobs or 1) if not sweep.runs.empty else []
     lr_figure = None
     if lr_table is not None:
         lr_table.to_csv(folder / "lr_sweep.csv", index=False)

@@ -210,7 +210,9 @@ def study(
         Keep every finished run in ``folder/runs/`` and resume from there (default: in memory).
     executor, jobs, address
         ``"local"`` (in this process or ``jobs`` processes) or ``"ray"``, as in
-        :func:`~diagnostics.width.sweep.run_sweep`.
+        :func:`~diagnostics.width.sweep.run_sweep`. The local processes are spawned, so a script that runs a
+        study in several of them calls it under ``if __name__ == "__main__":`` (the report's figures are drawn by
+        as many processes).
     resume, progress
         Skip runs already finished in ``folder``; show a progress bar.
 
