@@ -59,8 +59,9 @@ SLICE_RATIO = 1.5
 #: takes less than :data:`SLICE_MIN_SECONDS` (fixed costs would dominate a slice's time), are timed whole only.
 SLICE_MIN_SAMPLES = 16
 SLICE_MIN_SECONDS = 0.05
-#: Rows ``c·m`` of a chunk of the untimed ``vjp``-by-chunks plan (the chunk search refines ``c``).
-CHUNK_ROWS = 128
+#: Rows ``c·m`` of a chunk of the untimed ``vjp``-by-chunks plan (the chunk search refines ``c``): few, since each
+#: row's backward pass runs through the whole chunk.
+CHUNK_ROWS = 32
 #: Seconds assumed for ``torch.func``'s one-time start-up before it has been measured on this machine.
 STARTUP_GUESS = 1.0
 #: Seconds assumed for timing the rate of matrix products before it has been measured on this machine.
@@ -285,25 +286,39 @@ def _slices(job: Measurement, know: Knowledge, plan: Plan) -> None:
 
 
 def _chunk_search(job: Measurement, know: Knowledge, base: Plan, allowance: float) -> None:
-    """Time ``base`` by chunks of doubling size while the predicted whole improves; keep the best chunk's plan.
+    """Time ``base`` by chunks of doubling, else halving, size while the predicted whole improves; keep the best.
 
     A chunk is a slice of the batch, so ``n/c`` times its time (less its Gram products) is the whole batch's.
-    The search starts at ``n/SLICE_MIN_SAMPLES`` samples and stops before a chunk would take it past
-    ``allowance`` seconds.
+    The search starts at ``n/SLICE_MIN_SAMPLES`` samples and goes up while larger chunks are faster (fixed costs
+    per chunk dominate), else down while smaller ones are (each row's backward pass runs through the whole chunk,
+    so its cost grows with the chunk: a model ``vmap`` cannot run over samples often wants chunks of a few
+    samples); it stops before a chunk would take it past ``allowance`` seconds.
     """
-    size = max(1, job.n // SLICE_MIN_SAMPLES)
-    best, rate, fastest, used = None, _rate(job), know.fastest(), 0.0
+    rate, fastest = _rate(job), know.fastest()
+
+    def timed(size: int) -> tuple[float, float]:
+        """Return the whole batch's predicted seconds by chunks of ``size`` samples, and the chunk's own seconds."""
+        seconds, flops = _timed_slice(job, base, size, keep=True)
+        return max(seconds - flops / rate, 0.0) * job.n / size + _product_flops(job, base, job.n) / rate, seconds
+
+    start = max(1, job.n // SLICE_MIN_SAMPLES)
     try:
-        while True:
-            seconds, flops = _timed_slice(job, base, size, keep=True)
-            used += seconds
-            total = max(seconds - flops / rate, 0.0) * job.n / size + _product_flops(job, base, job.n) / rate
-            if best is not None and total >= best[0]:
+        total, first = timed(start)
+        best, used = (total, start), first
+        for factor in (2.0, 0.5):  # up while larger chunks are faster; down from the start if none was
+            size, seconds = start, first
+            while used + factor * seconds <= allowance:
+                following = min(job.n, int(size * factor))
+                if following in (0, size):
+                    break
+                size = following
+                total, seconds = timed(size)
+                used += seconds
+                if total >= best[0]:
+                    break
+                best = (total, size)
+            if best[1] != start:
                 break
-            best = (total, size)
-            if size >= job.n or total >= SLICE_RATIO * fastest or used + 2 * seconds > allowance:
-                break
-            size = min(job.n, 2 * size)
     except Exception as exc:  # noqa: BLE001 - a plan that cannot run is ruled out, saying why
         _failed(job, know, base, exc)
         return

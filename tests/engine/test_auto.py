@@ -303,6 +303,27 @@ def test_contractions_with_the_gram_equal_those_alone_and_the_jacobian_applied()
     torch.testing.assert_close(K, J @ J.T, rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("optimum", [2, 32])
+def test_the_chunk_search_goes_down_when_smaller_chunks_are_faster_and_up_when_larger_are(monkeypatch, optimum):
+    # a chunk of c samples costs o + b·c² (a fixed cost, and c·m rows whose backward runs through all c samples):
+    # the whole batch by chunks of c costs n(o/c + b·c), least at c = sqrt(o/b)
+    model, x = _gru(128)
+    _, _, know = _measure(model, x)
+    fixed, per_row = 1e-3 * optimum**2, 1e-3
+    sizes = []
+
+    def timed_slice(job, plan, count, keep=False):
+        sizes.append(count)
+        return fixed + per_row * count**2, 0.0
+
+    monkeypatch.setattr(auto, "_timed_slice", timed_slice)
+    monkeypatch.setattr(auto, "_rate", lambda job: float("inf"))
+    with Measurement(model, x, dtype=F64) as job:
+        auto._chunk_search(job, know, NO_VMAP[1], allowance=1e9)
+    assert know.chunks["vjp"] == optimum
+    assert sizes == ([8, 16, 4, 2, 1] if optimum == 2 else [8, 16, 32, 64])  # from n/16: up, else down
+
+
 def test_the_no_vmap_default_is_vjp_by_chunks_of_about_chunk_rows():
     model, x = _gru(80)
     K, choice, know = _measure(model, x)
