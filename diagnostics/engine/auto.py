@@ -11,7 +11,8 @@ is entered:
   start-up (the import of ``torch._dynamo``, about a second) waits until the judging budget below can pay
   for it, the fastest plan without it serving meanwhile;
 - otherwise, untimed, the structured path when the model has layers it covers, ``vmap(jacrev)`` when it has
-  none, and once ``vmap`` is known to fail over samples, ``vjp`` by chunks of :data:`CHUNK_ROWS` rows.
+  none, and once ``vmap`` is known to fail over samples, ``vjp`` by chunks of :data:`CHUNK_ROWS` rows (one chunk
+  up to :data:`WHOLE_ROWS` rows).
 
 :func:`learn`, after each measurement, records its time and judges the other plans within a budget: in all,
 at most :data:`JUDGING_SHARE` of the time of this problem's measurements so far. So the first call costs at
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BOUND_RATIO", "CHOICES", "CHUNK_ROWS", "JUDGING_SHARE", "RATE_GUESS", "SLICE_MIN_SAMPLES", "SLICE_MIN_SECONDS",
-    "SLICE_RATIO", "STARTUP_GUESS", "choose", "fall_back", "knowledge", "learn",
+    "SLICE_RATIO", "STARTUP_GUESS", "WHOLE_ROWS", "choose", "fall_back", "knowledge", "learn",
 ]
 
 #: The share of the measurements' time that judging other plans may add, in all, for one problem.
@@ -60,8 +61,10 @@ SLICE_RATIO = 1.5
 SLICE_MIN_SAMPLES = 16
 SLICE_MIN_SECONDS = 0.05
 #: Rows ``c·m`` of a chunk of the untimed ``vjp``-by-chunks plan (the chunk search refines ``c``): few, since each
-#: row's backward pass runs through the whole chunk.
+#: row's backward pass runs through the whole chunk; a problem of at most :data:`WHOLE_ROWS` rows is one chunk
+#: (there the fixed cost of a chunk weighs more).
 CHUNK_ROWS = 32
+WHOLE_ROWS = 128
 #: Seconds assumed for ``torch.func``'s one-time start-up before it has been measured on this machine.
 STARTUP_GUESS = 1.0
 #: Seconds assumed for timing the rate of matrix products before it has been measured on this machine.
@@ -163,7 +166,12 @@ def _default(job: Measurement, know: Knowledge) -> Plan:
     if _structured_alone(job):  # the rest by vjp: a layer the path finds it cannot cover at run time needs no vmap
         return NO_VMAP[0]
     base = NO_VMAP[1]  # the structured layers would only add work to vjp over the same chunks until timed
-    return _chunked(job, base, know.chunks.get(base.label) or max(1, -(-CHUNK_ROWS // job.m)))
+    return _chunked(job, base, know.chunks.get(base.label) or _default_chunk(job))
+
+
+def _default_chunk(job: Measurement) -> int:
+    """Return the samples per chunk of the untimed ``vjp`` by chunks (all of them up to :data:`WHOLE_ROWS` rows)."""
+    return job.n if job.rows <= WHOLE_ROWS else max(1, -(-CHUNK_ROWS // job.m))
 
 
 def _chunked(job: Measurement, base: Plan, chunk: int) -> Plan:
@@ -227,7 +235,7 @@ def _candidates(job: Measurement, know: Knowledge) -> list[tuple[Plan, bool]]:
         elif _sliced(job, know):
             found.append((base, True))
         else:  # too few samples for a search: the default chunk
-            found.append((_chunked(job, base, max(1, -(-CHUNK_ROWS // job.m))), False))
+            found.append((_chunked(job, base, _default_chunk(job)), False))
     return found
 
 

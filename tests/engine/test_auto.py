@@ -324,10 +324,14 @@ def test_the_chunk_search_goes_down_when_smaller_chunks_are_faster_and_up_when_l
     assert sizes == ([8, 16, 4, 2, 1] if optimum == 2 else [8, 16, 32, 64])  # from n/16: up, else down
 
 
-def test_the_no_vmap_default_is_vjp_by_chunks_of_about_chunk_rows():
-    model, x = _gru(80)
+@pytest.mark.parametrize("n", [40, 80])
+def test_the_no_vmap_default_is_vjp_by_chunks_of_about_chunk_rows_beyond_whole_rows(n):
+    model, x = _gru(n)  # m = 2: 80 rows are one chunk, 160 are chunks of CHUNK_ROWS rows
     K, choice, know = _measure(model, x)
-    chunk = -(-auto.CHUNK_ROWS // 2)
-    assert choice.plan == NO_VMAP[1].chunked(chunk) and f"vjp (chunks of {chunk} samples)" in know.timed
+    if 2 * n <= auto.WHOLE_ROWS:
+        assert choice.plan == NO_VMAP[1] and "vjp" in know.timed
+    else:
+        chunk = -(-auto.CHUNK_ROWS // 2)
+        assert choice.plan == NO_VMAP[1].chunked(chunk) and f"vjp (chunks of {chunk} samples)" in know.timed
     J = reference_jacobian(model, x)
     torch.testing.assert_close(K, J @ J.T, rtol=0, atol=ATOL)
