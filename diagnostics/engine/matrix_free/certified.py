@@ -275,7 +275,7 @@ class CertifiedSolver:
             return lsqr(matvec, rmatvec, b, cols, atol=atol, btol=atol if btol is None else btol, conlim=0.0,
                         iter_lim=iter_lim or self.max_iter, time_budget=remaining, checkpoints=self.checkpoints,
                         name=name, checkpoint_every=self.checkpoint_every, fingerprint=self.fingerprint,
-                        callback=show, workspace=self.workspace)
+                        callback=show, workspace=self.workspace, agree=processes.decide)
 
     def _lower_bound(self, q: torch.Tensor, nu: torch.Tensor, r: torch.Tensor, g: torch.Tensor) -> float:
         """Return a certified lower bound on ``‖(I − P_{>rank_tol})q‖`` from the iterate ``ν`` (0 if none)."""

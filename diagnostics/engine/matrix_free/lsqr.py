@@ -106,6 +106,7 @@ def lsqr(
     fingerprint: str = "",
     callback: Callable[[int, float], None] | None = None,
     workspace: Callable[[int], np.ndarray] | None = None,
+    agree: Callable[[int], int] | None = None,
 ) -> LsqrResult:
     """Solve ``min ‖Jx − b‖`` from ``x = 0`` (the least-norm solution ``J⁺b`` in exact arithmetic).
 
@@ -133,6 +134,10 @@ def lsqr(
         Called as ``callback(iteration, residual_estimate)`` after each iteration.
     workspace
         ``length ↦`` a zero float64 array for the ``nm``-vector ``u`` (default :func:`numpy.zeros`).
+    agree
+        ``istop ↦`` the stop decision every process of a data-parallel job takes (process 0's): each iteration's
+        products are collective, so the processes must stop at the same iteration, which their own clocks and the
+        round-off of their own scalars need not decide alike.
     """
     if not (iter_lim >= 1 and checkpoint_every >= 1):
         raise DiagnosticsError(f"iter_lim and checkpoint_every must be positive, got {iter_lim}, {checkpoint_every}")
@@ -161,6 +166,8 @@ def lsqr(
         istop = _stop(s, atol, btol, ctol, iter_lim)
         if not istop and time_budget is not None and time.perf_counter() - started >= time_budget:
             istop = 8
+        if agree is not None:
+            istop = agree(istop)
         if checkpoints is not None and (istop or s["itn"] % checkpoint_every == 0):
             checkpoints.write_state(name, key, _state(s, istop, u, x, v, w))
     return LsqrResult(x, istop, STOP_REASONS[istop], int(s["itn"]), s["rnorm"], resumed, history)

@@ -117,6 +117,12 @@ class Processes:
             result = torch.empty(shape[0], dtype=torch.float64)
         return self.broadcast(result)
 
+    def decide(self, value: int) -> int:
+        """Process 0's ``value`` on every process: a decision that each process's clock or round-off must not split."""
+        if self.world == 1:
+            return value
+        return int(self.broadcast(torch.tensor([float(value)], dtype=torch.float64))[0])
+
     def broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
         """Process 0's ``tensor`` on every process (CPU): what one process computed, shared bit for bit."""
         if self.world == 1:

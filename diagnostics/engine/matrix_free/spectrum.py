@@ -40,6 +40,7 @@ from ...store import RunStore
 from .. import precision
 from .lsqr import lsqr
 from .operator import JacobianOperator, LinearOperatorMixin
+from .sharded import local_block
 
 __all__ = ["OperatorSpectrum"]
 
@@ -172,8 +173,8 @@ class OperatorSpectrum:
             result = lsqr(scipy_op.matvec, scipy_op.rmatvec, q.numpy(), self.op.shape[1], atol=self.rtol,
                           btol=self.rtol, conlim=self.conlim, iter_lim=self.max_iter, time_budget=remaining,
                           checkpoints=self.checkpoints, name=f"lsqr-{index}", checkpoint_every=self.checkpoint_every,
-                          fingerprint=self.fingerprint,
-                          callback=show, workspace=self.workspace)
+                          fingerprint=self.fingerprint, callback=show, workspace=self.workspace,
+                          agree=local_block(self.op)[1].decide)
         return torch.from_numpy(result.x), result.iterations, result.reason, result.istop
 
     def least_norm_solution(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

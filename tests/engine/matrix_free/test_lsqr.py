@@ -80,3 +80,16 @@ def test_a_zero_right_hand_side_is_solved_by_zero_and_bad_limits_are_refused():
     assert zero.istop == 0 and not zero.x.any()
     with pytest.raises(DiagnosticsError, match="positive"):
         _solve(A, np.ones(A.shape[0]), iter_lim=0)
+
+
+def test_every_process_of_a_group_stops_where_process_0_decides():
+    # process 0 goes on to the tolerance; another whose own clock says stop (a spent budget) follows process 0
+    A, b = _problem(seed=2)
+    decisions = []
+    first = _solve(A, b, agree=lambda istop: decisions.append(istop) or istop)
+    alone = _solve(A, b, time_budget=0.0)
+    assert alone.istop == 8 and alone.iterations == 1 < first.iterations
+    follower = iter(decisions)
+    other = _solve(A, b, time_budget=0.0, agree=lambda istop: next(follower))
+    assert other.istop == first.istop and other.iterations == first.iterations
+    np.testing.assert_array_equal(other.x, first.x)
