@@ -13,9 +13,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from itertools import repeat
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +22,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from .analysis import LEVEL, NOT_JUDGED, counting_threshold, movement_slopes
+from .executors import local
 from .figures_evidence import coordinate_check, kernel_dynamics, layer_alignment
 from .figures_predictors import certificate, loss_predictors, rate_bound, representation_gain
 from .plotting import (
@@ -345,30 +343,18 @@ def make_figures(sweep: SweepResult, folder: str | Path, *, jobs: int | None = N
         In the order of :data:`FIGURES`.
     """
     names = [name for name, *_ in FIGURES]
-    jobs = min(len(names), jobs or len(os.sched_getaffinity(0)))
-    if jobs == 1:
-        return [_save_named(sweep, name, folder) for name in names]
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_keep_sweep,
-                             initargs=(sweep,)) as pool:
-        return list(pool.map(_save_kept, names, repeat(folder)))
+    drawn = dict(local(_save_task, folder, names, sweep, min(len(names), jobs or len(os.sched_getaffinity(0))), None))
+    for outcome in drawn.values():
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return [drawn[name] for name in names]
 
 
-def _save_named(sweep: SweepResult, name: str, folder: str | Path) -> FigureFile:
-    """Draw the figure ``name`` of :data:`FIGURES` and save it."""
+def _save_task(folder: str | Path, name: str, sweep: SweepResult) -> FigureFile:
+    """Draw the figure ``name`` of :data:`FIGURES` and save it (a task of :func:`~.executors.local`)."""
     _, title, draw, caption = next(entry for entry in FIGURES if entry[0] == name)
     with sns.axes_style("ticks"), sns.plotting_context("notebook", font_scale=0.85):
         return save_figure(draw(sweep), folder, name, title, caption)
-
-
-_KEPT: list[SweepResult] = []  # the sweep of a drawing process
-
-
-def _keep_sweep(sweep: SweepResult) -> None:
-    _KEPT[:] = [sweep]
-
-
-def _save_kept(name: str, folder: str | Path) -> FigureFile:
-    return _save_named(_KEPT[0], name, folder)
 
 
 def save_figure(fig: Figure, folder: str | Path, name: str, title: str, caption: str) -> FigureFile:
